@@ -1,0 +1,20 @@
+"""Test settings: the base with a separate embedded Redis and fast password hashing."""
+
+import os
+
+from config import embedded
+from config.settings.base import *  # noqa: F403
+from config.settings.base import DATA_DIR
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+TEST_DATA_DIR = DATA_DIR / "test"
+# tests/conftest.py starts this Redis for the session unless a broker URL is given.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or embedded.socket_url(
+    embedded.redis_socket(TEST_DATA_DIR)
+)
+CELERY_RESULT_BACKEND = CELERY_BROKER_URL
+MEDIA_ROOT = TEST_DATA_DIR / "media"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}

@@ -1,0 +1,143 @@
+"""Images (data-set photos and people's uploads), their captions, and collections."""
+
+from __future__ import annotations
+
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+def image_upload_path(instance: Image, filename: str) -> str:
+    # Content-addressed names: no clashes, and a file name never leaks the uploader's name.
+    ext = filename.rsplit(".", 1)[-1].lower() if "." in filename else "jpg"
+    return f"images/{instance.sha256[:2]}/{instance.sha256}.{ext}"
+
+
+class Image(models.Model):
+    class Source(models.TextChoices):
+        FLICKR30K = "flickr30k", "Flickr30k"
+        UPLOAD = "upload", "Upload"
+
+    class Visibility(models.TextChoices):
+        PRIVATE = "private", "Private"
+        PUBLIC = "public", "Public"
+
+    class Split(models.TextChoices):
+        TRAIN = "train", "Train"
+        VAL = "val", "Validation"
+        TEST = "test", "Test"
+
+    source = models.CharField(max_length=16, choices=Source.choices)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="images",
+        help_text="Empty for data-set images.",
+    )
+    visibility = models.CharField(
+        max_length=16, choices=Visibility.choices, default=Visibility.PRIVATE
+    )
+    # width/height are set by the services that decode the file; ImageField's width_field
+    # would reopen the file every time a row is loaded.
+    file = models.ImageField(upload_to=image_upload_path, max_length=255)
+    width = models.PositiveIntegerField(default=0)
+    height = models.PositiveIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, db_index=True)
+    original_filename = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    flickr30k_id = models.BigIntegerField(null=True, blank=True, help_text="Flickr30k img_id.")
+    split = models.CharField(max_length=8, choices=Split.choices, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["flickr30k_id"],
+                condition=Q(source="flickr30k"),
+                name="image_unique_flickr30k_id",
+            ),
+            # The same person uploading the same bytes twice gets the image they already have.
+            models.UniqueConstraint(
+                fields=["owner", "sha256"],
+                condition=Q(source="upload"),
+                name="image_unique_upload_per_owner",
+            ),
+            models.CheckConstraint(
+                condition=(Q(source="upload") & Q(owner__isnull=False))
+                | (Q(source="flickr30k") & Q(owner__isnull=True) & Q(visibility="public")),
+                name="image_owner_matches_source",
+            ),
+        ]
+        indexes = [models.Index(fields=["source", "visibility"])]
+
+    def __str__(self) -> str:
+        return self.original_filename or f"image {self.pk}"
+
+
+class Caption(models.Model):
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="captions")
+    text = models.TextField()
+    position = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["image_id", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["image", "position"], name="caption_unique_position")
+        ]
+
+    def __str__(self) -> str:
+        return self.text[:80]
+
+
+def new_share_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+class Collection(models.Model):
+    class Visibility(models.TextChoices):
+        PRIVATE = "private", "Private"
+        UNLISTED = "unlisted", "Unlisted (anyone with the link)"
+        PUBLIC = "public", "Public"
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="collections"
+    )
+    name = models.CharField(max_length=120)
+    description = models.TextField(blank=True)
+    visibility = models.CharField(
+        max_length=16, choices=Visibility.choices, default=Visibility.PRIVATE
+    )
+    share_token = models.CharField(max_length=64, unique=True, default=new_share_token)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    images = models.ManyToManyField(Image, through="CollectionItem", related_name="collections")
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="collection_unique_name")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CollectionItem(models.Model):
+    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="items")
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="collection_items")
+    added_at = models.DateTimeField(auto_now_add=True)
+    note = models.TextField(blank=True)
+    query = models.CharField(max_length=1000, blank=True, help_text="The search that found it.")
+
+    class Meta:
+        ordering = ["-added_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["collection", "image"], name="collection_item_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.collection} / {self.image}"

@@ -1,0 +1,35 @@
+"""Reads for images and collections, always scoped to what a user may see."""
+
+from __future__ import annotations
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser
+from django.db.models import Q, QuerySet
+
+from gallery.models import Collection, Image
+
+
+def images_visible_to(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Image]:
+    """Public images, plus the user's own private uploads when signed in."""
+    visible = Q(visibility=Image.Visibility.PUBLIC)
+    if user.is_authenticated:
+        visible |= Q(owner_id=user.pk)
+    return Image.objects.filter(visible)
+
+
+def image_get_visible(*, user: AbstractBaseUser | AnonymousUser, image_id: int) -> Image | None:
+    return images_visible_to(user=user).filter(pk=image_id).first()
+
+
+def image_viewable_by(*, image: Image, user: AbstractBaseUser | AnonymousUser) -> bool:
+    """Whether ``user`` may see ``image``; staff may see everything (they moderate uploads)."""
+    if image.visibility == Image.Visibility.PUBLIC:
+        return True
+    return bool(user.is_authenticated and (image.owner_id == user.pk or user.is_staff))
+
+
+def collections_visible_to(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Collection]:
+    visible = Q(visibility=Collection.Visibility.PUBLIC)
+    if user.is_authenticated:
+        visible |= Q(owner_id=user.pk)
+    return Collection.objects.filter(visible)

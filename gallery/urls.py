@@ -1,0 +1,11 @@
+from django.urls import path
+
+from gallery import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("images/<int:image_id>/file", views.image_file, name="image-file"),
+    path("images/<int:image_id>/thumb", views.image_thumbnail, name="image-thumb"),
+    path("images/<int:image_id>/thumb/<int:size>", views.image_thumbnail, name="image-thumb-size"),
+    path("accounts/signup/", views.signup, name="signup"),
+]

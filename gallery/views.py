@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from django.contrib.auth import login
+from django.contrib.auth.forms import UserCreationForm
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_http_methods
+
+from gallery.models import Image
+from gallery.selectors import image_viewable_by, images_visible_to
+from gallery.services import THUMBNAIL_SIZES, image_thumbnail_path
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    images = images_visible_to(user=request.user).order_by("-created_at", "-id")[:24]
+    return render(request, "gallery/home.html", {"images": images})
+
+
+def _visible_image(request: HttpRequest, image_id: int) -> Image:
+    image = get_object_or_404(Image, pk=image_id)
+    # 404, not 403: someone else's private image must not even be known to exist.
+    if not image_viewable_by(image=image, user=request.user):
+        raise Http404("No such image.")
+    return image
+
+
+def image_file(request: HttpRequest, image_id: int) -> FileResponse:
+    image = _visible_image(request, image_id)
+    response = FileResponse(image.file.open("rb"))
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+def image_thumbnail(request: HttpRequest, image_id: int, size: int = 256) -> FileResponse:
+    if size not in THUMBNAIL_SIZES:
+        raise Http404("No such thumbnail size.")
+    image = _visible_image(request, image_id)
+    response = FileResponse(open(image_thumbnail_path(image=image, size=size), "rb"))  # noqa: SIM115
+    response["Content-Type"] = "image/jpeg"
+    response["Cache-Control"] = "private, max-age=86400"
+    return response
+
+
+@require_http_methods(["GET", "POST"])
+def signup(request: HttpRequest) -> HttpResponse:
+    form = UserCreationForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user)
+        return redirect("home")
+    return render(request, "registration/signup.html", {"form": form})

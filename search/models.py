@@ -1,0 +1,64 @@
+"""Image embeddings for every registered model, and the embedding state of each image.
+
+One table holds the vectors of all models, in an un-dimensioned ``vector`` column, with one
+partial expression HNSW index per model::
+
+    CREATE INDEX ... USING hnsw ((vector::vector(512)) vector_cosine_ops)
+    WHERE model_id = 'clip-vit-base-patch32'
+
+Why one table rather than one per model: enabling a model (or adding SigLIP) needs no new
+table, migration or model class; status, backfill and fusion queries stay one join; and the
+partial index keeps each model's ANN search as fast as a table of its own. The index's cast to
+``vector(dim)`` also makes PostgreSQL itself reject a vector of the wrong dimension for its model
+(the services check first, to give a readable error). ``search.services.embedding_indexes_ensure``
+creates the indexes from the registry after every migrate.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from pgvector.django import VectorField
+
+from gallery.models import Image
+
+
+class ImageEmbedding(models.Model):
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="embeddings")
+    model_id = models.CharField(max_length=64)
+    vector = VectorField(help_text="L2-normalised; dimension fixed per model by its index.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["image", "model_id"], name="embedding_unique_per_model")
+        ]
+        indexes = [models.Index(fields=["model_id"])]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} embedding of image {self.image_id}"
+
+
+class EmbeddingJob(models.Model):
+    """Where one image stands with one model: pending, done, or failed with a reason."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="embedding_jobs")
+    model_id = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["image", "model_id"], name="embedding_job_unique")
+        ]
+        indexes = [models.Index(fields=["model_id", "status"])]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} / image {self.image_id}: {self.status}"

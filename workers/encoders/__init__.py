@@ -1,0 +1,30 @@
+"""Image/text embedding models behind one small interface (no Django in this package).
+
+Importing the package is cheap: torch and transformers load only when ``load_encoder`` runs.
+"""
+
+from .base import (
+    Encoder,
+    EncoderError,
+    ImageDecodeError,
+    UnknownModelError,
+    WeightsUnavailableError,
+)
+from .images import DEFAULT_MAX_PIXELS, open_image, to_rgb
+from .registry import MODELS, ModelSpec, clear_encoder_cache, load_encoder, model_spec
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "MODELS",
+    "Encoder",
+    "EncoderError",
+    "ImageDecodeError",
+    "ModelSpec",
+    "UnknownModelError",
+    "WeightsUnavailableError",
+    "clear_encoder_cache",
+    "load_encoder",
+    "model_spec",
+    "open_image",
+    "to_rgb",
+]

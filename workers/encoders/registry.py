@@ -1,0 +1,133 @@
+"""Which embedding models exist, and loading one (once per process).
+
+Importing this module is cheap on purpose: Django imports it at start-up to validate settings,
+so torch and transformers are only imported inside ``load_encoder``.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass
+from typing import Literal
+
+from .base import Encoder, EncoderError, UnknownModelError
+
+Family = Literal["clip", "align", "siglip"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: ``dim`` is the width of the published weights' embeddings."""
+
+    model_id: str
+    hub_id: str
+    dim: int
+    family: Family
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.model_id: spec
+    for spec in (
+        ModelSpec("clip-vit-base-patch32", "openai/clip-vit-base-patch32", 512, "clip"),
+        ModelSpec("clip-vit-large-patch14", "openai/clip-vit-large-patch14", 768, "clip"),
+        ModelSpec("align-base", "kakaobrain/align-base", 640, "align"),
+        ModelSpec("siglip-base-patch16-224", "google/siglip-base-patch16-224", 768, "siglip"),
+    )
+}
+
+DEVICES = ("cuda", "mps", "cpu")
+
+# Accepted spellings of ``dtype`` -> torch dtype attribute name.
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
+
+
+def model_spec(model_id: str) -> ModelSpec:
+    """Return the registered spec for ``model_id`` or raise ``UnknownModelError``."""
+    try:
+        return MODELS[model_id]
+    except KeyError:
+        raise UnknownModelError(model_id, sorted(MODELS)) from None
+
+
+def load_encoder(
+    model_id: str,
+    *,
+    source: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> Encoder:
+    """Load the encoder for ``model_id``; the same arguments return the same object.
+
+    ``source`` is a hub id or a local directory written by ``save_pretrained`` (default: the
+    registered hub id). ``device`` is "cuda" (or "cuda:N"), "mps", "cpu", or None for the best
+    available. ``dtype`` defaults to float16 on CUDA and float32 elsewhere (CPU half precision
+    is slow and some kernels lack it).
+
+    Raises ``UnknownModelError``, ``WeightsUnavailableError`` when the files cannot be had
+    (offline, missing directory) and ``EncoderError`` for other unusable configurations.
+    """
+    spec = model_spec(model_id)  # fail on a bad id before importing torch
+    source = source or spec.hub_id
+    device = _resolve_device(device)
+    dtype_name = _resolve_dtype(dtype, device)
+    # The lock keeps two threads that ask at once from both loading a multi-GB model.
+    with _load_lock:
+        return _load_cached(model_id, source, device, dtype_name)
+
+
+def clear_encoder_cache() -> None:
+    """Forget every loaded encoder (for tests, or to free memory)."""
+    with _load_lock:
+        _load_cached.cache_clear()
+
+
+_load_lock = threading.RLock()
+
+
+@functools.cache
+def _load_cached(model_id: str, source: str, device: str, dtype: str) -> Encoder:
+    # Only successful loads are cached (functools.cache stores no exceptions), so once missing
+    # weights are provided the next call loads them without a restart.
+    from .hf import load_hf_encoder
+
+    return load_hf_encoder(MODELS[model_id], source=source, device=device, dtype=dtype)
+
+
+def _resolve_device(device: str | None) -> str:
+    import torch
+
+    if device is None:
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    kind = device.split(":", 1)[0]
+    if kind not in DEVICES:
+        raise EncoderError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
+    # Fail here with a plain message rather than deep inside .to(device).
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise EncoderError(f"device {device!r} requested but CUDA is not available")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise EncoderError(f"device {device!r} requested but MPS is not available")
+    return device
+
+
+def _resolve_dtype(dtype: str | None, device: str) -> str:
+    if dtype is None:
+        return "float16" if device.startswith("cuda") else "float32"
+    try:
+        return _DTYPES[dtype.lower()]
+    except KeyError:
+        raise EncoderError(
+            f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))}"
+        ) from None

@@ -1,0 +1,49 @@
+"""Settings: production refuses unsafe configurations; the embedded default needs no servers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from django.conf import settings
+
+CHECK = "import django; django.setup(); print('started')"
+
+
+def start_with(**env: str) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEBUG"}}
+    full.update(DJANGO_SETTINGS_MODULE="config.settings.production", **env)
+    return subprocess.run(
+        [sys.executable, "-c", CHECK],
+        env=full,
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_production_refuses_the_default_secret_key() -> None:
+    result = start_with()
+    assert result.returncode != 0
+    assert "refuse the default SECRET_KEY" in result.stderr
+
+
+def test_production_refuses_debug() -> None:
+    result = start_with(SECRET_KEY="x" * 50, DEBUG="true")
+    assert result.returncode != 0
+    assert "refuse DEBUG" in result.stderr
+
+
+def test_production_starts_when_configured() -> None:
+    result = start_with(SECRET_KEY="x" * 50)
+    assert result.returncode == 0, result.stderr
+    assert "started" in result.stdout
+
+
+def test_default_database_is_the_embedded_postgres() -> None:
+    if os.environ.get("DATABASE_URL"):
+        return  # an external database was configured on purpose
+    host = settings.DATABASES["default"]["HOST"]
+    assert host.startswith(str(settings.DATA_DIR))

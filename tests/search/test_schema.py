@@ -1,0 +1,155 @@
+"""The embedding schema: vector extension, per-model HNSW indexes, dimension and uniqueness."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from django.db import IntegrityError, connection, transaction
+from django.db.utils import DataError
+
+from gallery.models import Image
+from search.models import EmbeddingJob, ImageEmbedding
+from search.selectors import embeddings_nearest
+from search.services import EmbeddingDimensionError, embeddings_store, hnsw_index_name
+from tests.factories import ImageFactory
+from workers.encoders.registry import MODELS
+
+pytestmark = pytest.mark.django_db
+
+
+def unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    rows = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_vector_extension_is_installed() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        (version,) = cursor.fetchone()
+    # Iterative index scans (needed for filtered search) arrived in pgvector 0.8.
+    assert tuple(int(p) for p in version.split(".")[:2]) >= (0, 8)
+
+
+@pytest.mark.parametrize("model_id", sorted(MODELS))
+def test_each_model_has_a_partial_hnsw_index(model_id: str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = %s", [hnsw_index_name(model_id)]
+        )
+        (definition,) = cursor.fetchone()
+    assert "USING hnsw" in definition
+    assert f"vector({MODELS[model_id].dim})" in definition
+    assert "vector_cosine_ops" in definition
+    assert f"'{model_id}'" in definition
+
+
+def plan_of(queryset: object) -> str:
+    plan = queryset.explain()  # type: ignore[attr-defined]
+    # Keep failure messages readable: drop the hundreds of query-vector floats.
+    return re.sub(r"'\[[^\]]*\]'", "'[...]'", plan)
+
+
+@pytest.mark.parametrize("model_id", sorted(MODELS))
+def test_top_k_query_of_each_model_can_use_its_index(model_id: str) -> None:
+    dim = MODELS[model_id].dim
+    images = ImageFactory.create_batch(3, dataset=True)
+    # Rows of every other model share the table: the plan must pick this model's index.
+    for other in MODELS:
+        embeddings_store(
+            model_id=other,
+            image_ids=[i.pk for i in images],
+            vectors=unit_rows(3, MODELS[other].dim),
+        )
+    query = embeddings_nearest(model_id=model_id, vector=unit_rows(1, dim, seed=1)[0], k=10)
+    with connection.cursor() as cursor:
+        # On 3 rows scanning and sorting is cheaper; with sorting priced out, the planner can
+        # only give this order from the HNSW index, and only if the query's expression and
+        # predicate match the index exactly.
+        cursor.execute("SET LOCAL enable_sort = off")
+    plan = plan_of(query)
+    assert f"Index Scan using {hnsw_index_name(model_id)}" in plan, plan
+
+
+def test_planner_chooses_the_index_on_its_own_at_realistic_size() -> None:
+    model_id = "clip-vit-base-patch32"
+    images = ImageFactory.build_batch(3000, dataset=True, file="x.jpg")
+    Image.objects.bulk_create(images)
+    embeddings_store(
+        model_id=model_id, image_ids=[i.pk for i in images], vectors=unit_rows(3000, 512)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE search_imageembedding")
+    plan = plan_of(embeddings_nearest(model_id=model_id, vector=unit_rows(1, 512, 5)[0], k=10))
+    assert f"Index Scan using {hnsw_index_name(model_id)}" in plan, plan
+
+
+def test_nearest_returns_the_closest_vectors_in_order() -> None:
+    model_id = "clip-vit-base-patch32"
+    images = ImageFactory.create_batch(20, dataset=True)
+    vectors = unit_rows(20, 512, seed=3)
+    embeddings_store(model_id=model_id, image_ids=[i.pk for i in images], vectors=vectors)
+    query = vectors[7] + 0.01 * unit_rows(1, 512, seed=4)[0]
+    got = [e.image_id for e in embeddings_nearest(model_id=model_id, vector=query, k=5)]
+    expected = np.argsort(-(vectors @ (query / np.linalg.norm(query))))[:5]
+    assert got == [images[i].pk for i in expected]
+
+
+def test_wrong_dimension_is_rejected_with_a_clear_error() -> None:
+    image = ImageFactory(dataset=True)
+    with pytest.raises(EmbeddingDimensionError, match="512-dimensional.*got 640"):
+        embeddings_store(
+            model_id="clip-vit-base-patch32", image_ids=[image.pk], vectors=unit_rows(1, 640)
+        )
+    assert not ImageEmbedding.objects.exists()
+
+
+def test_database_itself_rejects_a_wrong_dimension_for_the_model() -> None:
+    image = ImageFactory(dataset=True)
+    # Bypassing the service: the index's vector(512) cast still refuses a 640-d row.
+    with pytest.raises(DataError, match="expected 512 dimensions"), transaction.atomic():
+        ImageEmbedding.objects.create(
+            image=image, model_id="clip-vit-base-patch32", vector=unit_rows(1, 640)[0]
+        )
+
+
+def test_duplicate_embedding_for_image_and_model_is_rejected() -> None:
+    image = ImageFactory(dataset=True)
+    vector = unit_rows(1, 512)[0]
+    ImageEmbedding.objects.create(image=image, model_id="clip-vit-base-patch32", vector=vector)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ImageEmbedding.objects.create(image=image, model_id="clip-vit-base-patch32", vector=vector)
+    # The same image may have one embedding per model.
+    ImageEmbedding.objects.create(image=image, model_id="align-base", vector=unit_rows(1, 640)[0])
+
+
+def test_storing_twice_keeps_one_embedding_and_marks_the_job_done() -> None:
+    images = ImageFactory.create_batch(3, dataset=True)
+    ids = [i.pk for i in images]
+    first = embeddings_store(
+        model_id="clip-vit-base-patch32", image_ids=ids, vectors=unit_rows(3, 512)
+    )
+    again = embeddings_store(
+        model_id="clip-vit-base-patch32", image_ids=ids, vectors=unit_rows(3, 512, seed=9)
+    )
+    assert (first, again) == (3, 0)
+    assert ImageEmbedding.objects.filter(model_id="clip-vit-base-patch32").count() == 3
+    assert set(EmbeddingJob.objects.values_list("status", flat=True)) == {"done"}
+
+
+def test_stored_vectors_are_l2_normalised() -> None:
+    image = ImageFactory(dataset=True)
+    embeddings_store(
+        model_id="clip-vit-base-patch32", image_ids=[image.pk], vectors=3.0 * unit_rows(1, 512)
+    )
+    stored = np.asarray(ImageEmbedding.objects.get().vector)
+    assert abs(np.linalg.norm(stored) - 1.0) < 1e-5
+
+
+def test_non_finite_vectors_are_rejected() -> None:
+    image = ImageFactory(dataset=True)
+    bad = unit_rows(1, 512)
+    bad[0, 3] = np.nan
+    with pytest.raises(EmbeddingDimensionError, match="NaN"):
+        embeddings_store(model_id="clip-vit-base-patch32", image_ids=[image.pk], vectors=bad)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from workers.encoders.registry import MODELS
+
 # Shared size of every tiny transformer: large enough to exercise every layer type, small enough
 # that a forward pass over a batch takes milliseconds on one CPU thread.
 HIDDEN = 32
@@ -85,7 +87,8 @@ def build_tiny_clip(directory: str | Path) -> Path:
             "image_size": IMAGE_SIZE,
             "patch_size": PATCH,
         },
-        projection_dim=16,
+        # The published dimension, so embeddings fit the model's pgvector index.
+        projection_dim=MODELS["clip-vit-base-patch32"].dim,
     )
     torch.manual_seed(SEED)
     model = CLIPModel(config)
@@ -117,7 +120,7 @@ def build_tiny_align(directory: str | Path) -> Path:
     # ALIGN has no image projection: the image embedding is the EfficientNet's pooled last
     # stage, so its width (out_channels[-1], with width_coefficient 1.0) must equal the text
     # projection_dim for the two embeddings to live in one space.
-    projection_dim = 16
+    projection_dim = MODELS["align-base"].dim
     config = AlignConfig(
         text_config={
             "vocab_size": len(tokenizer),
@@ -212,13 +215,16 @@ def build_tiny_siglip(directory: str | Path) -> Path:
             "num_hidden_layers": LAYERS,
             "num_attention_heads": HEADS,
             "max_position_embeddings": 64,
+            "projection_size": MODELS["siglip-base-patch16-224"].dim,
             # The real checkpoint has no <s>: keep every special id inside the tiny vocab.
             "bos_token_id": None,
             "pad_token_id": tokenizer.pad_token_id,
             "eos_token_id": tokenizer.eos_token_id,
         },
+        # SigLIP's image embedding is the vision tower's width: give it the published 768
+        # (still only 2 layers on 16 patches) and project texts to the same size.
         vision_config={
-            "hidden_size": HIDDEN,
+            "hidden_size": MODELS["siglip-base-patch16-224"].dim,
             "intermediate_size": INTERMEDIATE,
             "num_hidden_layers": LAYERS,
             "num_attention_heads": HEADS,

@@ -1,0 +1,270 @@
+"""The deployment files: docker-compose.yml is valid and wires the stack together, .env.example
+documents every setting, and the Dockerfile installs the torch that requirements.txt pins.
+
+Checked offline with docker-compose 1.29 (``./run test`` installs it); no Docker engine and no
+database needed. Each run copies the compose file into a temporary folder and passes a clean
+environment, so a developer's own ``.env`` or exported variables cannot change the outcome.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+SETTINGS_DIR = ROOT / "config" / "settings"
+
+# os.environ.get("X"), os.getenv("X"), os.environ["X"], env_bool("X", ...), env_list("X"...),
+# env_map("X")
+SETTINGS_VAR = re.compile(
+    r"""(?:os\.environ\.get\(|os\.getenv\(|os\.environ\[|env_bool\(|env_list\(|env_map\()"""
+    r"""\s*["']([A-Z][A-Z0-9_]*)["']"""
+)
+# "NAME=value" or the commented-out form "# NAME=value".
+DOCUMENTED_VAR = re.compile(r"^#?\s*([A-Z][A-Z0-9_]*)=", re.MULTILINE)
+
+APP_SERVICES = ("migrate", "web", "worker-gpu", "worker-cpu")
+WORKERS = ("worker-gpu", "worker-cpu")
+
+
+def settings_env_vars() -> set[str]:
+    names = set()
+    for path in SETTINGS_DIR.glob("*.py"):
+        names.update(SETTINGS_VAR.findall(path.read_text()))
+    return names
+
+
+def docker_compose() -> str:
+    path = shutil.which("docker-compose")
+    if path is None:
+        pytest.fail(
+            "docker-compose is not installed, so docker-compose.yml cannot be validated. "
+            "`./run test` installs it; by hand: apt-get install docker-compose"
+        )
+    return path
+
+
+def compose(
+    workdir: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``docker-compose -f docker-compose.yml ARGS`` on a copy of the file in ``workdir``.
+
+    Only PATH and HOME come from the test process: every variable the file interpolates must be
+    given in ``env`` (or in a ``.env`` the caller writes into ``workdir``).
+    """
+    shutil.copy(COMPOSE_FILE, workdir / "docker-compose.yml")
+    clean_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir)}
+    return subprocess.run(
+        [docker_compose(), "-f", "docker-compose.yml", *args],
+        cwd=workdir,
+        env={**clean_env, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The compose file as docker-compose resolves it, with only SECRET_KEY given."""
+    result = compose(tmp_path_factory.mktemp("compose"), "config", env={"SECRET_KEY": "k"})
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def command_text(service: dict[str, Any]) -> str:
+    command = service.get("command", "")
+    return command if isinstance(command, str) else " ".join(command)
+
+
+def healthcheck_text(service: dict[str, Any]) -> str:
+    test = service.get("healthcheck", {}).get("test", "")
+    return test if isinstance(test, str) else " ".join(test)
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Mount target -> source, for the short ("src:dst:mode") and long syntax alike."""
+    found = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, target = volume.split(":")[:2]
+        else:
+            source, target = volume.get("source", ""), volume["target"]
+        found[target] = source
+    return found
+
+
+def test_compose_file_is_valid_with_only_secret_key_set(tmp_path: Path) -> None:
+    result = compose(tmp_path, "config", "-q", env={"SECRET_KEY": "k"})
+
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_refuses_to_run_without_a_secret_key(tmp_path: Path) -> None:
+    result = compose(tmp_path, "config", "-q")
+
+    assert result.returncode != 0
+    assert "SECRET_KEY is not set" in result.stderr
+
+
+def test_env_example_drives_compose_once_a_secret_key_is_filled_in(tmp_path: Path) -> None:
+    example = ENV_EXAMPLE.read_text()
+    (tmp_path / ".env").write_text(example)
+    # The example ships no usable key: copied unchanged, compose still refuses.
+    assert compose(tmp_path, "config", "-q").returncode != 0
+
+    (tmp_path / ".env").write_text(
+        re.sub(r"^SECRET_KEY=.*$", "SECRET_KEY=from-dot-env", example, flags=re.MULTILINE)
+    )
+    result = compose(tmp_path, "config")
+
+    assert result.returncode == 0, result.stderr
+    password = re.search(r"^POSTGRES_PASSWORD=(.+)$", example, re.MULTILINE).group(1)
+    web_env = yaml.safe_load(result.stdout)["services"]["web"]["environment"]
+    assert web_env["SECRET_KEY"] == "from-dot-env"
+    assert f":{password}@postgres:5432/" in web_env["DATABASE_URL"]
+
+
+def test_postgres_is_pgvector_with_a_healthcheck_and_a_named_volume(
+    config: dict[str, Any],
+) -> None:
+    postgres = config["services"]["postgres"]
+
+    assert postgres["image"].startswith("pgvector/pgvector:")
+    assert "pg_isready" in healthcheck_text(postgres)
+    assert mounts(postgres)["/var/lib/postgresql/data"] in config["volumes"]
+
+
+def test_redis_has_a_healthcheck_and_persists_its_queue(config: dict[str, Any]) -> None:
+    redis = config["services"]["redis"]
+
+    assert "redis-cli ping" in healthcheck_text(redis)
+    assert "--appendonly yes" in command_text(redis)
+    assert mounts(redis)["/data"] in config["volumes"]
+
+
+def test_app_services_use_production_settings_and_the_compose_servers(
+    config: dict[str, Any],
+) -> None:
+    for name in APP_SERVICES:
+        env = config["services"][name]["environment"]
+        assert env["DJANGO_SETTINGS_MODULE"] == "config.settings.production", name
+        assert env["DATABASE_URL"].startswith("postgresql://"), name
+        assert "@postgres:5432/" in env["DATABASE_URL"], name
+        assert env["CELERY_BROKER_URL"].startswith("redis://redis:6379/"), name
+
+
+def test_every_setting_reaches_the_app_containers(config: dict[str, Any]) -> None:
+    # No env_file (so .env stays optional): a setting reaches the containers only if the file
+    # lists it. DEBUG stays unset (production refuses it); REDIS_URL is CELERY_BROKER_URL's
+    # fallback, which compose always sets.
+    wanted = settings_env_vars() - {"DEBUG", "REDIS_URL"}
+    for name in ("web", "worker-gpu", "worker-cpu"):
+        missing = wanted - set(config["services"][name]["environment"])
+        assert not missing, f"{name} does not receive {sorted(missing)}"
+
+
+def test_web_waits_for_migrations_and_has_an_http_healthcheck(config: dict[str, Any]) -> None:
+    services = config["services"]
+    web = services["web"]
+
+    assert "python manage.py migrate --noinput" in command_text(services["migrate"])
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert web["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert web["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "gunicorn config.wsgi" in command_text(web)
+    assert "0.0.0.0:8000" in command_text(web)
+    assert "http://127.0.0.1:8000/" in healthcheck_text(web)
+
+
+def test_workers_run_celery_on_the_gpu_queue(config: dict[str, Any]) -> None:
+    for name in WORKERS:
+        command = command_text(config["services"][name])
+        assert command.startswith("celery -A config worker"), name
+        assert "--pool=solo" in command, name
+        queues = re.search(r"--queues[= ](\S+)", command).group(1).split(",")
+        assert "gpu" in queues, name
+
+
+def test_gpu_worker_reserves_an_nvidia_gpu_and_gets_a_cuda_torch(
+    config: dict[str, Any],
+) -> None:
+    gpu_workers = [
+        (name, service)
+        for name, service in config["services"].items()
+        if any(
+            device.get("driver") == "nvidia" and "gpu" in device.get("capabilities", [])
+            for device in (
+                service.get("deploy", {})
+                .get("resources", {})
+                .get("reservations", {})
+                .get("devices", [])
+            )
+        )
+    ]
+
+    assert [name for name, _ in gpu_workers] == ["worker-gpu"]
+    worker = gpu_workers[0][1]
+    assert worker["profiles"] == ["gpu"]
+    assert worker["environment"]["EMBEDDING_DEVICE"] == "cuda"
+    assert re.search(r"/whl/cu\d+", worker["build"]["args"]["TORCH_INDEX_URL"])
+    assert config["services"]["worker-cpu"]["profiles"] == ["cpu"]
+    assert config["services"]["worker-cpu"]["environment"]["EMBEDDING_DEVICE"] == "cpu"
+
+
+def test_media_and_model_cache_live_on_named_volumes(config: dict[str, Any]) -> None:
+    named = set(config["volumes"])
+    for name in ("web", *WORKERS):
+        service = config["services"][name]
+        env, mounted = service["environment"], mounts(service)
+        assert env["MEDIA_ROOT"] == "/data/media", name
+        assert mounted["/data/media"] in named, name
+        assert env["HF_HOME"].startswith("/models/"), name
+        assert mounted["/models"] in named, name
+    # The three kinds of data do not share a volume.
+    web_mounts = mounts(config["services"]["web"])
+    postgres_mounts = mounts(config["services"]["postgres"])
+    volumes = {
+        web_mounts["/data/media"],
+        web_mounts["/models"],
+        postgres_mounts["/var/lib/postgresql/data"],
+    }
+    assert len(volumes) == 3
+
+
+def test_env_example_documents_every_setting() -> None:
+    read = settings_env_vars()
+    documented = set(DOCUMENTED_VAR.findall(ENV_EXAMPLE.read_text()))
+
+    # Guards the regex itself: these are certainly read by the settings.
+    assert {"SECRET_KEY", "DATABASE_URL", "ALLOWED_HOSTS", "EMBEDDING_MODELS"} <= read
+    assert not read - documented, f".env.example lacks {sorted(read - documented)}"
+
+
+def test_env_example_documents_launcher_and_compose_variables() -> None:
+    documented = set(DOCUMENTED_VAR.findall(ENV_EXAMPLE.read_text()))
+    compose_vars = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", COMPOSE_FILE.read_text()))
+
+    assert {"HOST", "PORT", "WEB_WORKERS", "DATA_DIR"} <= documented
+    assert not compose_vars - documented, f".env.example lacks {sorted(compose_vars - documented)}"
+
+
+def test_dockerfile_installs_the_pinned_torch_from_a_chosen_index() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    pin = re.search(r"^torch==(\S+)$", (ROOT / "requirements.txt").read_text(), re.MULTILINE)
+
+    assert re.search(r"^FROM python:3\.11-slim-bookworm", dockerfile, re.MULTILINE)
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in dockerfile
+    torch_install = dockerfile.index(f'--index-url "${{TORCH_INDEX_URL}}" torch=={pin.group(1)}')
+    assert torch_install < dockerfile.index("pip install -r requirements.txt")
+    assert re.search(r"^USER (?!root)\w+", dockerfile, re.MULTILINE)
+    assert "collectstatic" in dockerfile

@@ -84,7 +84,9 @@ class Launcher:
         self.spawn(
             "celery",
             [PYTHON, "-m", "celery", "-A", "config", "worker", "--pool=solo",
-             "--queues=gpu,cpu", "--loglevel=INFO", "--hostname=worker@%h"],
+             "--queues=gpu,cpu", "--loglevel=INFO", "--hostname=worker@%h",
+             # The periodic sweep re-queues what a crash lost and backfills new models.
+             "--beat", f"--schedule={self.data_dir / 'celerybeat-schedule'}"],
         )  # fmt: skip
         self.spawn(
             "web",

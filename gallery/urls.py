@@ -7,5 +7,6 @@ urlpatterns = [
     path("images/<int:image_id>/file", views.image_file, name="image-file"),
     path("images/<int:image_id>/thumb", views.image_thumbnail, name="image-thumb"),
     path("images/<int:image_id>/thumb/<int:size>", views.image_thumbnail, name="image-thumb-size"),
+    path("upload/", views.upload, name="upload"),
     path("accounts/signup/", views.signup, name="signup"),
 ]

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+from django.contrib import messages
 from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods
 
+from gallery.forms import UploadForm
 from gallery.models import Image
 from gallery.selectors import image_viewable_by, images_visible_to
-from gallery.services import THUMBNAIL_SIZES, image_thumbnail_path
+from gallery.services import THUMBNAIL_SIZES, UploadRejected, image_thumbnail_path, image_upload
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -49,3 +52,23 @@ def signup(request: HttpRequest) -> HttpResponse:
         login(request, user)
         return redirect("home")
     return render(request, "registration/signup.html", {"form": form})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def upload(request: HttpRequest) -> HttpResponse:
+    form = UploadForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            image = image_upload(
+                owner=request.user,
+                file=form.cleaned_data["file"],
+                visibility=form.cleaned_data["visibility"],
+            )
+        except UploadRejected as exc:
+            form.add_error("file", str(exc))
+        else:
+            messages.success(request, f"Uploaded {image.original_filename}; it is being indexed.")
+            return redirect("home")
+    status = 400 if form.errors else 200
+    return render(request, "gallery/upload.html", {"form": form}, status=status)

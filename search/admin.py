@@ -1,6 +1,116 @@
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+from django.http import HttpRequest
 
-from search.models import EmbeddingJob, ImageEmbedding
+from gallery.models import Image
+from search.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
+from search.selectors import EmbeddingProgress, embedding_progress
+from search.services import (
+    EmbeddingModelStateError,
+    embedding_model_disable,
+    embedding_model_enable,
+    embedding_model_make_default,
+)
+from workers.encoders.registry import MODELS
+
+
+class EmbeddingModelForm(forms.ModelForm):
+    model_id = forms.ChoiceField(choices=[(m, m) for m in sorted(MODELS)])
+
+    class Meta:
+        model = EmbeddingModel
+        fields = ["model_id"]
+
+
+@admin.register(EmbeddingModel)
+class EmbeddingModelAdmin(admin.ModelAdmin):
+    """Switch models without downtime: enable (starts a backfill), watch it, then make default."""
+
+    form = EmbeddingModelForm
+    list_display = ("model_id", "enabled", "is_default", "done", "pending", "failed", "progress")
+    actions = ["enable", "make_default", "disable", "disable_and_delete"]
+    readonly_fields = ("enabled", "is_default", "created_at", "updated_at")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: EmbeddingModel | None = None):
+        return ("model_id", *self.readonly_fields) if obj else ()
+
+    def save_model(self, request: HttpRequest, obj: EmbeddingModel, form, change: bool) -> None:
+        if not change:
+            embedding_model_enable(model_id=obj.model_id)
+            self.message_user(request, f"{obj.model_id} enabled; its backfill is queued.")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[EmbeddingModel]:
+        # One query for the whole page: counts as subqueries per model row.
+        def count(queryset: QuerySet) -> Subquery:
+            counted = queryset.order_by().values("model_id").annotate(n=Count("*")).values("n")
+            return Coalesce(Subquery(counted), 0)
+
+        done = ImageEmbedding.objects.filter(model_id=OuterRef("model_id"))
+        failed = EmbeddingJob.objects.filter(
+            model_id=OuterRef("model_id"), status=EmbeddingJob.Status.FAILED
+        )
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(done_count=count(done), failed_count=count(failed))
+        )
+
+    def _progress(self, obj: EmbeddingModel) -> EmbeddingProgress:
+        if not hasattr(obj, "done_count"):
+            return embedding_progress(model_id=obj.model_id)
+        total = self._image_total()
+        pending = max(total - obj.done_count - obj.failed_count, 0)
+        return EmbeddingProgress(obj.model_id, total, obj.done_count, obj.failed_count, pending)
+
+    @staticmethod
+    def _image_total() -> int:
+        return Image.objects.count()
+
+    @admin.display(description="Done", ordering="done_count")
+    def done(self, obj: EmbeddingModel) -> int:
+        return self._progress(obj).done
+
+    @admin.display(description="Pending")
+    def pending(self, obj: EmbeddingModel) -> int:
+        return self._progress(obj).pending
+
+    @admin.display(description="Failed", ordering="failed_count")
+    def failed(self, obj: EmbeddingModel) -> int:
+        return self._progress(obj).failed
+
+    @admin.display(description="Backfill")
+    def progress(self, obj: EmbeddingModel) -> str:
+        return f"{self._progress(obj).percent:.1f}%"
+
+    def _each(self, request: HttpRequest, queryset: QuerySet[EmbeddingModel], action, done: str):
+        for state in queryset:
+            try:
+                action(model_id=state.model_id)
+            except EmbeddingModelStateError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+            else:
+                self.message_user(request, f"{state.model_id}: {done}")
+
+    @admin.action(description="Enable and backfill embeddings")
+    def enable(self, request: HttpRequest, queryset: QuerySet[EmbeddingModel]) -> None:
+        self._each(request, queryset, embedding_model_enable, "enabled; backfill queued")
+
+    @admin.action(description="Make the default search model (backfill must be complete)")
+    def make_default(self, request: HttpRequest, queryset: QuerySet[EmbeddingModel]) -> None:
+        self._each(request, queryset, embedding_model_make_default, "now the default")
+
+    @admin.action(description="Disable (stop new work, keep embeddings)")
+    def disable(self, request: HttpRequest, queryset: QuerySet[EmbeddingModel]) -> None:
+        self._each(request, queryset, embedding_model_disable, "disabled")
+
+    @admin.action(description="Disable and delete its embeddings")
+    def disable_and_delete(self, request: HttpRequest, queryset: QuerySet[EmbeddingModel]) -> None:
+        def disable_delete(*, model_id: str) -> int:
+            return embedding_model_disable(model_id=model_id, delete_embeddings=True)
+
+        self._each(request, queryset, disable_delete, "disabled, embeddings deleted")
 
 
 @admin.register(ImageEmbedding)

@@ -38,6 +38,37 @@ class ImageEmbedding(models.Model):
         return f"{self.model_id} embedding of image {self.image_id}"
 
 
+class EmbeddingModel(models.Model):
+    """Runtime state of a registered model: enabled for embedding, and which one search uses.
+
+    Rows are created from the EMBEDDING_MODELS setting on migrate (never re-enabled once staff
+    disabled them); after that staff switch models here without a restart.
+    """
+
+    model_id = models.CharField(max_length=64, primary_key=True)
+    enabled = models.BooleanField(default=True)
+    is_default = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_default"],
+                condition=models.Q(is_default=True),
+                name="embedding_model_single_default",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(is_default=False) | models.Q(enabled=True),
+                name="embedding_model_default_is_enabled",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.model_id
+
+
 class EmbeddingJob(models.Model):
     """Where one image stands with one model: pending, done, or failed with a reason."""
 
@@ -51,6 +82,9 @@ class EmbeddingJob(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     error = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    # When a batch holding this image was last queued; the sweep re-queues pending jobs whose
+    # batch has not run within the broker's visibility timeout (e.g. its worker died).
+    enqueued_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

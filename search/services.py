@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import timedelta
 
 import numpy as np
-from django.db import connections, transaction
+from django.conf import settings
+from django.db import connection, connections, transaction
+from django.db.models import F
+from django.utils import timezone
 
-from search.models import EmbeddingJob, ImageEmbedding
+from gallery.models import Image
+from search.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
 from workers.encoders.registry import MODELS, model_spec
 
 
@@ -52,12 +57,17 @@ def _normalised_rows(model_id: str, vectors: Sequence[Sequence[float]] | np.ndar
 
 
 def embeddings_store(
-    *, model_id: str, image_ids: Sequence[int], vectors: Sequence[Sequence[float]] | np.ndarray
+    *,
+    model_id: str,
+    image_ids: Sequence[int],
+    vectors: Sequence[Sequence[float]] | np.ndarray,
+    replace: bool = False,
 ) -> int:
     """Store one L2-normalised vector per image for ``model_id``, in one bulk statement.
 
-    Images that already have an embedding for the model keep it (safe to run twice). Their
-    jobs are marked done. Returns how many embeddings were newly stored.
+    Images that already have an embedding for the model keep it (safe to run twice) unless
+    ``replace`` is set (re-embedding after the weights changed). Their jobs are marked done.
+    Returns how many embeddings were newly stored or replaced.
     """
     if len(image_ids) != len(vectors):
         raise ValueError(f"{len(image_ids)} image ids but {len(vectors)} vectors")
@@ -70,7 +80,16 @@ def embeddings_store(
     ]
     with transaction.atomic():
         before = ImageEmbedding.objects.filter(model_id=model_id, image_id__in=image_ids).count()
-        ImageEmbedding.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
+        if replace:
+            ImageEmbedding.objects.bulk_create(
+                rows,
+                update_conflicts=True,
+                unique_fields=["image", "model_id"],
+                update_fields=["vector", "created_at"],
+                batch_size=1000,
+            )
+        else:
+            ImageEmbedding.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
         after = ImageEmbedding.objects.filter(model_id=model_id, image_id__in=image_ids).count()
         jobs = [
             EmbeddingJob(image_id=image_id, model_id=model_id, status=EmbeddingJob.Status.DONE)
@@ -82,4 +101,153 @@ def embeddings_store(
             unique_fields=["image", "model_id"],
             update_fields=["status", "error", "updated_at"],
         )
-    return after - before
+    return len(rows) if replace else after - before
+
+
+class EmbeddingModelStateError(ValueError):
+    """A model switch that cannot be done now (unknown, disabled, or backfill incomplete)."""
+
+
+def embedding_models_sync_from_settings() -> None:
+    """Create state rows for the models the settings enable; never re-enable a disabled one.
+
+    The first run also makes EMBEDDING_DEFAULT_MODEL the default when no model is.
+    """
+    for model_id in settings.EMBEDDING_MODELS:
+        model_spec(model_id)  # an unknown id in settings fails migrate with the list of ids
+        EmbeddingModel.objects.get_or_create(model_id=model_id, defaults={"enabled": True})
+    default = settings.EMBEDDING_DEFAULT_MODEL
+    if default and not EmbeddingModel.objects.filter(is_default=True).exists():
+        EmbeddingModel.objects.filter(model_id=default, enabled=True).update(is_default=True)
+
+
+def embedding_model_enable(*, model_id: str) -> EmbeddingModel:
+    """Enable a model; its backfill is queued once the transaction commits."""
+    model_spec(model_id)
+    state, _ = EmbeddingModel.objects.update_or_create(
+        model_id=model_id, defaults={"enabled": True}
+    )
+    from workers.tasks import embeddings_sweep
+
+    transaction.on_commit(lambda: embeddings_sweep.delay(model_id=model_id))
+    return state
+
+
+def embedding_model_disable(*, model_id: str, delete_embeddings: bool = False) -> int:
+    """Stop new work for a model; optionally delete its embeddings. Returns rows deleted.
+
+    The default model cannot be disabled: make another model the default first, so search
+    never loses its model.
+    """
+    with transaction.atomic():
+        state = EmbeddingModel.objects.select_for_update().filter(model_id=model_id).first()
+        if state is None:
+            raise EmbeddingModelStateError(f"model {model_id!r} is not enabled")
+        if state.is_default:
+            raise EmbeddingModelStateError(
+                f"{model_id!r} is the default search model; make another model the default first"
+            )
+        state.enabled = False
+        state.save(update_fields=["enabled", "updated_at"])
+        EmbeddingJob.objects.filter(model_id=model_id, status=EmbeddingJob.Status.PENDING).delete()
+        if not delete_embeddings:
+            return 0
+        EmbeddingJob.objects.filter(model_id=model_id).delete()
+        deleted, _ = ImageEmbedding.objects.filter(model_id=model_id).delete()
+    return deleted
+
+
+def embedding_model_make_default(*, model_id: str) -> EmbeddingModel:
+    """Make ``model_id`` the one search uses; only once every image has its embedding."""
+    from search.selectors import embedding_progress
+
+    with transaction.atomic():
+        state = EmbeddingModel.objects.select_for_update().filter(model_id=model_id).first()
+        if state is None or not state.enabled:
+            raise EmbeddingModelStateError(f"enable {model_id!r} before making it the default")
+        progress = embedding_progress(model_id=model_id)
+        if progress.pending:
+            raise EmbeddingModelStateError(
+                f"{model_id!r} still has {progress.pending} of {progress.total} images to "
+                f"embed; make it the default once its backfill is complete"
+            )
+        EmbeddingModel.objects.filter(is_default=True).update(is_default=False)
+        state.is_default = True
+        state.save(update_fields=["is_default", "updated_at"])
+    return state
+
+
+def embedding_jobs_create_missing(*, model_id: str, image_ids: Sequence[int] | None = None) -> int:
+    """Add a pending job for every image (or each of ``image_ids``) with none for the model."""
+    jobs = EmbeddingJob._meta.db_table
+    images = Image._meta.db_table
+    only = "AND i.id = ANY(%s)" if image_ids is not None else ""
+    params: list[object] = [model_id, model_id]
+    if image_ids is not None:
+        params.append(list(image_ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {jobs} (image_id, model_id, status, error, attempts, created_at, updated_at)
+            SELECT i.id, %s, 'pending', '', 0, now(), now() FROM {images} i
+            WHERE NOT EXISTS (SELECT 1 FROM {jobs} j WHERE j.image_id = i.id AND j.model_id = %s)
+            {only}
+            ON CONFLICT (image_id, model_id) DO NOTHING
+            """,
+            params,
+        )
+        return cursor.rowcount
+
+
+def embedding_jobs_claim(
+    *, model_id: str, stale_after: timedelta, include_failed: bool = False
+) -> list[int]:
+    """Mark pending jobs not queued within ``stale_after`` as queued now; return their images.
+
+    One UPDATE ... RETURNING, so two sweeps running at once never queue the same image twice.
+    """
+    statuses = [EmbeddingJob.Status.PENDING]
+    if include_failed:
+        statuses.append(EmbeddingJob.Status.FAILED)
+    cutoff = timezone.now() - stale_after
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {EmbeddingJob._meta.db_table} SET enqueued_at = now()
+            WHERE model_id = %s AND status = ANY(%s)
+              AND (enqueued_at IS NULL OR enqueued_at < %s)
+            RETURNING image_id
+            """,
+            [model_id, statuses, cutoff],
+        )
+        return sorted(row[0] for row in cursor.fetchall())
+
+
+def embedding_jobs_record_attempt(*, model_id: str, image_ids: Sequence[int]) -> None:
+    EmbeddingJob.objects.filter(model_id=model_id, image_id__in=image_ids).update(
+        attempts=F("attempts") + 1, updated_at=timezone.now()
+    )
+
+
+def embedding_jobs_mark_failed(*, model_id: str, failures: dict[int, str]) -> None:
+    """Record permanent failures (e.g. an undecodable file) with their readable reasons."""
+    if not failures:
+        return
+    jobs = [
+        EmbeddingJob(image_id=image_id, model_id=model_id, status=EmbeddingJob.Status.FAILED,
+                     error=reason[:2000])
+        for image_id, reason in failures.items()
+    ]  # fmt: skip
+    EmbeddingJob.objects.bulk_create(
+        jobs,
+        update_conflicts=True,
+        unique_fields=["image", "model_id"],
+        update_fields=["status", "error", "updated_at"],
+    )
+
+
+def embedding_jobs_note_blocked(*, model_id: str, image_ids: Sequence[int], reason: str) -> None:
+    """Keep jobs pending but say why they cannot run now (e.g. the weights are missing)."""
+    EmbeddingJob.objects.filter(
+        model_id=model_id, image_id__in=image_ids, status=EmbeddingJob.Status.PENDING
+    ).update(error=reason[:2000], updated_at=timezone.now())

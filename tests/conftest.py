@@ -30,3 +30,24 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture(autouse=True)
 def _media_root(settings, tmp_path: Path) -> None:
     settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny CLIP and ALIGN checkpoints on disk, standing in for the hub download (no internet
+    here); they load through the same ``from_pretrained`` path as the real weights."""
+    from tests.tiny_models import build_tiny_align, build_tiny_clip
+
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "clip-vit-base-patch32": build_tiny_clip(root / "clip"),
+        "align-base": build_tiny_align(root / "align"),
+    }
+
+
+@pytest.fixture
+def tiny_models(settings, tiny_model_dirs: dict[str, Path]) -> dict[str, Path]:
+    """Point the model settings at the tiny checkpoints."""
+    settings.EMBEDDING_MODEL_SOURCES = {k: str(v) for k, v in tiny_model_dirs.items()}
+    settings.EMBEDDING_DEVICE = "cpu"
+    return tiny_model_dirs

@@ -155,7 +155,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_RESULT_EXPIRES = 3600
 # A visibility timeout longer than the longest batch keeps Redis from handing a batch that
 # is still running to a second worker.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", 3600))
+}
 
 # --- Embedding models -----------------------------------------------------------------------
 # Model ids from workers.encoders.registry; the first enabled one is the default unless
@@ -168,7 +170,18 @@ EMBEDDING_DEFAULT_MODEL = os.environ.get("EMBEDDING_DEFAULT_MODEL") or (
 EMBEDDING_MODEL_SOURCES = env_map("EMBEDDING_MODEL_SOURCES")
 # "auto" picks CUDA (fp16), then MPS, then CPU.
 EMBEDDING_DEVICE = os.environ.get("EMBEDDING_DEVICE", "auto")
+# Empty: fp16 on CUDA, fp32 elsewhere. "int8" = dynamic-quantised CPU path (see README).
+EMBEDDING_DTYPE = os.environ.get("EMBEDDING_DTYPE", "")
+# Images per forward pass (and per Celery task).
 EMBEDDING_BATCH_SIZE = int(os.environ.get("EMBEDDING_BATCH_SIZE", 32))
+# Threads decoding images while the model runs on the previous batch.
+EMBEDDING_DECODE_THREADS = int(os.environ.get("EMBEDDING_DECODE_THREADS", 2))
+# Queue for embedding batches: GPU workers consume "gpu"; CPU workers consume both.
+EMBEDDING_QUEUE = os.environ.get("EMBEDDING_QUEUE", "gpu")
+# A queued batch not done after this long is queued again by the sweep (its worker died).
+EMBEDDING_REQUEUE_AFTER_SECONDS = int(os.environ.get("EMBEDDING_REQUEUE_AFTER_SECONDS", 3600))
+# How often the worker started by ./run sweeps for images lacking embeddings.
+EMBEDDING_SWEEP_SECONDS = int(os.environ.get("EMBEDDING_SWEEP_SECONDS", 300))
 
 LOGGING = {
     "version": 1,
@@ -177,4 +190,12 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     # pgserver logs every attach and detach at INFO.
     "loggers": {"pgserver": {"level": "WARNING"}},
+}
+
+CELERY_BEAT_SCHEDULE = {
+    "embeddings-sweep": {
+        "task": "workers.tasks.embeddings_sweep",
+        "schedule": float(EMBEDDING_SWEEP_SECONDS),
+        "options": {"queue": "cpu"},
+    },
 }

@@ -1,6 +1,7 @@
 """Test settings: the base with a separate embedded Redis and fast password hashing."""
 
 import os
+from pathlib import Path
 
 from config import embedded
 from config.settings.base import *  # noqa: F403
@@ -13,7 +14,9 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or embedded.socket_url(
     embedded.redis_socket(TEST_DATA_DIR)
 )
 CELERY_RESULT_BACKEND = CELERY_BROKER_URL
-MEDIA_ROOT = TEST_DATA_DIR / "media"
+# Worker processes started by the tests get the test's media folder through the environment.
+MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT") or TEST_DATA_DIR / "media")
+EMBEDDING_DEVICE = "cpu"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

@@ -1,0 +1,116 @@
+"""Changing models without downtime: enable -> backfill -> make default; disable; progress."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from search.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
+from search.selectors import embedding_model_default, embedding_progress
+from search.services import (
+    EmbeddingModelStateError,
+    embedding_model_disable,
+    embedding_model_enable,
+    embedding_model_make_default,
+    embeddings_store,
+)
+from tests.factories import ImageFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+CLIP, ALIGN = "clip-vit-base-patch32", "align-base"
+
+
+def vectors(n: int, dim: int) -> np.ndarray:
+    return np.random.default_rng(n).normal(size=(n, dim))
+
+
+def test_settings_enable_the_default_model_on_migrate() -> None:
+    assert list(EmbeddingModel.objects.values_list("model_id", "enabled", "is_default")) == [
+        (CLIP, True, True)
+    ]
+
+
+def test_new_model_backfills_while_search_keeps_the_old_default(
+    django_capture_on_commit_callbacks,
+) -> None:
+    images = ImageFactory.create_batch(3, dataset=True)
+    with django_capture_on_commit_callbacks() as callbacks:
+        embedding_model_enable(model_id=ALIGN)
+    assert len(callbacks) == 1  # the backfill sweep, sent after commit
+    assert embedding_model_default() == CLIP
+
+    with pytest.raises(EmbeddingModelStateError, match="3 of 3 images to embed"):
+        embedding_model_make_default(model_id=ALIGN)
+    assert embedding_model_default() == CLIP
+
+    embeddings_store(model_id=ALIGN, image_ids=[i.pk for i in images], vectors=vectors(3, 640))
+    assert embedding_progress(model_id=ALIGN).pending == 0
+    embedding_model_make_default(model_id=ALIGN)
+    assert embedding_model_default() == ALIGN
+    assert EmbeddingModel.objects.filter(is_default=True).count() == 1
+
+
+def test_the_default_model_cannot_be_disabled() -> None:
+    with pytest.raises(EmbeddingModelStateError, match="default"):
+        embedding_model_disable(model_id=CLIP)
+
+
+def test_disable_keeps_or_deletes_embeddings() -> None:
+    images = ImageFactory.create_batch(2, dataset=True)
+    embedding_model_enable(model_id=ALIGN)
+    embeddings_store(model_id=ALIGN, image_ids=[images[0].pk], vectors=vectors(1, 640))
+    EmbeddingJob.objects.create(image=images[1], model_id=ALIGN)
+    assert embedding_model_disable(model_id=ALIGN) == 0
+    assert ImageEmbedding.objects.filter(model_id=ALIGN).count() == 1
+    assert not EmbeddingJob.objects.filter(model_id=ALIGN, status="pending").exists()
+    assert embedding_model_disable(model_id=ALIGN, delete_embeddings=True) == 1
+    assert not ImageEmbedding.objects.filter(model_id=ALIGN).exists()
+    assert not EmbeddingModel.objects.get(model_id=ALIGN).enabled
+
+
+def test_progress_counts_done_pending_and_failed() -> None:
+    images = ImageFactory.create_batch(4, dataset=True)
+    embeddings_store(model_id=CLIP, image_ids=[images[0].pk], vectors=vectors(1, 512))
+    EmbeddingJob.objects.create(image=images[1], model_id=CLIP, status="failed", error="truncated")
+    progress = embedding_progress(model_id=CLIP)
+    assert (progress.total, progress.done, progress.failed, progress.pending) == (4, 1, 1, 2)
+    assert progress.percent == 25.0
+
+
+def test_progress_json_is_for_staff(client: Client) -> None:
+    ImageFactory.create_batch(2, dataset=True)
+    url = reverse("embedding-progress")
+    assert client.get(url).status_code == 302
+    client.force_login(UserFactory(is_staff=True))
+    data = client.get(url).json()
+    assert data["models"] == [
+        {"model_id": CLIP, "total": 2, "done": 0, "failed": 0, "pending": 2, "percent": 0.0,
+         "enabled": True, "default": True}
+    ]  # fmt: skip
+
+
+def test_admin_shows_progress_and_switches_the_default(
+    client: Client, django_capture_on_commit_callbacks
+) -> None:
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    image = ImageFactory(dataset=True)
+    changelist = reverse("admin:search_embeddingmodel_changelist")
+    with django_capture_on_commit_callbacks():
+        response = client.post(reverse("admin:search_embeddingmodel_add"), {"model_id": ALIGN})
+    assert response.status_code == 302
+    assert EmbeddingModel.objects.get(model_id=ALIGN).enabled
+
+    page = client.get(changelist).content.decode()
+    assert "0.0%" in page  # align: nothing embedded yet
+    refused = client.post(
+        changelist, {"action": "make_default", "_selected_action": [ALIGN]}, follow=True
+    )
+    assert "images to embed" in refused.content.decode()
+    assert embedding_model_default() == CLIP
+
+    embeddings_store(model_id=ALIGN, image_ids=[image.pk], vectors=vectors(1, 640))
+    client.post(changelist, {"action": "make_default", "_selected_action": [ALIGN]})
+    assert embedding_model_default() == ALIGN
+    assert "100.0%" in client.get(changelist).content.decode()

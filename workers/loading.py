@@ -1,0 +1,18 @@
+"""The settings-aware way to get an encoder: which weights and device, per the settings."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from workers.encoders import Encoder, load_encoder
+
+
+def encoder_for(model_id: str) -> Encoder:
+    """The process-wide encoder for ``model_id`` (loaded on first use, then cached)."""
+    device = settings.EMBEDDING_DEVICE
+    return load_encoder(
+        model_id,
+        source=settings.EMBEDDING_MODEL_SOURCES.get(model_id),
+        device=None if device == "auto" else device,
+        dtype=settings.EMBEDDING_DTYPE or None,
+    )

@@ -15,16 +15,18 @@ from workers.encoders.registry import model_spec
 
 
 def embeddings_nearest(
-    *, model_id: str, vector: Sequence[float], k: int = 20
+    *, model_id: str, vector: Sequence[float], k: int = 20, exact: bool = False
 ) -> QuerySet[ImageEmbedding]:
     """The ``k`` embeddings of ``model_id`` closest to ``vector`` by cosine distance.
 
     The ORDER BY expression repeats the partial index's ``vector::vector(dim)`` cast and the
     WHERE repeats its predicate, which is what lets PostgreSQL answer from the HNSW index.
+    ``exact`` orders by the un-cast column instead, which no index serves: a full scan that
+    returns the true top k (for evaluation, and for filters too selective for the index).
     Each row carries ``distance`` (cosine distance, 0 = identical).
     """
     dim = model_spec(model_id).dim
-    typed = Cast("vector", VectorField(dimensions=dim))
+    typed = "vector" if exact else Cast("vector", VectorField(dimensions=dim))
     return (
         ImageEmbedding.objects.filter(model_id=model_id)
         .annotate(distance=CosineDistance(typed, list(vector)))

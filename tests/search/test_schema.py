@@ -85,13 +85,15 @@ def test_planner_chooses_the_index_on_its_own_at_realistic_size() -> None:
     assert f"Index Scan using {hnsw_index_name(model_id)}" in plan, plan
 
 
-def test_nearest_returns_the_closest_vectors_in_order() -> None:
+def test_exact_nearest_returns_the_closest_vectors_in_order() -> None:
     model_id = "clip-vit-base-patch32"
     images = ImageFactory.create_batch(20, dataset=True)
     vectors = unit_rows(20, 512, seed=3)
     embeddings_store(model_id=model_id, image_ids=[i.pk for i in images], vectors=vectors)
     query = vectors[7] + 0.01 * unit_rows(1, 512, seed=4)[0]
-    got = [e.image_id for e in embeddings_nearest(model_id=model_id, vector=query, k=5)]
+    found = embeddings_nearest(model_id=model_id, vector=query, k=5, exact=True)
+    assert "hnsw" not in plan_of(found)
+    got = [e.image_id for e in found]
     expected = np.argsort(-(vectors @ (query / np.linalg.norm(query))))[:5]
     assert got == [images[i].pk for i in expected]
 

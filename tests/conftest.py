@@ -51,3 +51,21 @@ def tiny_models(settings, tiny_model_dirs: dict[str, Path]) -> dict[str, Path]:
     settings.EMBEDDING_MODEL_SOURCES = {k: str(v) for k, v in tiny_model_dirs.items()}
     settings.EMBEDDING_DEVICE = "cpu"
     return tiny_model_dirs
+
+
+# --- Browser tests: Debian's Chromium driven by pytest-playwright (never a downloaded browser).
+# Playwright's sync API runs an event loop in the test thread; Django's ORM refuses to run
+# inside one unless told that this (test-only) use is fine.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict) -> dict:
+    return {
+        **browser_type_launch_args,
+        "executable_path": "/usr/bin/chromium",
+        "args": [
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        ],
+    }  # fmt: skip

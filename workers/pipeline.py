@@ -15,9 +15,11 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gallery.models import Image
-from search.models import ImageEmbedding
+from search.models import EmbeddingJob, ImageEmbedding
 from search.selectors import embedding_models_enabled
 from search.services import (
     embedding_jobs_claim,
@@ -30,6 +32,8 @@ from workers.encoders import Encoder, ImageDecodeError, open_image
 from workers.loading import encoder_for
 
 logger = logging.getLogger(__name__)
+
+BROKER_ERRORS = (KombuOperationalError, RedisConnectionError, ConnectionError, OSError)
 
 
 @dataclass
@@ -146,8 +150,6 @@ def embeddings_enqueue_missing(
     the queue); older ones are queued again, which is how a batch lost with a killed worker is
     finished. Queuing happens after the transaction commits.
     """
-    from workers.tasks import embed_images
-
     batch_size = batch_size or settings.EMBEDDING_BATCH_SIZE
     if requeue_after is None:
         requeue_after = timedelta(seconds=settings.EMBEDDING_REQUEUE_AFTER_SECONDS)
@@ -156,13 +158,31 @@ def embeddings_enqueue_missing(
         model_id=model_id, stale_after=requeue_after, include_failed=retry_failed
     )
     batches = [image_ids[i : i + batch_size] for i in range(0, len(image_ids), batch_size)]
-
-    def send() -> None:
-        for batch in batches:
-            embed_images.apply_async(args=(model_id, batch), queue=settings.EMBEDDING_QUEUE)
-
-    transaction.on_commit(send)
+    transaction.on_commit(lambda: _send_batches(model_id, batches))
     return len(batches)
+
+
+def _send_batches(model_id: str, batches: list[list[int]]) -> None:
+    """Queue batches; with the broker down, log it and leave the jobs for the next sweep.
+
+    An upload or an import must not fail because Redis is briefly away: the images and their
+    pending jobs are already committed, and the periodic sweep queues them once it is back.
+    """
+    from workers.tasks import embed_images
+
+    for index, batch in enumerate(batches):
+        try:
+            embed_images.apply_async(args=(model_id, batch), queue=settings.EMBEDDING_QUEUE)
+        except BROKER_ERRORS as exc:
+            unsent = [image_id for rest in batches[index:] for image_id in rest]
+            EmbeddingJob.objects.filter(model_id=model_id, image_id__in=unsent).update(
+                enqueued_at=None
+            )
+            logger.warning(
+                "broker unavailable (%s): %d images of %s stay pending for the next sweep",
+                exc, len(unsent), model_id,
+            )  # fmt: skip
+            return
 
 
 def embeddings_sweep(*, model_id: str | None = None) -> dict[str, int]:
@@ -174,12 +194,6 @@ def embeddings_sweep(*, model_id: str | None = None) -> dict[str, int]:
 
 def image_enqueue_embedding(*, image_id: int) -> None:
     """Queue a new image for every enabled model once the transaction commits."""
-    from workers.tasks import embed_images
-
     for model_id in embedding_models_enabled():
         embedding_jobs_create_missing(model_id=model_id, image_ids=[image_id])
-        transaction.on_commit(
-            lambda m=model_id: embed_images.apply_async(
-                args=(m, [image_id]), queue=settings.EMBEDDING_QUEUE
-            )
-        )
+        transaction.on_commit(lambda m=model_id: _send_batches(m, [[image_id]]))

@@ -147,6 +147,16 @@ CELERY_BROKER_URL = (
     or embedded.socket_url(embedded.redis_socket(DATA_DIR))
 )
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or CELERY_BROKER_URL
+# Tasks record their outcome in the database; nobody waits on Celery results.
+CELERY_TASK_IGNORE_RESULT = True
+# Publishing fails fast when the broker is down: callers keep the work pending in the database
+# and the periodic sweep sends it later, instead of a web request hanging on retries.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -156,7 +166,8 @@ CELERY_RESULT_EXPIRES = 3600
 # A visibility timeout longer than the longest batch keeps Redis from handing a batch that
 # is still running to a second worker.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", 3600))
+    "visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", 3600)),
+    "socket_connect_timeout": 3,
 }
 
 # --- Embedding models -----------------------------------------------------------------------

@@ -90,9 +90,8 @@ class Launcher:
         )  # fmt: skip
         self.spawn(
             "web",
-            [PYTHON, "-m", "gunicorn", "config.wsgi", "--bind", f"{self.host}:{self.port}",
-             "--workers", os.environ.get("WEB_WORKERS", "2"), "--threads", "4",
-             "--access-logfile", "-", "--graceful-timeout", "10"],
+            [PYTHON, "-m", "gunicorn", "config.wsgi", "-c", str(BASE_DIR / "config/gunicorn.py"),
+             "--bind", f"{self.host}:{self.port}"],
         )  # fmt: skip
         self.wait_for_web()
         log(f"Site ready at http://{self.host}:{self.port}/  (Ctrl-C stops everything)")

@@ -6,7 +6,7 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.db.models import Q, QuerySet
 
-from gallery.models import Collection, Image
+from gallery.models import ApiToken, Collection, Image
 
 
 def images_visible_to(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Image]:
@@ -33,3 +33,11 @@ def collections_visible_to(*, user: AbstractBaseUser | AnonymousUser) -> QuerySe
     if user.is_authenticated:
         visible |= Q(owner_id=user.pk)
     return Collection.objects.filter(visible)
+
+
+def api_token_user(*, raw: str) -> AbstractBaseUser | None:
+    """The active user a raw API token belongs to, or None."""
+    token = ApiToken.objects.select_related("user").filter(key_hash=ApiToken.hash(raw)).first()
+    if token is None or not token.user.is_active:
+        return None
+    return token.user

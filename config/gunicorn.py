@@ -1,0 +1,22 @@
+"""Gunicorn settings for ./run and the compose web service (``gunicorn -c config/gunicorn.py``)."""
+
+import os
+
+bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("WEB_WORKERS", "2"))
+threads = 4
+worker_class = "gthread"
+graceful_timeout = 10
+accesslog = "-"
+
+
+def post_worker_init(worker) -> None:  # noqa: ANN001 - gunicorn's hook signature
+    # Load the search models in each worker before it takes requests, so the first search
+    # is as fast as the tenth.
+    from search.encoding import warm_up
+    from search.selectors import search_models_available
+
+    try:
+        warm_up(model_ids=search_models_available())
+    except Exception:  # noqa: BLE001 - a cold first search beats a web worker that won't boot
+        worker.log.exception("search warm-up failed; models will load on first use")

@@ -1,0 +1,312 @@
+"""Search: ranking on pgvector (exact equals numpy, HNSW recall), filters, privacy, the API."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pytest
+from django.contrib.auth.models import AnonymousUser
+from django.db import connection
+from django.test import Client
+from django.utils import timezone
+from PIL import Image as PILImage
+
+from gallery.models import Image
+from gallery.services import api_token_create
+from search import encoding
+from search.selectors import (
+    SearchFilters,
+    embeddings_ranked,
+    images_search_by_vector,
+    images_search_queryset,
+)
+from search.services import embeddings_store, hnsw_index_name
+from tests.factories import ImageFactory, UserFactory, jpeg_bytes
+
+pytestmark = pytest.mark.django_db
+CLIP = "clip-vit-base-patch32"
+ANON = AnonymousUser()
+
+
+def clustered(n: int, dim: int = 512, clusters: int = 40, seed: int = 0) -> np.ndarray:
+    """Unit vectors around a few centres, as real embeddings are (unlike uniform noise)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    rows = centres[rng.integers(0, clusters, n)] + 0.35 * rng.normal(size=(n, dim))
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def dataset(n: int, vectors: np.ndarray | None = None, **fields) -> tuple[list[Image], np.ndarray]:
+    images = Image.objects.bulk_create(
+        ImageFactory.build_batch(n, dataset=True, file="x.jpg", **fields)
+    )
+    vectors = clustered(n) if vectors is None else vectors
+    embeddings_store(model_id=CLIP, image_ids=[i.pk for i in images], vectors=vectors)
+    return images, vectors
+
+
+def uploads(owner, n: int, vectors: np.ndarray, visibility: str = "private") -> list[Image]:
+    images = Image.objects.bulk_create(
+        [
+            ImageFactory.build(owner=owner, visibility=visibility, file="x.jpg", sha256=f"{i:064x}")
+            for i in range(n)
+        ]
+    )
+    embeddings_store(model_id=CLIP, image_ids=[i.pk for i in images], vectors=vectors)
+    return images
+
+
+def plan_of(queryset) -> str:
+    return re.sub(r"'\[[^\]]*\]'", "'[...]'", queryset.explain())
+
+
+def test_exact_ranking_equals_numpy_brute_force() -> None:
+    images, vectors = dataset(400)
+    query = clustered(1, seed=7)[0]
+    got = [e.image_id for e in embeddings_ranked(model_id=CLIP, vector=query, exact=True)[:50]]
+    expected = [images[i].pk for i in np.argsort(-(vectors @ query), kind="stable")[:50]]
+    assert got == expected
+
+
+def test_hnsw_recall_at_10_against_exact_on_clustered_vectors() -> None:
+    # A seed no other test uses: rolled-back rows of earlier tests stay in the HNSW graph
+    # until a VACUUM, and identical dead copies of these vectors would crowd the candidates.
+    # Queries come from the same clusters as the data, as text queries land near the images
+    # they describe.
+    both = clustered(3040, seed=4242)
+    dataset(3000, vectors=both[:3000])
+    queries = both[3000:]
+    recalls = []
+    for query in queries:
+        exact = {e.image_id for e in embeddings_ranked(model_id=CLIP, vector=query, exact=True)[:10]}
+        page = images_search_by_vector(user=ANON, model_id=CLIP, vector=query, k=10)
+        assert page.exact is False
+        recalls.append(len(exact & {hit.image.pk for hit in page.hits}) / 10)
+    assert np.mean(recalls) >= 0.95
+
+
+def test_unfiltered_search_uses_the_models_hnsw_index() -> None:
+    dataset(3000)
+    user = UserFactory()
+    with connection.cursor() as cursor:  # as autovacuum would have done by now
+        cursor.execute("ANALYZE gallery_image; ANALYZE search_imageembedding")
+    for who in (ANON, user):
+        queryset, exact = images_search_queryset(user=who, model_id=CLIP, vector=clustered(1)[0])
+        assert not exact
+        assert f"Index Scan using {hnsw_index_name(CLIP)}" in plan_of(queryset[:20])
+
+
+def test_a_filter_matching_one_percent_still_returns_k_results() -> None:
+    owner = UserFactory()
+    dataset(2970)
+    mine = uploads(owner, 30, clustered(30, seed=5))
+    query = clustered(1, seed=3)[0]
+    page = images_search_by_vector(
+        user=owner, model_id=CLIP, vector=query, k=20, filters=SearchFilters(source="mine")
+    )
+    assert len(page.hits) == 20 and page.exact
+    assert {h.image.pk for h in page.hits} <= {i.pk for i in mine}
+    scores = [h.score for h in page.hits]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_index_path_with_iterative_scan_also_fills_a_selective_filter(settings, monkeypatch) -> None:
+    # Force the HNSW path for the 1% filter: pgvector's iterative scan must keep going past
+    # the 99% of rows the filter drops instead of returning a short page.
+    monkeypatch.setattr("search.selectors.EXACT_SEARCH_MAX_ROWS", 0)
+    owner = UserFactory()
+    dataset(2970)
+    uploads(owner, 30, clustered(30, seed=5))
+    page = images_search_by_vector(
+        user=owner, model_id=CLIP, vector=clustered(1, seed=3)[0], k=20,
+        filters=SearchFilters(source="mine"),
+    )  # fmt: skip
+    assert not page.exact and len(page.hits) == 20
+
+
+def test_date_and_source_filters() -> None:
+    owner = UserFactory()
+    old_images, _ = dataset(5)
+    Image.objects.filter(pk__in=[i.pk for i in old_images]).update(
+        created_at=timezone.now() - timezone.timedelta(days=30)
+    )
+    dataset(5, vectors=clustered(5, seed=2))
+    recent = SearchFilters(uploaded_after=timezone.now() - timezone.timedelta(days=1))
+    page = images_search_by_vector(user=owner, model_id=CLIP, vector=clustered(1)[0], filters=recent)
+    assert len(page.hits) == 5 and not {h.image.pk for h in page.hits} & {i.pk for i in old_images}
+    data = images_search_by_vector(
+        user=owner, model_id=CLIP, vector=clustered(1)[0], filters=SearchFilters(source="dataset")
+    )
+    assert len(data.hits) == 10
+
+
+def test_paging_continues_without_overlap_and_min_score_cuts() -> None:
+    dataset(300)
+    query = clustered(1, seed=11)[0]
+    first = images_search_by_vector(user=ANON, model_id=CLIP, vector=query, k=10)
+    second = images_search_by_vector(user=ANON, model_id=CLIP, vector=query, k=10, offset=10)
+    assert first.next_offset == 10
+    assert not {h.image.pk for h in first.hits} & {h.image.pk for h in second.hits}
+    assert first.hits[-1].score >= second.hits[0].score - 1e-6
+    cut = images_search_by_vector(
+        user=ANON, model_id=CLIP, vector=query, k=10, min_score=first.hits[4].score
+    )
+    assert [h.image.pk for h in cut.hits] == [h.image.pk for h in first.hits[:5]]
+
+
+# --- Privacy --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def planted(tiny_models):
+    """Another user's private upload planted as the exact nearest vector to the query."""
+    owner = UserFactory()
+    dataset(50)
+    query = encoding.text_embedding(model_id=CLIP, text="two dogs on a beach")
+    secret = uploads(owner, 1, query[None, :])[0]
+    return owner, secret
+
+
+def test_private_upload_is_absent_from_everyone_elses_results(client: Client, planted) -> None:
+    owner, secret = planted
+    stranger = UserFactory()
+    for who in (None, stranger):
+        if who:
+            client.force_login(who)
+        data = client.get("/api/search", {"q": "two dogs on a beach", "k": 100}).json()
+        assert secret.pk not in [r["id"] for r in data["results"]]
+        assert len(data["results"]) == 50
+        page = client.get("/search/", {"q": "two dogs on a beach"}).content.decode()
+        assert f'data-image-id="{secret.pk}"' not in page
+    client.force_login(owner)
+    data = client.get("/api/search", {"q": "two dogs on a beach"}).json()
+    assert data["results"][0]["id"] == secret.pk
+    assert data["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_private_upload_is_absent_from_similar_images(client: Client, planted) -> None:
+    owner, secret = planted
+    public = Image.objects.filter(source="flickr30k").first()
+    client.force_login(UserFactory())
+    ids = [r["id"] for r in client.get(f"/api/images/{public.pk}/similar?k=100").json()["results"]]
+    assert secret.pk not in ids and public.pk not in ids and len(ids) == 49
+    assert client.get(f"/api/images/{secret.pk}/similar").status_code == 404
+    assert client.get(f"/search/similar/{secret.pk}/").status_code == 404
+
+
+def test_private_upload_is_absent_from_image_query_results(client: Client, planted) -> None:
+    _, secret = planted
+    picture = io.BytesIO(jpeg_bytes(size=(64, 64)))
+    picture.name = "query.jpg"
+    data = client.post("/api/search/image?k=100", {"image": picture}).json()
+    assert secret.pk not in [r["id"] for r in data["results"]] and len(data["results"]) == 50
+
+
+def test_api_token_sees_its_owners_private_images(client: Client, planted) -> None:
+    owner, secret = planted
+    _, raw = api_token_create(user=owner, name="laptop")
+    for headers in ({"Authorization": f"Bearer {raw}"}, {"X-API-Token": raw}):
+        data = client.get("/api/search", {"q": "two dogs on a beach"}, headers=headers).json()
+        assert data["results"][0]["id"] == secret.pk
+    bad = client.get("/api/search", {"q": "dogs"}, headers={"Authorization": "Bearer wrong"})
+    assert bad.status_code == 401 and "error" in bad.json()
+
+
+# --- API contract ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "message"),
+    [
+        ({"q": ""}, 400, "empty"),
+        ({"q": "   "}, 400, "empty"),
+        ({"q": "x" * 1001}, 400, "limit is 1000"),
+        ({"q": "dogs", "model": "clip-vit-huge"}, 400, "unknown"),
+        ({"q": "dogs", "model": "clip-vit-large-patch14"}, 400, "not enabled"),
+        ({"q": "dogs", "k": 0}, 400, "k must be"),
+        ({"q": "dogs", "k": 101}, 400, "k must be"),
+        ({"q": "dogs", "k": "many"}, 400, "k"),
+        ({"q": "dogs", "offset": -1}, 400, "offset"),
+        ({"q": "dogs", "source": "elsewhere"}, 400, "source must be"),
+        ({"q": "dogs", "source": "mine"}, 401, "sign in"),
+        ({"q": "dogs", "collection": 999999}, 404, "no such collection"),
+    ],
+)
+def test_bad_search_requests_get_json_errors(
+    client: Client, tiny_models, params, status, message
+) -> None:
+    dataset(5)
+    response = client.get("/api/search", params)
+    assert response.status_code == status, response.content
+    assert message in response.json()["error"].lower()
+
+
+def test_model_without_embeddings_is_a_409(client: Client, tiny_models) -> None:
+    response = client.get("/api/search", {"q": "dogs"})
+    assert response.status_code == 409
+    assert "no embeddings yet" in response.json()["error"]
+
+
+def test_unreadable_query_image_is_a_400(client: Client, tiny_models) -> None:
+    dataset(3)
+    junk = io.BytesIO(b"not an image")
+    junk.name = "junk.jpg"
+    response = client.post("/api/search/image", {"image": junk})
+    assert response.status_code == 400 and "query image" in response.json()["error"]
+
+
+def test_results_carry_scores_thumbnails_and_captions(client: Client, tiny_models) -> None:
+    images, _ = dataset(3)
+    images[0].captions.create(text="a dog on a beach", position=0)
+    data = client.get("/api/search", {"q": "dog", "k": 3}).json()
+    assert data["model"] == CLIP and len(data["results"]) == 3
+    first = next(r for r in data["results"] if r["id"] == images[0].pk)
+    assert first["captions"] == ["a dog on a beach"]
+    assert first["thumbnail_url"] == f"/images/{images[0].pk}/thumb"
+    assert -1.0 <= first["score"] <= 1.0
+    assert client.get("/api/models").json() == [{"id": CLIP, "default": True}]
+
+
+def test_openapi_schema_is_served(client: Client) -> None:
+    schema = client.get("/api/openapi.json").json()
+    assert {"/api/search", "/api/images/{image_id}/similar", "/api/search/image"} <= set(
+        schema["paths"]
+    )
+
+
+def test_query_embeddings_are_cached(tiny_models) -> None:
+    first = encoding.text_embedding(model_id=CLIP, text="a red bicycle")
+    assert encoding.text_embedding(model_id=CLIP, text=" a red bicycle ") is first
+    with pytest.raises(ValueError):
+        first[0] = 0.0  # shared between requests: read-only
+
+
+# --- The page -------------------------------------------------------------------------------
+
+
+def test_search_page_shows_results_and_errors(client: Client, tiny_models) -> None:
+    images, _ = dataset(3)
+    images[0].captions.create(text="a dog on a beach", position=0)
+    page = client.get("/search/", {"q": "dog"})
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert html.count('class="result"') == 3 and "a dog on a beach" in html
+    assert f"/search/similar/{images[0].pk}/" in html
+    empty = client.get("/search/", {"q": "  "})
+    assert empty.status_code == 400 and "the query is empty" in empty.content.decode()
+    unknown = client.get("/search/", {"q": "dog", "model": "nope"})
+    assert unknown.status_code == 400 and "unknown" in unknown.content.decode().lower()
+    assert client.get("/search/").status_code == 200
+
+
+def test_search_by_image_page(client: Client, tiny_models) -> None:
+    dataset(4)
+    picture = PILImage.new("RGB", (50, 50), (200, 10, 10))
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG")
+    buffer.seek(0)
+    buffer.name = "red.png"
+    html = client.post("/search/image/", {"image": buffer}).content.decode()
+    assert html.count('class="result"') == 4

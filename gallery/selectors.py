@@ -35,9 +35,13 @@ def collections_visible_to(*, user: AbstractBaseUser | AnonymousUser) -> QuerySe
     return Collection.objects.filter(visible)
 
 
-def api_token_user(*, raw: str) -> AbstractBaseUser | None:
-    """The active user a raw API token belongs to, or None."""
+def api_token_find(*, raw: str) -> ApiToken | None:
+    """The token row for a raw API token whose user is active, or None."""
     token = ApiToken.objects.select_related("user").filter(key_hash=ApiToken.hash(raw)).first()
     if token is None or not token.user.is_active:
         return None
-    return token.user
+    return token
+
+
+def api_tokens_of(*, user: AbstractBaseUser) -> QuerySet[ApiToken]:
+    return ApiToken.objects.filter(user=user)

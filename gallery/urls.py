@@ -9,4 +9,5 @@ urlpatterns = [
     path("images/<int:image_id>/thumb/<int:size>", views.image_thumbnail, name="image-thumb-size"),
     path("upload/", views.upload, name="upload"),
     path("accounts/signup/", views.signup, name="signup"),
+    path("accounts/tokens/", views.api_tokens, name="api-tokens"),
 ]

@@ -10,8 +10,15 @@ from django.views.decorators.http import require_http_methods
 
 from gallery.forms import UploadForm
 from gallery.models import Image
-from gallery.selectors import image_viewable_by, images_visible_to
-from gallery.services import THUMBNAIL_SIZES, UploadRejected, image_thumbnail_path, image_upload
+from gallery.selectors import api_tokens_of, image_viewable_by, images_visible_to
+from gallery.services import (
+    THUMBNAIL_SIZES,
+    UploadRejected,
+    api_token_create,
+    api_token_revoke,
+    image_thumbnail_path,
+    image_upload,
+)
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -72,3 +79,22 @@ def upload(request: HttpRequest) -> HttpResponse:
             return redirect("home")
     status = 400 if form.errors else 200
     return render(request, "gallery/upload.html", {"form": form}, status=status)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def api_tokens(request: HttpRequest) -> HttpResponse:
+    """List, create and revoke the signed-in user's API tokens; a new token is shown once."""
+    new_token = None
+    if request.method == "POST":
+        if "revoke" in request.POST:
+            api_token_revoke(user=request.user, token_id=int(request.POST["revoke"]))
+            messages.success(request, "Token revoked.")
+            return redirect("api-tokens")
+        name = (request.POST.get("name") or "").strip() or "API token"
+        _, new_token = api_token_create(user=request.user, name=name)
+    return render(
+        request,
+        "gallery/api_tokens.html",
+        {"tokens": api_tokens_of(user=request.user), "new_token": new_token},
+    )

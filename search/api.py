@@ -12,7 +12,8 @@ from ninja.errors import AuthenticationError, ValidationError
 from ninja.files import UploadedFile
 from ninja.security import APIKeyHeader, HttpBearer, django_auth
 
-from gallery.selectors import api_token_user, image_get_visible
+from gallery.selectors import api_token_find, image_get_visible
+from gallery.services import api_token_mark_used
 from search import encoding
 from search.selectors import (
     SearchError,
@@ -29,12 +30,13 @@ from workers.encoders import ImageDecodeError, open_image
 
 
 def _token_user(request: HttpRequest, raw: str):
-    user = api_token_user(raw=raw)
-    if user is None:
+    token = api_token_find(raw=raw)
+    if token is None:
         # A wrong token is an error, not a silent fall-back to anonymous results.
         raise AuthenticationError(401, "invalid API token")
-    request.user = user
-    return user
+    api_token_mark_used(token=token)
+    request.user = token.user
+    return token.user
 
 
 class TokenBearer(HttpBearer):

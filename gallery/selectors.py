@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 
-from gallery.models import ApiToken, Collection, Image
+from gallery.models import ApiToken, Collection, CollectionItem, Image
 
 
 def images_visible_to(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Image]:
@@ -45,3 +45,35 @@ def api_token_find(*, raw: str) -> ApiToken | None:
 
 def api_tokens_of(*, user: AbstractBaseUser) -> QuerySet[ApiToken]:
     return ApiToken.objects.filter(user=user)
+
+
+def collections_of(*, user: AbstractBaseUser) -> QuerySet[Collection]:
+    return Collection.objects.filter(owner=user).annotate(item_total=Count("items"))
+
+
+def collection_get_viewable(
+    *,
+    user: AbstractBaseUser | AnonymousUser,
+    collection_id: int | None = None,
+    share_token: str | None = None,
+) -> Collection | None:
+    """A collection the user may open: their own, a public one, or any shared by its link."""
+    if share_token is not None:
+        return (
+            Collection.objects.filter(share_token=share_token)
+            .exclude(visibility=Collection.Visibility.PRIVATE)
+            .first()
+        )
+    return collections_visible_to(user=user).filter(pk=collection_id).first()
+
+
+def collection_items_visible(
+    *, collection: Collection, user: AbstractBaseUser | AnonymousUser
+) -> QuerySet[CollectionItem]:
+    """The items whose images ``user`` may see: sharing a collection never shares its owner's
+    private uploads."""
+    return (
+        collection.items.filter(image__in=images_visible_to(user=user))
+        .select_related("image")
+        .prefetch_related("image__captions")
+    )

@@ -10,4 +10,9 @@ urlpatterns = [
     path("upload/", views.upload, name="upload"),
     path("accounts/signup/", views.signup, name="signup"),
     path("accounts/tokens/", views.api_tokens, name="api-tokens"),
+    path("collections/", views.collections_index, name="collections"),
+    path("collections/add", views.collection_add, name="collection-add"),
+    path("collections/<int:collection_id>/", views.collection_detail, name="collection"),
+    path("collections/<int:collection_id>/edit", views.collection_edit, name="collection-edit"),
+    path("c/<str:share_token>/", views.collection_shared, name="collection-shared"),
 ]

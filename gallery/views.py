@@ -6,16 +6,30 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods
 
 from gallery.forms import UploadForm
-from gallery.models import Image
-from gallery.selectors import api_tokens_of, image_viewable_by, images_visible_to
+from gallery.models import Collection, Image
+from gallery.selectors import (
+    api_tokens_of,
+    collection_get_viewable,
+    collection_items_visible,
+    collections_of,
+    image_viewable_by,
+    images_visible_to,
+)
 from gallery.services import (
     THUMBNAIL_SIZES,
+    CollectionError,
     UploadRejected,
     api_token_create,
     api_token_revoke,
+    collection_create,
+    collection_item_add,
+    collection_item_remove,
+    collection_update,
     image_thumbnail_path,
     image_upload,
 )
@@ -98,3 +112,105 @@ def api_tokens(request: HttpRequest) -> HttpResponse:
         "gallery/api_tokens.html",
         {"tokens": api_tokens_of(user=request.user), "new_token": new_token},
     )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def collections_index(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        try:
+            collection = collection_create(
+                owner=request.user,
+                name=request.POST.get("name", ""),
+                description=request.POST.get("description", ""),
+                visibility=request.POST.get("visibility") or Collection.Visibility.PRIVATE,
+            )
+        except CollectionError as exc:
+            messages.error(request, str(exc))
+        else:
+            return redirect("collection", collection_id=collection.pk)
+    return render(
+        request, "gallery/collections.html", {"collections": collections_of(user=request.user)}
+    )
+
+
+def _render_collection(request: HttpRequest, collection: Collection | None) -> HttpResponse:
+    if collection is None:
+        raise Http404("No such collection.")
+    items = collection_items_visible(collection=collection, user=request.user)
+    share_url = request.build_absolute_uri(
+        reverse("collection-shared", args=[collection.share_token])
+    )
+    return render(
+        request,
+        "gallery/collection.html",
+        {
+            "collection": collection,
+            "items": items,
+            "is_owner": request.user.is_authenticated and collection.owner_id == request.user.pk,
+            "share_url": share_url,
+            "visibilities": Collection.Visibility.choices,
+        },
+    )
+
+
+def collection_detail(request: HttpRequest, collection_id: int) -> HttpResponse:
+    collection = collection_get_viewable(user=request.user, collection_id=collection_id)
+    return _render_collection(request, collection)
+
+
+def collection_shared(request: HttpRequest, share_token: str) -> HttpResponse:
+    collection = collection_get_viewable(user=request.user, share_token=share_token)
+    return _render_collection(request, collection)
+
+
+@login_required
+@require_http_methods(["POST"])
+def collection_add(request: HttpRequest) -> HttpResponse:
+    """Save a search result into a collection (an existing one, or a new one by name)."""
+    try:
+        image_id = int(request.POST["image_id"])
+        new_name = request.POST.get("new_name", "").strip()
+        if new_name:
+            collection_id = collection_create(owner=request.user, name=new_name).pk
+        else:
+            collection_id = int(request.POST["collection_id"])
+        item = collection_item_add(
+            user=request.user,
+            collection_id=collection_id,
+            image_id=image_id,
+            query=request.POST.get("query", ""),
+        )
+    except (KeyError, ValueError) as exc:
+        message = str(exc) if isinstance(exc, CollectionError) else "choose a collection"
+        messages.error(request, message)
+    else:
+        messages.success(request, f"Saved to {item.collection.name}.")
+    return redirect(_safe_next(request) or "collections")
+
+
+@login_required
+@require_http_methods(["POST"])
+def collection_edit(request: HttpRequest, collection_id: int) -> HttpResponse:
+    try:
+        if "remove" in request.POST:
+            collection_item_remove(
+                user=request.user, collection_id=collection_id, image_id=int(request.POST["remove"])
+            )
+        if "visibility" in request.POST:
+            collection_update(
+                user=request.user,
+                collection_id=collection_id,
+                visibility=request.POST["visibility"],
+            )
+    except CollectionError as exc:
+        raise Http404(str(exc)) from exc
+    return redirect("collection", collection_id=collection_id)
+
+
+def _safe_next(request: HttpRequest) -> str | None:
+    target = request.POST.get("next", "")
+    allowed = url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    )
+    return target if target and allowed else None

@@ -5,7 +5,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
-from gallery.selectors import image_get_visible
+from gallery.selectors import collections_of, image_get_visible
 from search import encoding
 from search.forms import ImageQueryForm, SearchForm
 from search.models import EmbeddingModel
@@ -45,6 +45,9 @@ def _render_results(
         "image_form": ImageQueryForm(),
         "models": search_models_available(),
         "title": title,
+        "my_collections": collections_of(user=request.user)
+        if request.user.is_authenticated
+        else [],
     }
     try:
         context["page"] = run()

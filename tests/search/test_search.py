@@ -80,7 +80,9 @@ def test_hnsw_recall_at_10_against_exact_on_clustered_vectors() -> None:
     queries = both[3000:]
     recalls = []
     for query in queries:
-        exact = {e.image_id for e in embeddings_ranked(model_id=CLIP, vector=query, exact=True)[:10]}
+        exact = {
+            e.image_id for e in embeddings_ranked(model_id=CLIP, vector=query, exact=True)[:10]
+        }
         page = images_search_by_vector(user=ANON, model_id=CLIP, vector=query, k=10)
         assert page.exact is False
         recalls.append(len(exact & {hit.image.pk for hit in page.hits}) / 10)
@@ -112,7 +114,9 @@ def test_a_filter_matching_one_percent_still_returns_k_results() -> None:
     assert scores == sorted(scores, reverse=True)
 
 
-def test_index_path_with_iterative_scan_also_fills_a_selective_filter(settings, monkeypatch) -> None:
+def test_index_path_with_iterative_scan_also_fills_a_selective_filter(
+    settings, monkeypatch
+) -> None:
     # Force the HNSW path for the 1% filter: pgvector's iterative scan must keep going past
     # the 99% of rows the filter drops instead of returning a short page.
     monkeypatch.setattr("search.selectors.EXACT_SEARCH_MAX_ROWS", 0)
@@ -134,7 +138,9 @@ def test_date_and_source_filters() -> None:
     )
     dataset(5, vectors=clustered(5, seed=2))
     recent = SearchFilters(uploaded_after=timezone.now() - timezone.timedelta(days=1))
-    page = images_search_by_vector(user=owner, model_id=CLIP, vector=clustered(1)[0], filters=recent)
+    page = images_search_by_vector(
+        user=owner, model_id=CLIP, vector=clustered(1)[0], filters=recent
+    )
     assert len(page.hits) == 5 and not {h.image.pk for h in page.hits} & {i.pk for i in old_images}
     data = images_search_by_vector(
         user=owner, model_id=CLIP, vector=clustered(1)[0], filters=SearchFilters(source="dataset")

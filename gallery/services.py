@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 from PIL import Image as PILImage
 from PIL import ImageOps
 
-from gallery.models import Image
+from gallery.flickr30k import Flickr30kEntry, Flickr30kFile, flickr30k_file_check
+from gallery.models import (
+    ApiToken,
+    Caption,
+    Collection,
+    CollectionItem,
+    Image,
+    image_upload_path,
+)
 from workers.encoders import ImageDecodeError, open_image
-from workers.pipeline import image_enqueue_embedding
+from workers.pipeline import embeddings_sweep, image_enqueue_embedding
 
 THUMBNAIL_SIZES = (128, 256, 512)
 
@@ -100,3 +116,213 @@ def image_upload(
             return Image.objects.get(source=Image.Source.UPLOAD, owner=owner, sha256=sha256)
         image_enqueue_embedding(image_id=image.pk)
     return image
+
+
+def api_token_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiToken, str]:
+    """Create a token for ``user``; returns the row and the token, which is not kept."""
+    raw = secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(
+        user=user, name=name[:100], key_hash=ApiToken.hash(raw), prefix=raw[:8]
+    )
+    return token, raw
+
+
+def api_token_mark_used(*, token: ApiToken) -> None:
+    # At most one write per token every few minutes, not one per API request.
+    now = timezone.now()
+    if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=5):
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+
+
+def api_token_revoke(*, user: AbstractBaseUser, token_id: int) -> bool:
+    """Delete one of ``user``'s tokens; another user's token id does nothing."""
+    deleted, _ = ApiToken.objects.filter(user=user, pk=token_id).delete()
+    return bool(deleted)
+
+
+class CollectionError(ValueError):
+    """A collection change we refuse, with a message for the person who asked."""
+
+
+def collection_create(
+    *,
+    owner: AbstractBaseUser,
+    name: str,
+    description: str = "",
+    visibility: str = Collection.Visibility.PRIVATE,
+) -> Collection:
+    name = name.strip()
+    if not name:
+        raise CollectionError("give the collection a name")
+    if Collection.objects.filter(owner=owner, name=name).exists():
+        raise CollectionError(f"you already have a collection called {name!r}")
+    return Collection.objects.create(
+        owner=owner, name=name[:120], description=description, visibility=visibility
+    )
+
+
+def collection_item_add(
+    *, user: AbstractBaseUser, collection_id: int, image_id: int, query: str = "", note: str = ""
+) -> CollectionItem:
+    """Save an image the user can see into one of the user's collections (once)."""
+    from gallery.selectors import image_get_visible
+
+    collection = Collection.objects.filter(owner=user, pk=collection_id).first()
+    if collection is None:
+        raise CollectionError("no such collection")
+    image = image_get_visible(user=user, image_id=image_id)
+    if image is None:
+        raise CollectionError("no such image")
+    item, _ = CollectionItem.objects.get_or_create(
+        collection=collection, image=image, defaults={"query": query[:1000], "note": note}
+    )
+    Collection.objects.filter(pk=collection.pk).update(updated_at=timezone.now())
+    return item
+
+
+def collection_item_remove(*, user: AbstractBaseUser, collection_id: int, image_id: int) -> bool:
+    deleted, _ = CollectionItem.objects.filter(
+        collection__owner=user, collection_id=collection_id, image_id=image_id
+    ).delete()
+    return bool(deleted)
+
+
+def collection_update(
+    *, user: AbstractBaseUser, collection_id: int, visibility: str | None = None
+) -> Collection:
+    collection = Collection.objects.filter(owner=user, pk=collection_id).first()
+    if collection is None:
+        raise CollectionError("no such collection")
+    if visibility is not None:
+        if visibility not in Collection.Visibility.values:
+            raise CollectionError(f"visibility must be one of {Collection.Visibility.values}")
+        collection.visibility = visibility
+    collection.save()
+    return collection
+
+
+@dataclass
+class Flickr30kImportResult:
+    """What an import did: images and captions created, entries already present, and the
+    files skipped (``missing``: names; ``corrupt``: name -> reason)."""
+
+    created: int = 0
+    captions: int = 0
+    already_present: int = 0
+    missing: list[str] = field(default_factory=list)
+    corrupt: dict[str, str] = field(default_factory=dict)
+    # Embedding batches queued per enabled model (jobs stay pending if the broker is down).
+    queued: dict[str, int] = field(default_factory=dict)
+
+
+def flickr30k_import(
+    *,
+    entries: Sequence[Flickr30kEntry],
+    images_dir: str | Path,
+    threads: int = 4,
+    batch_size: int = 256,
+    on_progress: Callable[[int], None] | None = None,
+    enqueue: bool = True,
+) -> Flickr30kImportResult:
+    """Create the public, ownerless images of ``entries`` with their captions and split.
+
+    Each file is read from ``images_dir``, decoded completely (in ``threads`` threads) and
+    copied into the media storage under its content-addressed name, so the site serves it like
+    any other image. Entries whose Flickr30k id or file name is already imported are skipped,
+    so a rerun adds nothing; a missing or corrupt file is listed in the result and skipped.
+    Rows go in with bulk inserts, one transaction per ``batch_size`` entries, so an interrupted
+    import keeps what it finished. Then embedding is queued for every enabled model.
+    ``on_progress`` is told how many entries each step dealt with.
+    """
+    result = Flickr30kImportResult()
+    progress = on_progress or (lambda n: None)
+    todo = _flickr30k_not_imported(entries)
+    result.already_present = len(entries) - len(todo)
+    progress(result.already_present)
+    with ThreadPoolExecutor(max(threads, 1), "flickr30k") as pool:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            files = list(pool.map(lambda entry: _flickr30k_file_store(entry, images_dir), batch))
+            for checked in files:
+                if checked.problem == "missing":
+                    result.missing.append(checked.entry.filename)
+                elif checked.problem:
+                    result.corrupt[checked.entry.filename] = checked.reason
+            good = [f for f in files if not f.problem]
+            created, captions = _flickr30k_rows_create(good)
+            result.created += created
+            result.captions += captions
+            result.already_present += len(good) - created
+            progress(len(batch))
+    if enqueue:
+        # Queues on commit; with the broker down it logs and leaves the jobs pending for the
+        # periodic sweep, so the import itself never fails on it.
+        result.queued = embeddings_sweep()
+    return result
+
+
+def _flickr30k_not_imported(entries: Sequence[Flickr30kEntry]) -> list[Flickr30kEntry]:
+    present = Image.objects.filter(source=Image.Source.FLICKR30K).values_list(
+        "flickr30k_id", "original_filename"
+    )
+    ids, names = set(), set()
+    for flickr30k_id, name in present:
+        ids.add(flickr30k_id)
+        names.add(name)
+    # By file name too: the CSV and Karpathy's JSON number images the same way, but a file
+    # must never become two images if some variant of the annotations does not.
+    return [e for e in entries if e.flickr30k_id not in ids and e.filename not in names]
+
+
+def _flickr30k_file_store(entry: Flickr30kEntry, images_dir: str | Path) -> Flickr30kFile:
+    checked = flickr30k_file_check(
+        entry=entry, images_dir=images_dir, max_pixels=settings.UPLOAD_MAX_PIXELS
+    )
+    if checked.problem:
+        return checked
+    name = image_upload_path(Image(sha256=checked.sha256), entry.filename)
+    # Content-addressed: a file already there (an interrupted run, a duplicate photo) holds
+    # exactly these bytes, so it is reused rather than stored again under another name.
+    if not default_storage.exists(name):
+        stored = default_storage.save(name, ContentFile(checked.content))
+        if stored != name:  # written by a concurrent run between exists() and save()
+            default_storage.delete(stored)
+    return replace(checked, content=b"", stored_as=name)
+
+
+def _flickr30k_rows_create(files: Sequence[Flickr30kFile]) -> tuple[int, int]:
+    """Insert images and captions for checked files; returns (images, captions) created."""
+    while files:
+        images = [
+            Image(
+                source=Image.Source.FLICKR30K,
+                owner=None,
+                visibility=Image.Visibility.PUBLIC,
+                file=checked.stored_as,
+                width=checked.width,
+                height=checked.height,
+                sha256=checked.sha256,
+                original_filename=checked.entry.filename[:255],
+                flickr30k_id=checked.entry.flickr30k_id,
+                split=checked.entry.split,
+            )
+            for checked in files
+        ]
+        try:
+            with transaction.atomic():
+                Image.objects.bulk_create(images, batch_size=1000)
+                captions = [
+                    Caption(image=image, text=text, position=position)
+                    for image, checked in zip(images, files, strict=True)
+                    for position, text in enumerate(checked.entry.captions)
+                ]
+                Caption.objects.bulk_create(captions, batch_size=2000)
+        except IntegrityError:
+            # Another import stored some of these meanwhile: drop those and insert the rest.
+            remaining = {e.flickr30k_id for e in _flickr30k_not_imported([f.entry for f in files])}
+            if len(remaining) == len(files):
+                raise
+            files = [f for f in files if f.entry.flickr30k_id in remaining]
+            continue
+        return len(images), len(captions)
+    return 0, 0

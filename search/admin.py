@@ -5,7 +5,7 @@ from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 
 from gallery.models import Image
-from search.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
+from search.models import EmbeddingJob, EmbeddingModel, EvaluationRun, ImageEmbedding
 from search.selectors import EmbeddingProgress, embedding_progress
 from search.services import (
     EmbeddingModelStateError,
@@ -137,3 +137,38 @@ class EmbeddingJobAdmin(admin.ModelAdmin):
     raw_id_fields = ("image",)
     readonly_fields = ("created_at", "updated_at")
     list_select_related = ("image",)
+
+
+@admin.register(EvaluationRun)
+class EvaluationRunAdmin(admin.ModelAdmin):
+    """The table of `manage.py evaluate` runs: read-only, since they are measurements."""
+
+    list_display = (
+        "created_at",
+        "models",
+        "fusion",
+        "split",
+        "gallery",
+        "mode",
+        "n_images",
+        "n_queries",
+        "t2i_r1",
+        "t2i_r5",
+        "t2i_r10",
+        "t2i_median_rank",
+        "t2i_mean_rank",
+        "i2t_r1",
+        "i2t_r5",
+        "i2t_r10",
+        "i2t_median_rank",
+        "i2t_mean_rank",
+        "duration_seconds",
+    )
+    list_filter = ("models", "fusion", "split", "gallery", "mode", "created_at")
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: EvaluationRun | None = None) -> bool:
+        return False

@@ -96,3 +96,45 @@ class EmbeddingJob(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_id} / image {self.image_id}: {self.status}"
+
+
+class EvaluationRun(models.Model):
+    """One measured system (a model, or a fusion of models) on the Flickr30k retrieval task.
+
+    Recalls are percentages. Ranks are 1-based; in ``ann`` mode only the top ``k`` of the HNSW
+    index is known, so text->image median/mean ranks stay empty unless the median is within it.
+    """
+
+    class Mode(models.TextChoices):
+        EXACT = "exact", "Exact (full scan)"
+        ANN = "ann", "HNSW index"
+
+    fusion = models.CharField(max_length=16, blank=True, help_text="zsum or rrf when fused.")
+    split = models.CharField(max_length=8)
+    gallery = models.CharField(max_length=8, help_text="split: that split's images; all: all.")
+    mode = models.CharField(max_length=8, choices=Mode.choices, default=Mode.EXACT)
+    prompt = models.CharField(max_length=100, blank=True, help_text="Prefix added to captions.")
+    n_images = models.PositiveIntegerField(help_text="Images in the gallery ranked.")
+    n_queries = models.PositiveIntegerField(help_text="Caption queries (text->image).")
+    t2i_r1 = models.FloatField()
+    t2i_r5 = models.FloatField()
+    t2i_r10 = models.FloatField()
+    t2i_median_rank = models.FloatField(null=True, blank=True)
+    t2i_mean_rank = models.FloatField(null=True, blank=True)
+    i2t_r1 = models.FloatField()
+    i2t_r5 = models.FloatField()
+    i2t_r10 = models.FloatField()
+    i2t_median_rank = models.FloatField(null=True, blank=True)
+    i2t_mean_rank = models.FloatField(null=True, blank=True)
+    duration_seconds = models.FloatField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Last, because from here on the name ``models`` in this class body is this field, not
+    # django.db.models.
+    models = models.CharField(max_length=255, help_text="Model id, or fused ids comma-joined.")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        system = f"{self.fusion}({self.models})" if self.fusion else self.models
+        return f"{system} on {self.split}/{self.gallery} ({self.mode}): R@1 {self.t2i_r1:.1f}"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
 from django.conf import settings
@@ -12,8 +14,12 @@ from django.db.models import F
 from django.utils import timezone
 
 from gallery.models import Image
-from search.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
+from search.models import EmbeddingJob, EmbeddingModel, EvaluationRun, ImageEmbedding
 from workers.encoders.registry import MODELS, model_spec
+
+if TYPE_CHECKING:
+    # search.evaluation imports this module; the report type is only needed for annotations.
+    from search.evaluation import EvaluationReport
 
 
 class EmbeddingDimensionError(ValueError):
@@ -251,3 +257,125 @@ def embedding_jobs_note_blocked(*, model_id: str, image_ids: Sequence[int], reas
     EmbeddingJob.objects.filter(
         model_id=model_id, image_id__in=image_ids, status=EmbeddingJob.Status.PENDING
     ).update(error=reason[:2000], updated_at=timezone.now())
+
+
+class EmbeddingsImportError(ValueError):
+    """Precomputed embeddings that cannot be imported as they are; nothing was stored."""
+
+
+@dataclass(frozen=True)
+class EmbeddingsImportResult:
+    rows: int
+    stored: int  # newly stored
+    already_present: int  # matched images that had an embedding for the model (kept)
+    unmatched: list[str]  # file names with no Flickr30k image
+
+
+def embeddings_import(
+    *,
+    model_id: str,
+    vectors: np.ndarray,
+    filenames: Sequence[str | bytes],
+    chunk_size: int = 5000,
+) -> EmbeddingsImportResult:
+    """Store precomputed image embeddings, row i being the image whose file is ``filenames[i]``.
+
+    Everything is checked before anything is stored (row counts, the model's dimension, finite
+    non-zero rows, unique names) and the rows go in one transaction, so a bad file stores
+    nothing. Rows are L2-normalised on the way in. Names are matched to Flickr30k images by
+    their original file name; names with no image are reported, not an error. Images that
+    already have an embedding for the model keep it, so importing twice adds nothing.
+    """
+    dim = model_spec(model_id).dim
+    names = [_file_name(name) for name in filenames]
+    matrix = np.asarray(vectors)
+    if matrix.ndim != 2:
+        raise EmbeddingsImportError(
+            f"embeddings must be a 2-D array (one row per image); got shape {matrix.shape}"
+        )
+    if matrix.shape[0] != len(names):
+        raise EmbeddingsImportError(
+            f"row count mismatch: {matrix.shape[0]} rows of embeddings but {len(names)} file names"
+        )
+    if matrix.shape[1] != dim:
+        raise EmbeddingsImportError(
+            f"dimension mismatch: {model_id} stores {dim}-dimensional vectors but the rows have "
+            f"{matrix.shape[1]} (embeddings of another model?)"
+        )
+    if not (np.issubdtype(matrix.dtype, np.floating) or np.issubdtype(matrix.dtype, np.integer)):
+        raise EmbeddingsImportError(f"embeddings must be numbers; got dtype {matrix.dtype}")
+    # Checked after the cast: a float64 beyond float32's range would become infinity.
+    matrix = matrix.astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
+    if len(bad):
+        raise EmbeddingsImportError(
+            f"{len(bad)} rows contain NaN or infinity (the first: row {bad[0]}, {names[bad[0]]})"
+        )
+    zero = np.flatnonzero(~matrix.any(axis=1))
+    if len(zero):
+        raise EmbeddingsImportError(
+            f"{len(zero)} rows are all zeros and have no direction (the first: row {zero[0]}, "
+            f"{names[zero[0]]})"
+        )
+    if len(set(names)) != len(names):
+        seen: set[str] = set()
+        twice = next(n for n in names if n in seen or seen.add(n))
+        raise EmbeddingsImportError(f"file name {twice!r} appears more than once")
+
+    image_of: dict[str, int] = {}
+    flickr30k = Image.objects.filter(source=Image.Source.FLICKR30K)
+    for start in range(0, len(names), chunk_size):
+        image_of.update(
+            flickr30k.filter(original_filename__in=names[start : start + chunk_size]).values_list(
+                "original_filename", "id"
+            )
+        )
+    rows = [row for row, name in enumerate(names) if name in image_of]
+    unmatched = [name for name in names if name not in image_of]
+    stored = 0
+    with transaction.atomic():
+        for start in range(0, len(rows), chunk_size):
+            part = rows[start : start + chunk_size]
+            stored += embeddings_store(
+                model_id=model_id,
+                image_ids=[image_of[names[row]] for row in part],
+                vectors=matrix[part],
+            )
+    return EmbeddingsImportResult(
+        rows=len(names), stored=stored, already_present=len(rows) - stored, unmatched=unmatched
+    )
+
+
+def _file_name(name: str | bytes) -> str:
+    # Arrays saved from Python 2 or with dtype "S" hold bytes; some hold paths, not bare names.
+    text = name.decode() if isinstance(name, bytes) else str(name)
+    return text.strip().replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def evaluation_runs_record(*, report: EvaluationReport) -> list[EvaluationRun]:
+    """Save one ``EvaluationRun`` per system of ``report`` (the admin lists them)."""
+    runs = [
+        EvaluationRun(
+            models=",".join(result.model_ids),
+            fusion=result.fusion,
+            split=report.split,
+            gallery=report.gallery,
+            mode=result.mode,
+            prompt=report.prompt,
+            n_images=report.n_images,
+            n_queries=report.n_queries,
+            t2i_r1=result.text_to_image.r1,
+            t2i_r5=result.text_to_image.r5,
+            t2i_r10=result.text_to_image.r10,
+            t2i_median_rank=result.text_to_image.median_rank,
+            t2i_mean_rank=result.text_to_image.mean_rank,
+            i2t_r1=result.image_to_text.r1,
+            i2t_r5=result.image_to_text.r5,
+            i2t_r10=result.image_to_text.r10,
+            i2t_median_rank=result.image_to_text.median_rank,
+            i2t_mean_rank=result.image_to_text.mean_rank,
+            duration_seconds=result.duration_seconds,
+        )
+        for result in report.results
+    ]
+    return EvaluationRun.objects.bulk_create(runs)

@@ -1,0 +1,122 @@
+"""manage.py evaluate --model M [--split test] [--gallery split|all] [--fuse M1,M2] [--ann]"""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from gallery.flickr30k import SPLITS
+from search.evaluation import (
+    FUSIONS,
+    GALLERIES,
+    KS,
+    PUBLISHED_TEXT_TO_IMAGE,
+    EvaluationError,
+    EvaluationReport,
+    RankSummary,
+    evaluate,
+)
+from search.services import evaluation_runs_record
+from workers.encoders import EncoderError
+
+
+class Command(BaseCommand):
+    help = (
+        "Flickr30k retrieval: text->image and image->text Recall@1/5/10, median and mean rank, "
+        "over the Karpathy split's images (--gallery split; the CLIP/ALIGN papers' 1K test) or "
+        "every imported Flickr30k image (--gallery all). Text->image is ranked by pgvector as "
+        "search ranks, exactly by default or through the HNSW index with --ann. --fuse adds "
+        "models and reports their fusion beside each one. Each run is saved for the admin."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--model", required=True, help="a registered model id")
+        parser.add_argument("--split", choices=SPLITS, default="test", help="the queries' split")
+        parser.add_argument("--gallery", choices=GALLERIES, default="split")
+        parser.add_argument(
+            "--fuse",
+            default="",
+            help="comma-separated models to fuse with --model (each is also reported alone)",
+        )
+        parser.add_argument(
+            "--fusion",
+            choices=[*FUSIONS, "both"],
+            default="zsum",
+            help="zsum: per-query z-normalised sum of similarities (default); rrf: "
+            "reciprocal-rank fusion",
+        )
+        parser.add_argument("--ann", action="store_true", help="rank through the HNSW index")
+        parser.add_argument(
+            "--ann-k", type=int, default=max(KS), help="results fetched per query with --ann"
+        )
+        parser.add_argument(
+            "--prompt", default="", help="prefix for every caption, e.g. 'a photo of '"
+        )
+        parser.add_argument("--no-save", action="store_true", help="do not record the run")
+
+    def handle(self, *args: object, **options: object) -> None:
+        fused = [m.strip() for m in str(options["fuse"]).split(",") if m.strip()]
+        model_ids = list(dict.fromkeys([str(options["model"]), *fused]))
+        if fused and len(model_ids) < 2:
+            raise CommandError("--fuse needs a model other than --model")
+        fusion = str(options["fusion"])
+        fusions = (FUSIONS if fusion == "both" else (fusion,)) if fused else ()
+        if options["ann_k"] < max(KS):
+            raise CommandError(f"--ann-k must be at least {max(KS)}")
+        try:
+            report = evaluate(
+                model_ids=model_ids,
+                split=str(options["split"]),
+                gallery=str(options["gallery"]),
+                ann=bool(options["ann"]),
+                ann_k=int(options["ann_k"]),
+                fusions=fusions,
+                prompt=str(options["prompt"]),
+            )
+        except (EvaluationError, EncoderError) as exc:
+            raise CommandError(str(exc)) from exc
+        self._print(report)
+        if not options["no_save"]:
+            runs = evaluation_runs_record(report=report)
+            self.stdout.write(f"saved {len(runs)} runs (admin: Search > Evaluation runs)")
+
+    def _print(self, report: EvaluationReport) -> None:
+        gallery = (
+            f"the {report.split} images" if report.gallery == "split" else "all Flickr30k images"
+        )
+        self.stdout.write(
+            f"Flickr30k {report.split}: {report.n_image_queries} images, {report.n_queries} "
+            f"caption queries; gallery: {gallery} ({report.n_images} images, "
+            f"{report.n_caption_candidates} captions)"
+        )
+        width = max([len(r.label) for r in report.results] + [44])
+        self.stdout.write(
+            f"{'':{width}}  {'text->image':^34}   {'image->text':^34}"
+            f"\n{'system':{width}}  {_HEADER}   {_HEADER}   {'mode':5}  seconds"
+        )
+        for result in report.results:
+            self.stdout.write(
+                f"{result.label:{width}}  {_row(result.text_to_image, report.ann_k)}   "
+                f"{_row(result.image_to_text, None)}   {result.mode:5}  "
+                f"{result.duration_seconds:7.1f}"
+            )
+        comparable = report.split == "test" and report.gallery == "split"
+        self.stdout.write(
+            "published zero-shot text->image, Flickr30k 1K test"
+            + ("" if comparable else " (a different setting from the one above)")
+            + ":"
+        )
+        for name, r1, r5, r10 in PUBLISHED_TEXT_TO_IMAGE:
+            self.stdout.write(f"{name:{width}}  {r1:6.2f} {r5:6.2f} {r10:6.2f}")
+        self.stdout.write("notes:")
+        for note in report.notes:
+            self.stdout.write(f"  - {note}")
+
+
+_HEADER = f"{'R@1':>6} {'R@5':>6} {'R@10':>6} {'MedR':>6} {'MeanR':>7}"
+
+
+def _row(summary: RankSummary, ann_k: int | None) -> str:
+    unknown = f">{ann_k}" if ann_k else "-"
+    median = f"{summary.median_rank:.1f}" if summary.median_rank is not None else unknown
+    mean = f"{summary.mean_rank:.2f}" if summary.mean_rank is not None else "-"
+    return f"{summary.r1:6.2f} {summary.r5:6.2f} {summary.r10:6.2f} {median:>6} {mean:>7}"

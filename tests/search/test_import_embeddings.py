@@ -1,0 +1,133 @@
+"""manage.py import_embeddings: the original project's arrays (one row per image, in the order of
+a file names array) become stored, normalised embeddings; anything wrong stores nothing."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.core.management import CommandError, call_command
+
+from search.models import EmbeddingJob, ImageEmbedding
+from tests.factories import ImageFactory
+
+pytestmark = pytest.mark.django_db
+CLIP = "clip-vit-base-patch32"
+NAMES = ["1000092795.jpg", "10002456.jpg", "1000268201.jpg"]
+
+
+@pytest.fixture
+def flickr_images():
+    return [ImageFactory(dataset=True, original_filename=name) for name in NAMES]
+
+
+def write_arrays(tmp_path: Path, vectors: np.ndarray, names) -> tuple[str, str]:
+    embeddings, filenames = tmp_path / "image_embeddings.npy", tmp_path / "image_filenames.npy"
+    np.save(embeddings, vectors)
+    np.save(filenames, np.asarray(names))
+    return str(embeddings), str(filenames)
+
+
+def run(embeddings: str, filenames: str, *extra: str) -> str:
+    out = io.StringIO()
+    call_command(
+        "import_embeddings", "--model", CLIP, "--embeddings", embeddings,
+        "--filenames", filenames, *extra, stdout=out,
+    )  # fmt: skip
+    return out.getvalue()
+
+
+def raw_vectors(n: int, dim: int = 512, seed: int = 0) -> np.ndarray:
+    # Deliberately not unit length: the import normalises.
+    return np.random.default_rng(seed).normal(scale=3.0, size=(n, dim))
+
+
+def test_import_stores_normalised_rows_for_matching_images(tmp_path, flickr_images) -> None:
+    vectors = raw_vectors(4)
+    paths = write_arrays(tmp_path, vectors, [*NAMES, "404.jpg"])
+
+    out = run(*paths)
+
+    assert f"{CLIP}: 4 rows, stored 3, 0 already had one, 1 file names with no image" in out
+    assert "no image: 404.jpg" in out
+    for image, row in zip(flickr_images, vectors, strict=False):
+        stored = np.asarray(ImageEmbedding.objects.get(image=image, model_id=CLIP).vector)
+        assert np.linalg.norm(stored) == pytest.approx(1.0, abs=1e-5)
+        np.testing.assert_allclose(stored, row / np.linalg.norm(row), atol=1e-6)
+    done = EmbeddingJob.objects.filter(model_id=CLIP, status=EmbeddingJob.Status.DONE)
+    assert done.count() == 3
+
+
+def test_import_is_idempotent(tmp_path, flickr_images) -> None:
+    paths = write_arrays(tmp_path, raw_vectors(3), NAMES)
+    run(*paths)
+    again = run(*write_arrays(tmp_path, raw_vectors(3, seed=1), NAMES))
+    assert "stored 0, 3 already had one" in again
+    assert ImageEmbedding.objects.count() == 3
+
+
+def test_names_as_bytes_or_paths_match_too(tmp_path, flickr_images) -> None:
+    names = np.array([f"flickr30k-images/{n}".encode() for n in NAMES])  # dtype "S"
+    out = run(*write_arrays(tmp_path, raw_vectors(3), names))
+    assert "stored 3" in out
+
+
+@pytest.mark.parametrize(
+    ("vectors", "names", "message"),
+    [
+        (raw_vectors(3, dim=640), NAMES, "dimension mismatch: .* 512-dimensional .* 640"),
+        (raw_vectors(2), NAMES, "row count mismatch: 2 rows of embeddings but 3 file names"),
+        (
+            np.where(np.arange(512) == 7, np.nan, raw_vectors(3)),
+            NAMES,
+            "3 rows contain NaN or infinity",
+        ),
+        (np.zeros((3, 512)), NAMES, "3 rows are all zeros"),
+        (
+            raw_vectors(3),
+            [NAMES[0], NAMES[1], NAMES[0]],
+            "file name '1000092795.jpg' appears more than once",
+        ),
+    ],
+    ids=["wrong-dimension", "row-count", "nan", "zero-rows", "duplicate-name"],
+)
+def test_invalid_arrays_are_refused_and_nothing_is_stored(
+    tmp_path, flickr_images, vectors, names, message
+) -> None:
+    with pytest.raises(CommandError, match=f"nothing imported: {message}"):
+        run(*write_arrays(tmp_path, vectors, names))
+    assert not ImageEmbedding.objects.exists()
+    assert not EmbeddingJob.objects.exists()
+
+
+def test_one_bad_row_among_many_stores_nothing(tmp_path, flickr_images) -> None:
+    vectors = raw_vectors(3)
+    vectors[2, 100] = np.inf
+    with pytest.raises(CommandError, match=r"1 rows contain NaN .*row 2, 1000268201\.jpg"):
+        run(*write_arrays(tmp_path, vectors, NAMES))
+    assert not ImageEmbedding.objects.exists()
+
+
+def test_pickled_arrays_need_explicit_trust(tmp_path, flickr_images) -> None:
+    embeddings = tmp_path / "e.npy"
+    filenames = tmp_path / "f.npy"
+    np.save(embeddings, raw_vectors(3))
+    np.save(filenames, np.array(NAMES, dtype=object), allow_pickle=True)
+    with pytest.raises(CommandError, match="--allow-pickle"):
+        run(str(embeddings), str(filenames))
+    assert "stored 3" in run(str(embeddings), str(filenames), "--allow-pickle")
+
+
+def test_no_matching_image_says_to_import_flickr30k_first(tmp_path) -> None:
+    with pytest.raises(CommandError, match="import_flickr30k first"):
+        run(*write_arrays(tmp_path, raw_vectors(3), NAMES))
+
+
+def test_unknown_model_lists_the_known_ones(tmp_path) -> None:
+    with pytest.raises(CommandError, match="known models"):
+        call_command(
+            "import_embeddings", "--model", "clip-huge", "--embeddings", "e.npy",
+            "--filenames", "f.npy",
+        )  # fmt: skip

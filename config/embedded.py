@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -126,3 +127,21 @@ def _redis_answers(socket: Path) -> bool:
         return bool(redis.Redis(unix_socket_path=str(socket), socket_timeout=1).ping())
     except redis.RedisError:
         return False
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m config.embedded status|stop``: for scripts (e.g. ./run test) to tidy up."""
+    data_dir = Path(os.environ.get("DATA_DIR") or Path(__file__).resolve().parent.parent / ".data")
+    running = (postgres_dir(data_dir) / "postmaster.pid").exists()
+    if argv == ["status"]:
+        print("running" if running else "stopped")
+        return 0
+    if argv == ["stop"]:
+        postgres_stop(data_dir)
+        return 0
+    print("usage: python -m config.embedded status|stop", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

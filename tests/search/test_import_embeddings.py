@@ -131,3 +131,60 @@ def test_unknown_model_lists_the_known_ones(tmp_path) -> None:
             "import_embeddings", "--model", "clip-huge", "--embeddings", "e.npy",
             "--filenames", "f.npy",
         )  # fmt: skip
+
+
+@pytest.mark.django_db(transaction=True)
+def test_bulk_load_into_an_empty_model_rebuilds_its_index_once(monkeypatch) -> None:
+    from django.db import connection
+
+    from search import services
+    from search.services import embeddings_import, hnsw_index_name
+
+    monkeypatch.setattr(services, "INDEX_REBUILD_MIN_ROWS", 10)
+    images = ImageFactory.create_batch(12, dataset=True)
+    dropped = []
+    real_drop = services.embedding_index_drop
+    monkeypatch.setattr(
+        services, "embedding_index_drop", lambda **kw: dropped.append(kw) or real_drop(**kw)
+    )
+    result = embeddings_import(
+        model_id="clip-vit-base-patch32",
+        vectors=raw_vectors(12),
+        filenames=[i.original_filename for i in images],
+    )
+    assert result.stored == 12 and dropped == [{"model_id": "clip-vit-base-patch32"}]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = %s",
+            [hnsw_index_name("clip-vit-base-patch32")],
+        )
+        assert "hnsw" in cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_bulk_load_still_leaves_the_index_in_place(monkeypatch) -> None:
+    from django.db import connection
+
+    from search import services
+    from search.services import embeddings_import, hnsw_index_name
+
+    monkeypatch.setattr(services, "INDEX_REBUILD_MIN_ROWS", 10)
+
+    def broken_store(**kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(services, "embeddings_store", broken_store)
+    images = ImageFactory.create_batch(12, dataset=True)
+    with pytest.raises(RuntimeError, match="disk full"):
+        embeddings_import(
+            model_id="clip-vit-base-patch32",
+            vectors=raw_vectors(12),
+            filenames=[i.original_filename for i in images],
+        )
+    assert not ImageEmbedding.objects.exists()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT 1 FROM pg_indexes WHERE indexname = %s",
+            [hnsw_index_name("clip-vit-base-patch32")],
+        )
+        assert cursor.fetchone() == (1,)

@@ -10,6 +10,7 @@ Only ``registry.load_encoder`` should import this module: it imports torch and t
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from PIL import Image
 
 from .base import EncoderError, WeightsUnavailableError
 from .images import to_rgb
-from .registry import ModelSpec
+from .registry import INT8, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,15 @@ class HFEncoder:
         family: str,
         device: str,
         dtype: torch.dtype,
+        quantization: str | None = None,
     ) -> None:
         self.model_id = model_id
         self.family = family
         self.device = device
+        # The dtype inputs are cast to: float32 for an int8-quantised model, whose quantised
+        # layers take float activations and quantise them themselves.
         self.dtype = dtype
+        self.quantization = quantization
         self._model = model
         self._tokenizer = processor.tokenizer
         self._image_processor = processor.image_processor
@@ -72,7 +77,7 @@ class HFEncoder:
     def __repr__(self) -> str:
         return (
             f"HFEncoder(model_id={self.model_id!r}, dim={self.dim}, device={self.device!r}, "
-            f"dtype={self.dtype})"
+            f"dtype={self.dtype}, quantization={self.quantization!r})"
         )
 
     def embed_images(
@@ -118,8 +123,15 @@ class HFEncoder:
 
 
 def load_hf_encoder(spec: ModelSpec, *, source: str, device: str, dtype: str) -> HFEncoder:
-    """Load ``spec``'s model and processor from ``source`` (hub id or local directory)."""
+    """Load ``spec``'s model and processor from ``source`` (hub id or local directory).
+
+    ``dtype`` is a torch dtype name, or "int8" for float32 weights whose Linear layers are then
+    dynamically quantised (CPU only; the registry refuses other devices before calling here).
+    """
     family = _FAMILIES[spec.family]
+    quantization = "int8-dynamic" if dtype == INT8 else None
+    if quantization:
+        dtype = "float32"
     source = _check_source(spec, source)
     # When offline is requested, say so to transformers explicitly: huggingface_hub reads
     # HF_HUB_OFFLINE only once, at import, so a later change would otherwise be ignored.
@@ -149,6 +161,8 @@ def load_hf_encoder(spec: ModelSpec, *, source: str, device: str, dtype: str) ->
         ) from exc
     model.to(device)
     model.eval()
+    if quantization:
+        model = _quantize_linear_int8(model)
     return HFEncoder(
         model_id=spec.model_id,
         model=model,
@@ -156,7 +170,24 @@ def load_hf_encoder(spec: ModelSpec, *, source: str, device: str, dtype: str) ->
         family=spec.family,
         device=device,
         dtype=getattr(torch, dtype),
+        quantization=quantization,
     )
+
+
+def _quantize_linear_int8(model: Any) -> Any:
+    # Eager dynamic quantisation is the int8 Linear path torch itself still ships (its successor
+    # lives in the separate torchao package). torch marks it deprecated and warns on every
+    # quantised weight it creates; torch is pinned, so those warnings say nothing actionable here.
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError as exc:
+        raise EncoderError(
+            f"this torch ({torch.__version__}) has no int8 dynamic quantisation"
+        ) from exc
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated")
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor")
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def _check_source(spec: ModelSpec, source: str) -> str:

@@ -47,7 +47,12 @@ _DTYPES = {
     "half": "float16",
     "bfloat16": "bfloat16",
     "bf16": "bfloat16",
+    "int8": "int8",
+    "qint8": "int8",
 }
+
+# Dynamically quantised int8 Linear layers (weights int8, activations quantised per batch).
+INT8 = "int8"
 
 
 def model_spec(model_id: str) -> ModelSpec:
@@ -70,15 +75,23 @@ def load_encoder(
     ``source`` is a hub id or a local directory written by ``save_pretrained`` (default: the
     registered hub id). ``device`` is "cuda" (or "cuda:N"), "mps", "cpu", or None for the best
     available. ``dtype`` defaults to float16 on CUDA and float32 elsewhere (CPU half precision
-    is slow and some kernels lack it).
+    is slow and some kernels lack it). ``dtype="int8"`` loads float32 weights and quantises every
+    Linear layer to int8 with dynamic activation quantisation: a CPU-only path (its kernels
+    exist only there), so with ``device=None`` it means "cpu" and with any other device it is an
+    ``EncoderError``.
 
     Raises ``UnknownModelError``, ``WeightsUnavailableError`` when the files cannot be had
     (offline, missing directory) and ``EncoderError`` for other unusable configurations.
     """
     spec = model_spec(model_id)  # fail on a bad id before importing torch
     source = source or spec.hub_id
+    dtype_name = _dtype_name(dtype)
+    if dtype_name == INT8:
+        # Checked before the device is probed, so asking for int8 on a GPU says that, not
+        # whether the GPU happens to be present.
+        device = _int8_device(device)
     device = _resolve_device(device)
-    dtype_name = _resolve_dtype(dtype, device)
+    dtype_name = dtype_name or _default_dtype(device)
     # The lock keeps two threads that ask at once from both loading a multi-GB model.
     with _load_lock:
         return _load_cached(model_id, source, device, dtype_name)
@@ -122,12 +135,25 @@ def _resolve_device(device: str | None) -> str:
     return device
 
 
-def _resolve_dtype(dtype: str | None, device: str) -> str:
+def _dtype_name(dtype: str | None) -> str | None:
     if dtype is None:
-        return "float16" if device.startswith("cuda") else "float32"
+        return None
     try:
         return _DTYPES[dtype.lower()]
     except KeyError:
         raise EncoderError(
             f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))}"
         ) from None
+
+
+def _default_dtype(device: str) -> str:
+    return "float16" if device.startswith("cuda") else "float32"
+
+
+def _int8_device(device: str | None) -> str:
+    if device is None or device.split(":", 1)[0] == "cpu":
+        return "cpu"
+    raise EncoderError(
+        f"dtype 'int8' (dynamic quantisation) runs on CPU only, but device {device!r} was "
+        "requested; use device='cpu', or dtype float16 on a GPU"
+    )

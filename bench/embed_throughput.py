@@ -1,0 +1,456 @@
+"""Image embedding throughput: the seed project's per-image loop against the product pipeline.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/embed_throughput.py \
+        [--images 300] [--batch-sizes 32,64] [--device cpu|cuda] [--dtype fp32|fp16|int8] \
+        [--threads N]
+
+Uses the full-size ViT-B/32 CLIP architecture (``CLIPConfig()`` defaults) with random, seeded
+weights (no weights can be downloaded here): speed depends on the architecture, not on the
+values. The images are photo-like 500x375 JPEGs written here, so decoding costs what a real
+photo costs. Rows of the table:
+
+(a) the seed project's method: per image, open with PIL, run the processor on that one image,
+    one ``get_image_features`` forward pass, normalise. No batching, nothing overlapped.
+(b) the product pipeline, ``workers.pipeline.images_embed_batch``, end to end into PostgreSQL
+    (decode in threads + model + bulk insert with the HNSW index maintained), in two shapes:
+    "tasks" calls it once per batch of ids, as each Celery task does (so a batch's decoding
+    cannot overlap the previous batch's forward pass); "stream" passes every id in one call
+    with ``batch_size``, so decoding runs ahead of the model. "encoder" is
+    ``Encoder.embed_images`` alone on already decoded images (preprocessing + forward): the
+    ceiling for the pipeline.
+(c) on CPU, the same rows for the int8 dynamic-quantised model, and the cosine between its
+    embeddings and float32's on the same images and texts.
+
+The database is a separate embedded PostgreSQL in ``--data-dir`` (default /tmp/bench-embed-data),
+so a developer's data is never touched; it is stopped when the script ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODEL_ID = "clip-vit-base-patch32"
+IMAGE_SIZE = (500, 375)  # a typical Flickr30k photo
+IMAGE_DIR = "bench"  # under MEDIA_ROOT
+TEXTS = [
+    "a photo of a dog on the beach",
+    "two people riding bikes down a city street",
+    "a red car parked in front of a tree",
+    "a child in a blue shirt plays with a ball",
+    "an old man reading a newspaper",
+    "a cat sleeping on a sofa",
+    "crowd at an outdoor concert at night",
+    "a plate of food on a wooden table",
+]
+
+
+@dataclass
+class Row:
+    method: str
+    dtype: str
+    batch: int | None
+    images: int
+    seconds: float  # wall clock, best of --repeat runs
+    cpu_seconds: float  # this process's CPU time (all threads) in that run; not PostgreSQL's
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument(
+        "--batch-sizes", default="32,64", help="comma-separated, e.g. 32,64 (default %(default)s)"
+    )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: best")
+    parser.add_argument(
+        "--dtype",
+        choices=["fp32", "fp16", "int8"],
+        default=None,
+        help="default: fp16 on cuda, fp32 on cpu",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8 rows (c) on CPU")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="time each row this many times, keep the fastest"
+    )
+    parser.add_argument("--cosine-images", type=int, default=64)
+    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/bench-embed-data"))
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=None,
+        help="a CLIP ViT-B/32 save_pretrained directory (e.g. real weights) instead of random ones",
+    )
+    args = parser.parse_args(argv)
+    if args.dtype == "int8" and args.device == "cuda":
+        parser.error("--dtype int8 (dynamic quantisation) runs on CPU only")
+    args.batch_sizes = [int(size) for size in args.batch_sizes.split(",") if size.strip()]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    data_dir = args.data_dir.resolve()
+    # Read by the settings when Django is set up: they start PostgreSQL in DATA_DIR. An inherited
+    # DATABASE_URL or MEDIA_ROOT would point the deletes below at someone's real data.
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.base"
+    os.environ["DATA_DIR"] = str(data_dir)
+    os.environ["DEBUG"] = "0"  # DEBUG keeps every SQL query in memory
+    for name in ("DATABASE_URL", "MEDIA_ROOT"):
+        os.environ.pop(name, None)
+    sys.path.insert(0, str(REPO_ROOT))
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype or ("fp16" if device == "cuda" else "fp32")
+
+    import django
+
+    django.setup()
+    from config import embedded
+
+    try:
+        run(args, device=device, dtype=dtype, data_dir=data_dir)
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        embedded.postgres_stop(data_dir)
+
+
+def run(args: argparse.Namespace, *, device: str, dtype: str, data_dir: Path) -> None:
+    import torch
+    from django.conf import settings
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    model_dir = args.source or build_full_size_clip(data_dir / "clip-vit-b32-random")
+    paths = write_photos(Path(settings.MEDIA_ROOT) / IMAGE_DIR, args.images)
+    image_ids = create_image_rows(paths, Path(settings.MEDIA_ROOT))
+    print(
+        f"device={device} dtype={dtype} torch_threads={torch.get_num_threads()} "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')} "
+        f"decode_threads={settings.EMBEDDING_DECODE_THREADS} images={len(paths)} "
+        f"({IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEG) torch={torch.__version__} "
+        f"weights={'random' if args.source is None else model_dir} "
+        f"cpus={os.cpu_count()} loadavg_1min={os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+
+    seed_dtype = "fp32" if dtype == "int8" else dtype  # the seed project had no int8 path
+    rows = [seed_loop(model_dir, paths, device=device, dtype=seed_dtype, repeat=args.repeat)]
+    print(f"  (a) done: {rows[0].rate:.1f} images/s", flush=True)
+
+    variants = [dtype]
+    if device == "cpu" and dtype != "int8" and not args.no_int8:
+        variants.append("int8")
+    decoded = decode_all(paths)
+    encoders = {}
+    for variant in variants:
+        encoder = load_bench_encoder(model_dir, device=device, dtype=variant)
+        encoders[variant] = encoder
+        encoder.embed_images(decoded[: max(args.batch_sizes)])  # warm-up, untimed
+        for batch in args.batch_sizes:
+            rows.append(
+                encoder_only(encoder, decoded, batch=batch, dtype=variant, repeat=args.repeat)
+            )
+            for mode in ("tasks", "stream"):
+                rows.append(
+                    pipeline_run(
+                        encoder,
+                        image_ids,
+                        batch=batch,
+                        mode=mode,
+                        dtype=variant,
+                        repeat=args.repeat,
+                    )
+                )
+            print(f"  {variant} batch {batch} done", flush=True)
+
+    print_table(rows)
+    # Other work on the machine skews every row; this says how busy it was while measuring.
+    print(f"loadavg_1min at the end: {os.getloadavg()[0]:.2f}")
+    if "int8" in encoders:
+        reference = encoders.get("fp32") or load_bench_encoder(
+            model_dir, device="cpu", dtype="fp32"
+        )
+        print_int8_cosines(reference, encoders["int8"], decoded[: args.cosine_images])
+
+
+# --- fixtures: model, photos, rows --------------------------------------------------------
+
+
+def build_full_size_clip(directory: Path) -> Path:
+    """Save a randomly initialised ViT-B/32 CLIP + processor once; later runs reuse it."""
+    if (directory / "config.json").exists():
+        return directory
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+
+    from tests.tiny_models import _clip_tokenizer  # the same made-up vocabulary as the tests
+
+    tokenizer = _clip_tokenizer(model_max_length=77)
+    # Architecture defaults (ViT-B/32 vision, 12-layer text, 512-d projection, 49408 vocab);
+    # only the special token ids follow the made-up tokenizer, so text pooling finds EOS.
+    config = CLIPConfig(
+        text_config={
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+    )
+    torch.manual_seed(0)
+    model = CLIPModel(config)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
+    )
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def write_photos(directory: Path, count: int) -> list[Path]:
+    """Write ``count`` photo-like JPEGs: smooth colour fields, shapes, sensor-like noise."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFilter
+
+    directory.mkdir(parents=True, exist_ok=True)
+    width, height = IMAGE_SIZE
+    paths = []
+    for index in range(count):
+        path = directory / f"{index:05d}.jpg"
+        paths.append(path)
+        if path.exists():
+            continue
+        rng = np.random.default_rng(index)
+        # Low-frequency colour field: a coarse random grid upsampled smoothly.
+        coarse = Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8), "RGB")
+        image = coarse.resize((width, height), Image.Resampling.BICUBIC)
+        draw = ImageDraw.Draw(image)
+        for _ in range(int(rng.integers(5, 15))):
+            x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+            w, h = int(rng.integers(10, 200)), int(rng.integers(10, 200))
+            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+            shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+            shape((x, y, x + w, y + h), fill=colour)
+        image = image.filter(ImageFilter.GaussianBlur(1.5))
+        pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, 6, (height, width, 3))
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB").save(
+            path, "JPEG", quality=90
+        )
+    return paths
+
+
+def create_image_rows(paths: Sequence[Path], media_root: Path) -> list[int]:
+    """(Re)create one public Flickr30k-style Image row per file; return their ids in order."""
+    from gallery.models import Image
+
+    # The bench's own database (see main), so every data-set row in it is the bench's.
+    Image.objects.filter(source=Image.Source.FLICKR30K).delete()
+    rows = [
+        Image(
+            source=Image.Source.FLICKR30K,
+            visibility=Image.Visibility.PUBLIC,
+            owner=None,
+            flickr30k_id=index,
+            sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+            width=IMAGE_SIZE[0],
+            height=IMAGE_SIZE[1],
+            file=str(path.relative_to(media_root)),
+            original_filename=path.name,
+        )
+        for index, path in enumerate(paths)
+    ]
+    return [row.pk for row in Image.objects.bulk_create(rows)]
+
+
+def decode_all(paths: Sequence[Path]) -> list[Any]:
+    from workers.encoders import open_image
+
+    return [open_image(path) for path in paths]
+
+
+def load_bench_encoder(model_dir: Path, *, device: str, dtype: str) -> Any:
+    from workers.encoders.registry import load_encoder
+
+    return load_encoder(MODEL_ID, source=str(model_dir), device=device, dtype=dtype)
+
+
+# --- the measured runs ------------------------------------------------------------------
+
+
+def synchronize(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(
+    device: str,
+    work: Callable[[], object],
+    *,
+    repeat: int,
+    prepare: Callable[[], object] | None = None,
+) -> tuple[float, float]:
+    """Best wall-clock time of ``repeat`` runs of ``work`` and the CPU time of that run.
+
+    ``prepare`` runs untimed before each run. The best run is the one least disturbed by other
+    work on the machine.
+    """
+    best = (float("inf"), 0.0)
+    for _ in range(max(repeat, 1)):
+        if prepare:
+            prepare()
+        synchronize(device)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        work()
+        synchronize(device)
+        best = min(best, (time.perf_counter() - start, time.process_time() - cpu_start))
+    return best
+
+
+def seed_loop(
+    model_dir: Path, paths: Sequence[Path], *, device: str, dtype: str, repeat: int
+) -> Row:
+    """(a): the seed project's loop, straight on transformers, one image at a time."""
+    import torch
+    from PIL import Image
+    from transformers import CLIPModel, CLIPProcessor
+
+    torch_dtype = torch.float16 if dtype == "fp16" else torch.float32
+    model = CLIPModel.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
+    processor = CLIPProcessor.from_pretrained(model_dir)
+
+    def embed(path: Path) -> Any:
+        image = Image.open(path).convert("RGB")
+        inputs = processor(images=image, return_tensors="pt")
+        with torch.no_grad():
+            output = model.get_image_features(
+                pixel_values=inputs["pixel_values"].to(device, torch_dtype)
+            )
+        features = output if isinstance(output, torch.Tensor) else output.pooler_output
+        features = features / features.norm(dim=-1, keepdim=True)
+        return features.float().cpu().numpy()[0]
+
+    embed(paths[0])  # warm-up
+    seconds, cpu = timed(device, lambda: [embed(path) for path in paths], repeat=repeat)
+    return Row("(a) seed: per image, inline preprocessing", dtype, 1, len(paths), seconds, cpu)
+
+
+def encoder_only(
+    encoder: Any, decoded: Sequence[Any], *, batch: int, dtype: str, repeat: int
+) -> Row:
+    seconds, cpu = timed(
+        encoder.device, lambda: encoder.embed_images(decoded, max_batch=batch), repeat=repeat
+    )
+    label = "(c)" if dtype == "int8" else "(b)"
+    return Row(
+        f"{label} encoder only (decoded; preprocess+model)",
+        dtype,
+        batch,
+        len(decoded),
+        seconds,
+        cpu,
+    )
+
+
+def pipeline_run(
+    encoder: Any, image_ids: Sequence[int], *, batch: int, mode: str, dtype: str, repeat: int
+) -> Row:
+    """(b)/(c): images_embed_batch into PostgreSQL, from no embeddings for the model."""
+    from django.db import connection
+
+    from search.models import ImageEmbedding
+    from workers.pipeline import images_embed_batch
+
+    results = []
+
+    def prepare() -> None:
+        results.clear()
+        ImageEmbedding.objects.filter(model_id=MODEL_ID).delete()
+        # Dead index entries from the previous run would make this run's inserts slower.
+        with connection.cursor() as cursor:
+            cursor.execute(f"VACUUM {ImageEmbedding._meta.db_table}")
+
+    def work() -> None:
+        if mode == "tasks":
+            for start in range(0, len(image_ids), batch):
+                chunk = image_ids[start : start + batch]
+                results.append(
+                    images_embed_batch(
+                        model_id=MODEL_ID, image_ids=chunk, encoder=encoder, batch_size=batch
+                    )
+                )
+        else:
+            results.append(
+                images_embed_batch(
+                    model_id=MODEL_ID, image_ids=image_ids, encoder=encoder, batch_size=batch
+                )
+            )
+
+    seconds, cpu = timed(encoder.device, work, repeat=repeat, prepare=prepare)
+    embedded = sum(result.embedded for result in results)
+    failed = {pk: reason for result in results for pk, reason in result.failed.items()}
+    stored = ImageEmbedding.objects.filter(model_id=MODEL_ID).count()
+    if embedded != len(image_ids) or failed or stored != len(image_ids):
+        raise RuntimeError(f"pipeline embedded {embedded}, stored {stored}, failed {failed}")
+    label = "(c)" if dtype == "int8" else "(b)"
+    method = f"{label} pipeline into Postgres, {mode}"
+    return Row(method, dtype, batch, len(image_ids), seconds, cpu)
+
+
+# --- output -----------------------------------------------------------------------------
+
+
+def print_table(rows: Sequence[Row]) -> None:
+    baseline = rows[0].rate
+    header = (
+        f"{'method':<46} {'dtype':<5} {'batch':>5} {'images':>6} {'s':>7} {'cpu s':>7} "
+        f"{'img/s':>7} {'x (a)':>6}"
+    )
+    print()
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(
+            f"{row.method:<46} {row.dtype:<5} {row.batch or '-':>5} {row.images:>6} "
+            f"{row.seconds:>7.2f} {row.cpu_seconds:>7.2f} {row.rate:>7.1f} "
+            f"{row.rate / baseline:>6.2f}"
+        )
+
+
+def print_int8_cosines(reference: Any, int8: Any, images: Sequence[Any]) -> None:
+    import numpy as np
+
+    for kind, inputs, method in (
+        ("images", images, "embed_images"),
+        ("texts", TEXTS, "embed_texts"),
+    ):
+        expected = getattr(reference, method)(inputs, max_batch=32)
+        got = getattr(int8, method)(inputs, max_batch=32)
+        cosines = np.sum(expected * got, axis=1)
+        print(
+            f"int8 vs fp32 cosine, {len(inputs)} {kind}: min {cosines.min():.5f} "
+            f"mean {cosines.mean():.5f} max {cosines.max():.5f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -11,9 +11,10 @@ import functools
 import logging
 
 import numpy as np
+from django.conf import settings
 from PIL import Image as PILImage
 
-from workers.encoders import EncoderError
+from workers.encoders import Encoder, EncoderError
 from workers.loading import encoder_for
 
 logger = logging.getLogger(__name__)
@@ -21,21 +22,26 @@ logger = logging.getLogger(__name__)
 QUERY_CACHE_SIZE = 1024
 
 
+def _query_encoder(model_id: str) -> Encoder:
+    return encoder_for(model_id, dtype=settings.SEARCH_QUERY_DTYPE or None)
+
+
 @functools.lru_cache(maxsize=QUERY_CACHE_SIZE)
-def _cached_text_vector(model_id: str, text: str) -> np.ndarray:
-    vector = encoder_for(model_id).embed_texts([text])[0]
+def _cached_text_vector(model_id: str, dtype: str, text: str) -> np.ndarray:
+    vector = _query_encoder(model_id).embed_texts([text])[0]
     vector.setflags(write=False)  # shared between requests: nobody may modify it
     return vector
 
 
 def text_embedding(*, model_id: str, text: str) -> np.ndarray:
     """The L2-normalised embedding of a query text (cached per model and text)."""
-    return _cached_text_vector(model_id, text.strip())
+    # The precision is part of the key: a setting change must not serve stale vectors.
+    return _cached_text_vector(model_id, settings.SEARCH_QUERY_DTYPE, text.strip())
 
 
 def image_embedding(*, model_id: str, image: PILImage.Image) -> np.ndarray:
     """The embedding of a query image; computed on the fly, never stored."""
-    return encoder_for(model_id).embed_images([image])[0]
+    return _query_encoder(model_id).embed_images([image])[0]
 
 
 def warm_up(*, model_ids: list[str]) -> None:
@@ -45,6 +51,6 @@ def warm_up(*, model_ids: list[str]) -> None:
     """
     for model_id in model_ids:
         try:
-            encoder_for(model_id).embed_texts(["warm-up query"])
+            _query_encoder(model_id).embed_texts(["warm-up query"])
         except EncoderError as exc:
             logger.error("search model %s not loaded: %s", model_id, exc)

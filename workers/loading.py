@@ -7,12 +7,15 @@ from django.conf import settings
 from workers.encoders import Encoder, load_encoder
 
 
-def encoder_for(model_id: str) -> Encoder:
-    """The process-wide encoder for ``model_id`` (loaded on first use, then cached)."""
+def encoder_for(model_id: str, *, dtype: str | None = None) -> Encoder:
+    """The process-wide encoder for ``model_id`` (loaded on first use, then cached).
+
+    ``dtype`` overrides EMBEDDING_DTYPE (the search side may quantise its query encoder).
+    """
     device = settings.EMBEDDING_DEVICE
     return load_encoder(
         model_id,
         source=settings.EMBEDDING_MODEL_SOURCES.get(model_id),
         device=None if device == "auto" else device,
-        dtype=settings.EMBEDDING_DTYPE or None,
+        dtype=dtype or settings.EMBEDDING_DTYPE or None,
     )

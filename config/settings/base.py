@@ -183,6 +183,9 @@ EMBEDDING_MODEL_SOURCES = env_map("EMBEDDING_MODEL_SOURCES")
 EMBEDDING_DEVICE = os.environ.get("EMBEDDING_DEVICE", "auto")
 # Empty: fp16 on CUDA, fp32 elsewhere. "int8" = dynamic-quantised CPU path (see README).
 EMBEDDING_DTYPE = os.environ.get("EMBEDDING_DTYPE", "")
+# Precision of the web process's query encoder (text and query images); empty: as
+# EMBEDDING_DTYPE. "int8" roughly halves CPU query latency (see README for its accuracy).
+SEARCH_QUERY_DTYPE = os.environ.get("SEARCH_QUERY_DTYPE", "")
 # Images per forward pass (and per Celery task).
 EMBEDDING_BATCH_SIZE = int(os.environ.get("EMBEDDING_BATCH_SIZE", 32))
 # Threads decoding images while the model runs on the previous batch.

@@ -316,3 +316,14 @@ def test_search_by_image_page(client: Client, tiny_models) -> None:
     buffer.name = "red.png"
     html = client.post("/search/image/", {"image": buffer}).content.decode()
     assert html.count('class="result"') == 4
+
+
+def test_quantised_query_encoder_serves_the_same_api(client: Client, settings, tiny_models) -> None:
+    settings.SEARCH_QUERY_DTYPE = "int8"
+    images, _ = dataset(4)
+    assert encoding._query_encoder(CLIP).quantization == "int8-dynamic"
+    fp32 = encoding.encoder_for(CLIP).embed_texts(["a quantised query"])[0]
+    int8 = encoding.text_embedding(model_id=CLIP, text="a quantised query")
+    assert float(fp32 @ int8) > 0.99
+    data = client.get("/api/search", {"q": "a quantised query", "k": 4}).json()
+    assert {r["id"] for r in data["results"]} == {i.pk for i in images}

@@ -89,11 +89,13 @@ TEMPLATES = [
 # --- Database -------------------------------------------------------------------------------
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL)}
 else:
     # Starts the embedded server if it is not running yet, so that any entry point
     # (./run, manage.py, pytest) finds a database without manual set-up.
     DATABASES = {"default": dj_database_url.parse(embedded.postgres_start(DATA_DIR))}
+# Persistent connections: opening one per request costs more than a search's own queries.
+DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ.get("CONN_MAX_AGE", 60))
 # libpq-style "?host=/socket/dir" lands in OPTIONS; HOST is where Django (and tools) look.
 for _key in ("host", "port"):
     if _key in DATABASES["default"].get("OPTIONS", {}):

@@ -656,34 +656,9 @@ def search_path(text: str) -> str:
 
 
 def build_full_size_clip(directory: Path) -> Path:
-    """Save a randomly initialised ViT-B/32 CLIP + processor once; later runs reuse it."""
-    if (directory / "config.json").exists():
-        return directory
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+    from tests.tiny_models import build_full_size_clip as build
 
-    from tests.tiny_models import _clip_tokenizer  # the tests' made-up vocabulary
-
-    tokenizer = _clip_tokenizer(model_max_length=77)
-    # Architecture defaults (12-layer 512-wide text tower, 77 positions, 49,408-token embedding
-    # table, ViT-B/32 vision, 512-d projection); only the special token ids follow the made-up
-    # tokenizer, so the text tower pools at its EOS.
-    config = CLIPConfig(
-        text_config={
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
-        }
-    )
-    torch.manual_seed(0)
-    model = CLIPModel(config)
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
-    )
-    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return directory
+    return build(directory)
 
 
 def encoder_breakdown(model_dir: Path, args: argparse.Namespace) -> list[Measured]:

@@ -239,3 +239,33 @@ def build_tiny_siglip(directory: str | Path) -> Path:
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
+
+
+def build_full_size_clip(directory: str | Path) -> Path:
+    """For the benchmarks: full-size ViT-B/32 with random weights (same compute as real)."""
+    directory = Path(directory)
+    """Save a randomly initialised ViT-B/32 CLIP + processor once; later runs reuse it."""
+    if (directory / "config.json").exists():
+        return directory
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+
+    tokenizer = _clip_tokenizer(model_max_length=77)
+    # Architecture defaults (ViT-B/32 vision, 12-layer text, 512-d projection, 49408 vocab);
+    # only the special token ids follow the made-up tokenizer, so text pooling finds EOS.
+    config = CLIPConfig(
+        text_config={
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+    )
+    torch.manual_seed(0)
+    model = CLIPModel(config)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
+    )
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory

@@ -242,7 +242,6 @@ def build_tiny_siglip(directory: str | Path) -> Path:
 
 
 def build_full_size_clip(directory: str | Path) -> Path:
-    """For the benchmarks: full-size ViT-B/32 with random weights (same compute as real)."""
     directory = Path(directory)
     """Save a randomly initialised ViT-B/32 CLIP + processor once; later runs reuse it."""
     if (directory / "config.json").exists():

@@ -242,8 +242,8 @@ def build_tiny_siglip(directory: str | Path) -> Path:
 
 
 def build_full_size_clip(directory: str | Path) -> Path:
-    directory = Path(directory)
     """Save a randomly initialised ViT-B/32 CLIP + processor once; later runs reuse it."""
+    directory = Path(directory)
     if (directory / "config.json").exists():
         return directory
     import torch

@@ -257,13 +257,13 @@ def create_image_rows(paths: Sequence[Path], media_root: Path) -> list[int]:
 
 
 def decode_all(paths: Sequence[Path]) -> list[Any]:
-    from workers.encoders import open_image
+    from encoders import open_image
 
     return [open_image(path) for path in paths]
 
 
 def load_bench_encoder(model_dir: Path, *, device: str, dtype: str) -> Any:
-    from workers.encoders.registry import load_encoder
+    from encoders.registry import load_encoder
 
     return load_encoder(MODEL_ID, source=str(model_dir), device=device, dtype=dtype)
 

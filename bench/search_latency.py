@@ -570,7 +570,7 @@ def hnsw_index_warm() -> str:
     A server under steady traffic keeps its hot index in memory; right after the index is built
     and a 2 GB exact scan has gone through the cache, the first HNSW queries would instead pay
     for disk reads (shared_buffers is only 128 MB, so PostgreSQL relies on the OS cache).
-    pgserver ships no pg_prewarm, hence the plain read.
+    the embedded PostgreSQL ships no pg_prewarm, hence the plain read.
     """
     from django.db import connection
 
@@ -668,9 +668,9 @@ def encoder_breakdown(model_dir: Path, args: argparse.Namespace) -> list[Measure
     from django.contrib.auth.models import AnonymousUser
     from transformers import AutoTokenizer
 
+    from encoders import load_encoder
+    from encoders.registry import clear_encoder_cache
     from search.selectors import images_search_by_vector
-    from workers.encoders import load_encoder
-    from workers.encoders.registry import clear_encoder_cache
 
     torch.set_num_threads(1)  # as the web workers (OMP_NUM_THREADS=1)
     encoder = load_encoder(

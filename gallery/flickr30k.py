@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.encoders import ImageDecodeError, open_image
+from encoders import ImageDecodeError, open_image
 
 SPLITS = ("train", "val", "test")
 # Karpathy's COCO file calls part of the validation images "restval" and trains on them; the

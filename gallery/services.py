@@ -20,6 +20,7 @@ from django.utils import timezone
 from PIL import Image as PILImage
 from PIL import ImageOps
 
+from encoders import ImageDecodeError, open_image
 from gallery.flickr30k import Flickr30kEntry, Flickr30kFile, flickr30k_file_check
 from gallery.models import (
     ApiToken,
@@ -29,7 +30,6 @@ from gallery.models import (
     Image,
     image_upload_path,
 )
-from workers.encoders import ImageDecodeError, open_image
 from workers.pipeline import embeddings_sweep, image_enqueue_embedding
 
 THUMBNAIL_SIZES = (128, 256, 512)

@@ -4,6 +4,7 @@ from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 
+from encoders.registry import MODELS
 from gallery.models import Image
 from search.models import EmbeddingJob, EmbeddingModel, EvaluationRun, ImageEmbedding
 from search.selectors import EmbeddingProgress, embedding_progress
@@ -13,7 +14,6 @@ from search.services import (
     embedding_model_enable,
     embedding_model_make_default,
 )
-from workers.encoders.registry import MODELS
 
 
 class EmbeddingModelForm(forms.ModelForm):

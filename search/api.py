@@ -12,6 +12,7 @@ from ninja.errors import AuthenticationError, ValidationError
 from ninja.files import UploadedFile
 from ninja.security import APIKeyHeader, HttpBearer, django_auth
 
+from encoders import ImageDecodeError, open_image
 from gallery.selectors import api_token_find, image_get_visible
 from gallery.services import api_token_mark_used
 from search import encoding
@@ -26,7 +27,6 @@ from search.selectors import (
     search_models_available,
     search_validate_text,
 )
-from workers.encoders import ImageDecodeError, open_image
 
 
 def _token_user(request: HttpRequest, raw: str):

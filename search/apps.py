@@ -8,7 +8,7 @@ class SearchConfig(AppConfig):
 
     def ready(self) -> None:
         # Indexes follow the model registry, not a migration: registering a model (one entry
-        # in workers.encoders.registry) gets it an index on the next migrate.
+        # in encoders.registry) gets it an index on the next migrate.
         post_migrate.connect(_ensure_indexes, sender=self, dispatch_uid="search_hnsw_indexes")
 
 

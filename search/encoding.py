@@ -14,7 +14,7 @@ import numpy as np
 from django.conf import settings
 from PIL import Image as PILImage
 
-from workers.encoders import Encoder, EncoderError
+from encoders import Encoder, EncoderError
 from workers.loading import encoder_for
 
 logger = logging.getLogger(__name__)

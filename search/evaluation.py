@@ -31,11 +31,11 @@ import numpy as np
 from django.db import connection, transaction
 from tqdm import tqdm
 
+from encoders import model_spec
 from gallery.models import Caption, Image
 from search.models import ImageEmbedding
 from search.selectors import embeddings_ranked
 from search.services import hnsw_index_name
-from workers.encoders import model_spec
 from workers.loading import encoder_for
 
 KS = (1, 5, 10)
@@ -451,7 +451,7 @@ def evaluate(
     """Evaluate each of ``model_ids`` and, when there are several, each of ``fusions``.
 
     Raises ``EvaluationError`` before any work when a model lacks embeddings for images to be
-    ranked, and ``workers.encoders.EncoderError`` when a model's text encoder cannot load.
+    ranked, and ``encoders.EncoderError`` when a model's text encoder cannot load.
     """
     model_ids = list(dict.fromkeys(model_ids))
     for model_id in model_ids:

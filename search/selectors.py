@@ -12,11 +12,11 @@ from django.db.models import QuerySet
 from django.db.models.functions import Cast
 from pgvector.django import CosineDistance, VectorField
 
+from encoders import UnknownModelError
+from encoders.registry import model_spec
 from gallery.models import Image
 from gallery.selectors import collections_visible_to, images_visible_to
 from search.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
-from workers.encoders import UnknownModelError
-from workers.encoders.registry import model_spec
 
 
 def embeddings_ranked(

@@ -13,9 +13,9 @@ from django.db import connection, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from encoders.registry import MODELS, model_spec
 from gallery.models import Image
 from search.models import EmbeddingJob, EmbeddingModel, EvaluationRun, ImageEmbedding
-from workers.encoders.registry import MODELS, model_spec
 
 if TYPE_CHECKING:
     # search.evaluation imports this module; the report type is only needed for annotations.

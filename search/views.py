@@ -5,6 +5,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
+from encoders import ImageDecodeError, open_image
 from gallery.selectors import collections_of, image_get_visible
 from search import encoding
 from search.forms import ImageQueryForm, SearchForm
@@ -19,7 +20,6 @@ from search.selectors import (
     search_models_available,
     search_validate_text,
 )
-from workers.encoders import ImageDecodeError, open_image
 
 
 @staff_member_required

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from workers.encoders.registry import MODELS
+from encoders.registry import MODELS
 
 # Shared size of every tiny transformer: large enough to exercise every layer type, small enough
 # that a forward pass over a batch takes milliseconds on one CPU thread.

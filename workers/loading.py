@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from workers.encoders import Encoder, load_encoder
+from encoders import Encoder, load_encoder
 
 
 def encoder_for(model_id: str, *, dtype: str | None = None) -> Encoder:

@@ -18,6 +18,7 @@ from django.db import transaction
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from encoders import Encoder, ImageDecodeError, open_image
 from gallery.models import Image
 from search.models import EmbeddingJob, ImageEmbedding
 from search.selectors import embedding_models_enabled
@@ -28,7 +29,6 @@ from search.services import (
     embedding_jobs_record_attempt,
     embeddings_store,
 )
-from workers.encoders import Encoder, ImageDecodeError, open_image
 from workers.loading import encoder_for
 
 logger = logging.getLogger(__name__)

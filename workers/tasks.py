@@ -8,10 +8,10 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerError
 
+from encoders import WeightsUnavailableError
 from search.selectors import embedding_models_enabled
 from search.services import embedding_jobs_note_blocked
 from workers import pipeline
-from workers.encoders import WeightsUnavailableError
 
 logger = logging.getLogger(__name__)
 

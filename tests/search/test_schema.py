@@ -9,12 +9,12 @@ import pytest
 from django.db import IntegrityError, connection, transaction
 from django.db.utils import DataError
 
+from encoders.registry import MODELS
 from gallery.models import Image
 from search.models import EmbeddingJob, ImageEmbedding
 from search.selectors import embeddings_nearest
 from search.services import EmbeddingDimensionError, embeddings_store, hnsw_index_name
 from tests.factories import ImageFactory
-from workers.encoders.registry import MODELS
 
 pytestmark = pytest.mark.django_db
 

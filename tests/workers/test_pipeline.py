@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from django.core.files.base import ContentFile
 
+from encoders import open_image
 from search.models import EmbeddingJob, ImageEmbedding
 from tests.factories import ImageFactory, jpeg_bytes
 from workers import pipeline
-from workers.encoders import open_image
 from workers.loading import encoder_for
 from workers.tasks import embed_images
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from encoders import EncoderError
 from gallery.flickr30k import SPLITS
 from search.evaluation import (
     FUSIONS,
@@ -16,7 +17,6 @@ from search.evaluation import (
     evaluate,
 )
 from search.services import evaluation_runs_record
-from workers.encoders import EncoderError
 
 
 class Command(BaseCommand):

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from encoders import EncoderError, model_spec
 from search.selectors import embedding_models_enabled
 from search.services import EmbeddingsImportError, embeddings_import
-from workers.encoders import EncoderError, model_spec
 
 LISTED = 10
 

@@ -8,11 +8,11 @@ from datetime import timedelta
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
+from encoders import EncoderError, model_spec
 from gallery.models import Image
 from search.models import ImageEmbedding
 from search.selectors import embedding_models_enabled
 from workers import pipeline
-from workers.encoders import EncoderError, model_spec
 from workers.loading import encoder_for
 
 

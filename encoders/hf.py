@@ -21,9 +21,8 @@ import torch
 import transformers
 from PIL import Image
 
-from .base import EncoderError, WeightsUnavailableError
+from .base import INT8, EncoderError, ModelSpec, WeightsUnavailableError
 from .images import to_rgb
-from .registry import INT8, ModelSpec
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,27 @@ names without paying for a model framework import.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
+
+Family = Literal["clip", "align", "siglip"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: ``dim`` is the width of the published weights' embeddings."""
+
+    model_id: str
+    hub_id: str
+    dim: int
+    family: Family
+
+
+# Dynamically quantised int8 Linear layers (weights int8, activations quantised per batch).
+INT8 = "int8"
 
 
 @runtime_checkable

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from encoders import EncoderError, clear_encoder_cache, load_encoder
 from tests.tiny_models import build_tiny_clip
-from workers.encoders import EncoderError, clear_encoder_cache, load_encoder
 
 MODEL_ID = "clip-vit-base-patch32"
 TEXTS = ["a photo of the cat", "a red car on the beach", "dog", "blue tree"]

@@ -8,23 +8,8 @@ from __future__ import annotations
 
 import functools
 import threading
-from dataclasses import dataclass
-from typing import Literal
 
-from .base import Encoder, EncoderError, UnknownModelError
-
-Family = Literal["clip", "align", "siglip"]
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A registered model: ``dim`` is the width of the published weights' embeddings."""
-
-    model_id: str
-    hub_id: str
-    dim: int
-    family: Family
-
+from .base import INT8, Encoder, EncoderError, ModelSpec, UnknownModelError
 
 MODELS: dict[str, ModelSpec] = {
     spec.model_id: spec
@@ -50,9 +35,6 @@ _DTYPES = {
     "int8": "int8",
     "qint8": "int8",
 }
-
-# Dynamically quantised int8 Linear layers (weights int8, activations quantised per batch).
-INT8 = "int8"
 
 
 def model_spec(model_id: str) -> ModelSpec:

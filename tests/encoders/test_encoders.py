@@ -13,8 +13,7 @@ import torch
 import transformers
 from PIL import Image
 
-from tests.tiny_models import build_tiny_align, build_tiny_clip, build_tiny_siglip
-from workers.encoders import (
+from encoders import (
     MODELS,
     Encoder,
     EncoderError,
@@ -26,6 +25,7 @@ from workers.encoders import (
     model_spec,
     open_image,
 )
+from tests.tiny_models import build_tiny_align, build_tiny_clip, build_tiny_siglip
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -257,7 +257,7 @@ def test_registry_describes_the_published_models(model_id, hub_id, dim, family):
 def test_registry_import_does_not_load_torch():
     # Django imports the registry at start-up; torch/transformers cost seconds there.
     code = (
-        "import sys, workers.encoders, workers.encoders.registry; "
+        "import sys, encoders, encoders.registry; "
         "print(sorted({'torch', 'transformers', 'django'} & set(sys.modules)))"
     )
     result = subprocess.run(

@@ -48,6 +48,11 @@ class EmbeddingModel(models.Model):
     model_id = models.CharField(max_length=64, primary_key=True)
     enabled = models.BooleanField(default=True)
     is_default = models.BooleanField(default=False)
+    # Set when a worker could not load the model (missing weights, no GPU, ...): search and
+    # uploads say so plainly, and the sweep sends one probe batch per interval instead of the
+    # whole backlog until a load succeeds again.
+    unavailable_reason = models.TextField(blank=True)
+    unavailable_since = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -85,6 +90,10 @@ class EmbeddingJob(models.Model):
     # When a batch holding this image was last queued; the sweep re-queues pending jobs whose
     # batch has not run within the broker's visibility timeout (e.g. its worker died).
     enqueued_at = models.DateTimeField(null=True, blank=True)
+    # A worker holds the job while it runs and renews the lease batch by batch: a pending job
+    # whose lease ran out lost its worker (killed, or the database went away mid-batch).
+    started_at = models.DateTimeField(null=True, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

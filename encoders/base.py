@@ -13,7 +13,7 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-Family = Literal["clip", "align", "siglip"]
+Family = Literal["clip", "align", "siglip", "siglip2"]
 
 
 @dataclass(frozen=True)

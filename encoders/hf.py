@@ -1,20 +1,22 @@
-"""CLIP, ALIGN and SigLIP encoders on top of Hugging Face transformers.
+"""CLIP, ALIGN, SigLIP and SigLIP 2 encoders on top of Hugging Face transformers.
 
-The three families share one implementation: each has ``get_image_features`` /
-``get_text_features`` that return embeddings in a joint space, and a processor saved beside the
-weights. They differ only in the model class and in how texts are padded (see ``_FAMILIES``).
+The families share one implementation: each has ``get_image_features`` / ``get_text_features``
+that return embeddings in a joint space, and a processor saved beside the weights. They differ
+only in the model class and in how texts are padded (see ``_FAMILIES``). The processor's output
+is the input of both backends: torch here, ONNX Runtime in ``onnx.py``.
 
 Only ``registry.load_encoder`` should import this module: it imports torch and transformers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,11 +26,15 @@ from PIL import Image
 from .base import INT8, EncoderError, ModelSpec, WeightsUnavailableError
 from .images import to_rgb
 
+if TYPE_CHECKING:
+    from .onnx import OnnxOptions
+
 
 @dataclass(frozen=True)
 class _Family:
-    model_class: str  # transformers class name
-    model_type: str  # config.model_type a checkpoint of this family declares
+    # config.model_type a checkpoint of this family may declare -> transformers class that
+    # loads it.
+    model_classes: Mapping[str, str]
     # SigLIP's text tower pools the *last* position and was trained on texts padded to the full
     # length, so its texts must be padded the same way; CLIP and ALIGN pool with the attention
     # mask (CLIP: the EOS token, ALIGN: [CLS]), so padding to the longest text is enough.
@@ -39,14 +45,99 @@ class _Family:
 
 
 _FAMILIES = {
-    "clip": _Family("CLIPModel", "clip", True, 77),
-    "align": _Family("AlignModel", "align", True, 64),
-    "siglip": _Family("SiglipModel", "siglip", "max_length", 64),
+    "clip": _Family({"clip": "CLIPModel"}, True, 77),
+    "align": _Family({"align": "AlignModel"}, True, 64),
+    "siglip": _Family({"siglip": "SiglipModel"}, "max_length", 64),
+    # SigLIP 2's fixed-resolution checkpoints (siglip2-base-patch16-256, so400m-patch14-384)
+    # are published as SigLIP architectures with a Gemma tokenizer; only the NaFlex variants
+    # declare "siglip2" (Siglip2Model, which also takes a patch mask and each image's patch
+    # grid). Both are trained on texts padded to 64 tokens.
+    "siglip2": _Family({"siglip2": "Siglip2Model", "siglip": "SiglipModel"}, "max_length", 64),
 }
 
 
-class HFEncoder:
-    """An ``Encoder`` backed by a transformers dual-encoder model and its processor."""
+class ProcessorEncoder:
+    """The part every backend shares: the model's processor turns inputs into arrays.
+
+    Subclasses run the two towers on those arrays (``_image_features`` / ``_text_features``,
+    returning unnormalised float embeddings); normalisation and batching happen here, so the
+    backends differ only in what runs the graph.
+    """
+
+    backend: str
+
+    def __init__(
+        self,
+        *,
+        model_id: str,
+        processor: Any,
+        family: str,
+        config: Any,
+        quantization: str | None,
+    ) -> None:
+        self.model_id = model_id
+        self.family = family
+        self.quantization = quantization
+        self._tokenizer = processor.tokenizer
+        self._image_processor = processor.image_processor
+        self._text_padding = _FAMILIES[family].text_padding
+        self.dim = _embedding_dim(config, family)
+        self.max_text_tokens = _max_text_tokens(config, self._tokenizer, family)
+
+    def embed_images(
+        self, images: Sequence[Image.Image], *, max_batch: int | None = None
+    ) -> np.ndarray:
+        """Embed ``images``, in forward passes of at most ``max_batch`` (default: all)."""
+        parts = [
+            _normalised(self._image_features(self.image_inputs(chunk)))
+            for chunk in _chunks(images, max_batch)
+        ]
+        return self._concat(parts)
+
+    def embed_texts(self, texts: Sequence[str], *, max_batch: int | None = None) -> np.ndarray:
+        """Embed ``texts``, truncated to the model's context, ``max_batch`` at a time."""
+        parts = [
+            _normalised(self._text_features(self.text_inputs(chunk)))
+            for chunk in _chunks(texts, max_batch)
+        ]
+        return self._concat(parts)
+
+    def image_inputs(self, images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
+        """The processor's arrays for ``images``: what the image tower takes."""
+        # Converted here, not by the processor, so alpha is composited the same way
+        # for every family and every image processor backend.
+        return dict(
+            self._image_processor(images=[to_rgb(image) for image in images], return_tensors="np")
+        )
+
+    def text_inputs(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """The tokenizer's arrays for ``texts``: what the text tower takes."""
+        return dict(
+            self._tokenizer(
+                list(texts),
+                padding=self._text_padding,
+                truncation=True,
+                max_length=self.max_text_tokens,
+                return_tensors="np",
+            )
+        )
+
+    def _image_features(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _text_features(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _concat(self, parts: list[np.ndarray]) -> np.ndarray:
+        if not parts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+class HFEncoder(ProcessorEncoder):
+    """An ``Encoder`` backed by a transformers dual-encoder model run by torch."""
+
+    backend = "torch"
 
     def __init__(
         self,
@@ -59,19 +150,18 @@ class HFEncoder:
         dtype: torch.dtype,
         quantization: str | None = None,
     ) -> None:
-        self.model_id = model_id
-        self.family = family
+        super().__init__(
+            model_id=model_id,
+            processor=processor,
+            family=family,
+            config=model.config,
+            quantization=quantization,
+        )
         self.device = device
         # The dtype inputs are cast to: float32 for an int8-quantised model, whose quantised
         # layers take float activations and quantise them themselves.
         self.dtype = dtype
-        self.quantization = quantization
         self._model = model
-        self._tokenizer = processor.tokenizer
-        self._image_processor = processor.image_processor
-        self._text_padding = _FAMILIES[family].text_padding
-        self.dim = _embedding_dim(model.config, family)
-        self.max_text_tokens = _max_text_tokens(model.config, self._tokenizer, family)
 
     def __repr__(self) -> str:
         return (
@@ -79,55 +169,39 @@ class HFEncoder:
             f"dtype={self.dtype}, quantization={self.quantization!r})"
         )
 
-    def embed_images(
-        self, images: Sequence[Image.Image], *, max_batch: int | None = None
-    ) -> np.ndarray:
-        """Embed ``images``, in forward passes of at most ``max_batch`` (default: all)."""
-        parts = []
-        for chunk in _chunks(images, max_batch):
-            # Converted here, not by the processor, so alpha is composited the same way
-            # for every family and every image processor backend.
-            pixels = self._image_processor(
-                images=[to_rgb(image) for image in chunk], return_tensors="pt"
-            )["pixel_values"]
-            with torch.inference_mode():
-                output = self._model.get_image_features(
-                    pixel_values=pixels.to(self.device, dtype=self.dtype)
-                )
-            parts.append(_normalised_numpy(output))
-        return self._concat(parts)
-
-    def embed_texts(self, texts: Sequence[str], *, max_batch: int | None = None) -> np.ndarray:
-        """Embed ``texts``, truncated to the model's context, ``max_batch`` at a time."""
-        parts = []
-        for chunk in _chunks(texts, max_batch):
-            inputs = self._tokenizer(
-                list(chunk),
-                padding=self._text_padding,
-                truncation=True,
-                max_length=self.max_text_tokens,
-                return_tensors="pt",
+    def _image_features(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        # Pixels take the weights' dtype; SigLIP 2's patch mask and patch grids stay integers.
+        tensors = {
+            name: torch.from_numpy(array).to(
+                self.device, dtype=self.dtype if array.dtype.kind == "f" else None
             )
-            with torch.inference_mode():
-                output = self._model.get_text_features(
-                    **{name: tensor.to(self.device) for name, tensor in inputs.items()}
-                )
-            parts.append(_normalised_numpy(output))
-        return self._concat(parts)
+            for name, array in inputs.items()
+        }
+        with torch.inference_mode():
+            return _features_numpy(self._model.get_image_features(**tensors))
 
-    def _concat(self, parts: list[np.ndarray]) -> np.ndarray:
-        if not parts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    def _text_features(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        tensors = {name: torch.from_numpy(array).to(self.device) for name, array in inputs.items()}
+        with torch.inference_mode():
+            return _features_numpy(self._model.get_text_features(**tensors))
 
 
-def load_hf_encoder(spec: ModelSpec, *, source: str, device: str, dtype: str) -> HFEncoder:
+def load_hf_encoder(
+    spec: ModelSpec,
+    *,
+    source: str,
+    device: str,
+    dtype: str,
+    backend: str = "torch",
+    onnx_options: OnnxOptions | None = None,
+) -> ProcessorEncoder:
     """Load ``spec``'s model and processor from ``source`` (hub id or local directory).
 
     ``dtype`` is a torch dtype name, or "int8" for float32 weights whose Linear layers are then
     dynamically quantised (CPU only; the registry refuses other devices before calling here).
+    ``backend`` "onnx" (CPU, float32 or int8) runs the towers in ONNX Runtime, exporting them on
+    first use; if that cannot work here it warns and loads the torch model instead.
     """
-    family = _FAMILIES[spec.family]
     quantization = "int8-dynamic" if dtype == INT8 else None
     if quantization:
         dtype = "float32"
@@ -135,31 +209,42 @@ def load_hf_encoder(spec: ModelSpec, *, source: str, device: str, dtype: str) ->
     # When offline is requested, say so to transformers explicitly: huggingface_hub reads
     # HF_HUB_OFFLINE only once, at import, so a later change would otherwise be ignored.
     local_only = {"local_files_only": True} if _hub_offline() else {}
-    try:
+    with _weights_errors(spec, source):
         # The config first: it is the smallest file, so a missing model fails fast, and it lets
         # us refuse a checkpoint of another family before loading weights into the wrong class.
         config = transformers.AutoConfig.from_pretrained(source, **local_only)
-        if config.model_type != family.model_type:
-            raise EncoderError(
-                f"{source!r} holds a {config.model_type!r} model, but {spec.model_id!r} "
-                f"needs a {family.model_type!r} checkpoint"
-            )
+        model_class = _model_class(spec, source, config)
         processor = transformers.AutoProcessor.from_pretrained(source, **local_only)
-        model_class = getattr(transformers, family.model_class)
-        model = model_class.from_pretrained(
-            source, config=config, dtype=getattr(torch, dtype), **local_only
-        )
-    except (OSError, ValueError) as exc:
-        # transformers reports "not cached and offline", "no such repo", "no config.json in
-        # this directory" and malformed repo ids as OSError/ValueError subclasses.
-        raise WeightsUnavailableError(spec.model_id, source, _first_line(exc)) from exc
-    except ImportError as exc:
-        # e.g. SigLIP's sentencepiece tokenizer without the sentencepiece/protobuf packages.
-        raise EncoderError(
-            f"loading {spec.model_id!r} needs a package that is not installed: {exc}"
-        ) from exc
-    model.to(device)
-    model.eval()
+
+    def load_model(dtype: str) -> Any:
+        with _weights_errors(spec, source):
+            model = model_class.from_pretrained(
+                source, config=config, dtype=getattr(torch, dtype), **local_only
+            )
+        return model.to(device).eval()
+
+    if backend == "onnx":
+        from .onnx import OnnxOptions, OnnxUnavailableError, load_onnx_encoder
+
+        try:
+            return load_onnx_encoder(
+                spec,
+                source=source,
+                config=config,
+                processor=processor,
+                load_model=lambda: load_model("float32"),
+                quantize=bool(quantization),
+                options=onnx_options or OnnxOptions(),
+            )
+        except OnnxUnavailableError as exc:
+            # A search must not fail because an optional speed-up is missing: torch computes
+            # the same embeddings, only slower.
+            warnings.warn(
+                f"ONNX Runtime backend unavailable for {spec.model_id!r}, using torch: {exc}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    model = load_model(dtype)
     if quantization:
         model = _quantize_linear_int8(model)
     return HFEncoder(
@@ -171,6 +256,32 @@ def load_hf_encoder(spec: ModelSpec, *, source: str, device: str, dtype: str) ->
         dtype=getattr(torch, dtype),
         quantization=quantization,
     )
+
+
+@contextlib.contextmanager
+def _weights_errors(spec: ModelSpec, source: str) -> Iterator[None]:
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        # transformers reports "not cached and offline", "no such repo", "no config.json in
+        # this directory" and malformed repo ids as OSError/ValueError subclasses.
+        raise WeightsUnavailableError(spec.model_id, source, _first_line(exc)) from exc
+    except ImportError as exc:
+        # e.g. SigLIP's sentencepiece tokenizer without the sentencepiece/protobuf packages.
+        raise EncoderError(
+            f"loading {spec.model_id!r} needs a package that is not installed: {exc}"
+        ) from exc
+
+
+def _model_class(spec: ModelSpec, source: str, config: Any) -> Any:
+    classes = _FAMILIES[spec.family].model_classes
+    if config.model_type not in classes:
+        expected = " or ".join(repr(model_type) for model_type in classes)
+        raise EncoderError(
+            f"{source!r} holds a {config.model_type!r} model, but {spec.model_id!r} "
+            f"needs a {expected} checkpoint"
+        )
+    return getattr(transformers, classes[config.model_type])
 
 
 def _quantize_linear_int8(model: Any) -> Any:
@@ -212,7 +323,7 @@ def _hub_offline() -> bool:
 def _embedding_dim(config: Any, family: str) -> int:
     # Taken from the loaded config rather than the registry, so tiny test models (and any
     # fine-tuned variant) report the width they really produce.
-    if family == "siglip":
+    if family in ("siglip", "siglip2"):
         text = config.text_config
         return int(getattr(text, "projection_size", None) or text.hidden_size)
     return int(config.projection_dim)
@@ -236,13 +347,23 @@ def _chunks(items: Sequence[Any], size: int | None) -> Iterator[Sequence[Any]]:
         yield items[start : start + step]
 
 
-def _normalised_numpy(output: Any) -> np.ndarray:
+def features_tensor(output: Any) -> torch.Tensor:
+    """The embedding tensor of a ``get_*_features`` call, across transformers versions."""
     # In transformers 5, get_*_features return a ModelOutput whose pooler_output holds the
     # projected embedding; older versions returned the tensor itself.
-    features = output if isinstance(output, torch.Tensor) else output.pooler_output
-    # Normalise in float32: fp16 norms of 768-wide vectors lose precision.
-    features = torch.nn.functional.normalize(features.float(), dim=-1)
-    return features.cpu().numpy()
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def _features_numpy(output: Any) -> np.ndarray:
+    # Brought to float32 before normalising: fp16 norms of 768-wide vectors lose precision.
+    return features_tensor(output).float().cpu().numpy()
+
+
+def _normalised(features: np.ndarray) -> np.ndarray:
+    features = features.astype(np.float32, copy=False)
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    # The same floor as torch.nn.functional.normalize, so an all-zero row stays zero.
+    return features / np.maximum(norms, 1e-12)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -6,8 +6,10 @@ so torch and transformers are only imported inside ``load_encoder``.
 
 from __future__ import annotations
 
-import functools
 import threading
+import warnings
+from pathlib import Path
+from typing import NamedTuple
 
 from .base import INT8, Encoder, EncoderError, ModelSpec, UnknownModelError
 
@@ -18,10 +20,18 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("clip-vit-large-patch14", "openai/clip-vit-large-patch14", 768, "clip"),
         ModelSpec("align-base", "kakaobrain/align-base", 640, "align"),
         ModelSpec("siglip-base-patch16-224", "google/siglip-base-patch16-224", 768, "siglip"),
+        # SigLIP 2: multilingual (Gemma tokenizer). The base model is the CPU choice; So400m
+        # at 384 px is for GPUs (~1.1 B parameters, ~20x the compute per image).
+        ModelSpec("siglip2-base-patch16-256", "google/siglip2-base-patch16-256", 768, "siglip2"),
+        ModelSpec(
+            "siglip2-so400m-patch14-384", "google/siglip2-so400m-patch14-384", 1152, "siglip2"
+        ),
     )
 }
 
 DEVICES = ("cuda", "mps", "cpu")
+# "auto": ONNX Runtime where it runs (CPU, float32 or int8), torch elsewhere (CUDA fp16, MPS).
+BACKENDS = ("auto", "torch", "onnx")
 
 # Accepted spellings of ``dtype`` -> torch dtype attribute name.
 _DTYPES = {
@@ -51,6 +61,9 @@ def load_encoder(
     source: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    backend: str | None = None,
+    onnx_threads: int | None = None,
+    onnx_cache_dir: str | Path | None = None,
 ) -> Encoder:
     """Load the encoder for ``model_id``; the same arguments return the same object.
 
@@ -62,39 +75,115 @@ def load_encoder(
     exist only there), so with ``device=None`` it means "cpu" and with any other device it is an
     ``EncoderError``.
 
+    ``backend`` is "auto" (default: ONNX Runtime on the CPU in float32/int8, torch otherwise),
+    "torch" or "onnx" (which on a GPU, or in float16, warns and uses torch). The ONNX backend
+    exports the model once into ``onnx_cache_dir`` (default: the Hugging Face cache's "onnx"
+    folder) and runs it with ``onnx_threads`` intra-op threads (default 1). If onnxruntime is
+    missing or broken, or the export fails, it warns and loads torch instead.
+
     Raises ``UnknownModelError``, ``WeightsUnavailableError`` when the files cannot be had
     (offline, missing directory) and ``EncoderError`` for other unusable configurations.
     """
     spec = model_spec(model_id)  # fail on a bad id before importing torch
     source = source or spec.hub_id
     dtype_name = _dtype_name(dtype)
+    backend_name = _backend_name(backend)
     if dtype_name == INT8:
         # Checked before the device is probed, so asking for int8 on a GPU says that, not
         # whether the GPU happens to be present.
         device = _int8_device(device)
     device = _resolve_device(device)
     dtype_name = dtype_name or _default_dtype(device)
-    # The lock keeps two threads that ask at once from both loading a multi-GB model.
-    with _load_lock:
-        return _load_cached(model_id, source, device, dtype_name)
+    key = _LoadKey(
+        model_id,
+        source,
+        device,
+        dtype_name,
+        _effective_backend(backend_name, device, dtype_name),
+        onnx_threads or 1,
+        str(onnx_cache_dir) if onnx_cache_dir else None,
+    )
+    # Loaded encoders are read without a lock: a search must not wait while another model
+    # loads. A dict read is atomic, and an entry is only ever added complete.
+    encoder = _loaded.get(key)
+    if encoder is not None:
+        return encoder
+    with _locks_guard:
+        lock = _load_locks.setdefault(key, threading.Lock())
+    # One lock per model and configuration, held only while loading, so two threads that ask
+    # at once do not both load a multi-GB model, and other models stay available meanwhile.
+    with lock:
+        encoder = _loaded.get(key)
+        if encoder is None:
+            # Only successful loads are stored, so once missing weights are provided the next
+            # call loads them without a restart.
+            encoder = _load(key)
+            _loaded[key] = encoder
+    return encoder
 
 
 def clear_encoder_cache() -> None:
     """Forget every loaded encoder (for tests, or to free memory)."""
-    with _load_lock:
-        _load_cached.cache_clear()
+    with _locks_guard:
+        _loaded.clear()
+        _load_locks.clear()
 
 
-_load_lock = threading.RLock()
+class _LoadKey(NamedTuple):
+    model_id: str
+    source: str
+    device: str
+    dtype: str
+    backend: str
+    onnx_threads: int
+    onnx_cache_dir: str | None
 
 
-@functools.cache
-def _load_cached(model_id: str, source: str, device: str, dtype: str) -> Encoder:
-    # Only successful loads are cached (functools.cache stores no exceptions), so once missing
-    # weights are provided the next call loads them without a restart.
+_loaded: dict[_LoadKey, Encoder] = {}
+_load_locks: dict[_LoadKey, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _load(key: _LoadKey) -> Encoder:
     from .hf import load_hf_encoder
 
-    return load_hf_encoder(MODELS[model_id], source=source, device=device, dtype=dtype)
+    options = None
+    if key.backend == "onnx":
+        from .onnx import OnnxOptions
+
+        cache_dir = Path(key.onnx_cache_dir) if key.onnx_cache_dir else None
+        options = OnnxOptions(threads=key.onnx_threads, cache_dir=cache_dir)
+    return load_hf_encoder(
+        MODELS[key.model_id],
+        source=key.source,
+        device=key.device,
+        dtype=key.dtype,
+        backend=key.backend,
+        onnx_options=options,
+    )
+
+
+def _backend_name(backend: str | None) -> str:
+    name = (backend or "auto").lower()
+    if name not in BACKENDS:
+        raise EncoderError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    return name
+
+
+def _effective_backend(backend: str, device: str, dtype: str) -> str:
+    # ONNX Runtime's CPU package has no GPU provider, and CPU float16 is slower than float32.
+    onnx_fits = device == "cpu" and dtype in ("float32", INT8)
+    if backend == "auto":
+        return "onnx" if onnx_fits else "torch"
+    if backend == "onnx" and not onnx_fits:
+        warnings.warn(
+            f"the ONNX backend runs on the CPU in float32 or int8; device {device!r} with "
+            f"dtype {dtype!r} uses torch",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return "torch"
+    return backend
 
 
 def _resolve_device(device: str | None) -> str:

@@ -1,6 +1,81 @@
-from django import forms
+"""Input checks for gallery requests: uploaded image files (for uploads and for query images
+alike) and the upload form."""
 
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+from django import forms
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
+from PIL import Image as PILImage
+
+from config.errors import InvalidInput, TooLarge
+from encoders import ImageDecodeError, open_image
 from gallery.models import Image
+
+
+class UploadRejected(InvalidInput):
+    """An upload we refuse, with a message meant for the person who sent it."""
+
+
+class UploadTooLarge(UploadRejected, TooLarge):
+    """An upload over UPLOAD_MAX_BYTES (HTTP 413 where it reaches the API)."""
+
+
+ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: PILImage.Image  # fully decoded, EXIF-oriented RGB
+    format: str  # PIL's name for the file format, one of ALLOWED_FORMATS
+
+
+def image_file_size_check(*, file: UploadedFile, label: str) -> None:
+    """Refuse a file over UPLOAD_MAX_BYTES before any of it is hashed or decoded."""
+    if file.size is not None and file.size > settings.UPLOAD_MAX_BYTES:
+        raise UploadTooLarge(
+            f"{label} is {file.size / 1e6:.1f} MB; the limit is "
+            f"{settings.UPLOAD_MAX_BYTES / 1e6:.0f} MB"
+        )
+
+
+def image_file_decode(*, file: UploadedFile, label: str) -> DecodedImage:
+    """Check and fully decode an uploaded image file within the upload limits.
+
+    The same limits hold for stored uploads and for query images (which are never stored):
+    UPLOAD_MAX_BYTES, an allowed format, and UPLOAD_MAX_PIXELS read from the header before the
+    pixels are decoded. ``label`` names the file in the messages ("holiday.jpg", "the query
+    image"). Raises ``UploadRejected`` (``UploadTooLarge`` for bytes) with a readable reason.
+    """
+    image_file_size_check(file=file, label=label)
+    try:
+        file.seek(0)
+        # PIL raises DecompressionBombError (not an OSError) on open for images far above its
+        # own limit: that is the same "too large" refusal as ours below, not a server error.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            with PILImage.open(file) as probe:
+                image_format = probe.format or ""
+                width, height = probe.size
+    except PILImage.DecompressionBombError as exc:
+        raise UploadRejected(f"{label}: image too large: {exc}") from exc
+    except (PILImage.UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UploadRejected(f"{label} is not an image we can read") from exc
+    if image_format not in ALLOWED_FORMATS:
+        raise UploadRejected(f"{label}: {image_format} images are not supported")
+    if width * height > settings.UPLOAD_MAX_PIXELS:
+        raise UploadRejected(f"{label}: image too large: {width}x{height}")
+    try:
+        file.seek(0)
+        decoded = open_image(file, max_pixels=settings.UPLOAD_MAX_PIXELS)
+    except ImageDecodeError as exc:
+        raise UploadRejected(f"{label}: {exc}") from exc
+    finally:
+        file.seek(0)
+    return DecodedImage(image=decoded, format=image_format)
 
 
 class UploadForm(forms.Form):

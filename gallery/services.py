@@ -20,8 +20,13 @@ from django.utils import timezone
 from PIL import Image as PILImage
 from PIL import ImageOps
 
-from encoders import ImageDecodeError, open_image
+from config.errors import Conflict, InvalidInput, NotFound
 from gallery.flickr30k import Flickr30kEntry, Flickr30kFile, flickr30k_file_check
+from gallery.forms import (  # noqa: F401 - callers catch services.UploadRejected
+    UploadRejected,
+    image_file_decode,
+    image_file_size_check,
+)
 from gallery.models import (
     ApiToken,
     Caption,
@@ -53,13 +58,6 @@ def image_thumbnail_path(*, image: Image, size: int) -> Path:
     return path
 
 
-class UploadRejected(ValueError):
-    """An upload we refuse, with a message meant for the person who sent it."""
-
-
-ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
-
-
 def image_upload(
     *, owner: AbstractBaseUser, file: UploadedFile, visibility: str = Image.Visibility.PRIVATE
 ) -> Image:
@@ -69,11 +67,9 @@ def image_upload(
     completely, with a readable reason; nothing is stored then. Uploading the same bytes again
     returns the image already stored.
     """
-    if file.size is not None and file.size > settings.UPLOAD_MAX_BYTES:
-        raise UploadRejected(
-            f"{file.name} is {file.size / 1e6:.1f} MB; the limit is "
-            f"{settings.UPLOAD_MAX_BYTES / 1e6:.0f} MB"
-        )
+    if visibility not in Image.Visibility.values:
+        raise InvalidInput(f"visibility must be one of {', '.join(Image.Visibility.values)}")
+    image_file_size_check(file=file, label=file.name or "the file")
     digest = hashlib.sha256()
     for chunk in file.chunks():
         digest.update(chunk)
@@ -82,20 +78,8 @@ def image_upload(
     if existing is not None:
         return existing
 
-    try:
-        file.seek(0)
-        with PILImage.open(file) as probe:
-            image_format = probe.format or ""
-    except (PILImage.UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UploadRejected(f"{file.name} is not an image we can read") from exc
-    if image_format not in ALLOWED_FORMATS:
-        raise UploadRejected(f"{file.name}: {image_format} images are not supported")
-    try:
-        file.seek(0)
-        decoded = open_image(file, max_pixels=settings.UPLOAD_MAX_PIXELS)
-    except ImageDecodeError as exc:
-        raise UploadRejected(f"{file.name}: {exc}") from exc
-    file.seek(0)
+    checked = image_file_decode(file=file, label=file.name or "the file")
+    decoded, image_format = checked.image, checked.format
 
     image = Image(
         source=Image.Source.UPLOAD,
@@ -140,10 +124,6 @@ def api_token_revoke(*, user: AbstractBaseUser, token_id: int) -> bool:
     return bool(deleted)
 
 
-class CollectionError(ValueError):
-    """A collection change we refuse, with a message for the person who asked."""
-
-
 def collection_create(
     *,
     owner: AbstractBaseUser,
@@ -151,14 +131,39 @@ def collection_create(
     description: str = "",
     visibility: str = Collection.Visibility.PRIVATE,
 ) -> Collection:
+    """Create one of ``owner``'s collections; names are unique per owner.
+
+    Raises ``InvalidInput`` for an empty name or an unknown visibility and ``Conflict`` when
+    the owner already has a collection of that name.
+    """
     name = name.strip()
     if not name:
-        raise CollectionError("give the collection a name")
+        raise InvalidInput("give the collection a name")
+    if len(name) > COLLECTION_NAME_MAX:
+        raise InvalidInput(
+            f"the name is {len(name)} characters; the limit is {COLLECTION_NAME_MAX}"
+        )
+    _visibility_check(visibility)
+    duplicate = Conflict(f"you already have a collection called {name!r}")
     if Collection.objects.filter(owner=owner, name=name).exists():
-        raise CollectionError(f"you already have a collection called {name!r}")
-    return Collection.objects.create(
-        owner=owner, name=name[:120], description=description, visibility=visibility
-    )
+        raise duplicate
+    try:
+        # A savepoint, so a name taken by a concurrent request leaves the caller's
+        # transaction usable.
+        with transaction.atomic():
+            return Collection.objects.create(
+                owner=owner, name=name, description=description, visibility=visibility
+            )
+    except IntegrityError as exc:
+        raise duplicate from exc
+
+
+COLLECTION_NAME_MAX = Collection._meta.get_field("name").max_length or 120
+
+
+def _visibility_check(visibility: str) -> None:
+    if visibility not in Collection.Visibility.values:
+        raise InvalidInput(f"visibility must be one of {', '.join(Collection.Visibility.values)}")
 
 
 def collection_item_add(
@@ -169,10 +174,10 @@ def collection_item_add(
 
     collection = Collection.objects.filter(owner=user, pk=collection_id).first()
     if collection is None:
-        raise CollectionError("no such collection")
+        raise NotFound("no such collection")
     image = image_get_visible(user=user, image_id=image_id)
     if image is None:
-        raise CollectionError("no such image")
+        raise NotFound("no such image")
     item, _ = CollectionItem.objects.get_or_create(
         collection=collection, image=image, defaults={"query": query[:1000], "note": note}
     )
@@ -192,10 +197,9 @@ def collection_update(
 ) -> Collection:
     collection = Collection.objects.filter(owner=user, pk=collection_id).first()
     if collection is None:
-        raise CollectionError("no such collection")
+        raise NotFound("no such collection")
     if visibility is not None:
-        if visibility not in Collection.Visibility.values:
-            raise CollectionError(f"visibility must be one of {Collection.Visibility.values}")
+        _visibility_check(visibility)
         collection.visibility = visibility
     collection.save()
     return collection

@@ -5,11 +5,12 @@ from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods
 
+from config.errors import ApplicationError
 from gallery.forms import UploadForm
 from gallery.models import Collection, Image
 from gallery.selectors import (
@@ -22,8 +23,6 @@ from gallery.selectors import (
 )
 from gallery.services import (
     THUMBNAIL_SIZES,
-    CollectionError,
-    UploadRejected,
     api_token_create,
     api_token_revoke,
     collection_create,
@@ -33,6 +32,11 @@ from gallery.services import (
     image_thumbnail_path,
     image_upload,
 )
+from search.selectors import embedding_model_default_unavailable
+
+# One message for an image that does not exist and for one this user may not see, so that
+# the answer never tells whether someone else's private image exists.
+NO_SUCH_IMAGE = "No such image."
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -41,10 +45,10 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 def _visible_image(request: HttpRequest, image_id: int) -> Image:
-    image = get_object_or_404(Image, pk=image_id)
+    image = Image.objects.filter(pk=image_id).first()
     # 404, not 403: someone else's private image must not even be known to exist.
-    if not image_viewable_by(image=image, user=request.user):
-        raise Http404("No such image.")
+    if image is None or not image_viewable_by(image=image, user=request.user):
+        raise Http404(NO_SUCH_IMAGE)
     return image
 
 
@@ -86,10 +90,22 @@ def upload(request: HttpRequest) -> HttpResponse:
                 file=form.cleaned_data["file"],
                 visibility=form.cleaned_data["visibility"],
             )
-        except UploadRejected as exc:
-            form.add_error("file", str(exc))
+        except ApplicationError as exc:
+            form.add_error("file", exc.message)
         else:
-            messages.success(request, f"Uploaded {image.original_filename}; it is being indexed.")
+            waiting_for = embedding_model_default_unavailable()
+            if waiting_for:
+                # Indexing cannot start until an admin provides the weights; say so rather
+                # than promise progress that will not come.
+                messages.warning(
+                    request,
+                    f"Stored {image.original_filename}; it will be searchable once model "
+                    f"{waiting_for} is available.",
+                )
+            else:
+                messages.success(
+                    request, f"Uploaded {image.original_filename}; it is being indexed."
+                )
             return redirect("home")
     status = 400 if form.errors else 200
     return render(request, "gallery/upload.html", {"form": form}, status=status)
@@ -125,8 +141,8 @@ def collections_index(request: HttpRequest) -> HttpResponse:
                 description=request.POST.get("description", ""),
                 visibility=request.POST.get("visibility") or Collection.Visibility.PRIVATE,
             )
-        except CollectionError as exc:
-            messages.error(request, str(exc))
+        except ApplicationError as exc:
+            messages.error(request, exc.message)
         else:
             return redirect("collection", collection_id=collection.pk)
     return render(
@@ -181,9 +197,10 @@ def collection_add(request: HttpRequest) -> HttpResponse:
             image_id=image_id,
             query=request.POST.get("query", ""),
         )
-    except (KeyError, ValueError) as exc:
-        message = str(exc) if isinstance(exc, CollectionError) else "choose a collection"
-        messages.error(request, message)
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    except (KeyError, ValueError):
+        messages.error(request, "choose a collection")
     else:
         messages.success(request, f"Saved to {item.collection.name}.")
     return redirect(_safe_next(request) or "collections")
@@ -203,8 +220,8 @@ def collection_edit(request: HttpRequest, collection_id: int) -> HttpResponse:
                 collection_id=collection_id,
                 visibility=request.POST["visibility"],
             )
-    except CollectionError as exc:
-        raise Http404(str(exc)) from exc
+    except ApplicationError as exc:
+        raise Http404(exc.message) from exc
     return redirect("collection", collection_id=collection_id)
 
 

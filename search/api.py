@@ -1,39 +1,57 @@
 """The JSON API (django-ninja): text and image search, similar images, models. OpenAPI at
-/api/openapi.json, interactive docs at /api/docs."""
+/api/openapi.json, interactive docs at /api/docs.
+
+Endpoints parse their input, call one selector and render; ``search.selectors`` holds the
+searches the pages run too. Every error is JSON ``{"error": message}`` with its HTTP status:
+``ApplicationError`` kinds map to their status here, once.
+"""
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
-from django.http import HttpRequest
-from django.urls import reverse
-from ninja import File, NinjaAPI, Query, Schema
-from ninja.errors import AuthenticationError, ValidationError
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.db import DatabaseError
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.urls import URLPattern, URLResolver, reverse
+from ninja import Field, File, NinjaAPI, Query, Schema
+from ninja.errors import HttpError, ValidationError
 from ninja.files import UploadedFile
-from ninja.security import APIKeyHeader, HttpBearer, django_auth
+from ninja.security import APIKeyCookie, APIKeyHeader, HttpBearer
 
-from encoders import ImageDecodeError, open_image
-from gallery.selectors import api_token_find, image_get_visible
+from config.errors import ApplicationError, NotAuthenticated, NotFound
+from gallery.selectors import api_token_find
 from gallery.services import api_token_mark_used
-from search import encoding
 from search.selectors import (
-    SearchError,
+    MAX_K,
+    MAX_OFFSET,
+    MAX_QUERY_CHARS,
     SearchFilters,
     SearchPage,
     embedding_model_default,
-    image_embedding_stored,
-    images_search_by_vector,
-    search_model_resolve,
+    images_search_by_image,
+    images_search_by_text,
+    images_similar,
     search_models_available,
-    search_validate_text,
 )
+
+logger = logging.getLogger(__name__)
+
+# --- Who is asking ----------------------------------------------------------------------------
+# Tokens first, then a signed-in browser session, then anonymous: credentials only widen what
+# one sees, and credentials that are present but wrong are a 401, never a silent fall-back to
+# anonymous results.
 
 
 def _token_user(request: HttpRequest, raw: str):
-    token = api_token_find(raw=raw)
+    token = api_token_find(raw=raw.strip())
     if token is None:
-        # A wrong token is an error, not a silent fall-back to anonymous results.
-        raise AuthenticationError(401, "invalid API token")
+        raise NotAuthenticated("invalid API token")
     api_token_mark_used(token=token)
     request.user = token.user
     return token.user
@@ -42,43 +60,167 @@ def _token_user(request: HttpRequest, raw: str):
 class TokenBearer(HttpBearer):
     """``Authorization: Bearer <token>`` with a personal API token."""
 
-    def authenticate(self, request: HttpRequest, token: str):
+    def __call__(self, request: HttpRequest) -> Any:
+        value = request.headers.get(self.header)
+        if value is None:
+            return None
+        scheme, _, token = value.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise NotAuthenticated(
+                "unsupported Authorization header; send 'Authorization: Bearer <API token>'"
+            )
+        return self.authenticate(request, token)
+
+    def authenticate(self, request: HttpRequest, token: str) -> Any:
         return _token_user(request, token)
 
 
 class TokenHeader(APIKeyHeader):
+    """``X-API-Token: <token>`` with a personal API token."""
+
     param_name = "X-API-Token"
 
-    def authenticate(self, request: HttpRequest, key: str | None):
-        return _token_user(request, key) if key else None
+    def authenticate(self, request: HttpRequest, key: str | None) -> Any:
+        if key is None:
+            return None
+        if not key.strip():
+            raise NotAuthenticated("the X-API-Token header is empty")
+        return _token_user(request, key)
+
+
+class SignedInSession(APIKeyCookie):
+    """A signed-in browser session (Django's session cookie), CSRF-checked on unsafe methods.
+
+    Only a request whose session is signed in is checked: the CSRF check protects the cookie
+    credentials a browser attaches by itself, and a token or anonymous client has none. (Ninja's
+    own session auth checks every request and so refused every anonymous or token POST.)
+    """
+
+    param_name = settings.SESSION_COOKIE_NAME
+
+    def _get_key(self, request: HttpRequest) -> str | None:
+        if not request.user.is_authenticated:
+            return None
+        try:
+            return super()._get_key(request)
+        except HttpError as exc:
+            raise HttpError(
+                403,
+                "CSRF check failed: a signed-in browser session must send the csrftoken "
+                "cookie's value in the X-CSRFToken header (API clients: use an API token)",
+            ) from exc
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> Any:
+        return request.user if request.user.is_authenticated else None
 
 
 class Anonymous:
     """Lets a request through without credentials; it then sees public images only."""
 
-    def __call__(self, request: HttpRequest):
+    def __call__(self, request: HttpRequest) -> bool:
         return True
 
 
-# Session (browser), then token, then anonymous: credentials only widen what one sees.
-AUTH = [django_auth, TokenBearer(), TokenHeader(), Anonymous()]
+AUTH = [TokenBearer(), TokenHeader(), SignedInSession(), Anonymous()]
 
-api = NinjaAPI(
+
+class SearchAPI(NinjaAPI):
+    """NinjaAPI whose responses outside an endpoint (unknown method, oversized body) are JSON
+    errors too, and whose schema says that the endpoints take anonymous clients."""
+
+    def _get_urls(self) -> list[URLPattern | URLResolver]:
+        urls = super()._get_urls()
+        for pattern in urls:
+            if isinstance(pattern, URLPattern):
+                pattern.callback = _json_errors(pattern.callback)
+        return urls
+
+    def get_openapi_schema(self, *, path_prefix=None, path_params=None):  # noqa: ANN001
+        schema = super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params)
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                if operation.get("security"):
+                    # An empty requirement: no credentials at all is accepted as well.
+                    operation["security"].append({})
+        return schema
+
+
+# Room for the multipart framing around an image of UPLOAD_MAX_BYTES.
+_BODY_OVERHEAD_BYTES = 64 * 1024
+
+
+def _json_errors(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
+    """Refuse an oversized body before anything reads it, and answer ninja's plain-text 405
+    as JSON like every other API error."""
+
+    @functools.wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return _error("invalid Content-Length header", 400)
+        if length > settings.UPLOAD_MAX_BYTES + _BODY_OVERHEAD_BYTES:
+            limit = settings.UPLOAD_MAX_BYTES / 1e6
+            return _error(
+                f"the request body is {length / 1e6:.1f} MB; the limit is {limit:.0f} MB", 413
+            )
+        response = view(request, *args, **kwargs)
+        if response.status_code == 405 and not response.get("Content-Type", "").startswith(
+            "application/json"
+        ):
+            allowed = response.get("Allow", "")
+            error = _error(f"method {request.method} not allowed; use {allowed}", 405)
+            error["Allow"] = allowed
+            return error
+        return response
+
+    return wrapped
+
+
+def _error(message: str, status: int) -> JsonResponse:
+    return JsonResponse({"error": message}, status=status)
+
+
+api = SearchAPI(
     title="Image search API",
     version="1",
-    description='Search images with natural-language text. Errors are JSON: {"error": msg}.',
+    description=(
+        "Search images with natural-language text, with an image, or for images similar to one "
+        "you can see. Every endpoint also answers anonymous clients, who see public images "
+        "only; with a personal API token (`Authorization: Bearer <token>` or `X-API-Token`) "
+        "or a signed-in session you also see your private uploads. Credentials that are "
+        'present but wrong are a 401. Errors are JSON: {"error": message}.'
+    ),
     urls_namespace="api",
     auth=AUTH,
 )
 
 
-@api.exception_handler(SearchError)
-def search_error(request: HttpRequest, exc: SearchError):
-    return api.create_response(request, {"error": str(exc)}, status=exc.status)
+# --- Errors: one mapping to HTTP for the whole API ------------------------------------------
+
+
+def _unauthorised(request: HttpRequest, message: str) -> HttpResponse:
+    response = api.create_response(request, {"error": message}, status=401)
+    response["WWW-Authenticate"] = 'Bearer realm="api"'
+    return response
+
+
+@api.exception_handler(ApplicationError)
+def application_error(request: HttpRequest, exc: ApplicationError) -> HttpResponse:
+    if exc.status == 401:
+        return _unauthorised(request, exc.message)
+    return api.create_response(request, {"error": exc.message}, status=exc.status)
+
+
+@api.exception_handler(HttpError)
+def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    if exc.status_code == 401:
+        return _unauthorised(request, "invalid or missing credentials")
+    return api.create_response(request, {"error": str(exc)}, status=exc.status_code)
 
 
 @api.exception_handler(ValidationError)
-def validation_error(request: HttpRequest, exc: ValidationError):
+def validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     details = "; ".join(
         f"{'.'.join(str(p) for p in e.get('loc', [])[1:]) or 'request'}: {e.get('msg')}"
         for e in exc.errors
@@ -86,9 +228,23 @@ def validation_error(request: HttpRequest, exc: ValidationError):
     return api.create_response(request, {"error": details, "details": exc.errors}, status=400)
 
 
-@api.exception_handler(AuthenticationError)
-def authentication_error(request: HttpRequest, exc: AuthenticationError):
-    return api.create_response(request, {"error": "invalid or missing credentials"}, status=401)
+@api.exception_handler(SuspiciousOperation)
+def suspicious_request(request: HttpRequest, exc: SuspiciousOperation) -> HttpResponse:
+    if isinstance(exc, RequestDataTooBig):
+        return api.create_response(request, {"error": "the request body is too large"}, status=413)
+    return api.create_response(request, {"error": "malformed request"}, status=400)
+
+
+@api.exception_handler(Exception)
+def server_error(request: HttpRequest, exc: Exception) -> HttpResponse:
+    if isinstance(exc, DatabaseError):
+        # The site-wide "database unavailable" handling answers these (503, and recovers).
+        raise exc
+    logger.exception("API error on %s %s", request.method, request.path, exc_info=exc)
+    return api.create_response(request, {"error": "internal server error"}, status=500)
+
+
+# --- Schemas ------------------------------------------------------------------------------
 
 
 class Hit(Schema):
@@ -107,8 +263,13 @@ class Results(Schema):
     model: str
     k: int
     offset: int
-    next_offset: int | None
+    next_offset: int | None = Field(description="Offset of the next page; null on the last one.")
     exact: bool
+    indexed: int | None = Field(
+        description="While the model is still embedding images: how many of those you can "
+        "see it has embedded (results come from these only). Null when all are."
+    )
+    total: int | None = Field(description="Images you can see; null when all are indexed.")
     results: list[Hit]
 
 
@@ -121,16 +282,27 @@ class ModelOut(Schema):
     default: bool
 
 
-class SearchQuery(Schema):
-    q: str | None = None
-    model: str | None = None
-    k: int = 20
-    offset: int = 0
-    source: str | None = None
-    collection: int | None = None
+# The bounds below are declared for the schema and enforced by the selectors, whose messages
+# the pages share ("k must be between 1 and 100").
+_K = Field(20, json_schema_extra={"minimum": 1, "maximum": MAX_K})
+_OFFSET = Field(0, json_schema_extra={"minimum": 0, "maximum": MAX_OFFSET})
+
+
+class PageQuery(Schema):
+    model: str | None = Field(
+        None, description="A model id from /api/models; default: the default."
+    )
+    k: int = _K
+    offset: int = _OFFSET
+    source: str | None = Field(
+        None,
+        description="dataset: the Flickr30k images; mine: your uploads (needs credentials).",
+        json_schema_extra={"enum": ["dataset", "mine"]},
+    )
+    collection: int | None = Field(None, ge=1, le=2**31 - 1, description="A collection id.")
     uploaded_after: datetime | None = None
     uploaded_before: datetime | None = None
-    min_score: float | None = None
+    min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Cosine similarity cut.")
 
     def filters(self) -> SearchFilters:
         return SearchFilters(
@@ -140,17 +312,35 @@ class SearchQuery(Schema):
             uploaded_before=self.uploaded_before,
         )
 
+    def page_args(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model,
+            "k": self.k,
+            "offset": self.offset,
+            "filters": self.filters(),
+            "min_score": self.min_score,
+        }
 
-ERRORS = {400: ErrorOut, 401: ErrorOut, 404: ErrorOut, 409: ErrorOut, 503: ErrorOut}
+
+class TextQuery(PageQuery):
+    q: str = Field(
+        description="What to look for, in words.",
+        json_schema_extra={"minLength": 1, "maxLength": MAX_QUERY_CHARS, "pattern": r"\S"},
+    )
 
 
-def _results(page: SearchPage) -> dict:
+ERRORS = {status: ErrorOut for status in (400, 401, 403, 404, 409, 413, 429, 500, 503)}
+
+
+def _results(page: SearchPage) -> dict[str, Any]:
     return {
         "model": page.model_id,
         "k": page.k,
         "offset": page.offset,
         "next_offset": page.next_offset,
         "exact": page.exact,
+        "indexed": page.coverage.indexed if page.coverage else None,
+        "total": page.coverage.total if page.coverage else None,
         "results": [
             {
                 "id": hit.image.pk,
@@ -168,31 +358,25 @@ def _results(page: SearchPage) -> dict:
     }
 
 
+# --- Endpoints ----------------------------------------------------------------------------
+
+
 @api.get("/search", response={200: Results, **ERRORS}, summary="Search images by text")
-def search_text(request: HttpRequest, params: Query[SearchQuery]):
-    text = search_validate_text(params.q)
-    model_id = search_model_resolve(params.model)
-    vector = encoding.text_embedding(model_id=model_id, text=text)
-    page = images_search_by_vector(
-        user=request.user, model_id=model_id, vector=vector, k=params.k, offset=params.offset,
-        filters=params.filters(), min_score=params.min_score,
-    )  # fmt: skip
+def search_text(request: HttpRequest, params: Query[TextQuery]) -> dict[str, Any]:
+    page = images_search_by_text(user=request.user, text=params.q, **params.page_args())
     return _results(page)
 
 
 @api.post("/search/image", response={200: Results, **ERRORS}, summary="Search by an image")
-def search_image(request: HttpRequest, image: File[UploadedFile], params: Query[SearchQuery]):
-    """Embeds the posted image on the fly (it is not stored) and returns the nearest images."""
-    model_id = search_model_resolve(params.model)
-    try:
-        picture = open_image(image)
-    except ImageDecodeError as exc:
-        raise SearchError(f"the query image: {exc}") from exc
-    vector = encoding.image_embedding(model_id=model_id, image=picture)
-    page = images_search_by_vector(
-        user=request.user, model_id=model_id, vector=vector, k=params.k, offset=params.offset,
-        filters=params.filters(), min_score=params.min_score,
-    )  # fmt: skip
+def search_image(
+    request: HttpRequest, image: File[UploadedFile], params: Query[PageQuery]
+) -> dict[str, Any]:
+    """Embeds the posted image on the fly (it is not stored) and returns the nearest images.
+
+    The image is held to the upload limits: a size in bytes (413 above it), an image format
+    the site accepts, and a number of pixels.
+    """
+    page = images_search_by_image(user=request.user, file=image, **params.page_args())
     return _results(page)
 
 
@@ -202,23 +386,23 @@ def search_image(request: HttpRequest, image: File[UploadedFile], params: Query[
     url_name="image_similar",
     summary="Images similar to one you can see",
 )
-def image_similar(
-    request: HttpRequest, image_id: int, model: str | None = None, k: int = 20, offset: int = 0
-):
-    if image_get_visible(user=request.user, image_id=image_id) is None:
-        raise SearchError("no such image", 404)
-    model_id = search_model_resolve(model)
-    vector = image_embedding_stored(image_id=image_id, model_id=model_id)
-    if vector is None:
-        raise SearchError(f"image {image_id} has no {model_id} embedding yet", 409)
-    page = images_search_by_vector(
-        user=request.user, model_id=model_id, vector=vector, k=k, offset=offset,
-        exclude_image_id=image_id,
-    )  # fmt: skip
+def image_similar(request: HttpRequest, image_id: int, params: Query[PageQuery]) -> dict[str, Any]:
+    page = images_similar(user=request.user, image_id=image_id, **params.page_args())
     return _results(page)
 
 
-@api.get("/models", response=list[ModelOut], summary="Models you can search with")
-def models(request: HttpRequest):
+@api.get("/models", response={200: list[ModelOut], **ERRORS}, summary="Models you can search with")
+def models(request: HttpRequest) -> list[dict[str, Any]]:
     default = embedding_model_default()
     return [{"id": m, "default": m == default} for m in search_models_available()]
+
+
+@api.api_operation(
+    ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+    "/{path:unknown}",
+    auth=None,
+    include_in_schema=False,
+)
+def unknown_path(request: HttpRequest, unknown: str) -> None:
+    """Any other path under /api/ is a JSON 404, not the site's HTML page."""
+    raise NotFound(f"no API endpoint at /api/{unknown}")

@@ -4,15 +4,20 @@ from search.selectors import MAX_K, MAX_OFFSET, MAX_QUERY_CHARS
 
 
 class SearchForm(forms.Form):
-    q = forms.CharField(required=False, max_length=MAX_QUERY_CHARS, label="Search")
-    model = forms.CharField(required=False)
-    k = forms.IntegerField(required=False, min_value=1, max_value=MAX_K, initial=20)
-    offset = forms.IntegerField(required=False, min_value=0, max_value=MAX_OFFSET, initial=0)
-    source = forms.ChoiceField(
-        required=False,
-        choices=[("", "Everything"), ("dataset", "Data set"), ("mine", "My uploads")],
-    )
+    """The search page's query string. Text, k, offset and source are checked by the selectors
+    (not here), so the pages and the API give the same message for the same mistake."""
+
+    q = forms.CharField(required=False, label="Search")
+    model = forms.CharField(required=False, max_length=64)
+    k = forms.IntegerField(required=False, initial=20)
+    offset = forms.IntegerField(required=False, initial=0)
+    source = forms.CharField(required=False)
     min_score = forms.FloatField(required=False, min_value=-1, max_value=1)
+
+    # For the template's input bounds.
+    max_k = MAX_K
+    max_offset = MAX_OFFSET
+    max_query_chars = MAX_QUERY_CHARS
 
 
 class ImageQueryForm(forms.Form):

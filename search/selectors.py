@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
+import numpy as np
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
+from django.core.files.uploadedfile import UploadedFile
 from django.db.models import QuerySet
 from django.db.models.functions import Cast
 from pgvector.django import CosineDistance, VectorField
 
-from encoders import UnknownModelError
+from config.errors import (
+    Conflict,
+    InvalidInput,
+    NotAuthenticated,
+    NotFound,
+    TooManyRequests,
+    Unavailable,
+)
+from encoders import EncoderError, UnknownModelError, WeightsUnavailableError
 from encoders.registry import model_spec
+from gallery.forms import image_file_decode
 from gallery.models import Image
-from gallery.selectors import collections_visible_to, images_visible_to
+from gallery.selectors import collections_visible_to, image_get_visible, images_visible_to
+from search import encoding
 from search.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
+
+logger = logging.getLogger(__name__)
 
 
 def embeddings_ranked(
@@ -98,14 +114,11 @@ MAX_QUERY_CHARS = 1000
 # scans. pgvector's iterative scan gives up after hnsw.max_scan_tuples (20,000 by default), so
 # a filter much more selective than k / 20,000 of the rows could otherwise come back short.
 EXACT_SEARCH_MAX_ROWS = 20_000
-
-
-class SearchError(ValueError):
-    """A search that cannot run, with a message for the user and the HTTP status to use."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+# Decoding and embedding a query image takes memory and CPU in the web process; a few at once
+# per process, and a request that cannot get a slot soon is told to come back (429).
+IMAGE_QUERY_CONCURRENCY = 2
+IMAGE_QUERY_WAIT_SECONDS = 10.0
+_image_query_slots = threading.BoundedSemaphore(IMAGE_QUERY_CONCURRENCY)
 
 
 @dataclass(frozen=True)
@@ -135,17 +148,29 @@ class SearchHit:
 
 
 @dataclass(frozen=True)
+class SearchCoverage:
+    """How many of the images a viewer can see the model has embedded (during a backfill)."""
+
+    indexed: int
+    total: int
+
+
+@dataclass(frozen=True)
 class SearchPage:
     model_id: str
     hits: list[SearchHit]
     k: int
     offset: int
     exact: bool
+    # Whether a further match exists after this page (one row more than k was fetched).
+    has_more: bool = False
+    # None when the model has no embedding work pending: every image is searched.
+    coverage: SearchCoverage | None = None
 
     @property
     def next_offset(self) -> int | None:
-        more = len(self.hits) == self.k and self.offset + self.k < MAX_OFFSET
-        return self.offset + self.k if more else None
+        following = self.offset + self.k
+        return following if self.has_more and following <= MAX_OFFSET else None
 
 
 def search_models_available() -> list[str]:
@@ -156,37 +181,166 @@ def search_models_available() -> list[str]:
     return sorted(with_rows, key=lambda m: (m != default, m))
 
 
+def model_unavailable_message(model_id: str) -> str:
+    """What search and uploads tell users when a model's weights cannot be loaded."""
+    return (
+        f"The model {model_id} is not available on this server: its weights could not be "
+        f'loaded. An admin can set EMBEDDING_MODEL_SOURCES="{model_id}=/path/to/weights" '
+        "(a folder written by save_pretrained) or give the server access to the Hugging Face "
+        "hub, then restart the site."
+    )
+
+
+def embedding_model_unavailable(*, model_id: str) -> bool:
+    """Whether a worker recorded that it could not load ``model_id`` (missing weights...)."""
+    return EmbeddingModel.objects.filter(model_id=model_id).exclude(unavailable_reason="").exists()
+
+
+def embedding_model_default_unavailable() -> str | None:
+    """The default model's id if workers cannot load it (uploads then wait for it), else None."""
+    return (
+        EmbeddingModel.objects.filter(is_default=True)
+        .exclude(unavailable_reason="")
+        .values_list("model_id", flat=True)
+        .first()
+    )
+
+
 def search_model_resolve(model_id: str | None) -> str:
     """The model a search should use: the requested one if usable, else the default."""
     if not model_id:
         model_id = embedding_model_default()
         if model_id is None:
-            raise SearchError("no search model is configured; ask an admin to enable one", 503)
+            raise Unavailable("no search model is configured; ask an admin to enable one")
     try:
         model_spec(model_id)
     except UnknownModelError as exc:
-        raise SearchError(str(exc)) from exc
+        raise InvalidInput(str(exc)) from exc
     if model_id not in embedding_models_enabled():
-        raise SearchError(f"model {model_id!r} is not enabled on this site")
+        raise InvalidInput(f"model {model_id!r} is not enabled on this site")
     if not ImageEmbedding.objects.filter(model_id=model_id).exists():
-        raise SearchError(f"model {model_id!r} has no embeddings yet; try again later", 409)
+        # Waiting helps a backfill that is running, never one whose weights are missing.
+        if embedding_model_unavailable(model_id=model_id):
+            raise Unavailable(model_unavailable_message(model_id))
+        raise Conflict(f"model {model_id!r} has no embeddings yet; try again later")
     return model_id
 
 
 def search_validate_text(text: str | None) -> str:
     text = (text or "").strip()
     if not text:
-        raise SearchError("the query is empty; type what you are looking for")
+        raise InvalidInput("the query is empty; type what you are looking for")
     if len(text) > MAX_QUERY_CHARS:
-        raise SearchError(f"the query is {len(text)} characters; the limit is {MAX_QUERY_CHARS}")
+        raise InvalidInput(f"the query is {len(text)} characters; the limit is {MAX_QUERY_CHARS}")
+    if "\x00" in text:
+        raise InvalidInput("the query contains a NUL character")
     return text
 
 
 def search_validate_page(k: int, offset: int) -> None:
     if not 1 <= k <= MAX_K:
-        raise SearchError(f"k must be between 1 and {MAX_K}")
+        raise InvalidInput(f"k must be between 1 and {MAX_K}")
     if not 0 <= offset <= MAX_OFFSET:
-        raise SearchError(f"offset must be between 0 and {MAX_OFFSET}")
+        raise InvalidInput(f"offset must be between 0 and {MAX_OFFSET}")
+
+
+def _query_vector(model_id: str, embed: Callable[[], np.ndarray]) -> np.ndarray:
+    """Run the query encoder; a model it cannot load is a plain 'unavailable', not a 500."""
+    try:
+        return embed()
+    except WeightsUnavailableError as exc:
+        logger.warning("search with %s refused: %s", model_id, exc)
+        raise Unavailable(model_unavailable_message(model_id)) from exc
+    except EncoderError as exc:
+        logger.error("search with %s refused: %s", model_id, exc)
+        raise Unavailable(f"The model {model_id} cannot run on this server: {exc}") from exc
+
+
+def images_search_by_text(
+    *,
+    user: AbstractBaseUser | AnonymousUser,
+    text: str | None,
+    model_id: str | None = None,
+    k: int = 20,
+    offset: int = 0,
+    filters: SearchFilters | None = None,
+    min_score: float | None = None,
+) -> SearchPage:
+    """Images visible to ``user`` that best match a natural-language ``text``.
+
+    ``model_id`` None means the default model. Raises an ``ApplicationError`` for input that
+    cannot be searched (``InvalidInput``), a model without embeddings (``Conflict``) or a model
+    whose weights cannot be loaded (``Unavailable``).
+    """
+    text = search_validate_text(text)
+    search_validate_page(k, offset)
+    model_id = search_model_resolve(model_id)
+    vector = _query_vector(model_id, lambda: encoding.text_embedding(model_id=model_id, text=text))
+    return images_search_by_vector(
+        user=user, model_id=model_id, vector=vector, k=k, offset=offset, filters=filters,
+        min_score=min_score,
+    )  # fmt: skip
+
+
+def images_search_by_image(
+    *,
+    user: AbstractBaseUser | AnonymousUser,
+    file: UploadedFile,
+    model_id: str | None = None,
+    k: int = 20,
+    offset: int = 0,
+    filters: SearchFilters | None = None,
+    min_score: float | None = None,
+) -> SearchPage:
+    """Images visible to ``user`` nearest to a query image, which is embedded and not stored.
+
+    The query image is held to the upload limits (bytes, format, and pixels read from the
+    header before decoding), and only IMAGE_QUERY_CONCURRENCY decode at once per process.
+    """
+    search_validate_page(k, offset)
+    model_id = search_model_resolve(model_id)
+    if not _image_query_slots.acquire(timeout=IMAGE_QUERY_WAIT_SECONDS):
+        raise TooManyRequests("too many image searches at once; try again in a moment")
+    try:
+        picture = image_file_decode(file=file, label="the query image").image
+        vector = _query_vector(
+            model_id, lambda: encoding.image_embedding(model_id=model_id, image=picture)
+        )
+    finally:
+        _image_query_slots.release()
+    return images_search_by_vector(
+        user=user, model_id=model_id, vector=vector, k=k, offset=offset, filters=filters,
+        min_score=min_score,
+    )  # fmt: skip
+
+
+def images_similar(
+    *,
+    user: AbstractBaseUser | AnonymousUser,
+    image_id: int,
+    model_id: str | None = None,
+    k: int = 20,
+    offset: int = 0,
+    filters: SearchFilters | None = None,
+    min_score: float | None = None,
+) -> SearchPage:
+    """Images visible to ``user`` most like image ``image_id`` (which ``user`` must see).
+
+    An image the user may not see is ``NotFound`` exactly like one that does not exist.
+    """
+    search_validate_page(k, offset)
+    if image_get_visible(user=user, image_id=image_id) is None:
+        raise NotFound("no such image")
+    model_id = search_model_resolve(model_id)
+    vector = image_embedding_stored(image_id=image_id, model_id=model_id)
+    if vector is None:
+        if embedding_model_unavailable(model_id=model_id):
+            raise Unavailable(model_unavailable_message(model_id))
+        raise Conflict(f"image {image_id} is not indexed for {model_id} yet; try again later")
+    return images_search_by_vector(
+        user=user, model_id=model_id, vector=vector, k=k, offset=offset, filters=filters,
+        exclude_image_id=image_id, min_score=min_score,
+    )  # fmt: skip
 
 
 def _filtered_images(
@@ -197,14 +351,14 @@ def _filtered_images(
         images = images.filter(source=Image.Source.FLICKR30K)
     elif filters.source == "mine":
         if not user.is_authenticated:
-            raise SearchError("sign in to search your uploads", 401)
+            raise NotAuthenticated("sign in to search your uploads")
         images = images.filter(owner_id=user.pk)
     elif filters.source is not None:
-        raise SearchError("source must be 'dataset' or 'mine'")
+        raise InvalidInput("source must be 'dataset' or 'mine'")
     if filters.collection_id is not None:
         collection = collections_visible_to(user=user).filter(pk=filters.collection_id).first()
         if collection is None:
-            raise SearchError("no such collection", 404)
+            raise NotFound("no such collection")
         images = images.filter(collection_items__collection=collection)
     if filters.uploaded_after is not None:
         images = images.filter(created_at__gte=filters.uploaded_after)
@@ -227,19 +381,48 @@ def images_search_by_vector(
     """Images visible to ``user`` nearest to ``vector``, best first.
 
     Unfiltered (beyond visibility) searches go through the model's HNSW index; pgvector's
-    iterative scan keeps scanning past rows the WHERE drops, so a page is full whenever enough
-    visible images exist. Filters matching few rows are answered exactly instead.
+    iterative scan keeps scanning past rows the WHERE drops, up to hnsw.max_scan_tuples. Filters
+    matching few rows are answered exactly instead, and so is any page the index leaves short:
+    a page holds min(k, visible matches after ``offset``) images whatever the others hide.
     """
     search_validate_page(k, offset)
-    ranked, exact = images_search_queryset(
-        user=user, model_id=model_id, vector=vector, filters=filters,
-        exclude_image_id=exclude_image_id,
-    )  # fmt: skip
-    rows = list(ranked[offset : offset + k])
-    hits = [SearchHit(image=row.image, score=1.0 - float(row.distance)) for row in rows]
+    query = {
+        "user": user, "model_id": model_id, "vector": vector, "filters": filters,
+        "exclude_image_id": exclude_image_id,
+    }  # fmt: skip
+    ranked, exact = images_search_queryset(**query)
+    # One row past the page tells whether another page exists, without a count.
+    rows = list(ranked[offset : offset + k + 1])
+    if len(rows) <= k and not exact:
+        # Short from the index: its scan may have stopped at max_scan_tuples inside a block of
+        # rows this user cannot see (someone's private uploads nearest to the query). Whether
+        # more visible matches exist only a scan without the index can tell.
+        ranked, exact = images_search_queryset(**query, exact=True)
+        rows = list(ranked[offset : offset + k + 1])
+    has_more = len(rows) > k
+    hits = [SearchHit(image=row.image, score=1.0 - float(row.distance)) for row in rows[:k]]
     if min_score is not None:
-        hits = [hit for hit in hits if hit.score >= min_score]
-    return SearchPage(model_id=model_id, hits=hits, k=k, offset=offset, exact=exact)
+        kept = [hit for hit in hits if hit.score >= min_score]
+        # Results come best first: once one falls below min_score, so does every later page.
+        has_more = has_more and len(kept) == len(hits)
+        hits = kept
+    return SearchPage(
+        model_id=model_id, hits=hits, k=k, offset=offset, exact=exact, has_more=has_more,
+        coverage=search_coverage(user=user, model_id=model_id),
+    )  # fmt: skip
+
+
+def search_coverage(
+    *, user: AbstractBaseUser | AnonymousUser, model_id: str
+) -> SearchCoverage | None:
+    """Of the images ``user`` can see, how many ``model_id`` has embedded; None when the model
+    has no pending work (the common case, answered from the job index without counting)."""
+    pending = EmbeddingJob.objects.filter(model_id=model_id, status=EmbeddingJob.Status.PENDING)
+    if not pending.exists():
+        return None
+    visible = images_visible_to(user=user)
+    indexed = ImageEmbedding.objects.filter(model_id=model_id, image__in=visible).count()
+    return SearchCoverage(indexed=indexed, total=visible.count())
 
 
 def images_search_queryset(
@@ -249,14 +432,20 @@ def images_search_queryset(
     vector: Sequence[float],
     filters: SearchFilters | None = None,
     exclude_image_id: int | None = None,
+    exact: bool | None = None,
 ) -> tuple[QuerySet[ImageEmbedding], bool]:
-    """The ranked, visibility-scoped query behind a search, and whether it is exact."""
+    """The ranked, visibility-scoped query behind a search, and whether it is exact.
+
+    ``exact`` None chooses: exact for filters matching at most EXACT_SEARCH_MAX_ROWS rows, the
+    HNSW index otherwise.
+    """
     filters = filters or SearchFilters()
     images = _filtered_images(user=user, filters=filters)
     if exclude_image_id is not None:
         images = images.exclude(pk=exclude_image_id)
-    candidates = ImageEmbedding.objects.filter(model_id=model_id, image__in=images)
-    exact = filters.active and _at_most(candidates, EXACT_SEARCH_MAX_ROWS)
+    if exact is None:
+        candidates = ImageEmbedding.objects.filter(model_id=model_id, image__in=images)
+        exact = filters.active and _at_most(candidates, EXACT_SEARCH_MAX_ROWS)
     ranked = (
         embeddings_ranked(model_id=model_id, vector=vector, exact=exact)
         .filter(image__in=images)

@@ -1,24 +1,28 @@
+"""Search pages: parse the form, call one selector, render. The searches themselves, and every
+message they give, are the API's too (``search.selectors``)."""
+
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
-from encoders import ImageDecodeError, open_image
-from gallery.selectors import collections_of, image_get_visible
-from search import encoding
+from config.errors import ApplicationError, InvalidInput
+from gallery.selectors import collections_of
 from search.forms import ImageQueryForm, SearchForm
 from search.models import EmbeddingModel
 from search.selectors import (
-    SearchError,
     SearchFilters,
+    SearchPage,
     embedding_progress,
-    image_embedding_stored,
-    images_search_by_vector,
-    search_model_resolve,
+    images_search_by_image,
+    images_search_by_text,
+    images_similar,
     search_models_available,
-    search_validate_text,
 )
 
 
@@ -37,9 +41,14 @@ def embedding_progress_json(request: HttpRequest) -> JsonResponse:
 
 
 def _render_results(
-    request: HttpRequest, form: SearchForm, run, *, title: str = "Search", status: int = 200
+    request: HttpRequest,
+    form: SearchForm,
+    run: Callable[[], SearchPage],
+    *,
+    title: str = "Search",
 ) -> HttpResponse:
-    """Render the search page; ``run`` returns a SearchPage or raises SearchError."""
+    """Render the search page with what ``run`` finds; an ``ApplicationError`` it raises is
+    shown on the page with its HTTP status (the pages' one mapping of errors to HTTP)."""
     context: dict[str, object] = {
         "form": form,
         "image_form": ImageQueryForm(),
@@ -49,17 +58,23 @@ def _render_results(
         if request.user.is_authenticated
         else [],
     }
+    status = 200
     try:
         context["page"] = run()
-    except SearchError as exc:
-        context["error"] = str(exc)
+    except ApplicationError as exc:
+        context["error"] = exc.message
         status = exc.status
     return render(request, "search/search.html", context, status=status)
 
 
-def _page_args(form: SearchForm) -> dict[str, object]:
+def _page_args(form: SearchForm) -> dict[str, Any]:
+    """The paging, model and filter arguments every search takes, from a validated form."""
+    if not form.is_valid():
+        field, errors = next(iter(form.errors.items()))
+        raise InvalidInput(f"{field}: {' '.join(errors)}")
     data = form.cleaned_data
     return {
+        "model_id": data.get("model") or None,
         "k": data.get("k") or 20,
         "offset": data.get("offset") or 0,
         "filters": SearchFilters(source=data.get("source") or None),
@@ -79,16 +94,10 @@ def search_page(request: HttpRequest) -> HttpResponse:
                 "models": search_models_available(),
             },
         )
-    if not form.is_valid():
-        return _render_results(request, form, _form_error(form))
 
-    def run():
-        text = search_validate_text(form.cleaned_data["q"])
-        model_id = search_model_resolve(form.cleaned_data.get("model"))
-        vector = encoding.text_embedding(model_id=model_id, text=text)
-        return images_search_by_vector(
-            user=request.user, model_id=model_id, vector=vector, **_page_args(form)
-        )
+    def run() -> SearchPage:
+        args = _page_args(form)
+        return images_search_by_text(user=request.user, text=form.cleaned_data.get("q"), **args)
 
     return _render_results(request, form, run)
 
@@ -96,47 +105,22 @@ def search_page(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["POST"])
 def search_by_image_page(request: HttpRequest) -> HttpResponse:
     form = SearchForm(request.GET)
-    form.is_valid()  # every field is optional; bad values fall back to defaults
     image_form = ImageQueryForm(request.POST, request.FILES)
 
-    def run():
+    def run() -> SearchPage:
+        args = _page_args(form)
         if not image_form.is_valid():
-            raise SearchError("choose an image file to search with")
-        model_id = search_model_resolve(form.cleaned_data.get("model"))
-        try:
-            picture = open_image(image_form.cleaned_data["image"])
-        except ImageDecodeError as exc:
-            raise SearchError(f"the query image: {exc}") from exc
-        vector = encoding.image_embedding(model_id=model_id, image=picture)
-        return images_search_by_vector(
-            user=request.user, model_id=model_id, vector=vector, **_page_args(form)
-        )
+            raise InvalidInput("choose an image file to search with")
+        file = image_form.cleaned_data["image"]
+        return images_search_by_image(user=request.user, file=file, **args)
 
     return _render_results(request, form, run, title="Search by image")
 
 
 def similar_page(request: HttpRequest, image_id: int) -> HttpResponse:
     form = SearchForm(request.GET)
-    form.is_valid()  # every field is optional; bad values fall back to defaults
 
-    def run():
-        if image_get_visible(user=request.user, image_id=image_id) is None:
-            raise SearchError("no such image", 404)
-        model_id = search_model_resolve(form.cleaned_data.get("model"))
-        vector = image_embedding_stored(image_id=image_id, model_id=model_id)
-        if vector is None:
-            raise SearchError("this image is not indexed yet; try again in a minute", 409)
-        return images_search_by_vector(
-            user=request.user, model_id=model_id, vector=vector, exclude_image_id=image_id,
-            **_page_args(form),
-        )  # fmt: skip
+    def run() -> SearchPage:
+        return images_similar(user=request.user, image_id=image_id, **_page_args(form))
 
     return _render_results(request, form, run, title="Similar images")
-
-
-def _form_error(form: SearchForm):
-    def run():
-        field, errors = next(iter(form.errors.items()))
-        raise SearchError(f"{field}: {' '.join(errors)}")
-
-    return run

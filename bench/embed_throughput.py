@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     data_dir = args.data_dir.resolve()
     # Read by the settings when Django is set up: they start PostgreSQL in DATA_DIR. An inherited
     # DATABASE_URL or MEDIA_ROOT would point the deletes below at someone's real data.
-    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.base"
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.dev"
     os.environ["DATA_DIR"] = str(data_dir)
     os.environ["DEBUG"] = "0"  # DEBUG keeps every SQL query in memory
     for name in ("DATABASE_URL", "MEDIA_ROOT"):

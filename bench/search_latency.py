@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     # Read by the settings when Django is set up: they start PostgreSQL in DATA_DIR. An inherited
     # DATABASE_URL or MEDIA_ROOT would point the TRUNCATE below at someone's real data.
-    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.base"
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.dev"
     os.environ["DATA_DIR"] = str(data_dir)
     os.environ["DEBUG"] = "0"  # DEBUG keeps every SQL query in memory
     for name in ("DATABASE_URL", "MEDIA_ROOT", "EMBEDDING_MODELS", "EMBEDDING_DEFAULT_MODEL"):
@@ -732,7 +732,7 @@ class WebServer:
         env = dict(
             os.environ,
             DATA_DIR=str(data_dir),
-            DJANGO_SETTINGS_MODULE="config.settings.base",
+            DJANGO_SETTINGS_MODULE="config.settings.dev",
             EMBEDDING_MODEL_SOURCES=f"{MODEL_ID}={model_dir}",
             OMP_NUM_THREADS="1",
             WEB_WORKERS=str(workers),

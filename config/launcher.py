@@ -1,25 +1,48 @@
-"""Start the whole site: embedded PostgreSQL + Redis, migrations, a Celery worker, the web server.
+"""Start the whole site and keep it up: embedded PostgreSQL + Redis, migrations, a Celery worker,
+Celery beat and the web server, each supervised.
 
-Run through ``./run``. Ctrl-C or SIGTERM stops everything this started, in reverse order; a
-second run reuses the data in ``DATA_DIR``. No Django imports here: the launcher only starts
-processes, and Django runs inside them.
+Run through ``./run``. A child that dies (worker, beat, Redis, web, or the embedded PostgreSQL)
+is restarted with backoff and logged in one line, while the rest keeps serving. Only Ctrl-C or
+SIGTERM stops everything: every child's whole process group, then the embedded servers of this
+data dir. ``./run manage ...`` runs one management command against the same data (see
+:func:`manage`). No Django imports here: the launcher only starts processes, and Django runs
+inside them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 from config import embedded
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 STOP_GRACE_SECONDS = 15
+# A child that stayed up this long has recovered: its next death starts the backoff again.
+HEALTHY_AFTER_SECONDS = 60
+MAX_BACKOFF_SECONDS = 30
+WORKER_READY_TIMEOUT = 90
+# Addresses that mean "every interface": the site is reached on loopback from here.
+ANY_ADDRESS = {"0.0.0.0", "::", ""}  # noqa: S104 - recognising them, not binding
+
+_libc = None
+if sys.platform.startswith("linux"):
+    with contextlib.suppress(OSError):
+        _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+PR_SET_PDEATHSIG = 1
 
 
 class LaunchError(RuntimeError):
@@ -40,115 +63,386 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit {code}"
+
+
+def _child_setup() -> None:
+    # Runs in the child between fork and exec. If the launcher itself is killed (SIGKILL, OOM),
+    # the kernel sends its children SIGTERM instead of leaving them orphaned: an orphaned beat
+    # once kept sending sweeps into the next run's Redis.
+    if _libc is not None:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    """One supervised process, started in a process group of its own."""
+
+    name: str
+    cmd: list[str]
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    backoff: float = 1.0
+    restart_at: float | None = None
+    ready: threading.Event = field(default_factory=threading.Event)
+    ready_marker: str | None = None
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
 class Launcher:
     def __init__(self) -> None:
         self.host = os.environ.get("HOST", "127.0.0.1")
         self.port = int(os.environ.get("PORT", "8000"))
-        self.data_dir = Path(os.environ.get("DATA_DIR") or BASE_DIR / ".data").resolve()
-        self.env = dict(os.environ, DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1")
-        self.env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
-        # One thread per worker process: two busy threads on a small box run slower than one.
-        self.env.setdefault("OMP_NUM_THREADS", "1")
-        self.children: list[tuple[str, subprocess.Popen]] = []
-        self.started_postgres = False
+        self.data_dir = data_dir_from_env()
+        self.env = site_env(self.data_dir)
+        self.env.setdefault("ALLOWED_HOSTS", allowed_hosts_for(self.host))
+        self.children: list[Child] = []
+        self.embedded_postgres = not self.env.get("DATABASE_URL")
+        self.embedded_redis = not (self.env.get("CELERY_BROKER_URL") or self.env.get("REDIS_URL"))
+        self.redis: subprocess.Popen | None = None
+        self.redis_backoff = 1.0
+        self.redis_restart_at: float | None = None
+        self.postgres_backoff = 1.0
+        self.postgres_restart_at: float | None = None
         self.stopping = False
+        self.owns_data_dir = False
+        self.lock = self.data_dir / "run.pid"
+        self.output_lock = threading.Lock()
 
+    # --- start ---------------------------------------------------------------------------
     def start(self) -> None:
         if not port_free(self.host, self.port):
             raise LaunchError(
                 f"port {self.port} on {self.host} is taken; stop what uses it or set PORT=..."
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if not self.env.get("DATABASE_URL"):
-            pid_before = (embedded.postgres_dir(self.data_dir) / "postmaster.pid").exists()
-            try:
-                uri = embedded.postgres_start(self.data_dir)
-            except embedded.EmbeddedServiceError as exc:
-                raise LaunchError(str(exc)) from exc
-            self.started_postgres = not pid_before
-            self.env["DATABASE_URL"] = uri
+        self.take_lock()
+        if self.embedded_postgres:
+            self.env["DATABASE_URL"] = start_postgres_checked(self.data_dir)
             log(f"PostgreSQL + pgvector (embedded) in {embedded.postgres_dir(self.data_dir)}")
-        if not (self.env.get("CELERY_BROKER_URL") or self.env.get("REDIS_URL")):
-            try:
-                redis = embedded.redis_start(self.data_dir)
-            except embedded.EmbeddedServiceError as exc:
-                raise LaunchError(str(exc)) from exc
-            self.children.append(("redis", redis))
+        if self.embedded_redis:
+            self.start_redis()
             self.env["CELERY_BROKER_URL"] = embedded.socket_url(
                 embedded.redis_socket(self.data_dir)
             )
-            log(f"Redis (embedded) on {embedded.redis_socket(self.data_dir)}")
+            log(f"Redis (embedded, persistent) on {embedded.redis_socket(self.data_dir)}")
 
-        self.manage("migrate", "--noinput")
-        self.manage("collectstatic", "--noinput", "--verbosity", "0")
-        self.spawn(
-            "celery",
-            [PYTHON, "-m", "celery", "-A", "config", "worker", "--pool=solo",
-             "--queues=gpu,cpu", "--loglevel=INFO", "--hostname=worker@%h",
-             # The periodic sweep re-queues what a crash lost and backfills new models.
-             "--beat", f"--schedule={self.data_dir / 'celerybeat-schedule'}"],
-        )  # fmt: skip
-        self.spawn(
-            "web",
-            [PYTHON, "-m", "gunicorn", "config.wsgi", "-c", str(BASE_DIR / "config/gunicorn.py"),
-             "--bind", f"{self.host}:{self.port}"],
-        )  # fmt: skip
-        self.wait_for_web()
-        log(f"Site ready at http://{self.host}:{self.port}/  (Ctrl-C stops everything)")
-        log("Create an admin user in another terminal: ./run manage createsuperuser")
+        run_manage(self.env, "migrate", "--noinput", "--verbosity", "0")
+        run_manage(self.env, "collectstatic", "--noinput", "--verbosity", "0")
+        celery = [PYTHON, "-m", "celery", "-A", "config"]
+        self.children = [
+            Child(
+                "worker",
+                [*celery, "worker", "--pool=solo", "--queues=gpu,cpu", "--loglevel=INFO",
+                 "--hostname=worker@%h", "--quiet"],
+                ready_marker=" ready.",
+            ),
+            # Beat runs apart from the worker, so a worker restart never orphans it.
+            Child(
+                "beat",
+                [*celery, "beat", "--loglevel=WARNING",
+                 f"--schedule={self.data_dir / 'celerybeat-schedule'}"],
+            ),
+            Child(
+                "web",
+                [PYTHON, "-m", "gunicorn", "config.wsgi", "-c",
+                 str(BASE_DIR / "config/gunicorn.py"), "--bind", f"{self.host}:{self.port}"],
+            ),
+        ]  # fmt: skip
+        for child in self.children:
+            self.spawn(child)
+        self.wait_until_ready()
 
-    def manage(self, *args: str) -> None:
-        result = subprocess.run([PYTHON, str(BASE_DIR / "manage.py"), *args], env=self.env)
-        if result.returncode != 0:
-            raise LaunchError(f"manage.py {' '.join(args)} failed (exit {result.returncode})")
+    def take_lock(self) -> None:
+        other = read_pid(self.lock)
+        if other and other != os.getpid() and psutil.pid_exists(other):
+            raise LaunchError(
+                f"another ./run (pid {other}) is using {self.data_dir}; stop it first"
+            )
+        self.lock.write_text(str(os.getpid()))
+        self.owns_data_dir = True
 
-    def spawn(self, name: str, cmd: list[str]) -> None:
-        self.children.append((name, subprocess.Popen(cmd, env=self.env, cwd=BASE_DIR)))
+    def start_redis(self) -> None:
+        try:
+            self.redis = embedded.redis_start(self.data_dir, replace_stale=True)
+        except embedded.EmbeddedServiceError as exc:
+            raise LaunchError(str(exc)) from exc
 
-    def wait_for_web(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
+    def spawn(self, child: Child) -> None:
+        child.ready.clear()
+        child.process = subprocess.Popen(
+            child.cmd,
+            env=self.env,
+            cwd=BASE_DIR,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            start_new_session=True,
+            preexec_fn=_child_setup,  # noqa: PLW1509 - only a prctl, no locks taken
+        )
+        child.started_at = time.monotonic()
+        child.restart_at = None
+        threading.Thread(
+            target=self.relay, args=(child, child.process), daemon=True, name=child.name
+        ).start()
+
+    def relay(self, child: Child, process: subprocess.Popen) -> None:
+        """Print a child's output line by line, each once, prefixed with the child's name."""
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip()
+            child.tail.append(line)
+            with self.output_lock:
+                print(f"{child.name:<6} | {line}", flush=True)
+            if child.ready_marker and child.ready_marker in line:
+                child.ready.set()
+
+    def wait_until_ready(self) -> None:
+        deadline = time.monotonic() + 120
+        web = next(c for c in self.children if c.name == "web")
         while time.monotonic() < deadline:
-            self.check_children()
-            with socket.socket() as probe:
-                probe.settimeout(0.5)
-                if probe.connect_ex((self.host, self.port)) == 0:
-                    return
+            for child in self.children:
+                if not child.alive():
+                    code = child.process.poll() if child.process else None
+                    last = "\n".join(child.tail)
+                    raise LaunchError(
+                        f"{child.name} exited while starting ({describe_exit(code or 0)}):\n{last}"
+                    )
+            if self.web_listening():
+                web.ready.set()
+                break
             time.sleep(0.2)
-        raise LaunchError(f"web server did not listen on port {self.port} within {timeout}s")
+        else:
+            raise LaunchError(f"web server did not listen on port {self.port} within 120s")
+        worker = next(c for c in self.children if c.name == "worker")
+        if not worker.ready.wait(WORKER_READY_TIMEOUT):
+            log("the worker is not ready yet; the site serves meanwhile")
+        shown = "127.0.0.1" if self.host in ANY_ADDRESS else self.host
+        url = f"http://{f'[{shown}]' if ':' in shown else shown}:{self.port}/"
+        with self.output_lock:
+            print(
+                "\n"
+                f"[run] Site ready at {url}\n"
+                "[run]   an admin account:  ./run manage createsuperuser   (then /admin/)\n"
+                "[run]   Flickr30k:         ./run manage import_flickr30k --help\n"
+                "[run]   Ctrl-C stops everything.\n",
+                flush=True,
+            )
 
-    def check_children(self) -> None:
-        for name, process in self.children:
-            code = process.poll()
-            if code is not None and not self.stopping:
-                raise LaunchError(f"{name} exited unexpectedly (exit {code})")
+    def web_listening(self) -> bool:
+        host = {"::": "::1", "0.0.0.0": "127.0.0.1", "": "127.0.0.1"}.get(self.host, self.host)  # noqa: S104
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.settimeout(0.5)
+            return probe.connect_ex((host, self.port)) == 0
 
+    # --- supervise -----------------------------------------------------------------------
     def watch(self) -> None:
         while True:
-            self.check_children()
+            self.supervise_once()
             time.sleep(0.5)
 
+    def supervise_once(self) -> None:
+        now = time.monotonic()
+        if self.embedded_postgres:
+            self.supervise_postgres(now)
+        if self.embedded_redis:
+            self.supervise_redis(now)
+        for child in self.children:
+            if child.alive() or self.stopping:
+                continue
+            if child.restart_at is None:
+                child.backoff = next_backoff(child.backoff, now - child.started_at)
+                child.restart_at = now + child.backoff
+                log(
+                    f"{child.name} stopped ({describe_exit(child.process.poll())}); "
+                    f"restarting in {child.backoff:.0f}s"
+                )
+            elif now >= child.restart_at:
+                self.spawn(child)
+
+    def supervise_redis(self, now: float) -> None:
+        if self.redis is not None and self.redis.poll() is None:
+            return
+        if self.redis_restart_at is None:
+            code = self.redis.poll() if self.redis else 0
+            self.redis_restart_at = now + self.redis_backoff
+            log(
+                f"redis stopped ({describe_exit(code or 0)}); restarting in "
+                f"{self.redis_backoff:.0f}s (queued tasks are kept on disk)"
+            )
+        elif now >= self.redis_restart_at:
+            self.redis_restart_at = None
+            try:
+                self.redis = embedded.redis_start(self.data_dir, replace_stale=True)
+                self.redis_backoff = 1.0
+            except embedded.EmbeddedServiceError as exc:
+                self.redis = None
+                self.redis_backoff = min(self.redis_backoff * 2, MAX_BACKOFF_SECONDS)
+                log(f"redis did not start: {exc}")
+
+    def supervise_postgres(self, now: float) -> None:
+        if embedded.postgres_running(self.data_dir):
+            return
+        if self.postgres_restart_at is None:
+            self.postgres_restart_at = now + self.postgres_backoff
+            log(
+                f"PostgreSQL stopped; pages answer 503 meanwhile; restarting in "
+                f"{self.postgres_backoff:.0f}s"
+            )
+        elif now >= self.postgres_restart_at:
+            self.postgres_restart_at = None
+            try:
+                embedded.postgres_start(self.data_dir)
+                self.postgres_backoff = 1.0
+                log("PostgreSQL is back")
+            except embedded.EmbeddedServiceError as exc:
+                self.postgres_backoff = min(self.postgres_backoff * 2, MAX_BACKOFF_SECONDS)
+                log(f"PostgreSQL did not start: {str(exc).splitlines()[0]}")
+
+    # --- stop ----------------------------------------------------------------------------
     def stop(self) -> None:
         self.stopping = True
-        # Web and worker first (they use the database and broker), then the servers.
-        for name, process in reversed(self.children):
-            if process.poll() is None:
-                process.terminate()
-            try:
-                process.wait(STOP_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                log(f"{name} did not stop in {STOP_GRACE_SECONDS}s; killing it")
-                process.kill()
-                process.wait()
-        if self.started_postgres:
-            embedded.postgres_stop(self.data_dir)
+        # Web, beat and worker first (they use the database and broker), then the servers.
+        for child in reversed(self.children):
+            if child.process is not None:
+                stop_group(child.name, child.process)
+        if self.redis is not None:
+            stop_group("redis", self.redis)
+        if self.owns_data_dir:
+            if self.embedded_postgres:
+                # Also a server an earlier ./run manage left running: this data dir's.
+                embedded.postgres_stop(self.data_dir)
+            self.lock.unlink(missing_ok=True)
         log("stopped")
+
+
+def next_backoff(previous: float, uptime: float) -> float:
+    """Seconds to wait before restarting a child that ran ``uptime`` seconds."""
+    if uptime >= HEALTHY_AFTER_SECONDS:
+        return 1.0
+    return min(previous * 2, MAX_BACKOFF_SECONDS)
+
+
+def stop_group(name: str, process: subprocess.Popen) -> None:
+    """SIGTERM a child's whole process group (gunicorn's workers too), SIGKILL stragglers."""
+    try:
+        pgid = os.getpgid(process.pid)
+    except ProcessLookupError:
+        pgid = None
+    if pgid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+    try:
+        process.wait(STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        log(f"{name} did not stop in {STOP_GRACE_SECONDS}s; killing it")
+    if pgid is not None:
+        # Grandchildren may outlive their parent's exit: the group goes, whatever is left of it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(5)
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def data_dir_from_env() -> Path:
+    return Path(os.environ.get("DATA_DIR") or BASE_DIR / ".data").resolve()
+
+
+def site_env(data_dir: Path) -> dict[str, str]:
+    env = dict(os.environ, DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
+    env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
+    # One thread per worker process: two busy threads on a small box run slower than one.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def allowed_hosts_for(host: str) -> str:
+    hosts = ["127.0.0.1", "localhost", "[::1]"]
+    if host in ANY_ADDRESS:
+        # Bound to every interface: answer to this machine's names and addresses.
+        name = socket.gethostname()
+        hosts += [name, socket.getfqdn()]
+        with contextlib.suppress(OSError):
+            hosts += [info[4][0] for info in socket.getaddrinfo(name, None)]
+    elif host not in hosts:
+        hosts.append(f"[{host}]" if ":" in host else host)
+    return ",".join(dict.fromkeys(h for h in hosts if h))
+
+
+def start_postgres_checked(data_dir: Path) -> str:
+    """Start the embedded PostgreSQL and prove pgvector works on this CPU; return its URI."""
+    try:
+        uri = embedded.postgres_start(data_dir)
+        embedded.pgvector_self_check(uri, data_dir)
+    except embedded.EmbeddedServiceError as exc:
+        raise LaunchError(str(exc)) from exc
+    return uri
+
+
+def run_manage(env: dict[str, str], *args: str) -> None:
+    result = subprocess.run([PYTHON, str(BASE_DIR / "manage.py"), *args], env=env)
+    if result.returncode != 0:
+        raise LaunchError(f"manage.py {' '.join(args)} failed ({describe_exit(result.returncode)})")
+
+
+def manage(argv: list[str]) -> int:
+    """``./run manage ARGS``: one management command against this data dir's database.
+
+    Starts the embedded PostgreSQL if it is not running, migrates a new database first (so a
+    first command on a fresh clone works), and stops the server afterwards if this call started
+    it and no ``./run`` took it over meanwhile.
+    """
+    data_dir = data_dir_from_env()
+    env = site_env(data_dir)
+    started = False
+    if not env.get("DATABASE_URL"):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        started = not embedded.postgres_running(data_dir)
+        try:
+            env["DATABASE_URL"] = start_postgres_checked(data_dir)
+            if not embedded.database_initialised(env["DATABASE_URL"]):
+                log("new database: applying migrations first")
+                run_manage(env, "migrate", "--noinput", "--verbosity", "0")
+        except LaunchError as exc:
+            log(f"error: {exc}")
+            if started:
+                embedded.postgres_stop(data_dir)
+            return 1
+    # Ctrl-C reaches the command (same terminal); the launcher only waits and tidies up.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    code = subprocess.call([PYTHON, str(BASE_DIR / "manage.py"), *argv], env=env)
+    site = read_pid(data_dir / "run.pid")
+    if started and not (site and psutil.pid_exists(site)):
+        embedded.postgres_stop(data_dir)
+    return code
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["manage"]:
+        return manage(argv[1:])
     launcher = Launcher()
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     code = 0
@@ -169,4 +463,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

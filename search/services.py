@@ -5,22 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 import numpy as np
 from django.conf import settings
 from django.db import connection, connections, transaction
-from django.db.models import F
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from encoders.registry import MODELS, model_spec
 from gallery.models import Image
-from search.models import EmbeddingJob, EmbeddingModel, EvaluationRun, ImageEmbedding
-
-if TYPE_CHECKING:
-    # search.evaluation imports this module; the report type is only needed for annotations.
-    from search.evaluation import EvaluationReport
-
+from search.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
 
 HNSW_BUILD_MEMORY = "1GB"
 # Loading at least this many rows into a model that has none drops its index first and builds
@@ -154,9 +149,9 @@ def embedding_model_enable(*, model_id: str) -> EmbeddingModel:
     state, _ = EmbeddingModel.objects.update_or_create(
         model_id=model_id, defaults={"enabled": True}
     )
-    from workers.tasks import embeddings_sweep
+    from workers.tasks import embeddings_sweep_task
 
-    transaction.on_commit(lambda: embeddings_sweep.delay(model_id=model_id))
+    transaction.on_commit(lambda: embeddings_sweep_task.delay(model_id=model_id))
     return state
 
 
@@ -227,27 +222,77 @@ def embedding_jobs_create_missing(*, model_id: str, image_ids: Sequence[int] | N
 
 
 def embedding_jobs_claim(
-    *, model_id: str, stale_after: timedelta, include_failed: bool = False
+    *,
+    model_id: str,
+    unstarted_after: timedelta,
+    include_failed: bool = False,
+    limit: int | None = None,
 ) -> list[int]:
-    """Mark pending jobs not queued within ``stale_after`` as queued now; return their images.
+    """Mark the due pending jobs of ``model_id`` as sent now; return their images.
 
-    One UPDATE ... RETURNING, so two sweeps running at once never queue the same image twice.
+    Due: never sent; taken by a worker whose lease ran out; or sent more than
+    ``unstarted_after`` ago and never taken (``workers.queueing`` explains the choice).
+    ``include_failed`` also claims failed jobs, with fresh attempts. One UPDATE ... RETURNING
+    over rows locked with SKIP LOCKED, so two sweeps at once never queue an image twice.
     """
-    statuses = [EmbeddingJob.Status.PENDING]
-    if include_failed:
-        statuses.append(EmbeddingJob.Status.FAILED)
-    cutoff = timezone.now() - stale_after
+    table = EmbeddingJob._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
-            UPDATE {EmbeddingJob._meta.db_table} SET enqueued_at = now()
-            WHERE model_id = %s AND status = ANY(%s)
-              AND (enqueued_at IS NULL OR enqueued_at < %s)
+            UPDATE {table} SET enqueued_at = now(), started_at = NULL, lease_until = NULL,
+                   attempts = CASE WHEN status = 'failed' THEN 0 ELSE attempts END,
+                   status = 'pending'
+            WHERE id IN (
+                SELECT id FROM {table}
+                WHERE model_id = %(model)s AND (
+                    (status = 'failed' AND %(failed)s)
+                    OR (status = 'pending' AND (
+                        enqueued_at IS NULL
+                        OR (started_at IS NOT NULL AND lease_until < now())
+                        OR (started_at IS NULL AND enqueued_at < %(cutoff)s))))
+                ORDER BY image_id
+                LIMIT %(limit)s
+                FOR UPDATE SKIP LOCKED)
             RETURNING image_id
             """,
-            [model_id, statuses, cutoff],
+            {
+                "model": model_id,
+                "failed": include_failed,
+                "cutoff": timezone.now() - unstarted_after,
+                "limit": limit,
+            },
         )
         return sorted(row[0] for row in cursor.fetchall())
+
+
+def embedding_jobs_mark_sent(*, model_id: str, image_ids: Sequence[int]) -> None:
+    """Record that a batch holding these images was queued now (uploads, not the sweep)."""
+    EmbeddingJob.objects.filter(
+        model_id=model_id, image_id__in=image_ids, status=EmbeddingJob.Status.PENDING
+    ).update(enqueued_at=timezone.now(), started_at=None, lease_until=None)
+
+
+def embedding_jobs_mark_unsent(*, model_id: str, image_ids: Sequence[int]) -> None:
+    """The broker refused the batch: the jobs wait for the next sweep."""
+    EmbeddingJob.objects.filter(
+        model_id=model_id, image_id__in=image_ids, status=EmbeddingJob.Status.PENDING
+    ).update(enqueued_at=None)
+
+
+def embedding_jobs_start(*, model_id: str, image_ids: Sequence[int], lease: timedelta) -> None:
+    """A worker took these jobs: hold them for ``lease`` (renewed while the batch runs)."""
+    now = timezone.now()
+    EmbeddingJob.objects.filter(
+        model_id=model_id, image_id__in=image_ids, status=EmbeddingJob.Status.PENDING
+    ).update(started_at=now, lease_until=now + lease, updated_at=now)
+
+
+def embedding_jobs_renew_lease(
+    *, model_id: str, image_ids: Sequence[int], lease: timedelta
+) -> None:
+    EmbeddingJob.objects.filter(
+        model_id=model_id, image_id__in=image_ids, status=EmbeddingJob.Status.PENDING
+    ).update(lease_until=timezone.now() + lease)
 
 
 def embedding_jobs_record_attempt(*, model_id: str, image_ids: Sequence[int]) -> None:
@@ -274,10 +319,55 @@ def embedding_jobs_mark_failed(*, model_id: str, failures: dict[int, str]) -> No
 
 
 def embedding_jobs_note_blocked(*, model_id: str, image_ids: Sequence[int], reason: str) -> None:
-    """Keep jobs pending but say why they cannot run now (e.g. the weights are missing)."""
+    """Keep jobs pending, say why they cannot run now (e.g. the weights are missing), and put
+    them back among the unsent, for the sweep's probe batch or the backlog after recovery."""
     EmbeddingJob.objects.filter(
         model_id=model_id, image_id__in=image_ids, status=EmbeddingJob.Status.PENDING
-    ).update(error=reason[:2000], updated_at=timezone.now())
+    ).update(
+        error=reason[:2000],
+        enqueued_at=None,
+        started_at=None,
+        lease_until=None,
+        updated_at=timezone.now(),
+    )
+
+
+def embedding_jobs_note_error(
+    *, model_id: str, image_ids: Sequence[int], reason: str, max_attempts: int
+) -> None:
+    """A batch failed as a whole: record the reason; jobs that used every attempt fail, the
+    rest are due again at the next sweep (their lease ends now)."""
+    now = timezone.now()
+    pending = EmbeddingJob.objects.filter(
+        model_id=model_id, image_id__in=image_ids, status=EmbeddingJob.Status.PENDING
+    )
+    with transaction.atomic():
+        pending.filter(attempts__gte=max_attempts).update(
+            status=EmbeddingJob.Status.FAILED,
+            error=f"gave up after {max_attempts} attempts: {reason}"[:2000],
+            lease_until=None,
+            updated_at=now,
+        )
+        pending.update(error=reason[:2000], lease_until=now, updated_at=now)
+
+
+def embedding_model_mark_unavailable(*, model_id: str, reason: str) -> None:
+    """Record that workers cannot load ``model_id`` (kept since the first failure)."""
+    now = timezone.now()
+    EmbeddingModel.objects.filter(model_id=model_id).update(
+        unavailable_reason=reason[:2000],
+        unavailable_since=Coalesce(F("unavailable_since"), Value(now)),
+        updated_at=now,
+    )
+
+
+def embedding_model_mark_available(*, model_id: str) -> bool:
+    """Clear a model's unavailability; True when it had been marked unavailable."""
+    return bool(
+        EmbeddingModel.objects.filter(model_id=model_id)
+        .exclude(unavailable_reason="")
+        .update(unavailable_reason="", unavailable_since=None, updated_at=timezone.now())
+    )
 
 
 class EmbeddingsImportError(ValueError):
@@ -382,32 +472,3 @@ def _file_name(name: str | bytes) -> str:
     # Arrays saved from Python 2 or with dtype "S" hold bytes; some hold paths, not bare names.
     text = name.decode() if isinstance(name, bytes) else str(name)
     return text.strip().replace("\\", "/").rsplit("/", 1)[-1]
-
-
-def evaluation_runs_record(*, report: EvaluationReport) -> list[EvaluationRun]:
-    """Save one ``EvaluationRun`` per system of ``report`` (the admin lists them)."""
-    runs = [
-        EvaluationRun(
-            models=",".join(result.model_ids),
-            fusion=result.fusion,
-            split=report.split,
-            gallery=report.gallery,
-            mode=result.mode,
-            prompt=report.prompt,
-            n_images=report.n_images,
-            n_queries=report.n_queries,
-            t2i_r1=result.text_to_image.r1,
-            t2i_r5=result.text_to_image.r5,
-            t2i_r10=result.text_to_image.r10,
-            t2i_median_rank=result.text_to_image.median_rank,
-            t2i_mean_rank=result.text_to_image.mean_rank,
-            i2t_r1=result.image_to_text.r1,
-            i2t_r5=result.image_to_text.r5,
-            i2t_r10=result.image_to_text.r10,
-            i2t_median_rank=result.image_to_text.median_rank,
-            i2t_mean_rank=result.image_to_text.mean_rank,
-            duration_seconds=result.duration_seconds,
-        )
-        for result in report.results
-    ]
-    return EvaluationRun.objects.bulk_create(runs)

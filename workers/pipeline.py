@@ -2,7 +2,7 @@
 store each batch with one bulk statement, and record per-image failures on their jobs.
 
 Every entry point is safe to run twice: images that already have an embedding are skipped, and
-storing ignores rows another run stored first.
+storing ignores rows another run stored first. Queueing lives in ``workers.queueing``.
 """
 
 from __future__ import annotations
@@ -14,26 +14,40 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
-from kombu.exceptions import OperationalError as KombuOperationalError
-from redis.exceptions import ConnectionError as RedisConnectionError
+from django.db import DatabaseError, InterfaceError, OperationalError
 
-from encoders import Encoder, ImageDecodeError, open_image
+from encoders import Encoder, EncoderError, ImageDecodeError, open_image
 from gallery.models import Image
-from search.models import EmbeddingJob, ImageEmbedding
-from search.selectors import embedding_models_enabled
+from search.models import ImageEmbedding
 from search.services import (
-    embedding_jobs_claim,
     embedding_jobs_create_missing,
     embedding_jobs_mark_failed,
+    embedding_jobs_note_blocked,
+    embedding_jobs_note_error,
     embedding_jobs_record_attempt,
+    embedding_jobs_renew_lease,
+    embedding_jobs_start,
+    embedding_model_mark_available,
+    embedding_model_mark_unavailable,
     embeddings_store,
 )
 from workers.loading import encoder_for
 
 logger = logging.getLogger(__name__)
 
-BROKER_ERRORS = (KombuOperationalError, RedisConnectionError, ConnectionError, OSError)
+# The database going away mid-batch: the task retries these; the jobs' lease runs out if it
+# never comes back, and the sweep queues them again.
+TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
+
+
+class ModelUnavailableError(RuntimeError):
+    """The model cannot be loaded in this worker (weights, device, precision): not the images'
+    fault, so no job is failed for it."""
+
+    def __init__(self, model_id: str, reason: str) -> None:
+        self.model_id = model_id
+        self.reason = reason
+        super().__init__(reason)
 
 
 @dataclass
@@ -95,7 +109,7 @@ def images_embed_batch(
 
     Images that already have an embedding are skipped (unless ``replace``), as are ids whose
     image was deleted. An image that cannot be decoded is marked failed with the reason and the
-    rest of the batch goes on. Raises ``WeightsUnavailableError`` when the model cannot load.
+    rest of the batch goes on. Raises ``ModelUnavailableError`` when the model cannot load.
     """
     result = BatchResult()
     wanted = list(dict.fromkeys(image_ids))
@@ -112,13 +126,24 @@ def images_embed_batch(
     if not images:
         return result
 
-    # Jobs exist before the model loads, so a load failure can be recorded on them.
-    embedding_jobs_create_missing(model_id=model_id, image_ids=[i.pk for i in images])
-    encoder = encoder or encoder_for(model_id)
+    ids = [i.pk for i in images]
+    lease = timedelta(seconds=settings.EMBEDDING_JOB_LEASE_SECONDS)
+    # Jobs exist and are held before the model loads, so a load failure can be recorded on
+    # them and a slow load does not look like a lost batch to the sweep.
+    embedding_jobs_create_missing(model_id=model_id, image_ids=ids)
+    embedding_jobs_start(model_id=model_id, image_ids=ids, lease=lease)
+    if encoder is None:
+        try:
+            encoder = encoder_for(model_id)
+        except EncoderError as exc:
+            raise ModelUnavailableError(model_id, str(exc)) from exc
     batch_size = batch_size or settings.EMBEDDING_BATCH_SIZE
-    embedding_jobs_record_attempt(model_id=model_id, image_ids=[i.pk for i in images])
+    embedding_jobs_record_attempt(model_id=model_id, image_ids=ids)
     with ThreadPoolExecutor(settings.EMBEDDING_DECODE_THREADS, "decode") as pool:
         for batch in _decoded_batches(images, batch_size, pool):
+            embedding_jobs_renew_lease(
+                model_id=model_id, image_ids=[pk for pk, _, _ in batch], lease=lease
+            )
             ok = [(pk, picture) for pk, picture, _ in batch if picture is not None]
             failures = {pk: reason for pk, picture, reason in batch if picture is None}
             if ok:
@@ -137,63 +162,43 @@ def images_embed_batch(
     return result
 
 
-def embeddings_enqueue_missing(
-    *,
-    model_id: str,
-    batch_size: int | None = None,
-    requeue_after: timedelta | None = None,
-    retry_failed: bool = False,
-) -> int:
-    """Queue batches for every image lacking an embedding for ``model_id``; returns batches.
+def embedding_batch_run(*, model_id: str, image_ids: Sequence[int]) -> dict[str, object]:
+    """Run one queued batch and record every outcome on the jobs (the Celery task's body).
 
-    Pending jobs queued less than ``requeue_after`` ago are left alone (their batch is still in
-    the queue); older ones are queued again, which is how a batch lost with a killed worker is
-    finished. Queuing happens after the transaction commits.
+    - the model cannot load here: the model is marked unavailable with the reason (search and
+      uploads say so), the jobs go back to waiting, and the sweep probes with one batch per
+      interval until a load succeeds;
+    - the database went away: raised, for the task to retry; the jobs' lease runs out if it
+      never comes back, and the sweep queues them again;
+    - anything else: the reason goes on the jobs, which are retried by the next sweeps and
+      marked failed after EMBEDDING_MAX_ATTEMPTS.
+    A batch that runs after the model was unavailable queues the waiting backlog at once.
     """
-    batch_size = batch_size or settings.EMBEDDING_BATCH_SIZE
-    if requeue_after is None:
-        requeue_after = timedelta(seconds=settings.EMBEDDING_REQUEUE_AFTER_SECONDS)
-    embedding_jobs_create_missing(model_id=model_id)
-    image_ids = embedding_jobs_claim(
-        model_id=model_id, stale_after=requeue_after, include_failed=retry_failed
-    )
-    batches = [image_ids[i : i + batch_size] for i in range(0, len(image_ids), batch_size)]
-    transaction.on_commit(lambda: _send_batches(model_id, batches))
-    return len(batches)
-
-
-def _send_batches(model_id: str, batches: list[list[int]]) -> None:
-    """Queue batches; with the broker down, log it and leave the jobs for the next sweep.
-
-    An upload or an import must not fail because Redis is briefly away: the images and their
-    pending jobs are already committed, and the periodic sweep queues them once it is back.
-    """
-    from workers.tasks import embed_images
-
-    for index, batch in enumerate(batches):
+    try:
+        result = images_embed_batch(model_id=model_id, image_ids=image_ids)
+    except ModelUnavailableError as exc:
+        logger.error("%s", exc.reason)
+        embedding_model_mark_unavailable(model_id=model_id, reason=exc.reason)
+        embedding_jobs_note_blocked(model_id=model_id, image_ids=image_ids, reason=exc.reason)
+        return {"embedded": 0, "unavailable": exc.reason}
+    except TRANSIENT_DB_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded on the jobs, never lost in a log
+        reason = f"{type(exc).__name__}: {exc}"
+        logger.exception("%s: batch of %d images failed", model_id, len(image_ids))
         try:
-            embed_images.apply_async(args=(model_id, batch), queue=settings.EMBEDDING_QUEUE)
-        except BROKER_ERRORS as exc:
-            unsent = [image_id for rest in batches[index:] for image_id in rest]
-            EmbeddingJob.objects.filter(model_id=model_id, image_id__in=unsent).update(
-                enqueued_at=None
+            embedding_jobs_note_error(
+                model_id=model_id,
+                image_ids=image_ids,
+                reason=reason,
+                max_attempts=settings.EMBEDDING_MAX_ATTEMPTS,
             )
-            logger.warning(
-                "broker unavailable (%s): %d images of %s stay pending for the next sweep",
-                exc, len(unsent), model_id,
-            )  # fmt: skip
-            return
+        except DatabaseError:
+            logger.exception("could not record the failure; the jobs' lease will run out")
+        return {"embedded": 0, "error": reason}
+    if embedding_model_mark_available(model_id=model_id):
+        from workers.queueing import embeddings_enqueue_missing
 
-
-def embeddings_sweep(*, model_id: str | None = None) -> dict[str, int]:
-    """Queue the missing embeddings of every enabled model (or just ``model_id``)."""
-    enabled = embedding_models_enabled()
-    targets = [m for m in enabled if model_id in (None, m)]
-    return {m: embeddings_enqueue_missing(model_id=m) for m in targets}
-
-
-def image_enqueue_embedding(*, image_id: int) -> None:
-    """Queue a new image for every enabled model once the transaction commits."""
-    for model_id in embedding_models_enabled():
-        embedding_jobs_create_missing(model_id=model_id, image_ids=[image_id])
-        transaction.on_commit(lambda m=model_id: _send_batches(m, [[image_id]]))
+        logger.info("%s loads again: queueing the images that waited for it", model_id)
+        embeddings_enqueue_missing(model_id=model_id)
+    return result.as_dict()

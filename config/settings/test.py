@@ -5,7 +5,11 @@ from pathlib import Path
 
 from config import embedded
 from config.settings.base import *  # noqa: F403
-from config.settings.base import DATA_DIR
+from config.settings.base import DATA_DIR, DATABASE_URL, database_from_url
+
+if not DATABASE_URL:
+    # The tests' own database lives on the embedded server (pytest-django adds "test_").
+    DATABASES = {"default": database_from_url(embedded.postgres_start(DATA_DIR))}
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 TEST_DATA_DIR = DATA_DIR / "test"

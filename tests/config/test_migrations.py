@@ -32,7 +32,7 @@ def empty_database(django_db_blocker: object) -> str:
 def test_migrations_apply_to_an_empty_database(empty_database: str) -> None:
     db = settings.DATABASES["default"]
     url = f"postgresql://{db['USER']}@/{empty_database}?host={db['HOST']}&port={db['PORT'] or 5432}"
-    env = dict(os.environ, DATABASE_URL=url, DJANGO_SETTINGS_MODULE="config.settings.base")
+    env = dict(os.environ, DATABASE_URL=url, DJANGO_SETTINGS_MODULE="config.settings.dev")
     result = subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput"],
         cwd=settings.BASE_DIR,

@@ -36,10 +36,28 @@ def test_production_refuses_debug() -> None:
     assert "refuse DEBUG" in result.stderr
 
 
+def test_production_refuses_to_start_without_a_database_url() -> None:
+    result = start_with(SECRET_KEY="x" * 50, DATABASE_URL="")
+    assert result.returncode != 0
+    assert "Production settings need DATABASE_URL" in result.stderr
+
+
 def test_production_starts_when_configured() -> None:
-    result = start_with(SECRET_KEY="x" * 50)
+    # Settings never connect at import: any well-formed URL starts the app.
+    result = start_with(SECRET_KEY="x" * 50, DATABASE_URL="postgresql://u@db.invalid:5432/x")
     assert result.returncode == 0, result.stderr
     assert "started" in result.stdout
+
+
+def test_importing_base_settings_starts_no_server(tmp_path) -> None:
+    # A fresh DATA_DIR with no DATABASE_URL: base settings must not initdb or start anything.
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update(DATA_DIR=str(tmp_path / "data"), DJANGO_SETTINGS_MODULE="config.settings.base")
+    subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        env=env, cwd=settings.BASE_DIR, check=True, timeout=60,
+    )  # fmt: skip
+    assert not (tmp_path / "data" / "postgres").exists()
 
 
 def test_default_database_is_the_embedded_postgres() -> None:

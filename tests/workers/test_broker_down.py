@@ -14,7 +14,7 @@ from gallery.models import Image
 from gallery.services import image_upload
 from search.models import EmbeddingJob
 from tests.factories import ImageFactory, UserFactory, jpeg_bytes
-from workers import pipeline
+from workers import queueing
 
 pytestmark = pytest.mark.django_db
 
@@ -52,6 +52,6 @@ def test_sweep_with_the_broker_down_leaves_jobs_for_the_next_sweep(
 ) -> None:
     ImageFactory.create_batch(3, dataset=True)
     with django_capture_on_commit_callbacks(execute=True):
-        pipeline.embeddings_enqueue_missing(model_id="clip-vit-base-patch32", batch_size=2)
+        queueing.embeddings_enqueue_missing(model_id="clip-vit-base-patch32", batch_size=2)
     jobs = EmbeddingJob.objects.all()
     assert len(jobs) == 3 and all(j.enqueued_at is None for j in jobs)

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,11 @@ from django.db import connection
 from config.celery import app
 from search.models import EmbeddingJob, ImageEmbedding
 from tests.factories import ImageFactory, jpeg_bytes
-from workers import pipeline
+from workers import queueing
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+LEASE_SECONDS = 3
 CLIP = "clip-vit-base-patch32"
 
 
@@ -53,6 +54,8 @@ def start_worker(redis_url: str, tiny_models, tmp_path: Path) -> Iterator:
         MEDIA_ROOT=str(settings.MEDIA_ROOT),
         EMBEDDING_MODEL_SOURCES=",".join(f"{k}={v}" for k, v in tiny_models.items()),
         OMP_NUM_THREADS="1",
+        # A short lease, so the batch of a killed worker is due again within the test.
+        EMBEDDING_JOB_LEASE_SECONDS=str(LEASE_SECONDS),
     )
     app.control.purge()
     workers: list[Worker] = []
@@ -72,14 +75,14 @@ def wait_for(condition, timeout: float, log: Path) -> None:
     while time.monotonic() < deadline:
         if condition():
             return
-        time.sleep(0.05)
+        time.sleep(0.005)
     raise AssertionError(f"timed out; worker log:\n{log.read_text()[-4000:]}")
 
 
 def test_worker_takes_a_queued_batch_into_postgres(start_worker, tmp_path: Path) -> None:
     images = ImageFactory.create_batch(6, dataset=True)
     worker = start_worker()
-    queued = pipeline.embeddings_enqueue_missing(model_id=CLIP, batch_size=4)
+    queued = queueing.embeddings_enqueue_missing(model_id=CLIP, batch_size=4)
     assert queued == 2
     wait_for(lambda: ImageEmbedding.objects.filter(model_id=CLIP).count() == 6, 120, worker.log)
     assert set(EmbeddingJob.objects.values_list("status", flat=True)) == {"done"}
@@ -95,18 +98,21 @@ def test_worker_killed_mid_run_then_restarted_leaves_one_embedding_per_image(
         for i in range(total)
     ]
     worker = start_worker()
-    pipeline.embeddings_enqueue_missing(model_id=CLIP, batch_size=4)
+    queueing.embeddings_enqueue_missing(model_id=CLIP, batch_size=4)
     stored = ImageEmbedding.objects.filter(model_id=CLIP)
-    wait_for(lambda: stored.count() >= 8, 120, worker.log)
+    held = EmbeddingJob.objects.filter(model_id=CLIP, status="pending", started_at__isnull=False)
+    wait_for(lambda: stored.count() >= 8 and held.exists(), 120, worker.log)
     worker.process.kill()  # SIGKILL: no clean-up, the batch in hand is never acknowledged
     worker.process.wait()
     partial = stored.count()
     assert 0 < partial < total, "the worker should have died mid-run"
 
-    # A restarted worker finishes the queue, and the sweep re-queues the pending images of the
-    # batch that died (the periodic sweep does so once EMBEDDING_REQUEUE_AFTER_SECONDS pass).
+    # The dead worker's batch (usually one was in hand) is held until its lease runs out; then
+    # the sweep knows it is lost and queues it again, while the batches still in the queue are
+    # left to the queue. Without that, Redis would redeliver it only after an hour.
+    time.sleep(LEASE_SECONDS + 0.5)
     worker = start_worker()
-    pipeline.embeddings_enqueue_missing(model_id=CLIP, batch_size=4, requeue_after=timedelta(0))
+    queueing.embeddings_enqueue_missing(model_id=CLIP, batch_size=4)
     wait_for(lambda: stored.count() == total, 300, worker.log)
     assert sorted(stored.values_list("image_id", flat=True)) == sorted(i.pk for i in images)
     assert not EmbeddingJob.objects.exclude(status="done").exists()

@@ -9,9 +9,9 @@ from django.core.files.base import ContentFile
 from encoders import open_image
 from search.models import EmbeddingJob, ImageEmbedding
 from tests.factories import ImageFactory, jpeg_bytes
-from workers import pipeline
+from workers import pipeline, queueing
 from workers.loading import encoder_for
-from workers.tasks import embed_images
+from workers.tasks import embed_images_task
 
 pytestmark = pytest.mark.django_db
 CLIP = "clip-vit-base-patch32"
@@ -96,8 +96,8 @@ def test_a_missing_file_fails_alone_with_a_reason(tiny_models) -> None:
 def test_missing_weights_leave_jobs_pending_with_the_reason(settings, tmp_path) -> None:
     settings.EMBEDDING_MODEL_SOURCES = {CLIP: str(tmp_path / "no-such-weights")}
     images = photos(2)
-    outcome = embed_images(CLIP, [i.pk for i in images])
-    assert "blocked" in outcome
+    outcome = embed_images_task(CLIP, [i.pk for i in images])
+    assert "no-such-weights" in outcome["unavailable"]
     jobs = EmbeddingJob.objects.filter(model_id=CLIP)
     assert {j.status for j in jobs} == {"pending"}
     assert all(CLIP in j.error and "no-such-weights" in j.error for j in jobs)
@@ -106,7 +106,7 @@ def test_missing_weights_leave_jobs_pending_with_the_reason(settings, tmp_path) 
 
 def test_disabled_model_gets_no_new_work(tiny_models) -> None:
     images = photos(2)
-    outcome = embed_images("align-base", [i.pk for i in images])  # not enabled by settings
+    outcome = embed_images_task("align-base", [i.pk for i in images])  # not enabled by settings
     assert "not enabled" in outcome["reason"]
     assert not ImageEmbedding.objects.exists()
 
@@ -117,14 +117,14 @@ def test_sweep_queues_only_images_lacking_an_embedding(
     images = photos(5)
     pipeline.images_embed_batch(model_id=CLIP, image_ids=[images[0].pk])
     with django_capture_on_commit_callbacks() as callbacks:
-        batches = pipeline.embeddings_enqueue_missing(model_id=CLIP, batch_size=3)
+        batches = queueing.embeddings_enqueue_missing(model_id=CLIP, batch_size=3)
     assert batches == 2 and len(callbacks) == 1
     pending = EmbeddingJob.objects.filter(model_id=CLIP, status="pending")
     assert {j.image_id for j in pending} == {i.pk for i in images[1:]}
     assert all(j.enqueued_at is not None for j in pending)
     # Queued moments ago: a second sweep leaves them to the batches already in the queue.
     with django_capture_on_commit_callbacks():
-        assert pipeline.embeddings_enqueue_missing(model_id=CLIP, batch_size=3) == 0
+        assert queueing.embeddings_enqueue_missing(model_id=CLIP, batch_size=3) == 0
 
 
 def test_replace_re_embeds_existing_rows(tiny_models) -> None:

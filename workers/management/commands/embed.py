@@ -12,7 +12,7 @@ from encoders import EncoderError, model_spec
 from gallery.models import Image
 from search.models import ImageEmbedding
 from search.selectors import embedding_models_enabled
-from workers import pipeline
+from workers import pipeline, queueing
 from workers.loading import encoder_for
 
 
@@ -55,7 +55,7 @@ class Command(BaseCommand):
                 "re-embedding every image runs in this process: add --sync (or --missing to "
                 "queue only the images lacking an embedding)"
             )
-        batches = pipeline.embeddings_enqueue_missing(
+        batches = queueing.embeddings_enqueue_missing(
             model_id=model_id,
             batch_size=batch_size,
             # Asked for by a person: queue every pending image now, even if queued before.

@@ -1,0 +1,125 @@
+"""Queueing embedding work: which images are due, and sending their batches to the broker.
+
+The sweep knows which jobs are really in flight. A pending job is due again when
+- it was never sent (the broker was down, or its model was unavailable),
+- a worker took it and its lease ran out (the worker was killed, or the database went away
+  mid-batch and the task gave up),
+- it was sent but no worker took it, and the queue is empty: its message was lost (Redis
+  restarted without it). While the queue still holds work, only after
+  EMBEDDING_REQUEUE_AFTER_SECONDS, as a backstop.
+While a model is unavailable (its weights cannot load), one probe batch per sweep is sent
+instead of the whole backlog; the first batch that loads queues the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from kombu.exceptions import ChannelError
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from search.selectors import embedding_model_unavailable, embedding_models_enabled
+from search.services import (
+    embedding_jobs_claim,
+    embedding_jobs_create_missing,
+    embedding_jobs_mark_sent,
+    embedding_jobs_mark_unsent,
+)
+
+logger = logging.getLogger(__name__)
+
+BROKER_ERRORS = (KombuOperationalError, RedisConnectionError, ConnectionError, OSError)
+
+
+def broker_queue_length(queue: str) -> int | None:
+    """Messages waiting in ``queue`` (not those a worker holds), or None when unknown."""
+    from config.celery import app
+
+    try:
+        with app.connection_for_read() as connection:
+            connection.ensure_connection(max_retries=1)
+            channel = connection.default_channel
+            try:
+                return channel.queue_declare(queue=queue, passive=True).message_count
+            except ChannelError:
+                return 0  # Redis drops an emptied list: a queue never declared holds nothing
+    except BROKER_ERRORS:
+        return None
+
+
+def embeddings_enqueue_missing(
+    *,
+    model_id: str,
+    batch_size: int | None = None,
+    requeue_after: timedelta | None = None,
+    retry_failed: bool = False,
+) -> int:
+    """Queue batches for the images of ``model_id`` that are due (see above); returns batches.
+
+    Queuing happens after the transaction commits.
+    """
+    batch_size = batch_size or settings.EMBEDDING_BATCH_SIZE
+    if requeue_after is None:
+        requeue_after = timedelta(seconds=settings.EMBEDDING_REQUEUE_AFTER_SECONDS)
+    lost_after = timedelta(seconds=settings.EMBEDDING_LOST_AFTER_SECONDS)
+    waiting = broker_queue_length(settings.EMBEDDING_QUEUE)
+    # Sent but never started: with an empty queue the message is gone; with work still queued
+    # it may simply not have been reached yet.
+    unstarted_after = min(lost_after, requeue_after) if waiting == 0 else requeue_after
+    unavailable = embedding_model_unavailable(model_id=model_id)
+    embedding_jobs_create_missing(model_id=model_id)
+    image_ids = embedding_jobs_claim(
+        model_id=model_id,
+        unstarted_after=unstarted_after,
+        include_failed=retry_failed,
+        limit=batch_size if unavailable else None,
+    )
+    batches = [image_ids[i : i + batch_size] for i in range(0, len(image_ids), batch_size)]
+    transaction.on_commit(lambda: send_batches(model_id, batches))
+    return len(batches)
+
+
+def send_batches(model_id: str, batches: list[list[int]]) -> None:
+    """Queue batches; with the broker down, log it and leave the jobs for the next sweep.
+
+    An upload or an import must not fail because Redis is briefly away: the images and their
+    pending jobs are already committed, and the periodic sweep queues them once it is back.
+    """
+    from workers.tasks import embed_images_task
+
+    for index, batch in enumerate(batches):
+        try:
+            embed_images_task.apply_async(args=(model_id, batch), queue=settings.EMBEDDING_QUEUE)
+        except BROKER_ERRORS as exc:
+            unsent = [image_id for rest in batches[index:] for image_id in rest]
+            embedding_jobs_mark_unsent(model_id=model_id, image_ids=unsent)
+            logger.warning(
+                "broker unavailable (%s): %d images of %s stay pending for the next sweep",
+                exc, len(unsent), model_id,
+            )  # fmt: skip
+            return
+
+
+def embeddings_sweep(*, model_id: str | None = None) -> dict[str, int]:
+    """Queue the due embeddings of every enabled model (or just ``model_id``)."""
+    enabled = embedding_models_enabled()
+    targets = [m for m in enabled if model_id in (None, m)]
+    return {m: embeddings_enqueue_missing(model_id=m) for m in targets}
+
+
+def image_enqueue_embedding(*, image_id: int) -> None:
+    """Queue a new image for every enabled model once the transaction commits.
+
+    For a model that is unavailable the job just waits (unsent): the sweep's probe batch or
+    the backlog queued when the model loads again picks it up.
+    """
+    for model_id in embedding_models_enabled():
+        embedding_jobs_create_missing(model_id=model_id, image_ids=[image_id])
+        if embedding_model_unavailable(model_id=model_id):
+            continue
+        embedding_jobs_mark_sent(model_id=model_id, image_ids=[image_id])
+        transaction.on_commit(lambda m=model_id: send_batches(m, [[image_id]]))

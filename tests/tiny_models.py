@@ -268,3 +268,71 @@ def build_full_size_clip(directory: str | Path) -> Path:
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
+
+
+def _siglip2_tokenizer(model_max_length: int):
+    from transformers import Siglip2Tokenizer
+
+    # Gemma-style byte-fallback BPE: the specials at Gemma's ids, every byte as <0xNN> (so any
+    # script, e.g. a Vietnamese query, still tokenises), single characters, and merges that
+    # build "▁word" for the common words (the normaliser turns spaces into "▁").
+    vocab = {token: i for i, token in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"])}
+    for byte in range(256):
+        vocab[f"<0x{byte:02X}>"] = len(vocab)
+    for ch in "▁" + string.ascii_lowercase + string.digits + ".,!?'-":
+        vocab.setdefault(ch, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in _WORDS:
+        left = "▁"
+        for ch in word:
+            merged = left + ch
+            if merged not in vocab:
+                merges.append((left, ch))
+                vocab[merged] = len(vocab)
+            left = merged
+    return Siglip2Tokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def build_tiny_siglip2(directory: str | Path) -> Path:
+    """Save a tiny SigLIP 2 (``Siglip2Model``, NaFlex patches) + processor into ``directory``."""
+    from transformers import (
+        Siglip2Config,
+        Siglip2ImageProcessorPil,
+        Siglip2Model,
+        Siglip2Processor,
+    )
+
+    directory = Path(directory)
+    tokenizer = _siglip2_tokenizer(model_max_length=64)
+    dim = MODELS["siglip2-base-patch16-256"].dim
+    config = Siglip2Config(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": LAYERS,
+            "num_attention_heads": HEADS,
+            "max_position_embeddings": 64,
+            "projection_size": dim,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        # As in SigLIP, the image embedding is the vision tower's width: the published 768.
+        # 16 patches of 8x8 pixels; the processor keeps each image's aspect ratio within them.
+        vision_config={
+            "hidden_size": dim,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": LAYERS,
+            "num_attention_heads": HEADS,
+            "num_patches": 16,
+            "patch_size": PATCH,
+        },
+    )
+    torch.manual_seed(SEED)
+    model = Siglip2Model(config)
+    image_processor = Siglip2ImageProcessorPil(patch_size=PATCH, max_num_patches=16)
+    processor = Siglip2Processor(image_processor=image_processor, tokenizer=tokenizer)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory

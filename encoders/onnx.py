@@ -217,8 +217,9 @@ def _load(
     files = {tower: f"{tower}.onnx" for tower in _TOWERS}
     quantization = None
     if quantize:
-        with _locked(cache_dir, export_dir.name):
-            meta = _ensure_int8(probe, export_dir=export_dir, meta=meta, ort=ort)
+        if "int8" not in meta:
+            with _locked(cache_dir, export_dir.name):
+                meta = _ensure_int8(probe, export_dir=export_dir, ort=ort)
         if meta["int8"]["kept"]:
             files = {tower: f"{tower}.int8.onnx" for tower in _TOWERS}
             quantization = INT8
@@ -367,8 +368,10 @@ _DYNAMIC_AXES = {
 }
 
 
-def _ensure_int8(probe: _Probe, *, export_dir: Path, meta: dict, ort: Any) -> dict:
+def _ensure_int8(probe: _Probe, *, export_dir: Path, ort: Any) -> dict:
     """Quantise both towers once (dynamic int8) and record whether they keep the cosine rule."""
+    # Read again under the lock: another process may have quantised while this one waited.
+    meta = json.loads((export_dir / "meta.json").read_text())
     if "int8" in meta:
         return meta
     from onnxruntime.quantization import QuantType, quantize_dynamic

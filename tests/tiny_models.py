@@ -319,19 +319,21 @@ def build_tiny_siglip2(directory: str | Path) -> Path:
             "eos_token_id": tokenizer.eos_token_id,
         },
         # As in SigLIP, the image embedding is the vision tower's width: the published 768.
-        # 16 patches of 8x8 pixels; the processor keeps each image's aspect ratio within them.
+        # Patches of 16 px, up to 256 per image, as the real NaFlex checkpoints: Siglip2Processor
+        # passes those two values to its image processor whatever it was saved with. The
+        # learned 4x4 position grid is resized to each image's own patch grid.
         vision_config={
             "hidden_size": dim,
             "intermediate_size": INTERMEDIATE,
             "num_hidden_layers": LAYERS,
             "num_attention_heads": HEADS,
             "num_patches": 16,
-            "patch_size": PATCH,
+            "patch_size": 16,
         },
     )
     torch.manual_seed(SEED)
     model = Siglip2Model(config)
-    image_processor = Siglip2ImageProcessorPil(patch_size=PATCH, max_num_patches=16)
+    image_processor = Siglip2ImageProcessorPil(patch_size=16, max_num_patches=256)
     processor = Siglip2Processor(image_processor=image_processor, tokenizer=tokenizer)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)

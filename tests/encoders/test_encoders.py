@@ -1,4 +1,8 @@
-"""Encoders: tiny CLIP/ALIGN/SigLIP checkpoints loaded through the same loader production uses."""
+"""Encoders: tiny CLIP/ALIGN/SigLIP/SigLIP 2 checkpoints loaded through the production loader.
+
+On the CPU the loader's default backend is ONNX Runtime, so these compare that path with a
+direct transformers call; test_onnx.py compares the two backends with each other.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +29,12 @@ from encoders import (
     model_spec,
     open_image,
 )
-from tests.tiny_models import build_tiny_align, build_tiny_clip, build_tiny_siglip
+from tests.tiny_models import (
+    build_tiny_align,
+    build_tiny_clip,
+    build_tiny_siglip,
+    build_tiny_siglip2,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,6 +43,7 @@ FAMILIES = {
     "clip": ("clip-vit-base-patch32", build_tiny_clip, transformers.CLIPModel),
     "align": ("align-base", build_tiny_align, transformers.AlignModel),
     "siglip": ("siglip-base-patch16-224", build_tiny_siglip, transformers.SiglipModel),
+    "siglip2": ("siglip2-base-patch16-256", build_tiny_siglip2, transformers.Siglip2Model),
 }
 
 TEXTS = ["a photo of the cat", "a red car on the beach", "dog", ""]
@@ -70,11 +80,12 @@ def direct_embeddings(family: str, directory: Path) -> tuple[np.ndarray, np.ndar
     _, _, model_class = FAMILIES[family]
     model = model_class.from_pretrained(directory).eval()
     processor = transformers.AutoProcessor.from_pretrained(directory)
-    padding = "max_length" if family == "siglip" else True
+    padding = "max_length" if family.startswith("siglip") else True
+    # SigLIP 2's processor also returns each image's patch mask and patch grid.
     image_inputs = processor(images=noise_images(), return_tensors="pt")
     text_inputs = processor(text=TEXTS, padding=padding, truncation=True, return_tensors="pt")
     with torch.inference_mode():
-        images = model.get_image_features(pixel_values=image_inputs["pixel_values"])
+        images = model.get_image_features(**image_inputs)
         texts = model.get_text_features(**text_inputs)
     return normalised(images.pooler_output), normalised(texts.pooler_output)
 
@@ -246,6 +257,8 @@ def test_failed_load_is_not_cached(tmp_path, tiny_dirs):
         ("clip-vit-large-patch14", "openai/clip-vit-large-patch14", 768, "clip"),
         ("align-base", "kakaobrain/align-base", 640, "align"),
         ("siglip-base-patch16-224", "google/siglip-base-patch16-224", 768, "siglip"),
+        ("siglip2-base-patch16-256", "google/siglip2-base-patch16-256", 768, "siglip2"),
+        ("siglip2-so400m-patch14-384", "google/siglip2-so400m-patch14-384", 1152, "siglip2"),
     ],
 )
 def test_registry_describes_the_published_models(model_id, hub_id, dim, family):

@@ -1,4 +1,4 @@
-"""The optional int8 CPU path: dynamically quantised Linear layers, loaded through load_encoder."""
+"""The optional int8 CPU path: dynamically quantised Linear layers (torch) or MatMuls (ONNX)."""
 
 from __future__ import annotations
 
@@ -44,16 +44,20 @@ def photo_like_images() -> list[Image.Image]:
     return images
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
 @pytest.mark.parametrize(("method", "inputs"), [("embed_images", None), ("embed_texts", TEXTS)])
-def test_int8_embeddings_stay_close_to_float32(tiny_clip, method, inputs):
+def test_int8_embeddings_stay_close_to_float32(tiny_clip, method, inputs, backend):
     inputs = inputs or photo_like_images()
-    full = load_encoder(MODEL_ID, source=str(tiny_clip), device="cpu")
-    int8 = load_encoder(MODEL_ID, source=str(tiny_clip), device="cpu", dtype="int8")
+    full = load_encoder(MODEL_ID, source=str(tiny_clip), device="cpu", backend=backend)
+    int8 = load_encoder(
+        MODEL_ID, source=str(tiny_clip), device="cpu", dtype="int8", backend=backend
+    )
 
     expected = getattr(full, method)(inputs)
     got = getattr(int8, method)(inputs)
 
     assert int8 is not full
+    assert int8.backend == full.backend == backend
     assert int8.quantization == "int8-dynamic"
     assert got.dtype == np.float32
     assert got.shape == expected.shape == (len(inputs), int8.dim)

@@ -75,7 +75,7 @@ def _page_args(form: SearchForm) -> dict[str, Any]:
     data = form.cleaned_data
     return {
         "model_id": data.get("model") or None,
-        "k": data.get("k") or 20,
+        "k": 20 if data.get("k") is None else data["k"],
         "offset": data.get("offset") or 0,
         "filters": SearchFilters(source=data.get("source") or None),
         "min_score": data.get("min_score"),

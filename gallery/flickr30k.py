@@ -18,6 +18,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from pathlib import Path
 from encoders import ImageDecodeError, open_image
 
 SPLITS = ("train", "val", "test")
+# Karpathy's split, the one the CLIP and ALIGN papers' 1K test figures use.
+KARPATHY_SPLIT_SIZES = {"train": 29_000, "val": 1_014, "test": 1_000}
 # Karpathy's COCO file calls part of the validation images "restval" and trains on them; the
 # Flickr30k file has none, but accept the name rather than fail on a variant of the file.
 _SPLIT_ALIASES = {"restval": "train", "validation": "val"}
@@ -168,3 +171,93 @@ def flickr30k_file_check(
         width=decoded.width,
         height=decoded.height,
     )
+
+
+def karpathy_split_difference(counts: dict[str, int]) -> str | None:
+    """A warning naming how ``counts`` (images per split) differ from Karpathy's, else None."""
+    if all(counts.get(split, 0) == n for split, n in KARPATHY_SPLIT_SIZES.items()):
+        return None
+    ours = " / ".join(f"{counts.get(split, 0):,} {split}" for split in KARPATHY_SPLIT_SIZES)
+    karpathy = " / ".join(f"{n:,}" for n in KARPATHY_SPLIT_SIZES.values())
+    return (
+        f"WARNING: the splits hold {ours} images, not Karpathy's {karpathy}: figures on this "
+        f"test split are not the papers' 1K test"
+    )
+
+
+# --- Translated captions (manage.py import_captions) -------------------------------------------
+
+LANG_PATTERN = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+_KEY_FIELDS = ("image_id", "filename", "file_name", "image")
+_TEXT_FIELDS = ("caption", "text")
+
+
+@dataclass(frozen=True)
+class CaptionRow:
+    """One caption of a captions file: ``image`` is an image id (int) or a file name (str)."""
+
+    image: int | str
+    text: str
+    where: str
+
+
+def caption_rows_read(*, path: str | Path) -> list[CaptionRow]:
+    """The rows of a captions file, in file order.
+
+    ``.jsonl``: one object per line with the image (``image_id``, or ``filename`` /
+    ``file_name`` / ``image``) and ``caption`` (or ``text``). Anything else is CSV: two columns,
+    image then caption, with or without a header row. An image is an id when it is a whole
+    number and a file name otherwise (compared without any folder part).
+    """
+    path = Path(path)
+    reader = _caption_rows_jsonl if path.suffix.lower() == ".jsonl" else _caption_rows_csv
+    return [row for row in reader(path) if row.text]
+
+
+def _caption_key(where: str, value: object) -> int | str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip() if value is not None else ""
+    if text.isdigit():
+        return int(text)
+    name = text.replace("\\", "/").rsplit("/", 1)[-1]
+    if not name:
+        raise Flickr30kFormatError(f"{where}: no image id or file name")
+    return name
+
+
+def _caption_rows_csv(path: Path) -> Iterator[CaptionRow]:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        for line, cells in enumerate(csv.reader(handle), start=1):
+            if not cells or not any(c.strip() for c in cells):
+                continue
+            where = f"{path.name} line {line}"
+            if line == 1 and cells[-1].strip().lower() in _TEXT_FIELDS:
+                continue  # the header
+            if len(cells) != 2:
+                raise Flickr30kFormatError(
+                    f"{where}: expected 2 columns (image id or file name, caption), "
+                    f"got {len(cells)}"
+                )
+            yield CaptionRow(_caption_key(where, cells[0]), cells[1].strip(), where)
+
+
+def _caption_rows_jsonl(path: Path) -> Iterator[CaptionRow]:
+    with path.open(encoding="utf-8-sig") as handle:
+        for line, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            where = f"{path.name} line {line}"
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise Flickr30kFormatError(f"{where}: not JSON: {exc}") from exc
+            if not isinstance(record, dict):
+                raise Flickr30kFormatError(f"{where}: expected a JSON object")
+            key = next((record[f] for f in _KEY_FIELDS if f in record), None)
+            text = next((record[f] for f in _TEXT_FIELDS if f in record), None)
+            if key is None or not isinstance(text, str):
+                raise Flickr30kFormatError(
+                    f"{where}: needs an image ({', '.join(_KEY_FIELDS)}) and a caption string"
+                )
+            yield CaptionRow(_caption_key(where, key), text.strip(), where)

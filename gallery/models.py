@@ -82,12 +82,17 @@ class Image(models.Model):
 class Caption(models.Model):
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="captions")
     text = models.TextField()
+    # A BCP 47 tag ("en", "vi", "de"): translations sit beside the original captions, each
+    # language numbered from 0, and `evaluate --lang` picks one language's as queries.
+    lang = models.CharField(max_length=16, default="en")
     position = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         ordering = ["image_id", "position"]
         constraints = [
-            models.UniqueConstraint(fields=["image", "position"], name="caption_unique_position")
+            models.UniqueConstraint(
+                fields=["image", "lang", "position"], name="caption_unique_lang_position"
+            )
         ]
 
     def __str__(self) -> str:

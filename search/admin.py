@@ -150,11 +150,13 @@ class EvaluationRunAdmin(admin.ModelAdmin):
         "split",
         "gallery",
         "mode",
+        "lang",
         "n_images",
         "n_queries",
         "t2i_r1",
         "t2i_r5",
         "t2i_r10",
+        "published_t2i",
         "t2i_median_rank",
         "t2i_mean_rank",
         "i2t_r1",
@@ -164,8 +166,19 @@ class EvaluationRunAdmin(admin.ModelAdmin):
         "i2t_mean_rank",
         "duration_seconds",
     )
-    list_filter = ("models", "fusion", "split", "gallery", "mode", "created_at")
+    list_filter = ("models", "fusion", "split", "gallery", "mode", "lang", "created_at")
     date_hierarchy = "created_at"
+
+    @admin.display(description="Published T2I R@1/5/10 (same model)")
+    def published_t2i(self, obj: EvaluationRun) -> str:
+        # Imported on use: the evaluation package brings its ranking and run modules along,
+        # which nothing else in the admin needs at start-up.
+        from search.evaluation.references import published_for
+
+        published = None if obj.fusion else published_for(obj.models)
+        if published is None:
+            return "-"
+        return f"{published.figures()} ({published.source})"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -123,6 +123,7 @@ class EvaluationRun(models.Model):
     gallery = models.CharField(max_length=8, help_text="split: that split's images; all: all.")
     mode = models.CharField(max_length=8, choices=Mode.choices, default=Mode.EXACT)
     prompt = models.CharField(max_length=100, blank=True, help_text="Prefix added to captions.")
+    lang = models.CharField(max_length=16, default="en", help_text="Language of the captions.")
     n_images = models.PositiveIntegerField(help_text="Images in the gallery ranked.")
     n_queries = models.PositiveIntegerField(help_text="Caption queries (text->image).")
     t2i_r1 = models.FloatField()
@@ -147,3 +148,35 @@ class EvaluationRun(models.Model):
     def __str__(self) -> str:
         system = f"{self.fusion}({self.models})" if self.fusion else self.models
         return f"{system} on {self.split}/{self.gallery} ({self.mode}): R@1 {self.t2i_r1:.1f}"
+
+
+class CaptionEmbedding(models.Model):
+    """A caption's text embedding under one model, kept so evaluations encode each caption once.
+
+    The same one-table design as ``ImageEmbedding`` (an un-dimensioned ``vector``, rows of every
+    model side by side), without an HNSW index: the evaluation reads a model's caption vectors
+    whole and ranks them exactly. A row is only reused for the text it was made from
+    (``text_sha256`` of the prompt and caption as embedded) and the same encoder numerics
+    (``encoder``: float32, float16, int8...), so an edited caption, another prompt or a
+    quantised encoder gets vectors of its own.
+    """
+
+    caption = models.ForeignKey(
+        "gallery.Caption", on_delete=models.CASCADE, related_name="embeddings"
+    )
+    model_id = models.CharField(max_length=64)
+    encoder = models.CharField(max_length=32)
+    text_sha256 = models.CharField(max_length=64)
+    vector = VectorField(help_text="L2-normalised; dimension is the model's.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["caption", "model_id", "encoder", "text_sha256"],
+                name="caption_embedding_unique",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} embedding of caption {self.caption_id}"

@@ -1,11 +1,12 @@
-"""manage.py evaluate --model M [--split test] [--gallery split|all] [--fuse M1,M2] [--ann]"""
+"""manage.py evaluate --model M [--split test] [--gallery split|all] [--fuse M1,M2] [--ann]
+[--lang L]"""
 
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from encoders import EncoderError
-from gallery.flickr30k import SPLITS
+from gallery.flickr30k import LANG_PATTERN, SPLITS
 from search.evaluation import (
     FUSIONS,
     GALLERIES,
@@ -15,8 +16,8 @@ from search.evaluation import (
     EvaluationReport,
     RankSummary,
     evaluate,
+    evaluation_runs_record,
 )
-from search.services import evaluation_runs_record
 
 
 class Command(BaseCommand):
@@ -51,6 +52,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--prompt", default="", help="prefix for every caption, e.g. 'a photo of '"
         )
+        parser.add_argument(
+            "--lang",
+            default="en",
+            help="only captions in this language are queries and candidates (default en; "
+            "others come from manage.py import_captions)",
+        )
         parser.add_argument("--no-save", action="store_true", help="do not record the run")
 
     def handle(self, *args: object, **options: object) -> None:
@@ -62,6 +69,9 @@ class Command(BaseCommand):
         fusions = (FUSIONS if fusion == "both" else (fusion,)) if fused else ()
         if options["ann_k"] < max(KS):
             raise CommandError(f"--ann-k must be at least {max(KS)}")
+        lang = str(options["lang"])
+        if not LANG_PATTERN.match(lang):
+            raise CommandError(f"--lang must be a language tag such as en, vi or de, not {lang!r}")
         try:
             report = evaluate(
                 model_ids=model_ids,
@@ -71,6 +81,7 @@ class Command(BaseCommand):
                 ann_k=int(options["ann_k"]),
                 fusions=fusions,
                 prompt=str(options["prompt"]),
+                lang=lang,
             )
         except (EvaluationError, EncoderError) as exc:
             raise CommandError(str(exc)) from exc
@@ -85,7 +96,7 @@ class Command(BaseCommand):
         )
         self.stdout.write(
             f"Flickr30k {report.split}: {report.n_image_queries} images, {report.n_queries} "
-            f"caption queries; gallery: {gallery} ({report.n_images} images, "
+            f"caption queries ({report.lang}); gallery: {gallery} ({report.n_images} images, "
             f"{report.n_caption_candidates} captions)"
         )
         width = max([len(r.label) for r in report.results] + [44])
@@ -99,14 +110,26 @@ class Command(BaseCommand):
                 f"{_row(result.image_to_text, None)}   {result.mode:5}  "
                 f"{result.duration_seconds:7.1f}"
             )
-        comparable = report.split == "test" and report.gallery == "split"
         self.stdout.write(
-            "published zero-shot text->image, Flickr30k 1K test"
-            + ("" if comparable else " (a different setting from the one above)")
-            + ":"
+            "published zero-shot text->image R@1/5/10, Flickr30k 1K test; 'same weights' names "
+            "the model above a row is like for like with:"
         )
-        for name, r1, r5, r10 in PUBLISHED_TEXT_TO_IMAGE:
-            self.stdout.write(f"{name:{width}}  {r1:6.2f} {r5:6.2f} {r10:6.2f}")
+        ours = {model_id for result in report.results for model_id in result.model_ids}
+        for ref in PUBLISHED_TEXT_TO_IMAGE:
+            same = f"same weights: {ref.model_id}" if ref.model_id in ours else ""
+            self.stdout.write(
+                f"{ref.system:{width}}  {ref.figures():>17}  {ref.source}"
+                + (f"; {same}" if same else "")
+            )
+        differences = report.differences_from_papers()
+        if differences:
+            self.stdout.write(
+                "Not comparable to the papers' 1K test: " + "; ".join(differences) + "."
+            )
+        else:
+            self.stdout.write(
+                "Comparable to the papers: the 1,000 test images and their 5,000 captions."
+            )
         self.stdout.write("notes:")
         for note in report.notes:
             self.stdout.write(f"  - {note}")

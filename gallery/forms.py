@@ -13,7 +13,7 @@ from PIL import Image as PILImage
 
 from config.errors import InvalidInput, TooLarge
 from encoders import ImageDecodeError, open_image
-from gallery.models import Image
+from gallery.models import ApiToken, Collection, CollectionItem, Image
 
 
 class UploadRejected(InvalidInput):
@@ -85,3 +85,61 @@ class UploadForm(forms.Form):
         initial=Image.Visibility.PRIVATE,
         help_text="Private images are seen and searched by you alone.",
     )
+
+
+# --- Collections and tokens: every POST is parsed by a form, so bad input is a 400 with a
+# message (a NUL byte, a number that is not one, an unknown visibility), never a 500.
+
+_DB_INT_MAX = 2**31 - 1  # ids are PostgreSQL integers
+
+
+def _id_field(*, required: bool = True) -> forms.IntegerField:
+    return forms.IntegerField(required=required, min_value=1, max_value=_DB_INT_MAX)
+
+
+class CollectionCreateForm(forms.Form):
+    name = forms.CharField(max_length=Collection._meta.get_field("name").max_length)
+    description = forms.CharField(required=False, max_length=5000)
+    visibility = forms.ChoiceField(choices=Collection.Visibility.choices, required=False)
+
+    def clean_visibility(self) -> str:
+        return self.cleaned_data.get("visibility") or Collection.Visibility.PRIVATE
+
+
+class CollectionEditForm(forms.Form):
+    remove = _id_field(required=False)
+    visibility = forms.ChoiceField(choices=Collection.Visibility.choices, required=False)
+
+
+class CollectionAddForm(forms.Form):
+    """Save one search result into an existing collection or into a new one by name."""
+
+    image_id = _id_field()
+    collection_id = _id_field(required=False)
+    new_name = forms.CharField(
+        required=False, max_length=Collection._meta.get_field("name").max_length
+    )
+    query = forms.CharField(
+        required=False, max_length=CollectionItem._meta.get_field("query").max_length
+    )
+
+    def clean(self) -> dict[str, object]:
+        data = super().clean()
+        if not self.errors and not data.get("new_name") and data.get("collection_id") is None:
+            raise forms.ValidationError("choose a collection")
+        return data
+
+
+class TokenCreateForm(forms.Form):
+    name = forms.CharField(required=False, max_length=ApiToken._meta.get_field("name").max_length)
+
+
+class TokenRevokeForm(forms.Form):
+    revoke = _id_field()
+
+
+def form_error_message(form: forms.Form) -> str:
+    """The first error of a bound, invalid form as one line for a message."""
+    field, errors = next(iter(form.errors.items()))
+    text = " ".join(errors)
+    return text if field == "__all__" else f"{field.replace('_', ' ')}: {text}"

@@ -35,7 +35,7 @@ from gallery.models import (
     Image,
     image_upload_path,
 )
-from workers.pipeline import embeddings_sweep, image_enqueue_embedding
+from workers.queueing import embeddings_sweep, image_enqueue_embedding
 
 THUMBNAIL_SIZES = (128, 256, 512)
 
@@ -86,7 +86,8 @@ def image_upload(
         owner=owner,
         visibility=visibility,
         sha256=sha256,
-        original_filename=Path(file.name or "upload").name[:255],
+        # PostgreSQL text cannot hold NUL; a name is only shown, so drop them rather than refuse.
+        original_filename=Path((file.name or "upload").replace("\x00", "")).name[:255],
         width=decoded.width,
         height=decoded.height,
     )

@@ -4,6 +4,7 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
+from django.db import transaction
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -11,7 +12,15 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods
 
 from config.errors import ApplicationError
-from gallery.forms import UploadForm
+from gallery.forms import (
+    CollectionAddForm,
+    CollectionCreateForm,
+    CollectionEditForm,
+    TokenCreateForm,
+    TokenRevokeForm,
+    UploadForm,
+    form_error_message,
+)
 from gallery.models import Collection, Image
 from gallery.selectors import (
     api_tokens_of,
@@ -116,41 +125,61 @@ def upload(request: HttpRequest) -> HttpResponse:
 def api_tokens(request: HttpRequest) -> HttpResponse:
     """List, create and revoke the signed-in user's API tokens; a new token is shown once."""
     new_token = None
+    status = 200
     if request.method == "POST":
         if "revoke" in request.POST:
-            api_token_revoke(user=request.user, token_id=int(request.POST["revoke"]))
-            messages.success(request, "Token revoked.")
-            return redirect("api-tokens")
-        name = (request.POST.get("name") or "").strip() or "API token"
-        _, new_token = api_token_create(user=request.user, name=name)
+            revoke = TokenRevokeForm(request.POST)
+            if revoke.is_valid():
+                api_token_revoke(user=request.user, token_id=revoke.cleaned_data["revoke"])
+                messages.success(request, "Token revoked.")
+                return redirect("api-tokens")
+            messages.error(request, form_error_message(revoke))
+            status = 400
+        else:
+            create = TokenCreateForm(request.POST)
+            if create.is_valid():
+                name = create.cleaned_data["name"] or "API token"
+                _, new_token = api_token_create(user=request.user, name=name)
+            else:
+                messages.error(request, form_error_message(create))
+                status = 400
     return render(
         request,
         "gallery/api_tokens.html",
         {"tokens": api_tokens_of(user=request.user), "new_token": new_token},
+        status=status,
+    )
+
+
+def _render_collections(request: HttpRequest, *, status: int = 200) -> HttpResponse:
+    return render(
+        request,
+        "gallery/collections.html",
+        {"collections": collections_of(user=request.user)},
+        status=status,
     )
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
 def collections_index(request: HttpRequest) -> HttpResponse:
-    if request.method == "POST":
-        try:
-            collection = collection_create(
-                owner=request.user,
-                name=request.POST.get("name", ""),
-                description=request.POST.get("description", ""),
-                visibility=request.POST.get("visibility") or Collection.Visibility.PRIVATE,
-            )
-        except ApplicationError as exc:
-            messages.error(request, exc.message)
-        else:
-            return redirect("collection", collection_id=collection.pk)
-    return render(
-        request, "gallery/collections.html", {"collections": collections_of(user=request.user)}
-    )
+    if request.method == "GET":
+        return _render_collections(request)
+    form = CollectionCreateForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, form_error_message(form))
+        return _render_collections(request, status=400)
+    try:
+        collection = collection_create(owner=request.user, **form.cleaned_data)
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+        return _render_collections(request, status=exc.status)
+    return redirect("collection", collection_id=collection.pk)
 
 
-def _render_collection(request: HttpRequest, collection: Collection | None) -> HttpResponse:
+def _render_collection(
+    request: HttpRequest, collection: Collection | None, *, status: int = 200
+) -> HttpResponse:
     if collection is None:
         raise Http404("No such collection.")
     items = collection_items_visible(collection=collection, user=request.user)
@@ -167,6 +196,7 @@ def _render_collection(request: HttpRequest, collection: Collection | None) -> H
             "share_url": share_url,
             "visibilities": Collection.Visibility.choices,
         },
+        status=status,
     )
 
 
@@ -184,44 +214,56 @@ def collection_shared(request: HttpRequest, share_token: str) -> HttpResponse:
 @require_http_methods(["POST"])
 def collection_add(request: HttpRequest) -> HttpResponse:
     """Save a search result into a collection (an existing one, or a new one by name)."""
+    form = CollectionAddForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, form_error_message(form))
+        return _render_collections(request, status=400)
+    data = form.cleaned_data
     try:
-        image_id = int(request.POST["image_id"])
-        new_name = request.POST.get("new_name", "").strip()
-        if new_name:
-            collection_id = collection_create(owner=request.user, name=new_name).pk
-        else:
-            collection_id = int(request.POST["collection_id"])
-        item = collection_item_add(
-            user=request.user,
-            collection_id=collection_id,
-            image_id=image_id,
-            query=request.POST.get("query", ""),
-        )
+        # One transaction: a new collection is kept only if the image went into it.
+        with transaction.atomic():
+            collection_id = data["collection_id"]
+            if data["new_name"]:
+                collection_id = collection_create(owner=request.user, name=data["new_name"]).pk
+            item = collection_item_add(
+                user=request.user,
+                collection_id=collection_id,
+                image_id=data["image_id"],
+                query=data["query"],
+            )
     except ApplicationError as exc:
         messages.error(request, exc.message)
-    except (KeyError, ValueError):
-        messages.error(request, "choose a collection")
-    else:
-        messages.success(request, f"Saved to {item.collection.name}.")
+        return _render_collections(request, status=exc.status)
+    messages.success(request, f"Saved to {item.collection.name}.")
     return redirect(_safe_next(request) or "collections")
 
 
 @login_required
 @require_http_methods(["POST"])
 def collection_edit(request: HttpRequest, collection_id: int) -> HttpResponse:
+    collection = collections_of(user=request.user).filter(pk=collection_id).first()
+    if collection is None:
+        raise Http404("No such collection.")
+    form = CollectionEditForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, form_error_message(form))
+        return _render_collection(request, collection, status=400)
     try:
-        if "remove" in request.POST:
+        if form.cleaned_data["remove"] is not None:
             collection_item_remove(
-                user=request.user, collection_id=collection_id, image_id=int(request.POST["remove"])
+                user=request.user,
+                collection_id=collection_id,
+                image_id=form.cleaned_data["remove"],
             )
-        if "visibility" in request.POST:
+        if form.cleaned_data["visibility"]:
             collection_update(
                 user=request.user,
                 collection_id=collection_id,
-                visibility=request.POST["visibility"],
+                visibility=form.cleaned_data["visibility"],
             )
     except ApplicationError as exc:
-        raise Http404(exc.message) from exc
+        messages.error(request, exc.message)
+        return _render_collection(request, collection, status=exc.status)
     return redirect("collection", collection_id=collection_id)
 
 

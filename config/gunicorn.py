@@ -8,6 +8,8 @@ threads = 4
 worker_class = "gthread"
 graceful_timeout = 10
 accesslog = "-"
+# gunicorn's control socket lives in $HOME and would be shared by every site on the machine.
+control_socket_disable = True
 
 
 def post_worker_init(worker) -> None:  # noqa: ANN001 - gunicorn's hook signature

@@ -142,14 +142,14 @@ class Launcher:
         self.children = [
             Child(
                 "worker",
-                [*celery, "worker", "--pool=solo", "--queues=gpu,cpu", "--loglevel=INFO",
-                 "--hostname=worker@%h", "--quiet"],
+                [*celery, "--quiet", "worker", "--pool=solo", "--queues=gpu,cpu",
+                 "--loglevel=INFO", "--hostname=worker@%h"],
                 ready_marker=" ready.",
             ),
             # Beat runs apart from the worker, so a worker restart never orphans it.
             Child(
                 "beat",
-                [*celery, "beat", "--loglevel=WARNING",
+                [*celery, "--quiet", "beat", "--loglevel=WARNING",
                  f"--schedule={self.data_dir / 'celerybeat-schedule'}"],
             ),
             Child(
@@ -210,9 +210,15 @@ class Launcher:
                 child.ready.set()
 
     def wait_until_ready(self) -> None:
-        deadline = time.monotonic() + 120
+        """Wait for the web server to listen and the worker to say it is ready.
+
+        A child that exits while starting is a failed start (a bad setting, a broken install):
+        restarting it would only repeat the error, so the launch stops and shows its output.
+        """
+        start = time.monotonic()
         web = next(c for c in self.children if c.name == "web")
-        while time.monotonic() < deadline:
+        worker = next(c for c in self.children if c.name == "worker")
+        while not (web.ready.is_set() and worker.ready.is_set()):
             for child in self.children:
                 if not child.alive():
                     code = child.process.poll() if child.process else None
@@ -220,15 +226,15 @@ class Launcher:
                     raise LaunchError(
                         f"{child.name} exited while starting ({describe_exit(code or 0)}):\n{last}"
                     )
-            if self.web_listening():
+            if not web.ready.is_set() and self.web_listening():
                 web.ready.set()
+            waited = time.monotonic() - start
+            if not web.ready.is_set() and waited > 120:
+                raise LaunchError(f"web server did not listen on port {self.port} within 120s")
+            if web.ready.is_set() and waited > WORKER_READY_TIMEOUT:
+                log("the worker is not ready yet; the site serves meanwhile")
                 break
             time.sleep(0.2)
-        else:
-            raise LaunchError(f"web server did not listen on port {self.port} within 120s")
-        worker = next(c for c in self.children if c.name == "worker")
-        if not worker.ready.wait(WORKER_READY_TIMEOUT):
-            log("the worker is not ready yet; the site serves meanwhile")
         shown = "127.0.0.1" if self.host in ANY_ADDRESS else self.host
         url = f"http://{f'[{shown}]' if ':' in shown else shown}:{self.port}/"
         with self.output_lock:
@@ -287,6 +293,7 @@ class Launcher:
             try:
                 self.redis = embedded.redis_start(self.data_dir, replace_stale=True)
                 self.redis_backoff = 1.0
+                log("redis is back")
             except embedded.EmbeddedServiceError as exc:
                 self.redis = None
                 self.redis_backoff = min(self.redis_backoff * 2, MAX_BACKOFF_SECONDS)
@@ -372,6 +379,8 @@ def site_env(data_dir: Path) -> dict[str, str]:
     env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
     # One thread per worker process: two busy threads on a small box run slower than one.
     env.setdefault("OMP_NUM_THREADS", "1")
+    # As root (containers, CI) Celery warns at every start; the launcher's children are ours.
+    env.setdefault("PYTHONWARNINGS", "ignore:You're running the worker with superuser")
     return env
 
 
@@ -436,7 +445,11 @@ def manage(argv: list[str]) -> int:
     return code
 
 
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+def _stop_requested(signum: int, frame: object) -> None:
+    # The first Ctrl-C or SIGTERM starts the clean-up; later ones (a second Ctrl-C, or the same
+    # signal sent to the process group and to us) must not cut it short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -444,7 +457,8 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["manage"]:
         return manage(argv[1:])
     launcher = Launcher()
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, _stop_requested)
+    signal.signal(signal.SIGINT, _stop_requested)
     code = 0
     try:
         launcher.start()
@@ -455,7 +469,6 @@ def main(argv: list[str]) -> int:
         log(f"error: {exc}")
         code = 1
     finally:
-        # A second signal while stopping must not cut the clean-up short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         launcher.stop()

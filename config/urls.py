@@ -11,3 +11,9 @@ urlpatterns = [
     path("search/", include("search.page_urls")),
     path("", include("gallery.urls")),
 ]
+
+# Whole-site error pages: plain for people, JSON under /api/; they never need the database.
+handler400 = "config.views.bad_request"
+handler403 = "config.views.permission_denied"
+handler404 = "config.views.page_not_found"
+handler500 = "config.views.server_error"

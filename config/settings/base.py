@@ -68,6 +68,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, so it sees the views' exceptions first: an unreachable database is a 503.
+    "config.middleware.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -227,6 +229,8 @@ EMBEDDING_MAX_ATTEMPTS = int(os.environ.get("EMBEDDING_MAX_ATTEMPTS", 3))
 # Celery logs through the root handler below instead of adding its own, so each line of the
 # worker's log is printed once.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Tracebacks printed to stderr stay whole lines instead of one log record per write() call.
+CELERY_WORKER_REDIRECT_STDOUTS = False
 
 LOGGING = {
     "version": 1,

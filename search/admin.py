@@ -1,11 +1,10 @@
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
-from django.db.models import Count, OuterRef, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from encoders.registry import MODELS
-from gallery.models import Image
 from search.models import EmbeddingJob, EmbeddingModel, EvaluationRun, ImageEmbedding
 from search.selectors import EmbeddingProgress, embedding_progress
 from search.services import (
@@ -24,12 +23,22 @@ class EmbeddingModelForm(forms.ModelForm):
         fields = ["model_id"]
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 @admin.register(EmbeddingModel)
 class EmbeddingModelAdmin(admin.ModelAdmin):
     """Switch models without downtime: enable (starts a backfill), watch it, then make default."""
 
     form = EmbeddingModelForm
-    list_display = ("model_id", "enabled", "is_default", "done", "pending", "failed", "progress")
+    list_display = (
+        "model_id", "enabled", "is_default", "done", "pending", "failed", "blocked", "progress",
+    )  # fmt: skip
     actions = ["enable", "make_default", "disable", "disable_and_delete"]
     readonly_fields = ("enabled", "is_default", "created_at", "updated_at")
 
@@ -41,34 +50,27 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
             embedding_model_enable(model_id=obj.model_id)
             self.message_user(request, f"{obj.model_id} enabled; its backfill is queued.")
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[EmbeddingModel]:
-        # One query for the whole page: counts as subqueries per model row.
-        def count(queryset: QuerySet) -> Subquery:
-            counted = queryset.order_by().values("model_id").annotate(n=Count("*")).values("n")
-            return Coalesce(Subquery(counted), 0)
-
-        done = ImageEmbedding.objects.filter(model_id=OuterRef("model_id"))
-        failed = EmbeddingJob.objects.filter(
-            model_id=OuterRef("model_id"), status=EmbeddingJob.Status.FAILED
-        )
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(done_count=count(done), failed_count=count(failed))
-        )
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        # The reason a model cannot load goes at the top of the page, where staff look first.
+        for state in EmbeddingModel.objects.exclude(unavailable_reason=""):
+            since = f" (since {state.unavailable_since:%Y-%m-%d %H:%M} UTC)"
+            self.message_user(
+                request,
+                f"{state.model_id} is not available: {state.unavailable_reason}"
+                f"{since if state.unavailable_since else ''}. Workers retry it every "
+                f"{settings.EMBEDDING_SWEEP_SECONDS} s; its waiting images are embedded as soon "
+                "as it loads.",
+                messages.WARNING,
+            )
+        return super().changelist_view(request, extra_context)
 
     def _progress(self, obj: EmbeddingModel) -> EmbeddingProgress:
-        if not hasattr(obj, "done_count"):
-            return embedding_progress(model_id=obj.model_id)
-        total = self._image_total()
-        pending = max(total - obj.done_count - obj.failed_count, 0)
-        return EmbeddingProgress(obj.model_id, total, obj.done_count, obj.failed_count, pending)
+        # A handful of models per page: one progress read each, remembered for the row.
+        if not hasattr(obj, "_progress_cache"):
+            obj._progress_cache = embedding_progress(model_id=obj.model_id)
+        return obj._progress_cache
 
-    @staticmethod
-    def _image_total() -> int:
-        return Image.objects.count()
-
-    @admin.display(description="Done", ordering="done_count")
+    @admin.display(description="Done")
     def done(self, obj: EmbeddingModel) -> int:
         return self._progress(obj).done
 
@@ -76,13 +78,26 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
     def pending(self, obj: EmbeddingModel) -> int:
         return self._progress(obj).pending
 
-    @admin.display(description="Failed", ordering="failed_count")
+    @admin.display(description="Failed")
     def failed(self, obj: EmbeddingModel) -> int:
         return self._progress(obj).failed
 
+    @admin.display(description="Blocked")
+    def blocked(self, obj: EmbeddingModel) -> str:
+        progress = self._progress(obj)
+        return f"{progress.blocked}: {progress.reason}" if progress.blocked else "0"
+
     @admin.display(description="Backfill")
     def progress(self, obj: EmbeddingModel) -> str:
-        return f"{self._progress(obj).percent:.1f}%"
+        progress = self._progress(obj)
+        if not obj.enabled:
+            return "disabled"
+        text = f"{progress.percent:.1f}%"
+        if progress.rate_per_minute:
+            text += f", {progress.rate_per_minute:.0f} images/min"
+        if progress.seconds_left is not None:
+            text += f", about {_duration(progress.seconds_left)} left"
+        return text
 
     def _each(self, request: HttpRequest, queryset: QuerySet[EmbeddingModel], action, done: str):
         for state in queryset:

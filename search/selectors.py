@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -14,6 +14,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.core.files.uploadedfile import UploadedFile
 from django.db.models import QuerySet
 from django.db.models.functions import Cast
+from django.utils import timezone
 from pgvector.django import CosineDistance, VectorField
 
 from config.errors import (
@@ -62,30 +63,77 @@ def embeddings_nearest(
     return embeddings_ranked(model_id=model_id, vector=vector, exact=exact)[:k]
 
 
+# Backfill speed is measured over this window: long enough to smooth batches, short enough to
+# show a stall.
+PROGRESS_RATE_WINDOW = timedelta(minutes=10)
+
+
 @dataclass(frozen=True)
 class EmbeddingProgress:
     model_id: str
     total: int
     done: int
     failed: int
-    # Images still to embed: no embedding and not failed (queued, blocked or not yet seen).
+    # Images still to embed, queued or not yet seen (no embedding, not failed, not blocked).
     pending: int
+    # Waiting on a cause that is not the image: the model cannot load, or the batch failed and
+    # waits for its next attempt. ``reason`` says why (the model's, else the newest job's).
+    blocked: int = 0
+    reason: str = ""
+    # Embeddings stored per minute over the last PROGRESS_RATE_WINDOW.
+    rate_per_minute: float = 0.0
+
+    @property
+    def remaining(self) -> int:
+        return self.pending + self.blocked
 
     @property
     def percent(self) -> float:
         return 100.0 * self.done / self.total if self.total else 100.0
 
+    @property
+    def seconds_left(self) -> float | None:
+        """At the current rate; None when nothing is moving (or nothing is left)."""
+        if not self.remaining or not self.rate_per_minute:
+            return None
+        return 60.0 * self.remaining / self.rate_per_minute
+
     def as_dict(self) -> dict[str, object]:
-        return {**asdict(self), "percent": round(self.percent, 1)}
+        seconds_left = self.seconds_left
+        return {
+            **asdict(self),
+            "percent": round(self.percent, 1),
+            "rate_per_minute": round(self.rate_per_minute, 1),
+            "seconds_left": None if seconds_left is None else round(seconds_left),
+        }
 
 
 def embedding_progress(*, model_id: str) -> EmbeddingProgress:
+    """Where a model's embeddings stand: done, pending, failed, blocked (with why), and speed."""
     total = Image.objects.count()
-    done = ImageEmbedding.objects.filter(model_id=model_id).count()
-    failed = EmbeddingJob.objects.filter(
-        model_id=model_id, status=EmbeddingJob.Status.FAILED
-    ).count()
-    return EmbeddingProgress(model_id, total, done, failed, max(total - done - failed, 0))
+    embeddings = ImageEmbedding.objects.filter(model_id=model_id)
+    done = embeddings.count()
+    jobs = EmbeddingJob.objects.filter(model_id=model_id)
+    failed = jobs.filter(status=EmbeddingJob.Status.FAILED).count()
+    waiting = jobs.filter(status=EmbeddingJob.Status.PENDING).exclude(error="")
+    blocked = waiting.count()
+    reason = embedding_model_unavailable_reason(model_id=model_id) or (
+        waiting.order_by("-updated_at").values_list("error", flat=True).first() or ""
+    )
+    recent = embeddings.filter(created_at__gte=timezone.now() - PROGRESS_RATE_WINDOW).count()
+    rate = recent / (PROGRESS_RATE_WINDOW.total_seconds() / 60)
+    pending = max(total - done - failed - blocked, 0)
+    return EmbeddingProgress(model_id, total, done, failed, pending, blocked, reason, rate)
+
+
+def embedding_model_unavailable_reason(*, model_id: str) -> str:
+    """Why workers cannot load ``model_id`` now, or "" when nothing is known against it."""
+    reason = (
+        EmbeddingModel.objects.filter(model_id=model_id)
+        .values_list("unavailable_reason", flat=True)
+        .first()
+    )
+    return reason or ""
 
 
 def embedding_models_enabled() -> list[str]:

@@ -188,9 +188,9 @@ def embedding_model_make_default(*, model_id: str) -> EmbeddingModel:
         if state is None or not state.enabled:
             raise EmbeddingModelStateError(f"enable {model_id!r} before making it the default")
         progress = embedding_progress(model_id=model_id)
-        if progress.pending:
+        if progress.remaining:
             raise EmbeddingModelStateError(
-                f"{model_id!r} still has {progress.pending} of {progress.total} images to "
+                f"{model_id!r} still has {progress.remaining} of {progress.total} images to "
                 f"embed; make it the default once its backfill is complete"
             )
         EmbeddingModel.objects.filter(is_default=True).update(is_default=False)

@@ -86,7 +86,8 @@ def test_progress_json_is_for_staff(client: Client) -> None:
     client.force_login(UserFactory(is_staff=True))
     data = client.get(url).json()
     assert data["models"] == [
-        {"model_id": CLIP, "total": 2, "done": 0, "failed": 0, "pending": 2, "percent": 0.0,
+        {"model_id": CLIP, "total": 2, "done": 0, "failed": 0, "pending": 2, "blocked": 0,
+         "reason": "", "rate_per_minute": 0.0, "percent": 0.0, "seconds_left": None,
          "enabled": True, "default": True}
     ]  # fmt: skip
 
@@ -114,3 +115,31 @@ def test_admin_shows_progress_and_switches_the_default(
     client.post(changelist, {"action": "make_default", "_selected_action": [ALIGN]})
     assert embedding_model_default() == ALIGN
     assert "100.0%" in client.get(changelist).content.decode()
+
+
+def test_progress_counts_blocked_images_with_the_reason_and_the_rate(admin_client) -> None:
+    from search.services import (
+        embedding_jobs_create_missing,
+        embedding_jobs_note_blocked,
+        embedding_model_mark_unavailable,
+        embeddings_store,
+    )
+
+    images = ImageFactory.create_batch(5, dataset=True)
+    embedding_jobs_create_missing(model_id=CLIP)
+    vectors = np.eye(512, dtype=np.float32)[:2]
+    embeddings_store(model_id=CLIP, image_ids=[i.pk for i in images[:2]], vectors=vectors)
+    reason = f"weights for embedding model {CLIP!r} are not available from '/nowhere'"
+    embedding_model_mark_unavailable(model_id=CLIP, reason=reason)
+    embedding_jobs_note_blocked(model_id=CLIP, image_ids=[images[2].pk], reason=reason)
+
+    progress = embedding_progress(model_id=CLIP)
+    assert (progress.done, progress.pending, progress.blocked, progress.failed) == (2, 2, 1, 0)
+    assert progress.reason == reason
+    assert progress.rate_per_minute == pytest.approx(0.2)  # 2 stored in the 10-minute window
+    assert progress.seconds_left == pytest.approx(60 * 3 / 0.2)
+
+    page = admin_client.get("/admin/search/embeddingmodel/").content.decode()
+    assert "lip-vit-base-patch32 is not available: weights for embedding model" in page
+    assert "1: weights for embedding model" in page  # the blocked column
+    assert "images/min" in page and "left" in page

@@ -252,7 +252,9 @@ def redis_start(
         "--save", "",
         "--logfile", str(log),
     ]  # fmt: skip
-    process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    # A session of its own: Ctrl-C in the terminal is the launcher's to handle, and stopping
+    # the server's process group never reaches the launcher's.
+    process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

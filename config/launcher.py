@@ -348,6 +348,9 @@ def stop_group(name: str, process: subprocess.Popen) -> None:
         pgid = os.getpgid(process.pid)
     except ProcessLookupError:
         pgid = None
+    if pgid == os.getpgrp():
+        pgid = None  # never signal our own group (and whoever started us): the process only
+        process.terminate()
     if pgid is not None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGTERM)

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import psutil
+import psycopg
+import redis
 from django.conf import settings
+from PIL import Image as PILImage
 
 RUN = Path(settings.BASE_DIR) / "run"
+CLIP = "clip-vit-base-patch32"
 
 
 def free_port() -> int:
@@ -48,40 +57,160 @@ def get(url: str) -> int:
         return response.status
 
 
-def test_run_starts_the_site_and_sigterm_stops_everything(tmp_path: Path) -> None:
+def find_child(launcher: subprocess.Popen, *words: str) -> psutil.Process | None:
+    for process in psutil.Process(launcher.pid).children(recursive=True):
+        try:
+            cmdline = " ".join(process.cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        if all(word in cmdline for word in words):
+            return process
+    return None
+
+
+def wait_until(condition, timeout: float, log: Path, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}; ./run said:\n{log.read_text()[-4000:]}")
+
+
+class Poller(threading.Thread):
+    """GETs the home page every quarter second and keeps every status it saw."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.statuses, self.done = url, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                self.statuses.append(get(self.url))
+            except urllib.error.HTTPError as exc:
+                self.statuses.append(exc.code)
+            except OSError as exc:
+                self.statuses.append(repr(exc))
+            time.sleep(0.25)
+
+
+def mini_flickr30k(root: Path) -> tuple[Path, Path]:
+    images = root / "images"
+    images.mkdir(parents=True)
+    rows = []
+    for n in range(2):
+        name = f"{1000 + n}.jpg"
+        PILImage.new("RGB", (40, 30), (n * 120, 60, 200)).save(images / name, "JPEG")
+        rows.append({"raw": json.dumps([f"photo {n}"] * 5), "sentids": "[]", "split": "test",
+                     "filename": name, "img_id": str(n)})  # fmt: skip
+    csv_path = root / "annotations.csv"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return csv_path, images
+
+
+def test_run_keeps_the_site_up_when_parts_die_and_sigterm_stops_everything(
+    tmp_path: Path, tiny_model_dirs: dict[str, Path]
+) -> None:
     data_dir = tmp_path / "data"
     port = free_port()
-    log = (tmp_path / "run.log").open("w")
-    launcher = subprocess.Popen(
-        [str(RUN)], env=run_env(data_dir, port), stdout=log, stderr=subprocess.STDOUT
+    env = run_env(data_dir, port)
+    env.update(
+        EMBEDDING_MODEL_SOURCES=f"{CLIP}={tiny_model_dirs[CLIP]}",
+        EMBEDDING_SWEEP_SECONDS="3600",  # only the queued message itself can finish the job
     )
+    log_path = tmp_path / "run.log"
+    log = log_path.open("w")
+    launcher = subprocess.Popen([str(RUN)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    poller = Poller(f"http://127.0.0.1:{port}/")
+    socket_path = data_dir / "redis" / "redis.sock"
+    celery_env = dict(env, CELERY_BROKER_URL=f"redis+socket://{socket_path}")
+
+    def celery_control(*args: str) -> None:
+        # Broadcast to the worker; it answers once its control channel is (re)connected.
+        def answered() -> bool:
+            return subprocess.run(
+                [sys.executable, "-m", "celery", "-A", "config", "control", *args,
+                 "--timeout", "3"],
+                env=celery_env, cwd=settings.BASE_DIR, capture_output=True, timeout=60,
+            ).returncode == 0  # fmt: skip
+
+        wait_until(answered, 90, log_path, f"the worker to answer {args}")
+
     try:
-        deadline = time.monotonic() + 180
-        status = None
-        while time.monotonic() < deadline and launcher.poll() is None:
-            try:
-                status = get(f"http://127.0.0.1:{port}/")
-                break
-            except OSError:
-                time.sleep(0.5)
-        assert status == 200, (tmp_path / "run.log").read_text()[-3000:]
-        assert get(f"http://127.0.0.1:{port}/admin/login/") == 200
+        wait_until(lambda: "Site ready at" in log_path.read_text(), 240, log_path, "ready")
+        ready = [line for line in log_path.read_text().splitlines() if line.startswith("[run]")]
+        assert ready[-4].startswith(f"[run] Site ready at http://127.0.0.1:{port}/")
+        poller.start()
+
+        # A worker killed with SIGKILL comes back; the site answers meanwhile.
+        worker = find_child(launcher, "celery", " worker")
+        worker.kill()
+        wait_until(
+            lambda: (w := find_child(launcher, "celery", " worker")) and w.pid != worker.pid,
+            60, log_path, "a new worker",
+        )  # fmt: skip
+        wait_until(lambda: log_path.read_text().count(" ready.") >= 2, 120, log_path, "ready")
+        assert "[run] worker stopped (killed by SIGKILL); restarting in" in log_path.read_text()
+
+        # A task queued before Redis is killed is still there after its restart, and is done.
+        celery_control("cancel_consumer", "gpu")  # the worker leaves the queue alone for now
+        csv_path, images = mini_flickr30k(tmp_path / "flickr")
+        imported = subprocess.run(
+            [str(RUN), "manage", "import_flickr30k", "--csv", str(csv_path),
+             "--images", str(images)],
+            env=env, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert imported.returncode == 0, imported.stdout + imported.stderr
+        queue = redis.Redis(unix_socket_path=str(socket_path))
+        assert queue.llen("gpu") == 1
+        find_child(launcher, "redis-server").kill()
+        wait_until(lambda: "[run] redis is back" in log_path.read_text(), 60, log_path, "redis")
+        assert redis.Redis(unix_socket_path=str(socket_path)).llen("gpu") == 1
+        wait_until(lambda: log_path.read_text().count("Connected to redis") >= 3, 60, log_path,
+                   "the worker back on Redis")  # fmt: skip
+        celery_control("add_consumer", "gpu")
+        pg = f"host={data_dir / 'postgres'} user=postgres dbname=postgres"
+        with psycopg.connect(pg) as conn:
+            count = "SELECT count(*) FROM search_imageembedding"
+            wait_until(lambda: conn.execute(count).fetchone()[0] == 2, 120, log_path, "embeddings")
 
         tree = psutil.Process(launcher.pid).children(recursive=True)
-        names = " ".join(" ".join(p.cmdline()) for p in tree)
-        assert "gunicorn" in names and "celery" in names and "redis-server" in names
         postmaster_pid = int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
         started = [*tree, psutil.Process(postmaster_pid)]
+        poller.done.set()
+        poller.join()
+        assert poller.statuses and set(poller.statuses) == {200}, poller.statuses
 
         launcher.send_signal(signal.SIGTERM)
-        assert launcher.wait(60) == 0
+        assert launcher.wait(90) == 0
     finally:
+        poller.done.set()
         if launcher.poll() is None:
             launcher.kill()
         log.close()
 
     gone, alive = psutil.wait_procs(started, timeout=10)
     assert not alive, f"left running: {[p.pid for p in alive]}"
+    assert not processes_mentioning(str(data_dir))
+    assert not (data_dir / "postgres" / "postmaster.pid").exists()
+
+
+def test_run_manage_migrates_a_new_database_and_stops_the_server_it_started(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    result = subprocess.run(
+        [str(RUN), "manage", "showmigrations", "search"],
+        env=run_env(data_dir, free_port()), capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "new database: applying migrations first" in result.stdout
+    assert "[X] 0001_initial" in result.stdout and "[ ]" not in result.stdout
     assert not processes_mentioning(str(data_dir))
     assert not (data_dir / "postgres" / "postmaster.pid").exists()
 

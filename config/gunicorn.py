@@ -8,6 +8,13 @@ threads = 4
 worker_class = "gthread"
 graceful_timeout = 10
 accesslog = "-"
+# Bounded request heads. The line holds a text query of up to 1,000 characters (search.selectors
+# MAX_QUERY_CHARS) percent-encoded, so it gets gunicorn's largest limit rather than its 4 KB
+# default; headers keep gunicorn's defaults, stated so they are not loosened by accident.
+# Bodies gunicorn does not bound: config.middleware.RequestBodyLimitMiddleware does.
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
 # gunicorn's control socket lives in $HOME and would be shared by every site on the machine.
 control_socket_disable = True
 

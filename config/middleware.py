@@ -4,9 +4,52 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from config.views import DATABASE_ERRORS, database_unavailable
+from config.views import DATABASE_ERRORS, database_unavailable, error_response
+
+# Room for the multipart framing and the other form fields around one image.
+REQUEST_BODY_SLACK_BYTES = 64 * 1024
+
+
+def request_body_max_bytes() -> int:
+    """The largest request body the site reads: one image of UPLOAD_MAX_BYTES and its form."""
+    return settings.UPLOAD_MAX_BYTES + REQUEST_BODY_SLACK_BYTES
+
+
+class RequestBodyLimitMiddleware:
+    """Refuse a request whose declared body is larger than any the site accepts, before anything
+    reads it: 413 (JSON under /api/, a short page elsewhere).
+
+    Gunicorn has no body limit and Django's DATA_UPLOAD_MAX_MEMORY_SIZE leaves multipart files
+    out (they spool to disk), so without this a 200 MB body is read in full. First in MIDDLEWARE
+    because the CSRF middleware reads POST bodies. A body without Content-Length (chunked) is
+    not read at all: Django's WSGI request reads at most Content-Length bytes.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        declared = request.META.get("CONTENT_LENGTH") or "0"
+        try:
+            length = int(declared)
+        except ValueError:
+            length = -1
+        if length < 0:
+            return error_response(
+                request, 400, "Bad request", "The Content-Length header is not a byte count."
+            )
+        if length > request_body_max_bytes():
+            return error_response(
+                request,
+                413,
+                "Too large",
+                f"The request body is {length / 1e6:.1f} MB; the limit is "
+                f"{settings.UPLOAD_MAX_BYTES / 1e6:.0f} MB per image.",
+            )
+        return self.get_response(request)
 
 
 class DatabaseUnavailableMiddleware:

@@ -25,6 +25,7 @@ from ninja.files import UploadedFile
 from ninja.security import APIKeyCookie, APIKeyHeader, HttpBearer
 
 from config.errors import ApplicationError, NotAuthenticated, NotFound
+from config.middleware import request_body_max_bytes
 from gallery.selectors import api_token_find
 from gallery.services import api_token_mark_used
 from search.selectors import (
@@ -145,13 +146,10 @@ class SearchAPI(NinjaAPI):
         return schema
 
 
-# Room for the multipart framing around an image of UPLOAD_MAX_BYTES.
-_BODY_OVERHEAD_BYTES = 64 * 1024
-
-
 def _json_errors(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
-    """Refuse an oversized body before anything reads it, and answer ninja's plain-text 405
-    as JSON like every other API error."""
+    """Refuse an oversized body before anything reads it (as the site-wide middleware does,
+    for an API mounted without it), and answer ninja's plain-text 405 as JSON like every other
+    API error."""
 
     @functools.wraps(view)
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
@@ -159,7 +157,7 @@ def _json_errors(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpRes
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
             return _error("invalid Content-Length header", 400)
-        if length > settings.UPLOAD_MAX_BYTES + _BODY_OVERHEAD_BYTES:
+        if length > request_body_max_bytes():
             limit = settings.UPLOAD_MAX_BYTES / 1e6
             return _error(
                 f"the request body is {length / 1e6:.1f} MB; the limit is {limit:.0f} MB", 413

@@ -60,6 +60,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: refuses an oversized body before anything (the CSRF check) reads it.
+    "config.middleware.RequestBodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -150,8 +152,16 @@ STORAGES = {
 }
 UPLOAD_MAX_BYTES = int(os.environ.get("UPLOAD_MAX_BYTES", 25 * 1024 * 1024))
 UPLOAD_MAX_PIXELS = int(os.environ.get("UPLOAD_MAX_PIXELS", 80_000_000))
+# A request body holds one image of UPLOAD_MAX_BYTES and its form at most: above that,
+# config.middleware.RequestBodyLimitMiddleware answers 413 before reading it.
+# Uploaded files above this spool to a temporary file instead of memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
-DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+# Non-file form data (every form here holds a few short fields; the admin's are the largest).
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+# Fields per request: the admin's changelist actions post one per selected row (100 a page).
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
+# Every form takes one image; a few spare for the admin's inline forms.
+DATA_UPLOAD_MAX_NUMBER_FILES = 10
 
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = (

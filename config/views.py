@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
@@ -21,6 +22,8 @@ DATABASE_DOWN = (
     "again as soon as it is back. Please try again in a minute."
 )
 RETRY_AFTER_SECONDS = 30
+# Rate-limit windows are a minute or an hour: a minute is an honest first wait.
+RATE_LIMIT_RETRY_AFTER_SECONDS = 60
 
 
 def error_response(request: HttpRequest, status: int, title: str, message: str) -> HttpResponse:
@@ -60,3 +63,37 @@ def permission_denied(request: HttpRequest, exception: Exception) -> HttpRespons
     return error_response(
         request, 403, "Forbidden", "You are not allowed to do this (or your session expired)."
     )
+
+
+def rate_limited(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """RATELIMIT_VIEW: a django-ratelimit limit was reached (sign-up, tokens, image search)."""
+    response = error_response(
+        request,
+        429,
+        "Too many requests",
+        "Too many requests of this kind from you in a short time. Please wait and try again.",
+    )
+    response["Retry-After"] = str(RATE_LIMIT_RETRY_AFTER_SECONDS)
+    return response
+
+
+def signin_locked_out(
+    request: HttpRequest, response: HttpResponse | None = None, credentials: dict | None = None
+) -> HttpResponse:
+    """AXES_LOCKOUT_CALLABLE: too many wrong passwords for this username from this address."""
+    minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
+    locked = error_response(
+        request,
+        429,
+        "Too many sign-in attempts",
+        f"Too many wrong passwords for this account from your address. Signing in is blocked "
+        f"for {minutes} minutes; then try again, or reset your password with an administrator.",
+    )
+    locked["Retry-After"] = str(int(settings.AXES_COOLOFF_TIME.total_seconds()))
+    return locked
+
+
+def client_address(request: HttpRequest) -> str | None:
+    """AXES_CLIENT_IP_CALLABLE: the client's address as django-ratelimit reads it, so that the
+    sign-in lock-out and the rate limits agree behind a proxy (RATELIMIT_IP_META_KEY)."""
+    return request.META.get(settings.RATELIMIT_IP_META_KEY or "REMOTE_ADDR")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -10,6 +11,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods
+from django_ratelimit.decorators import ratelimit
 
 from config.errors import ApplicationError
 from gallery.forms import (
@@ -78,12 +80,23 @@ def image_thumbnail(request: HttpRequest, image_id: int, size: int = 256) -> Fil
     return response
 
 
+def _signup_rate(group: str, request: HttpRequest) -> str:
+    return settings.RATELIMIT_SIGNUP
+
+
+def _token_create_rate(group: str, request: HttpRequest) -> str | None:
+    # Creating tokens is limited; revoking them never is.
+    return None if "revoke" in request.POST else settings.RATELIMIT_TOKEN_CREATE
+
+
 @require_http_methods(["GET", "POST"])
+@ratelimit(group="signup", key="ip", rate=_signup_rate, method="POST")
 def signup(request: HttpRequest) -> HttpResponse:
     form = UserCreationForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         user = form.save()
-        login(request, user)
+        # Named because django-axes adds a backend; it only watches sign-ins, never signs in.
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         return redirect("home")
     return render(request, "registration/signup.html", {"form": form})
 
@@ -122,6 +135,7 @@ def upload(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
+@ratelimit(group="token-create", key="user", rate=_token_create_rate, method="POST")
 def api_tokens(request: HttpRequest) -> HttpResponse:
     """List, create and revoke the signed-in user's API tokens; a new token is shown once."""
     new_token = None

@@ -19,6 +19,7 @@ from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.urls import URLPattern, URLResolver, reverse
+from django_ratelimit.exceptions import Ratelimited
 from ninja import Field, File, NinjaAPI, Query, Schema
 from ninja.errors import HttpError, ValidationError
 from ninja.files import UploadedFile
@@ -26,6 +27,7 @@ from ninja.security import APIKeyCookie, APIKeyHeader, HttpBearer
 
 from config.errors import ApplicationError, NotAuthenticated, NotFound
 from config.middleware import request_body_max_bytes
+from config.views import RATE_LIMIT_RETRY_AFTER_SECONDS
 from gallery.selectors import api_token_find
 from gallery.services import api_token_mark_used
 from search.selectors import (
@@ -40,6 +42,7 @@ from search.selectors import (
     images_similar,
     search_models_available,
 )
+from search.views import image_search_rate_check
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +229,15 @@ def validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse
     return api.create_response(request, {"error": details, "details": exc.errors}, status=400)
 
 
+@api.exception_handler(Ratelimited)
+def rate_limited(request: HttpRequest, exc: Ratelimited) -> HttpResponse:
+    response = api.create_response(
+        request, {"error": str(exc) or "too many requests; try again later"}, status=429
+    )
+    response["Retry-After"] = str(RATE_LIMIT_RETRY_AFTER_SECONDS)
+    return response
+
+
 @api.exception_handler(SuspiciousOperation)
 def suspicious_request(request: HttpRequest, exc: SuspiciousOperation) -> HttpResponse:
     if isinstance(exc, RequestDataTooBig):
@@ -372,8 +384,10 @@ def search_image(
     """Embeds the posted image on the fly (it is not stored) and returns the nearest images.
 
     The image is held to the upload limits: a size in bytes (413 above it), an image format
-    the site accepts, and a number of pixels.
+    the site accepts, and a number of pixels. Anonymous clients may run a limited number of
+    image searches a minute per address (429 above it).
     """
+    image_search_rate_check(request)
     page = images_search_by_image(user=request.user, file=image, **params.page_args())
     return _results(page)
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
+from django_ratelimit.core import is_ratelimited
+from django_ratelimit.exceptions import Ratelimited
 
 from config.errors import ApplicationError, InvalidInput
 from gallery.selectors import collections_of
@@ -24,6 +27,29 @@ from search.selectors import (
     images_similar,
     search_models_available,
 )
+
+
+def _anonymous_image_search_rate(group: str, request: HttpRequest) -> str | None:
+    # Signed-in users and token clients are accountable and bounded per process already
+    # (search.selectors caps concurrent image queries); anonymous ones are limited per address.
+    return None if request.user.is_authenticated else settings.RATELIMIT_ANONYMOUS_IMAGE_SEARCH
+
+
+def image_search_rate_check(request: HttpRequest) -> None:
+    """Count an image search; raise ``Ratelimited`` (429 on pages and API) over the limit.
+
+    One counter for the page and the API, checked before the image is decoded. Called inside
+    the endpoint rather than as a decorator so that django-ninja still reads the API
+    endpoint's own signature.
+    """
+    if is_ratelimited(
+        request,
+        group="image-search",
+        key="ip",
+        rate=_anonymous_image_search_rate,
+        increment=True,
+    ):
+        raise Ratelimited("too many image searches from this address; try again in a minute")
 
 
 @staff_member_required
@@ -106,6 +132,8 @@ def search_page(request: HttpRequest) -> HttpResponse:
 def search_by_image_page(request: HttpRequest) -> HttpResponse:
     form = SearchForm(request.GET)
     image_form = ImageQueryForm(request.POST, request.FILES)
+
+    image_search_rate_check(request)
 
     def run() -> SearchPage:
         args = _page_args(form)

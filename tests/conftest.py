@@ -32,6 +32,14 @@ def _media_root(settings, tmp_path: Path) -> None:
     settings.MEDIA_ROOT = tmp_path / "media"
 
 
+@pytest.fixture(autouse=True)
+def _rate_limits_reset() -> None:
+    """Each test starts with no rate-limit counts (django-ratelimit keeps them in the cache)."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny CLIP and ALIGN checkpoints on disk, standing in for the hub download (no internet

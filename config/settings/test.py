@@ -25,6 +25,11 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+# Rate-limit counters in this process's memory: the live server runs in a thread of the test
+# process, so it shares them, and tests/conftest.py empties them before each test (Redis would
+# carry counts across tests and runs). django-ratelimit's check refuses an unshared cache.
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+SILENCED_SYSTEM_CHECKS = ["django_ratelimit.W001", "django_ratelimit.E003"]
 # Tests never run collectstatic: serve static files from the apps' folders.
 WHITENOISE_AUTOREFRESH = True
 WHITENOISE_USE_FINDERS = True

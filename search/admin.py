@@ -9,6 +9,7 @@ from search.models import EmbeddingJob, EmbeddingModel, EvaluationRun, ImageEmbe
 from search.selectors import EmbeddingProgress, embedding_progress
 from search.services import (
     EmbeddingModelStateError,
+    embedding_model_delete,
     embedding_model_disable,
     embedding_model_enable,
     embedding_model_make_default,
@@ -39,11 +40,33 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
     list_display = (
         "model_id", "enabled", "is_default", "done", "pending", "failed", "blocked", "progress",
     )  # fmt: skip
-    actions = ["enable", "make_default", "disable", "disable_and_delete"]
+    actions = ["enable", "make_default", "disable", "disable_and_delete", "delete_models"]
     readonly_fields = ("enabled", "is_default", "created_at", "updated_at")
 
     def get_readonly_fields(self, request: HttpRequest, obj: EmbeddingModel | None = None):
         return ("model_id", *self.readonly_fields) if obj else ()
+
+    # Deleting goes through search.services.embedding_model_delete, which refuses the default
+    # model and takes the model's embeddings and jobs along: Django's own bulk delete would do
+    # neither, so it is replaced by the delete_models action, and the delete button and page
+    # are not offered for the default model.
+    def get_actions(self, request: HttpRequest) -> dict:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    def has_delete_permission(
+        self, request: HttpRequest, obj: EmbeddingModel | None = None
+    ) -> bool:
+        if obj is not None and obj.is_default:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def delete_model(self, request: HttpRequest, obj: EmbeddingModel) -> None:
+        self._each(request, [obj], embedding_model_delete, "deleted with its embeddings")
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[EmbeddingModel]) -> None:
+        self._each(request, queryset, embedding_model_delete, "deleted with its embeddings")
 
     def save_model(self, request: HttpRequest, obj: EmbeddingModel, form, change: bool) -> None:
         if not change:
@@ -126,6 +149,13 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
             return embedding_model_disable(model_id=model_id, delete_embeddings=True)
 
         self._each(request, queryset, disable_delete, "disabled, embeddings deleted")
+
+    @admin.action(
+        description="Delete with its embeddings and jobs (never the default)",
+        permissions=["delete"],
+    )
+    def delete_models(self, request: HttpRequest, queryset: QuerySet[EmbeddingModel]) -> None:
+        self._each(request, queryset, embedding_model_delete, "deleted with its embeddings")
 
 
 @admin.register(ImageEmbedding)

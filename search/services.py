@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from encoders.registry import MODELS, model_spec
 from gallery.models import Image
-from search.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
+from search.models import CaptionEmbedding, EmbeddingJob, EmbeddingModel, ImageEmbedding
 
 HNSW_BUILD_MEMORY = "1GB"
 # Loading at least this many rows into a model that has none drops its index first and builds
@@ -176,6 +176,30 @@ def embedding_model_disable(*, model_id: str, delete_embeddings: bool = False) -
             return 0
         EmbeddingJob.objects.filter(model_id=model_id).delete()
         deleted, _ = ImageEmbedding.objects.filter(model_id=model_id).delete()
+    return deleted
+
+
+def embedding_model_delete(*, model_id: str) -> int:
+    """Forget a model: its state row, embeddings, jobs and stored caption vectors, in one
+    transaction. Returns the image embeddings deleted.
+
+    The default model is refused, as with disabling: search must never lose its model. The
+    model's HNSW index stays: it is a partial index on the registry's model id, empty once the
+    rows are gone, and ready if the model is enabled again. A model still listed in
+    EMBEDDING_MODELS gets its state row back (enabled) on the next migrate.
+    """
+    with transaction.atomic():
+        state = EmbeddingModel.objects.select_for_update().filter(model_id=model_id).first()
+        if state is None:
+            raise EmbeddingModelStateError(f"model {model_id!r} is not known")
+        if state.is_default:
+            raise EmbeddingModelStateError(
+                f"{model_id!r} is the default search model; make another model the default first"
+            )
+        EmbeddingJob.objects.filter(model_id=model_id).delete()
+        deleted, _ = ImageEmbedding.objects.filter(model_id=model_id).delete()
+        CaptionEmbedding.objects.filter(model_id=model_id).delete()
+        state.delete()
     return deleted
 
 

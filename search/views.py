@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
@@ -15,6 +14,7 @@ from django_ratelimit.core import is_ratelimited
 from django_ratelimit.exceptions import Ratelimited
 
 from config.errors import ApplicationError, InvalidInput
+from config.views import error_response
 from gallery.selectors import collections_of
 from search.forms import ImageQueryForm, SearchForm
 from search.models import EmbeddingModel
@@ -52,9 +52,16 @@ def image_search_rate_check(request: HttpRequest) -> None:
         raise Ratelimited("too many image searches from this address; try again in a minute")
 
 
-@staff_member_required
-def embedding_progress_json(request: HttpRequest) -> JsonResponse:
-    """Per-model backfill progress for the admin and scripts (staff only: counts all uploads)."""
+def embedding_progress_json(request: HttpRequest) -> HttpResponse:
+    """Per-model backfill progress for the admin and scripts (staff only: counts all uploads).
+
+    An API URL, so JSON errors (401 signed out, 403 not staff) rather than a redirect to the
+    admin's sign-in page.
+    """
+    if not request.user.is_authenticated:
+        return error_response(request, 401, "Sign in", "sign in as staff to see this")
+    if not request.user.is_staff:
+        return error_response(request, 403, "Forbidden", "only staff may see this")
     models = [
         {
             **embedding_progress(model_id=state.model_id).as_dict(),

@@ -82,7 +82,11 @@ def test_progress_counts_done_pending_and_failed() -> None:
 def test_progress_json_is_for_staff(client: Client) -> None:
     ImageFactory.create_batch(2, dataset=True)
     url = reverse("embedding-progress")
-    assert client.get(url).status_code == 302
+    signed_out = client.get(url)
+    assert signed_out.status_code == 401 and "staff" in signed_out.json()["error"]
+    client.force_login(UserFactory())
+    not_staff = client.get(url)
+    assert not_staff.status_code == 403 and "staff" in not_staff.json()["error"]
     client.force_login(UserFactory(is_staff=True))
     data = client.get(url).json()
     assert data["models"] == [

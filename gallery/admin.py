@@ -1,10 +1,13 @@
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest
-from django.urls import reverse
+from django.http import FileResponse, HttpRequest
+from django.shortcuts import get_object_or_404
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from gallery.models import Caption, Collection, CollectionItem, Image
+from gallery.views import image_file_response, image_thumbnail_response
 
 
 class CaptionInline(admin.TabularInline):
@@ -29,18 +32,54 @@ class ImageAdmin(admin.ModelAdmin):
     list_display_links = ("thumbnail", "id")
     list_filter = ("source", "visibility", "split", "created_at")
     search_fields = ("original_filename", "sha256", "owner__username", "captions__text")
-    readonly_fields = ("thumbnail", "width", "height", "sha256", "created_at")
+    readonly_fields = ("thumbnail", "original", "width", "height", "sha256", "created_at")
     raw_id_fields = ("owner",)
     inlines = [CaptionInline]
     date_hierarchy = "created_at"
     list_select_related = ("owner",)
 
+    # Staff open every image, private uploads included, here and only here: the site's own file
+    # URLs serve private images to their owner alone, as the upload form says. These URLs go
+    # through the admin's staff check (admin_view) and the model's view permission.
+    def get_urls(self) -> list[URLPattern]:
+        own = [
+            path(
+                "<int:image_id>/file/",
+                self.admin_site.admin_view(self.file_view),
+                name="gallery_image_file",
+            ),
+            path(
+                "<int:image_id>/thumb/<int:size>/",
+                self.admin_site.admin_view(self.thumbnail_view),
+                name="gallery_image_thumb",
+            ),
+        ]
+        return own + super().get_urls()
+
+    def _image_for_staff(self, request: HttpRequest, image_id: int) -> Image:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return get_object_or_404(Image, pk=image_id)
+
+    def file_view(self, request: HttpRequest, image_id: int) -> FileResponse:
+        return image_file_response(self._image_for_staff(request, image_id))
+
+    def thumbnail_view(self, request: HttpRequest, image_id: int, size: int) -> FileResponse:
+        return image_thumbnail_response(self._image_for_staff(request, image_id), size)
+
     @admin.display(description="Preview")
     def thumbnail(self, obj: Image) -> str:
         if not obj.pk:
             return "-"
-        url = reverse("image-thumb-size", args=[obj.pk, 128])
+        url = reverse("admin:gallery_image_thumb", args=[obj.pk, 128])
         return format_html('<img src="{}" alt="" style="max-height:64px;max-width:96px">', url)
+
+    @admin.display(description="File")
+    def original(self, obj: Image) -> str:
+        if not obj.pk:
+            return "-"
+        url = reverse("admin:gallery_image_file", args=[obj.pk])
+        return format_html('<a href="{}">{}</a>', url, obj.original_filename or "open")
 
 
 @admin.register(Caption)

@@ -83,7 +83,10 @@ class UploadForm(forms.Form):
     visibility = forms.ChoiceField(
         choices=Image.Visibility.choices,
         initial=Image.Visibility.PRIVATE,
-        help_text="Private images are seen and searched by you alone.",
+        help_text=(
+            "Private images are seen and searched by you alone on this site; the site's "
+            "administrators can open them in its admin pages."
+        ),
     )
 
 

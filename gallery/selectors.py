@@ -22,10 +22,14 @@ def image_get_visible(*, user: AbstractBaseUser | AnonymousUser, image_id: int) 
 
 
 def image_viewable_by(*, image: Image, user: AbstractBaseUser | AnonymousUser) -> bool:
-    """Whether ``user`` may see ``image``; staff may see everything (they moderate uploads)."""
+    """Whether ``user`` may see ``image`` on the site: a public one, or their own.
+
+    Staff are no exception here, as the upload form promises; they moderate uploads through the
+    admin, whose own file URLs (``gallery.admin.ImageAdmin``) require staff rights.
+    """
     if image.visibility == Image.Visibility.PUBLIC:
         return True
-    return bool(user.is_authenticated and (image.owner_id == user.pk or user.is_staff))
+    return bool(user.is_authenticated and image.owner_id == user.pk)
 
 
 def collections_visible_to(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Collection]:

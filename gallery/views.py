@@ -63,21 +63,31 @@ def _visible_image(request: HttpRequest, image_id: int) -> Image:
     return image
 
 
-def image_file(request: HttpRequest, image_id: int) -> FileResponse:
-    image = _visible_image(request, image_id)
+def image_file_response(image: Image) -> FileResponse:
+    """The image's file, for a viewer already allowed to see it (the site's or the admin's)."""
     response = FileResponse(image.file.open("rb"))
     response["Cache-Control"] = "private, max-age=3600"
     return response
 
 
-def image_thumbnail(request: HttpRequest, image_id: int, size: int = 256) -> FileResponse:
+def image_thumbnail_response(image: Image, size: int) -> FileResponse:
+    """A thumbnail of one of THUMBNAIL_SIZES, for a viewer already allowed to see the image."""
     if size not in THUMBNAIL_SIZES:
         raise Http404("No such thumbnail size.")
-    image = _visible_image(request, image_id)
     response = FileResponse(open(image_thumbnail_path(image=image, size=size), "rb"))  # noqa: SIM115
     response["Content-Type"] = "image/jpeg"
     response["Cache-Control"] = "private, max-age=86400"
     return response
+
+
+def image_file(request: HttpRequest, image_id: int) -> FileResponse:
+    return image_file_response(_visible_image(request, image_id))
+
+
+def image_thumbnail(request: HttpRequest, image_id: int, size: int = 256) -> FileResponse:
+    if size not in THUMBNAIL_SIZES:
+        raise Http404("No such thumbnail size.")
+    return image_thumbnail_response(_visible_image(request, image_id), size)
 
 
 def _signup_rate(group: str, request: HttpRequest) -> str:

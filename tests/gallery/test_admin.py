@@ -57,7 +57,7 @@ def test_image_list_shows_thumbnails_and_searches_captions(admin_client: Client)
     CaptionFactory(image=cat, text="a cat asleep on a sofa")
     response = admin_client.get(reverse("admin:gallery_image_changelist"), {"q": "dogs"})
     content = response.content.decode()
-    assert reverse("image-thumb-size", args=[dog.pk, 128]) in content
+    assert reverse("admin:gallery_image_thumb", args=[dog.pk, 128]) in content
     assert list(response.context["cl"].result_list) == [dog]
 
 

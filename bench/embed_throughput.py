@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/embed_throughput.py \
         [--images 300] [--batch-sizes 32,64] [--device cpu|cuda] [--dtype fp32|fp16|int8] \
-        [--threads N]
+        [--threads N] [--backends torch,onnx]
 
 Uses the full-size ViT-B/32 CLIP architecture (``CLIPConfig()`` defaults) with random, seeded
 weights (no weights can be downloaded here): speed depends on the architecture, not on the
@@ -20,6 +20,9 @@ photo costs. Rows of the table:
     ceiling for the pipeline.
 (c) on CPU, the same rows for the int8 dynamic-quantised model, and the cosine between its
     embeddings and float32's on the same images and texts.
+(d) on CPU, the same rows on the ONNX Runtime backend (the CPU default), float32 and int8,
+    with the largest difference and lowest cosine to torch float32 and, for int8, to ONNX float32
+    (the int8 rule: cosine >= 0.99). The backend column says which runs each row.
 
 The database is a separate embedded PostgreSQL in ``--data-dir`` (default /tmp/bench-embed-data),
 so a developer's data is never touched; it is stopped when the script ends.
@@ -57,6 +60,7 @@ TEXTS = [
 class Row:
     method: str
     dtype: str
+    backend: str
     batch: int | None
     images: int
     seconds: float  # wall clock, best of --repeat runs
@@ -83,6 +87,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 rows (c) on CPU")
     parser.add_argument(
+        "--backends",
+        default=None,
+        help="comma-separated torch,onnx (default: both on cpu, torch on cuda)",
+    )
+    parser.add_argument(
         "--repeat", type=int, default=1, help="time each row this many times, keep the fastest"
     )
     parser.add_argument("--cosine-images", type=int, default=64)
@@ -97,6 +106,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.dtype == "int8" and args.device == "cuda":
         parser.error("--dtype int8 (dynamic quantisation) runs on CPU only")
     args.batch_sizes = [int(size) for size in args.batch_sizes.split(",") if size.strip()]
+    if args.backends is not None:
+        args.backends = [name.strip() for name in args.backends.split(",") if name.strip()]
+        if not set(args.backends) <= {"torch", "onnx"}:
+            parser.error("--backends takes torch and/or onnx")
     return args
 
 
@@ -156,18 +169,36 @@ def run(args: argparse.Namespace, *, device: str, dtype: str, data_dir: Path) ->
     rows = [seed_loop(model_dir, paths, device=device, dtype=seed_dtype, repeat=args.repeat)]
     print(f"  (a) done: {rows[0].rate:.1f} images/s", flush=True)
 
-    variants = [dtype]
+    dtypes = [dtype]
     if device == "cpu" and dtype != "int8" and not args.no_int8:
-        variants.append("int8")
+        dtypes.append("int8")
+    # ONNX Runtime here is the CPU package: on CUDA only torch runs.
+    backends = args.backends or (["torch", "onnx"] if device == "cpu" else ["torch"])
+    variants = [(backend, variant) for backend in backends for variant in dtypes]
     decoded = decode_all(paths)
+    cache_dir = data_dir / "onnx-cache"
     encoders = {}
-    for variant in variants:
-        encoder = load_bench_encoder(model_dir, device=device, dtype=variant)
-        encoders[variant] = encoder
+    for backend, variant in variants:
+        start = time.perf_counter()
+        encoder = load_bench_encoder(
+            model_dir, device=device, dtype=variant, backend=backend, cache_dir=cache_dir
+        )
+        # The first ONNX load exports (and quantises) into the cache; later loads reuse it.
+        print(
+            f"  {backend} {variant} loaded in {time.perf_counter() - start:.1f} s "
+            f"({encoder.backend}, {encoder.quantization or 'float'})",
+            flush=True,
+        )
+        encoders[backend, variant] = encoder
         encoder.embed_images(decoded[: max(args.batch_sizes)])  # warm-up, untimed
+        label = {("torch", "int8"): "(c)"}.get((backend, variant)) or (
+            "(d)" if backend == "onnx" else "(b)"
+        )
         for batch in args.batch_sizes:
             rows.append(
-                encoder_only(encoder, decoded, batch=batch, dtype=variant, repeat=args.repeat)
+                encoder_only(
+                    encoder, decoded, batch=batch, dtype=variant, label=label, repeat=args.repeat
+                )
             )
             for mode in ("tasks", "stream"):
                 rows.append(
@@ -177,19 +208,23 @@ def run(args: argparse.Namespace, *, device: str, dtype: str, data_dir: Path) ->
                         batch=batch,
                         mode=mode,
                         dtype=variant,
+                        label=label,
                         repeat=args.repeat,
                     )
                 )
-            print(f"  {variant} batch {batch} done", flush=True)
+            print(f"  {backend} {variant} batch {batch} done", flush=True)
 
     print_table(rows)
     # Other work on the machine skews every row; this says how busy it was while measuring.
     print(f"loadavg_1min at the end: {os.getloadavg()[0]:.2f}")
-    if "int8" in encoders:
-        reference = encoders.get("fp32") or load_bench_encoder(
-            model_dir, device="cpu", dtype="fp32"
-        )
-        print_int8_cosines(reference, encoders["int8"], decoded[: args.cosine_images])
+    sample = decoded[: args.cosine_images]
+    reference = encoders.get(("torch", dtype))
+    for (backend, variant), encoder in encoders.items():
+        if reference is not None and encoder is not reference:
+            print_agreement(f"{backend} {variant} vs torch {dtype}", reference, encoder, sample)
+        float_one = encoders.get((backend, "fp32"))
+        if variant == "int8" and float_one is not None and backend == "onnx":
+            print_agreement(f"{backend} int8 vs {backend} fp32", float_one, encoder, sample)
 
 
 # --- fixtures: model, photos, rows --------------------------------------------------------
@@ -262,10 +297,24 @@ def decode_all(paths: Sequence[Path]) -> list[Any]:
     return [open_image(path) for path in paths]
 
 
-def load_bench_encoder(model_dir: Path, *, device: str, dtype: str) -> Any:
+def load_bench_encoder(
+    model_dir: Path, *, device: str, dtype: str, backend: str = "torch", cache_dir: Path
+) -> Any:
+    import torch
+
     from encoders.registry import load_encoder
 
-    return load_encoder(MODEL_ID, source=str(model_dir), device=device, dtype=dtype)
+    # ONNX Runtime gets as many intra-op threads as torch has (1 under OMP_NUM_THREADS=1, as
+    # a web or CPU Celery worker runs by default; --threads sets both).
+    return load_encoder(
+        MODEL_ID,
+        source=str(model_dir),
+        device=device,
+        dtype=dtype,
+        backend=backend,
+        onnx_threads=torch.get_num_threads(),
+        onnx_cache_dir=cache_dir,
+    )
 
 
 # --- the measured runs ------------------------------------------------------------------
@@ -327,19 +376,21 @@ def seed_loop(
 
     embed(paths[0])  # warm-up
     seconds, cpu = timed(device, lambda: [embed(path) for path in paths], repeat=repeat)
-    return Row("(a) seed: per image, inline preprocessing", dtype, 1, len(paths), seconds, cpu)
+    return Row(
+        "(a) seed: per image, inline preprocessing", dtype, "torch", 1, len(paths), seconds, cpu
+    )
 
 
 def encoder_only(
-    encoder: Any, decoded: Sequence[Any], *, batch: int, dtype: str, repeat: int
+    encoder: Any, decoded: Sequence[Any], *, batch: int, dtype: str, label: str, repeat: int
 ) -> Row:
     seconds, cpu = timed(
         encoder.device, lambda: encoder.embed_images(decoded, max_batch=batch), repeat=repeat
     )
-    label = "(c)" if dtype == "int8" else "(b)"
     return Row(
         f"{label} encoder only (decoded; preprocess+model)",
         dtype,
+        encoder.backend,
         batch,
         len(decoded),
         seconds,
@@ -348,7 +399,14 @@ def encoder_only(
 
 
 def pipeline_run(
-    encoder: Any, image_ids: Sequence[int], *, batch: int, mode: str, dtype: str, repeat: int
+    encoder: Any,
+    image_ids: Sequence[int],
+    *,
+    batch: int,
+    mode: str,
+    dtype: str,
+    label: str,
+    repeat: int,
 ) -> Row:
     """(b)/(c): images_embed_batch into PostgreSQL, from no embeddings for the model."""
     from django.db import connection
@@ -387,9 +445,8 @@ def pipeline_run(
     stored = ImageEmbedding.objects.filter(model_id=MODEL_ID).count()
     if embedded != len(image_ids) or failed or stored != len(image_ids):
         raise RuntimeError(f"pipeline embedded {embedded}, stored {stored}, failed {failed}")
-    label = "(c)" if dtype == "int8" else "(b)"
     method = f"{label} pipeline into Postgres, {mode}"
-    return Row(method, dtype, batch, len(image_ids), seconds, cpu)
+    return Row(method, dtype, encoder.backend, batch, len(image_ids), seconds, cpu)
 
 
 # --- output -----------------------------------------------------------------------------
@@ -398,7 +455,8 @@ def pipeline_run(
 def print_table(rows: Sequence[Row]) -> None:
     baseline = rows[0].rate
     header = (
-        f"{'method':<46} {'dtype':<5} {'batch':>5} {'images':>6} {'s':>7} {'cpu s':>7} "
+        f"{'method':<46} {'backend':<7} {'dtype':<5} {'batch':>5} {'images':>6} {'s':>7} "
+        f"{'cpu s':>7} "
         f"{'img/s':>7} {'x (a)':>6}"
     )
     print()
@@ -406,13 +464,15 @@ def print_table(rows: Sequence[Row]) -> None:
     print("-" * len(header))
     for row in rows:
         print(
-            f"{row.method:<46} {row.dtype:<5} {row.batch or '-':>5} {row.images:>6} "
+            f"{row.method:<46} {row.backend:<7} {row.dtype:<5} {row.batch or '-':>5} "
+            f"{row.images:>6} "
             f"{row.seconds:>7.2f} {row.cpu_seconds:>7.2f} {row.rate:>7.1f} "
             f"{row.rate / baseline:>6.2f}"
         )
 
 
-def print_int8_cosines(reference: Any, int8: Any, images: Sequence[Any]) -> None:
+def print_agreement(title: str, reference: Any, other: Any, images: Sequence[Any]) -> None:
+    """Lowest cosine and largest difference between two encoders' embeddings of the same inputs."""
     import numpy as np
 
     for kind, inputs, method in (
@@ -420,11 +480,11 @@ def print_int8_cosines(reference: Any, int8: Any, images: Sequence[Any]) -> None
         ("texts", TEXTS, "embed_texts"),
     ):
         expected = getattr(reference, method)(inputs, max_batch=32)
-        got = getattr(int8, method)(inputs, max_batch=32)
+        got = getattr(other, method)(inputs, max_batch=32)
         cosines = np.sum(expected * got, axis=1)
         print(
-            f"int8 vs fp32 cosine, {len(inputs)} {kind}: min {cosines.min():.5f} "
-            f"mean {cosines.mean():.5f} max {cosines.max():.5f}"
+            f"{title}, {len(inputs)} {kind}: cosine min {cosines.min():.5f} "
+            f"mean {cosines.mean():.5f}; max abs difference {np.abs(expected - got).max():.2e}"
         )
 
 

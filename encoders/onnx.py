@@ -381,7 +381,8 @@ def _ensure_int8(probe: _Probe, *, export_dir: Path, ort: Any) -> dict:
         source, target = export_dir / f"{tower}.onnx", export_dir / f"{tower}.int8.onnx"
         scratch = target.with_name(f"{target.name}.tmp{os.getpid()}")
         # Per-channel weight scales: one outlier channel no longer coarsens every other
-        # channel's steps (measured in bench/query_encoder.py).
+        # channel's steps. Same speed as per-tensor; on random ViT-B/32 weights the lowest
+        # text cosine to float32 went from 0.9987 to 0.9991 (images 0.99979 -> 0.99984).
         with _quiet_quantizer():
             quantize_dynamic(
                 source, scratch, weight_type=QuantType.QInt8, per_channel=True, reduce_range=False
@@ -400,17 +401,19 @@ def _ensure_int8(probe: _Probe, *, export_dir: Path, ort: Any) -> dict:
 
 @contextlib.contextmanager
 def _quiet_quantizer() -> Iterator[None]:
-    # The quantiser logs "consider pre-processing" on the root logger for every model: advice
-    # for static quantisation with calibration data, which dynamic quantisation does not use.
-    def advice(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Please consider to run pre-processing")
+    # The quantiser logs straight on the root logger: a line per tensor at INFO, and advice
+    # about calibration pre-processing (for static quantisation, not used here) as a warning.
+    # Under Django's INFO root level that is hundreds of lines per model; errors still pass.
+    def quantiser_chatter(record: logging.LogRecord) -> bool:
+        advice = record.getMessage().startswith("Please consider to run pre-processing")
+        return record.levelno >= logging.ERROR or not (advice or record.levelno < logging.WARNING)
 
     root = logging.getLogger()
-    root.addFilter(advice)
+    root.addFilter(quantiser_chatter)
     try:
         yield
     finally:
-        root.removeFilter(advice)
+        root.removeFilter(quantiser_chatter)
 
 
 class _Probe:

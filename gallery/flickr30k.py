@@ -52,7 +52,9 @@ def flickr30k_annotations_read(
     """Entries of ``split`` ("train", "val", "test" or "all"), in file order, at most ``limit``.
 
     The format follows the file: ``.json`` is Karpathy's, anything else the CSV. An id that
-    appears twice keeps its first entry.
+    appears twice keeps its first entry. A file name under two different ids is refused
+    (``Flickr30kFormatError``): one file must never become two images, and which id and
+    captions belong to it cannot be told.
     """
     if split != "all" and split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)} or 'all', not {split!r}")
@@ -60,7 +62,14 @@ def flickr30k_annotations_read(
     reader = _karpathy_entries if path.suffix.lower() == ".json" else _csv_entries
     entries: list[Flickr30kEntry] = []
     seen: set[int] = set()
+    id_of_file: dict[str, int] = {}
     for entry in reader(path):
+        first_id = id_of_file.setdefault(entry.filename, entry.flickr30k_id)
+        if first_id != entry.flickr30k_id:
+            raise Flickr30kFormatError(
+                f"{path.name}: images {first_id} and {entry.flickr30k_id} both name the file "
+                f"{entry.filename}; one file cannot be two images (fix the annotations)"
+            )
         if entry.flickr30k_id in seen or split not in ("all", entry.split):
             continue
         seen.add(entry.flickr30k_id)

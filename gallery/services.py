@@ -275,8 +275,17 @@ def _flickr30k_not_imported(entries: Sequence[Flickr30kEntry]) -> list[Flickr30k
         ids.add(flickr30k_id)
         names.add(name)
     # By file name too: the CSV and Karpathy's JSON number images the same way, but a file
-    # must never become two images if some variant of the annotations does not.
-    return [e for e in entries if e.flickr30k_id not in ids and e.filename not in names]
+    # must never become two images if some variant of the annotations does not. Within
+    # ``entries`` as well (the reader refuses such a file; other callers may not): the first
+    # entry of an id or a file name is kept.
+    todo = []
+    for entry in entries:
+        if entry.flickr30k_id in ids or entry.filename in names:
+            continue
+        ids.add(entry.flickr30k_id)
+        names.add(entry.filename)
+        todo.append(entry)
+    return todo
 
 
 def _flickr30k_file_store(entry: Flickr30kEntry, images_dir: str | Path) -> Flickr30kFile:

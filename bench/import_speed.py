@@ -60,9 +60,10 @@ def main() -> None:
     for label, threshold in modes:
         ImageEmbedding.objects.filter(model_id=MODEL).delete()
         EmbeddingJob.objects.filter(model_id=MODEL).delete()
-        services.INDEX_REBUILD_MIN_ROWS = threshold
         started = time.perf_counter()
-        result = services.embeddings_import(model_id=MODEL, vectors=vectors, filenames=names)
+        result = services.embeddings_import(
+            model_id=MODEL, vectors=vectors, filenames=names, rebuild_index_min_rows=threshold
+        )
         seconds = time.perf_counter() - started
         print(f"{label:<36} {result.stored:>7} {seconds:>8.1f}")
     embedded.postgres_stop(Path(os.environ["DATA_DIR"]))

@@ -325,7 +325,7 @@ def _stored_count() -> int:
 def _index_exists() -> bool:
     from django.db import connection
 
-    from search.services import hnsw_index_name
+    from search.indexes import hnsw_index_name
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s", [hnsw_index_name(MODEL_ID)])
@@ -340,8 +340,8 @@ def dataset_load(size: int, *, clusters: int, seed: int, matrix: np.ndarray) -> 
     from pgvector.psycopg import register_vector
 
     from gallery.models import Image
+    from search.indexes import embedding_indexes_ensure, hnsw_index_name
     from search.models import ImageEmbedding
-    from search.services import embedding_indexes_ensure, hnsw_index_name
 
     images = Image._meta.db_table
     embeddings = ImageEmbedding._meta.db_table
@@ -413,8 +413,8 @@ def table_sizes() -> str:
     from django.db import connection
 
     from gallery.models import Image
+    from search.indexes import hnsw_index_name
     from search.models import ImageEmbedding
-    from search.services import hnsw_index_name
 
     table = ImageEmbedding._meta.db_table
     with connection.cursor() as cursor:
@@ -574,7 +574,7 @@ def hnsw_index_warm() -> str:
     """
     from django.db import connection
 
-    from search.services import hnsw_index_name
+    from search.indexes import hnsw_index_name
 
     with connection.cursor() as cursor:
         cursor.execute(

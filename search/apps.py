@@ -13,7 +13,8 @@ class SearchConfig(AppConfig):
 
 
 def _ensure_indexes(sender: AppConfig, using: str = "default", **kwargs: object) -> None:
-    from search.services import embedding_indexes_ensure, embedding_models_sync_from_settings
+    from search.indexes import embedding_indexes_ensure
+    from search.services import embedding_models_sync_from_settings
 
     embedding_indexes_ensure(using=using)
     embedding_models_sync_from_settings()

@@ -10,7 +10,7 @@ Why one table rather than one per model: enabling a model (or adding SigLIP) nee
 table, migration or model class; status, backfill and fusion queries stay one join; and the
 partial index keeps each model's ANN search as fast as a table of its own. The index's cast to
 ``vector(dim)`` also makes PostgreSQL itself reject a vector of the wrong dimension for its model
-(the services check first, to give a readable error). ``search.services.embedding_indexes_ensure``
+(the services check first, to give a readable error). ``search.indexes.embedding_indexes_ensure``
 creates the indexes from the registry after every migrate.
 """
 

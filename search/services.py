@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
 from django.conf import settings
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from encoders.registry import MODELS, model_spec
+from encoders.registry import model_spec
 from gallery.models import Image
+from search.indexes import embedding_index_drop, embedding_indexes_ensure
 from search.models import CaptionEmbedding, EmbeddingJob, EmbeddingModel, ImageEmbedding
 
-HNSW_BUILD_MEMORY = "1GB"
 # Loading at least this many rows into a model that has none drops its index first and builds
 # it once at the end: one build is several times faster than this many graph insertions.
 INDEX_REBUILD_MIN_ROWS = 5000
@@ -25,41 +25,6 @@ INDEX_REBUILD_MIN_ROWS = 5000
 
 class EmbeddingDimensionError(ValueError):
     """A vector's length does not match the dimension of the model it is stored for."""
-
-
-def hnsw_index_name(model_id: str) -> str:
-    return "search_emb_hnsw_" + model_id.replace("-", "_").replace(".", "_")
-
-
-def embedding_indexes_ensure(
-    *, using: str = "default", model_ids: Iterable[str] | None = None, concurrently: bool = False
-) -> None:
-    """Create the partial HNSW index of each registered model that lacks one.
-
-    ``concurrently`` builds without blocking reads and writes of the table (other models keep
-    being searched and embedded); it cannot run inside a transaction.
-    """
-    table = ImageEmbedding._meta.db_table
-    mode = "CONCURRENTLY " if concurrently else ""
-    with connections[using].cursor() as cursor:
-        # HNSW builds many times faster when the whole graph fits in maintenance_work_mem
-        # (PostgreSQL's 64 MB default holds ~20k 512-d vectors); it is a cap, not a reservation.
-        cursor.execute("SELECT set_config('maintenance_work_mem', %s, false)", [HNSW_BUILD_MEMORY])
-        for model_id in model_ids or MODELS:
-            spec = model_spec(model_id)
-            cursor.execute(
-                f'CREATE INDEX {mode}IF NOT EXISTS "{hnsw_index_name(model_id)}" ON "{table}" '
-                f"USING hnsw ((vector::vector({spec.dim})) vector_cosine_ops) "
-                f"WHERE model_id = %s",
-                [model_id],
-            )
-        cursor.execute("RESET maintenance_work_mem")
-
-
-def embedding_index_drop(*, model_id: str, using: str = "default") -> None:
-    """Drop a model's HNSW index without blocking the table (for a bulk load, then rebuild)."""
-    with connections[using].cursor() as cursor:
-        cursor.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{hnsw_index_name(model_id)}"')
 
 
 def _normalised_rows(model_id: str, vectors: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
@@ -412,6 +377,7 @@ def embeddings_import(
     vectors: np.ndarray,
     filenames: Sequence[str | bytes],
     chunk_size: int = 5000,
+    rebuild_index_min_rows: int = INDEX_REBUILD_MIN_ROWS,
 ) -> EmbeddingsImportResult:
     """Store precomputed image embeddings, row i being the image whose file is ``filenames[i]``.
 
@@ -469,7 +435,7 @@ def embeddings_import(
     unmatched = [name for name in names if name not in image_of]
     stored = 0
     rebuild = (
-        len(rows) >= INDEX_REBUILD_MIN_ROWS
+        len(rows) >= rebuild_index_min_rows
         and not transaction.get_connection().in_atomic_block
         and not ImageEmbedding.objects.filter(model_id=model_id).exists()
     )

@@ -138,9 +138,9 @@ def test_bulk_load_into_an_empty_model_rebuilds_its_index_once(monkeypatch) -> N
     from django.db import connection
 
     from search import services
-    from search.services import embeddings_import, hnsw_index_name
+    from search.indexes import hnsw_index_name
+    from search.services import embeddings_import
 
-    monkeypatch.setattr(services, "INDEX_REBUILD_MIN_ROWS", 10)
     images = ImageFactory.create_batch(12, dataset=True)
     dropped = []
     real_drop = services.embedding_index_drop
@@ -151,6 +151,7 @@ def test_bulk_load_into_an_empty_model_rebuilds_its_index_once(monkeypatch) -> N
         model_id="clip-vit-base-patch32",
         vectors=raw_vectors(12),
         filenames=[i.original_filename for i in images],
+        rebuild_index_min_rows=10,
     )
     assert result.stored == 12 and dropped == [{"model_id": "clip-vit-base-patch32"}]
     with connection.cursor() as cursor:
@@ -166,9 +167,8 @@ def test_a_failed_bulk_load_still_leaves_the_index_in_place(monkeypatch) -> None
     from django.db import connection
 
     from search import services
-    from search.services import embeddings_import, hnsw_index_name
-
-    monkeypatch.setattr(services, "INDEX_REBUILD_MIN_ROWS", 10)
+    from search.indexes import hnsw_index_name
+    from search.services import embeddings_import
 
     def broken_store(**kwargs):
         raise RuntimeError("disk full")
@@ -180,6 +180,7 @@ def test_a_failed_bulk_load_still_leaves_the_index_in_place(monkeypatch) -> None
             model_id="clip-vit-base-patch32",
             vectors=raw_vectors(12),
             filenames=[i.original_filename for i in images],
+            rebuild_index_min_rows=10,
         )
     assert not ImageEmbedding.objects.exists()
     with connection.cursor() as cursor:

@@ -11,9 +11,10 @@ from django.db.utils import DataError
 
 from encoders.registry import MODELS
 from gallery.models import Image
+from search.indexes import hnsw_index_name
 from search.models import EmbeddingJob, ImageEmbedding
 from search.selectors import embeddings_nearest
-from search.services import EmbeddingDimensionError, embeddings_store, hnsw_index_name
+from search.services import EmbeddingDimensionError, embeddings_store
 from tests.factories import ImageFactory
 
 pytestmark = pytest.mark.django_db

@@ -16,13 +16,14 @@ from PIL import Image as PILImage
 from gallery.models import Image
 from gallery.services import api_token_create
 from search import encoding
+from search.indexes import hnsw_index_name
 from search.selectors import (
     SearchFilters,
     embeddings_ranked,
     images_search_by_vector,
     images_search_queryset,
 )
-from search.services import embeddings_store, hnsw_index_name
+from search.services import embeddings_store
 from tests.factories import ImageFactory, UserFactory, jpeg_bytes
 
 pytestmark = pytest.mark.django_db

@@ -16,9 +16,10 @@ from django.test import Client
 from PIL import Image as PILImage
 
 from gallery.models import Image
+from search.indexes import hnsw_index_name
 from search.models import EmbeddingJob
 from search.selectors import images_search_by_vector, images_search_queryset
-from search.services import embeddings_store, hnsw_index_name
+from search.services import embeddings_store
 from tests.factories import ImageFactory, UserFactory
 
 pytestmark = pytest.mark.django_db

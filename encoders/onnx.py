@@ -220,7 +220,8 @@ def _load(
         if "int8" not in meta:
             with _locked(cache_dir, export_dir.name):
                 meta = _ensure_int8(probe, export_dir=export_dir, ort=ort)
-        if meta["int8"]["kept"]:
+        # Judged on the recorded cosine at each load, so a changed rule applies to old exports.
+        if meta["int8"]["min_cosine"] >= MIN_INT8_COSINE:
             files = {tower: f"{tower}.int8.onnx" for tower in _TOWERS}
             quantization = INT8
         else:
@@ -369,7 +370,7 @@ _DYNAMIC_AXES = {
 
 
 def _ensure_int8(probe: _Probe, *, export_dir: Path, ort: Any) -> dict:
-    """Quantise both towers once (dynamic int8) and record whether they keep the cosine rule."""
+    """Quantise both towers once (dynamic int8) and record their lowest cosine to float32."""
     # Read again under the lock: another process may have quantised while this one waited.
     meta = json.loads((export_dir / "meta.json").read_text())
     if "int8" in meta:
@@ -392,7 +393,7 @@ def _ensure_int8(probe: _Probe, *, export_dir: Path, ort: Any) -> dict:
         int8 = _normalised(_run(_session(ort, target, 1), inputs))
         cosines.append(float(np.sum(full * int8, axis=1).min()))
     minimum = min(cosines)
-    meta = {**meta, "int8": {"min_cosine": minimum, "kept": minimum >= MIN_INT8_COSINE}}
+    meta = {**meta, "int8": {"min_cosine": minimum}}
     scratch = export_dir / f"meta.json.tmp{os.getpid()}"
     scratch.write_text(json.dumps(meta, indent=2))
     os.replace(scratch, export_dir / "meta.json")

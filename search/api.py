@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
@@ -24,6 +24,7 @@ from ninja import Field, File, NinjaAPI, Query, Schema
 from ninja.errors import HttpError, ValidationError
 from ninja.files import UploadedFile
 from ninja.security import APIKeyCookie, APIKeyHeader, HttpBearer
+from pydantic import field_validator
 
 from config.errors import ApplicationError, NotAuthenticated, NotFound
 from config.middleware import request_body_max_bytes
@@ -141,11 +142,16 @@ class SearchAPI(NinjaAPI):
 
     def get_openapi_schema(self, *, path_prefix=None, path_params=None):  # noqa: ANN001
         schema = super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params)
+        # Built per request: the models one may search with change as staff enable them.
+        models = search_models_available()
         for operations in schema["paths"].values():
             for operation in operations.values():
                 if operation.get("security"):
                     # An empty requirement: no credentials at all is accepted as well.
                     operation["security"].append({})
+                for parameter in operation.get("parameters", []):
+                    if models and parameter["name"] == "model" and parameter["in"] == "query":
+                        parameter["schema"] = {"type": "string", "enum": models}
         return schema
 
 
@@ -314,6 +320,22 @@ class PageQuery(Schema):
     uploaded_before: datetime | None = None
     min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Cosine similarity cut.")
 
+    @field_validator("uploaded_after", "uploaded_before")
+    @classmethod
+    def _in_utc(cls, value: datetime | None) -> datetime | None:
+        # Any RFC 3339 offset is valid, but PostgreSQL refuses offsets beyond 15:59: compare in
+        # UTC. A bound beyond what UTC can represent (year 1 at +01:00) is the same bound
+        # clamped to the earliest or latest moment.
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            edge = datetime.min if value.year == datetime.min.year else datetime.max
+            return edge.replace(tzinfo=UTC)
+
     def filters(self) -> SearchFilters:
         return SearchFilters(
             source=self.source,
@@ -335,7 +357,12 @@ class PageQuery(Schema):
 class TextQuery(PageQuery):
     q: str = Field(
         description="What to look for, in words.",
-        json_schema_extra={"minLength": 1, "maxLength": MAX_QUERY_CHARS, "pattern": r"\S"},
+        json_schema_extra={
+            "minLength": 1,
+            "maxLength": MAX_QUERY_CHARS,
+            # Something besides whitespace, and no NUL character (both a 400).
+            "pattern": r"^[^\u0000]*\S[^\u0000]*$",
+        },
     )
 
 

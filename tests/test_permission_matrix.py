@@ -1,0 +1,177 @@
+"""The permission matrix: every route of the URL conf, opened by an anonymous visitor, the owner
+of a private image and a private collection, another user, and staff. Routes come from
+``get_resolver()``, so a new route fails here until its row is added below."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from django.contrib.contenttypes.models import ContentType
+from django.test import Client
+from django.urls import URLResolver, get_resolver, reverse
+
+from gallery.models import Collection, CollectionItem, Image
+from search.services import embeddings_store
+from tests.factories import ImageFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+ROLES = ("anonymous", "owner", "other", "staff")
+LOGIN = 302  # a redirect to a sign-in page
+
+# GET status per role (anonymous, owner, other, staff) for every route outside the admin, with
+# the private image and private collection as arguments.
+EXPECTED: dict[str, tuple[int, int, int, int]] = {
+    "home": (200, 200, 200, 200),
+    "image-file": (404, 200, 404, 404),
+    "image-thumb": (404, 200, 404, 404),
+    "image-thumb-size": (404, 200, 404, 404),
+    "upload": (LOGIN, 200, 200, 200),
+    "signup": (200, 200, 200, 200),
+    "api-tokens": (LOGIN, 200, 200, 200),
+    "collections": (LOGIN, 200, 200, 200),
+    "collection-add": (LOGIN, 405, 405, 405),
+    "collection": (404, 200, 404, 404),
+    "collection-edit": (LOGIN, 405, 405, 405),
+    "collection-shared": (404, 404, 404, 404),  # a private collection's link opens nothing
+    "search": (200, 200, 200, 200),
+    "search-image": (405, 405, 405, 405),
+    "similar": (404, 200, 404, 404),
+    "login": (200, 200, 200, 200),
+    "logout": (405, 405, 405, 405),
+    "password_change": (LOGIN, 200, 200, 200),
+    "password_change_done": (LOGIN, 200, 200, 200),
+    "password_reset": (200, 200, 200, 200),
+    "password_reset_done": (200, 200, 200, 200),
+    "password_reset_confirm": (200, 200, 200, 200),  # "invalid link"
+    "password_reset_complete": (200, 200, 200, 200),
+    "embedding-progress": (401, 403, 403, 200),
+    "api:openapi-json": (200, 200, 200, 200),
+    "api:openapi-view": (200, 200, 200, 200),
+    "api:api-root": (404, 404, 404, 404),
+    "api:search_text": (200, 200, 200, 200),
+    "api:search_image": (405, 405, 405, 405),
+    "api:image_similar": (404, 200, 404, 404),
+    "api:models": (200, 200, 200, 200),
+    "api:unknown_path": (404, 404, 404, 404),
+}
+QUERY = {"search": "?q=dog", "api:search_text": "?q=dog"}
+
+
+def routes(patterns=None, namespace: str = "", prefix: str = "") -> Iterator[tuple[str, str, list]]:
+    """(key, name, argument names) of every route: the key is the namespaced name, or "/path"
+    for an unnamed route."""
+    for entry in get_resolver().url_patterns if patterns is None else patterns:
+        if isinstance(entry, URLResolver):
+            inner = f"{entry.namespace}:" if entry.namespace else namespace
+            yield from routes(entry.url_patterns, inner, prefix + str(entry.pattern))
+        else:
+            arguments = list(entry.pattern.regex.groupindex)
+            if entry.name:
+                yield f"{namespace}{entry.name}", f"{namespace}{entry.name}", arguments
+            else:
+                yield f"{namespace}/{prefix}{entry.pattern}", "", arguments
+
+
+@pytest.fixture
+def world(tiny_models) -> dict:
+    owner = UserFactory()
+    private = ImageFactory(owner=owner)
+    public = ImageFactory(dataset=True)
+    embeddings_store(
+        model_id="clip-vit-base-patch32",
+        image_ids=[private.pk, public.pk],
+        vectors=np.random.default_rng(5).normal(size=(2, 512)),
+    )
+    hidden = Collection.objects.create(owner=owner, name="mine")
+    shown = Collection.objects.create(owner=owner, name="shown", visibility="public")
+    for collection in (hidden, shown):
+        CollectionItem.objects.create(collection=collection, image=private)
+        CollectionItem.objects.create(collection=collection, image=public)
+    clients = {role: Client() for role in ROLES}
+    clients["owner"].force_login(owner)
+    clients["other"].force_login(UserFactory())
+    clients["staff"].force_login(UserFactory(is_staff=True, is_superuser=True))
+    arguments = {
+        "image_id": private.pk,
+        "size": 128,
+        "collection_id": hidden.pk,
+        "share_token": hidden.share_token,
+        "object_id": str(private.pk),
+        "id": owner.pk,
+        "app_label": "gallery",
+        "content_type_id": ContentType.objects.get_for_model(Image).pk,
+        "uidb64": "MQ",
+        "token": "set-password",
+        "unknown": "no/such/endpoint",
+    }
+    return {"clients": clients, "private": private, "shown": shown, "arguments": arguments}
+
+
+def url_of(key: str, name: str, names: list, arguments: dict) -> str:
+    if not name:
+        if key.startswith("admin:"):
+            return "/admin/no-such-page/"  # the admin's catch-all
+        assert not names, f"{key}: name this route so the matrix can give its arguments"
+        return key
+    missing = [n for n in names if n not in arguments]
+    assert not missing, f"{key}: no test value for {missing}; add one to the matrix"
+    return reverse(name, kwargs={n: arguments[n] for n in names}) + QUERY.get(key, "")
+
+
+def test_every_route_is_in_the_matrix() -> None:
+    site = {key for key, _, _ in routes() if not key.startswith("admin:")}
+    assert site == set(EXPECTED), (
+        f"routes without a row: {sorted(site - set(EXPECTED))}; "
+        f"rows without a route: {sorted(set(EXPECTED) - site)}"
+    )
+
+
+def test_each_role_gets_what_the_matrix_says(world) -> None:
+    wrong = []
+    for key, name, names in routes():
+        if key.startswith("admin:"):
+            continue
+        url = url_of(key, name, names, world["arguments"])
+        for role, expected in zip(ROLES, EXPECTED[key], strict=True):
+            status = world["clients"][role].get(url).status_code
+            if status != expected:
+                wrong.append(f"{role} GET {url}: {status}, expected {expected}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_admin_is_for_staff_only(world) -> None:
+    arguments = world["arguments"]
+    wrong = []
+    urls = {url_of(*route, arguments) for route in routes() if route[0].startswith("admin:")}
+    assert len(urls) > 40
+    for url in urls:
+        for role in ("anonymous", "owner", "other"):
+            response = world["clients"][role].get(url)
+            if url == reverse("admin:login"):
+                ok = response.status_code == 200
+            elif url == reverse("admin:logout"):  # signs out whoever asks; shows nothing
+                ok = response.status_code in (302, 405)
+            else:
+                ok = response.status_code == 302 and "/admin/login/" in response["Location"]
+            if not ok:
+                wrong.append(f"{role} GET {url}: {response.status_code}")
+        status = world["clients"]["staff"].get(url).status_code
+        # 403: pages the admin offers no one (adding an evaluation run, a bare autocomplete).
+        if status not in (200, 302, 403, 404, 405):
+            wrong.append(f"staff GET {url}: {status}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_lists_show_a_private_image_to_its_owner_alone(world) -> None:
+    private, shown = world["private"], world["shown"]
+    thumb = reverse("image-thumb", args=[private.pk])
+    pages = ["/", "/search/?q=dog", reverse("collection", args=[shown.pk]),
+             reverse("collection-shared", args=[shown.share_token])]  # fmt: skip
+    for role, client in world["clients"].items():
+        for page in pages:
+            content = client.get(page).content.decode()
+            assert (thumb in content) == (role == "owner"), (role, page)
+        found = {hit["id"] for hit in client.get("/api/search?q=dog&k=10").json()["results"]}
+        assert (private.pk in found) == (role == "owner"), role

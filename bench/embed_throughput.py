@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/embed_throughput.py \
         [--images 300] [--batch-sizes 32,64] [--device cpu|cuda] [--dtype fp32|fp16|int8] \
-        [--threads N] [--backends torch,onnx]
+        [--threads N] [--backends torch,onnx] [--data-dir DIR] [--database-url URL]
 
 Uses the full-size ViT-B/32 CLIP architecture (``CLIPConfig()`` defaults) with random, seeded
 weights (no weights can be downloaded here): speed depends on the architecture, not on the
@@ -24,14 +24,14 @@ photo costs. Rows of the table:
     with the largest difference and lowest cosine to torch float32 and, for int8, to ONNX float32
     (the int8 rule: cosine >= 0.99). The backend column says which runs each row.
 
-The database is a separate embedded PostgreSQL in ``--data-dir`` (default /tmp/bench-embed-data),
-so a developer's data is never touched; it is stopped when the script ends.
+The database is the bench's own embedded PostgreSQL in ``--data-dir`` (default
+.data/bench/embed_throughput), never the site's (see bench/_harness.py); it is stopped when the
+script ends. The random model and the ONNX exports are kept there for the next run.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 import time
@@ -40,9 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import _harness  # noqa: E402
+from bench._harness import IMAGE_SIZE  # noqa: E402  (a typical Flickr30k photo)
+from bench._models import build_full_size_clip  # noqa: E402
+
+SCRIPT = "embed_throughput"
 MODEL_ID = "clip-vit-base-patch32"
-IMAGE_SIZE = (500, 375)  # a typical Flickr30k photo
 IMAGE_DIR = "bench"  # under MEDIA_ROOT
 TEXTS = [
     "a photo of a dog on the beach",
@@ -95,7 +100,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--repeat", type=int, default=1, help="time each row this many times, keep the fastest"
     )
     parser.add_argument("--cosine-images", type=int, default=64)
-    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/bench-embed-data"))
+    _harness.add_arguments(parser, script=SCRIPT)
     parser.add_argument(
         "--source",
         type=Path,
@@ -115,16 +120,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    data_dir = args.data_dir.resolve()
-    # Read by the settings when Django is set up: they start PostgreSQL in DATA_DIR. An inherited
-    # DATABASE_URL or MEDIA_ROOT would point the deletes below at someone's real data.
-    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.dev"
-    os.environ["DATA_DIR"] = str(data_dir)
-    os.environ["DEBUG"] = "0"  # DEBUG keeps every SQL query in memory
-    for name in ("DATABASE_URL", "MEDIA_ROOT"):
-        os.environ.pop(name, None)
-    sys.path.insert(0, str(REPO_ROOT))
-
     import torch
 
     if args.threads:
@@ -132,29 +127,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("fp16" if device == "cuda" else "fp32")
 
-    import django
-
-    django.setup()
-    from config import embedded
-
-    try:
+    with _harness.own_django(
+        script=SCRIPT, data_dir=args.data_dir, database_url=args.database_url
+    ) as data_dir:
         run(args, device=device, dtype=dtype, data_dir=data_dir)
-    finally:
-        from django.db import connections
-
-        connections.close_all()
-        embedded.postgres_stop(data_dir)
 
 
 def run(args: argparse.Namespace, *, device: str, dtype: str, data_dir: Path) -> None:
     import torch
     from django.conf import settings
-    from django.core.management import call_command
 
-    call_command("migrate", verbosity=0)
     model_dir = args.source or build_full_size_clip(data_dir / "clip-vit-b32-random")
-    paths = write_photos(Path(settings.MEDIA_ROOT) / IMAGE_DIR, args.images)
-    image_ids = create_image_rows(paths, Path(settings.MEDIA_ROOT))
+    paths = _harness.fake_photos_write(Path(settings.MEDIA_ROOT) / IMAGE_DIR, args.images)
+    image_ids = _harness.fake_images_replace(
+        len(paths), files=paths, media_root=Path(settings.MEDIA_ROOT)
+    )
     print(
         f"device={device} dtype={dtype} torch_threads={torch.get_num_threads()} "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')} "
@@ -227,68 +214,7 @@ def run(args: argparse.Namespace, *, device: str, dtype: str, data_dir: Path) ->
             print_agreement(f"{backend} int8 vs {backend} fp32", float_one, encoder, sample)
 
 
-# --- fixtures: model, photos, rows --------------------------------------------------------
-
-
-def build_full_size_clip(directory: Path) -> Path:
-    from tests.tiny_models import build_full_size_clip as build
-
-    return build(directory)
-
-
-def write_photos(directory: Path, count: int) -> list[Path]:
-    """Write ``count`` photo-like JPEGs: smooth colour fields, shapes, sensor-like noise."""
-    import numpy as np
-    from PIL import Image, ImageDraw, ImageFilter
-
-    directory.mkdir(parents=True, exist_ok=True)
-    width, height = IMAGE_SIZE
-    paths = []
-    for index in range(count):
-        path = directory / f"{index:05d}.jpg"
-        paths.append(path)
-        if path.exists():
-            continue
-        rng = np.random.default_rng(index)
-        # Low-frequency colour field: a coarse random grid upsampled smoothly.
-        coarse = Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8), "RGB")
-        image = coarse.resize((width, height), Image.Resampling.BICUBIC)
-        draw = ImageDraw.Draw(image)
-        for _ in range(int(rng.integers(5, 15))):
-            x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
-            w, h = int(rng.integers(10, 200)), int(rng.integers(10, 200))
-            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-            shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
-            shape((x, y, x + w, y + h), fill=colour)
-        image = image.filter(ImageFilter.GaussianBlur(1.5))
-        pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, 6, (height, width, 3))
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB").save(
-            path, "JPEG", quality=90
-        )
-    return paths
-
-
-def create_image_rows(paths: Sequence[Path], media_root: Path) -> list[int]:
-    """(Re)create one public Flickr30k-style Image row per file; return their ids in order."""
-    from gallery.models import Image
-
-    # The bench's own database (see main), so every data-set row in it is the bench's.
-    Image.objects.filter(source=Image.Source.FLICKR30K).delete()
-    rows = [
-        Image(
-            source=Image.Source.FLICKR30K,
-            visibility=Image.Visibility.PUBLIC,
-            owner=None,
-            flickr30k_id=index,
-            sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-            width=IMAGE_SIZE[0],
-            height=IMAGE_SIZE[1],
-            file=str(path.relative_to(media_root)),
-            original_filename=path.name,
-        )
-        for index, path in enumerate(paths)
-    ]
-    return [row.pk for row in Image.objects.bulk_create(rows)]
+# --- decoding and loading --------------------------------------------------------------
 
 
 def decode_all(paths: Sequence[Path]) -> list[Any]:
@@ -489,4 +415,4 @@ def print_agreement(title: str, reference: Any, other: Any, images: Sequence[Any
 
 
 if __name__ == "__main__":
-    main()
+    _harness.main_guarded(main, sys.argv[1:])

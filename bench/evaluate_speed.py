@@ -1,7 +1,8 @@
 """How long `manage.py evaluate` takes on a synthetic Flickr30k 1K test, exact and --ann.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/evaluate_speed.py \
-        [--images 1000] [--extra-images 0] [--captions 5] [--batch-sizes 250,500,1000]
+        [--images 1000] [--extra-images 0] [--captions 5] [--batch-sizes 250,500,1000] \
+        [--data-dir DIR] [--database-url URL]
 
 Builds ``--images`` test-split Flickr30k rows with ``--captions`` captions each (plus
 ``--extra-images`` train-split rows, which make the HNSW index and ``--gallery all`` bigger)
@@ -15,8 +16,8 @@ its image's vector plus noise, so recalls are neither 0 nor 100 and HNSW has rea
 (d) the whole ``evaluate()`` with a tiny CLIP text encoder (random weights, so the text part
     is cheap and its recalls meaningless): what the command costs beyond a real encoder.
 
-The database is a separate embedded PostgreSQL in ``--data-dir`` (default
-/tmp/bench-evaluate-data), stopped when the script ends.
+The database is the bench's own embedded PostgreSQL in ``--data-dir`` (default
+.data/bench/evaluate_speed), never the site's (see bench/_harness.py), stopped at the end.
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import _harness  # noqa: E402
+
+SCRIPT = "evaluate_speed"
 MODEL_ID = "clip-vit-base-patch32"
 DIM = 512
 
@@ -44,7 +49,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gallery", choices=["split", "all"], default="split")
     parser.add_argument("--batch-sizes", default="500")
     parser.add_argument("--skip-full", action="store_true", help="skip (d)")
-    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/bench-evaluate-data"))
+    _harness.add_arguments(parser, script=SCRIPT)
     args = parser.parse_args(argv)
     args.batch_sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
     return args
@@ -52,26 +57,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    data_dir = args.data_dir.resolve()
-    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.dev"
-    os.environ["DATA_DIR"] = str(data_dir)
-    os.environ["DEBUG"] = "0"
     os.environ["TQDM_DISABLE"] = "1"  # the progress bars of the code measured
-    for name in ("DATABASE_URL", "MEDIA_ROOT"):
-        os.environ.pop(name, None)
-    sys.path.insert(0, str(REPO_ROOT))
-    import django
-
-    django.setup()
-    from config import embedded
-
-    try:
+    with _harness.own_django(
+        script=SCRIPT, data_dir=args.data_dir, database_url=args.database_url
+    ) as data_dir:
         run(args, data_dir)
-    finally:
-        from django.db import connections
-
-        connections.close_all()
-        embedded.postgres_stop(data_dir)
 
 
 def timed(label: str, fn):
@@ -84,10 +74,9 @@ def timed(label: str, fn):
 
 def run(args: argparse.Namespace, data_dir: Path) -> None:
     import numpy as np
-    from django.core.management import call_command
     from django.db import connection
 
-    from gallery.models import Caption, Image
+    from gallery.models import Image
     from search.evaluation import (
         evaluate,
         evaluation_set_load,
@@ -96,53 +85,27 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
         text_to_image_ranks_ann,
         text_to_image_ranks_exact,
     )
-    from search.models import ImageEmbedding
     from search.services import embeddings_store
 
-    call_command("migrate", verbosity=0)
-    # A clean slate each run: this database belongs to the benchmark alone.
-    ImageEmbedding.objects.all().delete()
-    Image.objects.all().delete()
-
-    rng = np.random.default_rng(0)
     total = args.images + args.extra_images
-    rows = [
-        Image(
-            source=Image.Source.FLICKR30K,
-            owner=None,
-            visibility=Image.Visibility.PUBLIC,
-            file=f"bench/{n}.jpg",
-            sha256=f"{n:064x}",
-            original_filename=f"{n}.jpg",
-            flickr30k_id=n,
-            split=Image.Split.TEST if n < args.images else Image.Split.TRAIN,
-        )
-        for n in range(total)
-    ]
-    Image.objects.bulk_create(rows, batch_size=2000)
-    Caption.objects.bulk_create(
-        [
-            Caption(image=image, text=f"caption {c} of image {image.flickr30k_id}", position=c)
-            for image in rows
-            for c in range(args.captions)
-        ],
-        batch_size=5000,
+    # Row i is image id i + 1; the first --images rows are the test split.
+    ids = _harness.fake_images_replace(
+        total,
+        splits=[Image.Split.TEST if n < args.images else Image.Split.TRAIN for n in range(total)],
     )
-    vectors = rng.normal(size=(total, DIM)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    _harness.fake_captions_create(ids, per_image=args.captions)
+    vectors = _harness.unit_vectors(total)
+    rng = np.random.default_rng(1)
     timed(
         f"store {total} embeddings (HNSW maintained)",
-        lambda: embeddings_store(
-            model_id=MODEL_ID, image_ids=[r.pk for r in rows], vectors=vectors
-        ),
+        lambda: embeddings_store(model_id=MODEL_ID, image_ids=ids, vectors=vectors),
     )
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE search_imageembedding")
 
     data = evaluation_set_load(split="test", gallery=args.gallery)
     targets = data.caption_image_ids
-    row_of = {r.pk: i for i, r in enumerate(rows)}
-    clean = vectors[[row_of[int(t)] for t in targets]]
+    clean = vectors[[int(t) - 1 for t in targets]]
     queries = clean + args.noise * rng.normal(size=clean.shape).astype(np.float32) / np.sqrt(DIM)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     gallery = data.gallery_image_ids
@@ -152,7 +115,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
         "(c) numpy ranks",
         lambda: ranks_numpy(
             queries=[queries],
-            candidates=[vectors[[row_of[int(i)] for i in gallery]]],
+            candidates=[vectors[[int(i) - 1 for i in gallery]]],
             query_keys=targets,
             candidate_keys=gallery,
         ),
@@ -191,7 +154,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
 
     from django.conf import settings
 
-    from tests.tiny_models import build_tiny_clip
+    from bench._models import build_tiny_clip
 
     settings.EMBEDDING_MODEL_SOURCES = {MODEL_ID: str(build_tiny_clip(data_dir / "tiny-clip"))}
     settings.EMBEDDING_DEVICE = "cpu"
@@ -205,4 +168,4 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _harness.main_guarded(main, sys.argv[1:])

@@ -1,73 +1,68 @@
 """How long `import_embeddings` takes for a Flickr30k-sized set (31,783 x 512-d), run by hand.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/import_speed.py [--rows 31783] [--keep-index]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/import_speed.py [--rows 31783] [--keep-index] \
+        [--data-dir DIR] [--database-url URL]
 
-Uses its own embedded PostgreSQL in /tmp/bench-import-data. Prints the seconds for a load into
-a model with no embeddings (index dropped and rebuilt once) and, with --keep-index, the same
-load inserting into the live HNSW index row by row.
+Prints the seconds ``embeddings_import`` takes to load ``--rows`` unit vectors into a model with
+no embeddings (HNSW index dropped and rebuilt once) and, with --keep-index, the same load
+inserting into the live HNSW index row by row (``rebuild_index_min_rows`` above the row count).
+
+Runs on its own embedded PostgreSQL in ``--data-dir`` (default .data/bench/import_speed), never
+the site's data: see bench/_harness.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DATA_DIR", "/tmp/bench-import-data")
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import django  # noqa: E402
+from bench import _harness  # noqa: E402
 
-django.setup()
-
-import numpy as np  # noqa: E402
-from django.core.management import call_command  # noqa: E402
-
-from config import embedded  # noqa: E402
-from gallery.models import Image  # noqa: E402
-from search import services  # noqa: E402
-from search.models import EmbeddingJob, ImageEmbedding  # noqa: E402
-
-MODEL = "clip-vit-base-patch32"
+SCRIPT = "import_speed"
+MODEL_ID = "clip-vit-base-patch32"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rows", type=int, default=31_783)
     parser.add_argument("--keep-index", action="store_true", help="also time without rebuild")
-    args = parser.parse_args()
-    call_command("migrate", verbosity=0)
-    names = [f"{1_000_000 + i}.jpg" for i in range(args.rows)]
-    if Image.objects.filter(source="flickr30k").count() != args.rows:
-        Image.objects.all().delete()
-        Image.objects.bulk_create(
-            [
-                Image(source="flickr30k", visibility="public", file="x.jpg", sha256=f"{i:064x}",
-                      original_filename=name, flickr30k_id=1_000_000 + i)
-                for i, name in enumerate(names)
-            ],
-            batch_size=5000,
-        )  # fmt: skip
-    vectors = np.random.default_rng(0).normal(size=(args.rows, 512)).astype(np.float32)
+    _harness.add_arguments(parser, script=SCRIPT)
+    return parser.parse_args(argv)
 
-    modes = [("index dropped, one rebuild", services.INDEX_REBUILD_MIN_ROWS)]
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    with _harness.own_django(script=SCRIPT, data_dir=args.data_dir, database_url=args.database_url):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    from search.models import EmbeddingJob, ImageEmbedding
+    from search.services import INDEX_REBUILD_MIN_ROWS, embeddings_import
+
+    image_ids = _harness.fake_images_replace(args.rows)
+    names = [f"{image_id}.jpg" for image_id in image_ids]
+    vectors = _harness.unit_vectors(args.rows)
+
+    modes = [("index dropped, one rebuild", min(INDEX_REBUILD_MIN_ROWS, args.rows))]
     if args.keep_index:
         modes.append(("rows inserted into the live index", args.rows + 1))
     print(f"{'mode':<36} {'rows':>7} {'seconds':>8}")
     for label, threshold in modes:
-        ImageEmbedding.objects.filter(model_id=MODEL).delete()
-        EmbeddingJob.objects.filter(model_id=MODEL).delete()
+        ImageEmbedding.objects.filter(model_id=MODEL_ID).delete()
+        EmbeddingJob.objects.filter(model_id=MODEL_ID).delete()
         started = time.perf_counter()
-        result = services.embeddings_import(
-            model_id=MODEL, vectors=vectors, filenames=names, rebuild_index_min_rows=threshold
+        result = embeddings_import(
+            model_id=MODEL_ID, vectors=vectors, filenames=names, rebuild_index_min_rows=threshold
         )
         seconds = time.perf_counter() - started
         print(f"{label:<36} {result.stored:>7} {seconds:>8.1f}")
-    embedded.postgres_stop(Path(os.environ["DATA_DIR"]))
 
 
 if __name__ == "__main__":
-    main()
+    _harness.main_guarded(main, sys.argv[1:])

@@ -1,19 +1,21 @@
 """Query encoder alone: torch vs ONNX Runtime, float32 and int8, on this machine's CPU.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/query_encoder.py [--queries 200] [--images 20] \
-        [--threads 1] [--source DIR] [--model-dir DIR] [--cache-dir DIR]
+        [--threads 1] [--source DIR] [--data-dir DIR] [--model-dir DIR] [--cache-dir DIR]
 
 What the web worker pays per search before the database: one text (or one query image)
 through the model's processor and tower, normalised. Each variant is loaded through
 ``encoders.load_encoder``, as the product loads it, and timed one query at a time on distinct
 texts (no cache). Printed per variant: load time (the first ONNX load exports and quantises into
-``--cache-dir``), text p50/p95/mean ms, image p50/mean ms, and the largest absolute difference
-and lowest cosine to torch float32 on the same inputs (the project's int8 rule is cosine
->= 0.99).
+``--cache-dir``, default ``<data dir>/onnx-cache``), text p50/p95/mean ms, image p50/mean ms,
+and the largest absolute difference and lowest cosine to torch float32 on the same inputs (the
+project's int8 rule is cosine >= 0.99).
 
 The model is the full-size ViT-B/32 CLIP architecture with random, seeded weights (no weights
 can be downloaded here; speed depends on the architecture, not on the values), or real weights
-with ``--source`` (a ``save_pretrained`` directory).
+with ``--source`` (a ``save_pretrained`` directory). No database: the script writes only into
+its own ``--data-dir`` (default .data/bench/query_encoder; see bench/_harness.py), which holds
+the random model (``--model-dir``) and the ONNX exports.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import _harness  # noqa: E402
+from bench._models import build_full_size_clip  # noqa: E402
+
+SCRIPT = "query_encoder"
 MODEL_ID = "clip-vit-base-patch32"
 VARIANTS = (("torch", "fp32"), ("torch", "int8"), ("onnx", "fp32"), ("onnx", "int8"))
 _SUBJECTS = ["a dog", "two children", "an old man", "a red car", "a cat", "a woman in a hat"]
@@ -41,24 +48,46 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=20, help="query images, one per call")
     parser.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads")
     parser.add_argument("--source", type=Path, default=None, help="real weights directory")
+    _harness.add_arguments(parser, script=SCRIPT, database=False)
     parser.add_argument(
-        "--model-dir", type=Path, default=Path("/tmp/bench-embed-data/clip-vit-b32-random")
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="the random model, built there once (default <data dir>/clip-vit-b32-random); a "
+        "directory that already holds a model (e.g. another bench's) is only read",
     )
-    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/bench-query-onnx"))
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="ONNX exports (default <data dir>/onnx-cache)"
+    )
     return parser.parse_args(argv)
+
+
+def model_and_cache_dirs(args: argparse.Namespace, data_dir: Path) -> tuple[Path, Path]:
+    """Where the random model is (or is built) and where exports go: in the data dir, or in
+    directories given that are a model to read or a bench's own (claimed as the data dir is)."""
+    model_dir = args.model_dir or data_dir / "clip-vit-b32-random"
+    if args.model_dir and not (args.model_dir / "config.json").exists():
+        model_dir = _harness.data_dir_claim(args.model_dir, script=SCRIPT)
+    cache_dir = args.cache_dir or data_dir / "onnx-cache"
+    if args.cache_dir:
+        cache_dir = _harness.data_dir_claim(args.cache_dir, script=SCRIPT)
+    return model_dir, cache_dir
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    sys.path.insert(0, str(REPO_ROOT))
+    with _harness.own_data_dir(args.data_dir, script=SCRIPT) as data_dir:
+        run(args, *model_and_cache_dirs(args, data_dir))
+
+
+def run(args: argparse.Namespace, model_dir: Path, cache_dir: Path) -> None:
     import numpy as np
     import torch
 
     from encoders import clear_encoder_cache, load_encoder
-    from tests.tiny_models import build_full_size_clip
 
     torch.set_num_threads(args.threads)
-    source = args.source or build_full_size_clip(args.model_dir)
+    source = args.source or build_full_size_clip(model_dir)
     texts = distinct_texts(args.queries)
     images = query_images(args.images)
     import onnxruntime
@@ -87,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             dtype=dtype,
             backend=backend,
             onnx_threads=args.threads,
-            onnx_cache_dir=args.cache_dir,
+            onnx_cache_dir=cache_dir,
         )
         load_seconds = time.perf_counter() - start
         if encoder.backend != backend:
@@ -156,4 +185,4 @@ def query_images(count: int) -> list[Any]:
 
 
 if __name__ == "__main__":
-    main()
+    _harness.main_guarded(main, sys.argv[1:])

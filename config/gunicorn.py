@@ -1,6 +1,7 @@
 """Gunicorn settings for ./run and the compose web service (``gunicorn -c config/gunicorn.py``)."""
 
 import os
+from typing import Any
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_WORKERS", "2"))
@@ -19,7 +20,7 @@ limit_request_field_size = 8190
 control_socket_disable = True
 
 
-def post_worker_init(worker) -> None:  # noqa: ANN001 - gunicorn's hook signature
+def post_worker_init(worker: Any) -> None:  # gunicorn's hook signature
     # Load the search models in each worker before it takes requests, so the first search
     # is as fast as the tenth.
     from search.encoding import warm_up

@@ -86,7 +86,7 @@ class Child:
 
     name: str
     cmd: list[str]
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen[str] | None = None
     started_at: float = 0.0
     backoff: float = 1.0
     restart_at: float | None = None
@@ -108,7 +108,7 @@ class Launcher:
         self.children: list[Child] = []
         self.embedded_postgres = not self.env.get("DATABASE_URL")
         self.embedded_redis = not (self.env.get("CELERY_BROKER_URL") or self.env.get("REDIS_URL"))
-        self.redis: subprocess.Popen | None = None
+        self.redis: subprocess.Popen[bytes] | None = None
         self.redis_backoff = 1.0
         self.redis_restart_at: float | None = None
         self.postgres_backoff = 1.0
@@ -198,7 +198,7 @@ class Launcher:
             target=self.relay, args=(child, child.process), daemon=True, name=child.name
         ).start()
 
-    def relay(self, child: Child, process: subprocess.Popen) -> None:
+    def relay(self, child: Child, process: subprocess.Popen[str]) -> None:
         """Print a child's output line by line, each once, prefixed with the child's name."""
         assert process.stdout is not None
         for line in process.stdout:
@@ -271,8 +271,9 @@ class Launcher:
             if child.restart_at is None:
                 child.backoff = next_backoff(child.backoff, now - child.started_at)
                 child.restart_at = now + child.backoff
+                code = child.process.poll() if child.process else None
                 log(
-                    f"{child.name} stopped ({describe_exit(child.process.poll())}); "
+                    f"{child.name} stopped ({describe_exit(code or 0)}); "
                     f"restarting in {child.backoff:.0f}s"
                 )
             elif now >= child.restart_at:
@@ -342,7 +343,7 @@ def next_backoff(previous: float, uptime: float) -> float:
     return min(previous * 2, MAX_BACKOFF_SECONDS)
 
 
-def stop_group(name: str, process: subprocess.Popen) -> None:
+def stop_group(name: str, process: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
     """SIGTERM a child's whole process group (gunicorn's workers too), SIGKILL stragglers."""
     try:
         pgid = os.getpgid(process.pid)
@@ -394,7 +395,7 @@ def allowed_hosts_for(host: str) -> str:
         name = socket.gethostname()
         hosts += [name, socket.getfqdn()]
         with contextlib.suppress(OSError):
-            hosts += [info[4][0] for info in socket.getaddrinfo(name, None)]
+            hosts += [str(info[4][0]) for info in socket.getaddrinfo(name, None)]
     elif host not in hosts:
         hosts.append(f"[{host}]" if ":" in host else host)
     return ",".join(dict.fromkeys(h for h in hosts if h))

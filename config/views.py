@@ -78,7 +78,9 @@ def rate_limited(request: HttpRequest, exception: Exception | None = None) -> Ht
 
 
 def signin_locked_out(
-    request: HttpRequest, response: HttpResponse | None = None, credentials: dict | None = None
+    request: HttpRequest,
+    response: HttpResponse | None = None,
+    credentials: dict[str, object] | None = None,
 ) -> HttpResponse:
     """AXES_LOCKOUT_CALLABLE: too many wrong passwords for this username from this address."""
     minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)

@@ -7,11 +7,12 @@ from .base import (
     Encoder,
     EncoderError,
     ImageDecodeError,
+    ModelSpec,
     UnknownModelError,
     WeightsUnavailableError,
 )
 from .images import DEFAULT_MAX_PIXELS, open_image, to_rgb
-from .registry import MODELS, ModelSpec, clear_encoder_cache, load_encoder, model_spec
+from .registry import MODELS, clear_encoder_cache, load_encoder, model_spec
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",

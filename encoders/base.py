@@ -86,3 +86,10 @@ class WeightsUnavailableError(EncoderError):
 
 class ImageDecodeError(EncoderError):
     """An image file that cannot be decoded; permanent, so record it rather than retry."""
+
+
+def l2_normalised(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, as float32; an all-zero row stays zero (torch's floor)."""
+    features = np.asarray(features, dtype=np.float32)
+    norms: np.ndarray = np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    return np.asarray(features / norms, dtype=np.float32)

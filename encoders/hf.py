@@ -16,18 +16,15 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 import transformers
 from PIL import Image
 
-from .base import INT8, EncoderError, ModelSpec, WeightsUnavailableError
+from .base import INT8, EncoderError, ModelSpec, WeightsUnavailableError, l2_normalised
 from .images import to_rgb
-
-if TYPE_CHECKING:
-    from .onnx import OnnxOptions
 
 
 @dataclass(frozen=True)
@@ -89,7 +86,7 @@ class ProcessorEncoder:
     ) -> np.ndarray:
         """Embed ``images``, in forward passes of at most ``max_batch`` (default: all)."""
         parts = [
-            _normalised(self._image_features(self.image_inputs(chunk)))
+            l2_normalised(self._image_features(self.image_inputs(chunk)))
             for chunk in _chunks(images, max_batch)
         ]
         return self._concat(parts)
@@ -97,7 +94,7 @@ class ProcessorEncoder:
     def embed_texts(self, texts: Sequence[str], *, max_batch: int | None = None) -> np.ndarray:
         """Embed ``texts``, truncated to the model's context, ``max_batch`` at a time."""
         parts = [
-            _normalised(self._text_features(self.text_inputs(chunk)))
+            l2_normalised(self._text_features(self.text_inputs(chunk)))
             for chunk in _chunks(texts, max_batch)
         ]
         return self._concat(parts)
@@ -186,25 +183,31 @@ class HFEncoder(ProcessorEncoder):
             return _features_numpy(self._model.get_text_features(**tensors))
 
 
-def load_hf_encoder(
-    spec: ModelSpec,
-    *,
-    source: str,
-    device: str,
-    dtype: str,
-    backend: str = "torch",
-    onnx_options: OnnxOptions | None = None,
-) -> ProcessorEncoder:
-    """Load ``spec``'s model and processor from ``source`` (hub id or local directory).
+@dataclass
+class HFCheckpoint:
+    """A checkpoint's config and processor, read; its weights are loaded only when asked.
 
-    ``dtype`` is a torch dtype name, or "int8" for float32 weights whose Linear layers are then
-    dynamically quantised (CPU only; the registry refuses other devices before calling here).
-    ``backend`` "onnx" (CPU, float32 or int8) runs the towers in ONNX Runtime, exporting them on
-    first use; if that cannot work here it warns and loads the torch model instead.
+    Both backends start here: torch loads the weights into ``model_class``; the ONNX backend
+    loads them only when it has no export of this checkpoint yet.
     """
-    quantization = "int8-dynamic" if dtype == INT8 else None
-    if quantization:
-        dtype = "float32"
+
+    spec: ModelSpec
+    source: str
+    config: Any
+    model_class: Any
+    processor: Any
+    local_only: dict[str, bool]
+
+    def load_model(self, dtype: str, device: str) -> Any:
+        with _weights_errors(self.spec, self.source):
+            model = self.model_class.from_pretrained(
+                self.source, config=self.config, dtype=getattr(torch, dtype), **self.local_only
+            )
+        return model.to(device).eval()
+
+
+def hf_checkpoint(spec: ModelSpec, *, source: str) -> HFCheckpoint:
+    """Read ``spec``'s config and processor from ``source`` (hub id or local directory)."""
     source = _check_source(spec, source)
     # When offline is requested, say so to transformers explicitly: huggingface_hub reads
     # HF_HUB_OFFLINE only once, at import, so a later change would otherwise be ignored.
@@ -214,44 +217,29 @@ def load_hf_encoder(
         # us refuse a checkpoint of another family before loading weights into the wrong class.
         config = transformers.AutoConfig.from_pretrained(source, **local_only)
         model_class = _model_class(spec, source, config)
-        processor = transformers.AutoProcessor.from_pretrained(source, **local_only)
+        processor = transformers.AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
+            source, **local_only
+        )
+    return HFCheckpoint(spec, source, config, model_class, processor, local_only)
 
-    def load_model(dtype: str) -> Any:
-        with _weights_errors(spec, source):
-            model = model_class.from_pretrained(
-                source, config=config, dtype=getattr(torch, dtype), **local_only
-            )
-        return model.to(device).eval()
 
-    if backend == "onnx":
-        from .onnx import OnnxOptions, OnnxUnavailableError, load_onnx_encoder
+def load_hf_encoder(checkpoint: HFCheckpoint, *, device: str, dtype: str) -> ProcessorEncoder:
+    """The torch encoder of ``checkpoint``.
 
-        try:
-            return load_onnx_encoder(
-                spec,
-                source=source,
-                config=config,
-                processor=processor,
-                load_model=lambda: load_model("float32"),
-                quantize=bool(quantization),
-                options=onnx_options or OnnxOptions(),
-            )
-        except OnnxUnavailableError as exc:
-            # A search must not fail because an optional speed-up is missing: torch computes
-            # the same embeddings, only slower.
-            warnings.warn(
-                f"ONNX Runtime backend unavailable for {spec.model_id!r}, using torch: {exc}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-    model = load_model(dtype)
+    ``dtype`` is a torch dtype name, or "int8" for float32 weights whose Linear layers are then
+    dynamically quantised (CPU only; the registry refuses other devices before calling here).
+    """
+    quantization = "int8-dynamic" if dtype == INT8 else None
+    if quantization:
+        dtype = "float32"
+    model = checkpoint.load_model(dtype, device)
     if quantization:
         model = _quantize_linear_int8(model)
     return HFEncoder(
-        model_id=spec.model_id,
+        model_id=checkpoint.spec.model_id,
         model=model,
-        processor=processor,
-        family=spec.family,
+        processor=checkpoint.processor,
+        family=checkpoint.spec.family,
         device=device,
         dtype=getattr(torch, dtype),
         quantization=quantization,
@@ -297,7 +285,7 @@ def _quantize_linear_int8(model: Any) -> Any:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated")
         warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor")
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)  # type: ignore[no-untyped-call]
 
 
 def _check_source(spec: ModelSpec, source: str) -> str:
@@ -357,13 +345,6 @@ def features_tensor(output: Any) -> torch.Tensor:
 def _features_numpy(output: Any) -> np.ndarray:
     # Brought to float32 before normalising: fp16 norms of 768-wide vectors lose precision.
     return features_tensor(output).float().cpu().numpy()
-
-
-def _normalised(features: np.ndarray) -> np.ndarray:
-    features = features.astype(np.float32, copy=False)
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    # The same floor as torch.nn.functional.normalize, so an all-zero row stays zero.
-    return features / np.maximum(norms, 1e-12)
 
 
 def _first_line(exc: BaseException) -> str:

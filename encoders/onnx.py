@@ -33,8 +33,8 @@ import torch
 import transformers
 from PIL import Image
 
-from .base import EncoderError, ModelSpec, WeightsUnavailableError
-from .hf import ProcessorEncoder, features_tensor
+from .base import EncoderError, ModelSpec, WeightsUnavailableError, l2_normalised
+from .hf import HFCheckpoint, ProcessorEncoder, features_tensor
 
 # Bump when the exported graphs change for the same weights and versions (wrapper, opset, axes):
 # it is part of the cache key, so old exports are not reused.
@@ -115,21 +115,20 @@ class OnnxEncoder(ProcessorEncoder):
 
 
 def load_onnx_encoder(
-    spec: ModelSpec,
-    *,
-    source: str,
-    config: Any,
-    processor: Any,
-    load_model: Callable[[], Any],
-    quantize: bool,
-    options: OnnxOptions,
+    checkpoint: HFCheckpoint, *, quantize: bool, options: OnnxOptions
 ) -> OnnxEncoder:
-    """Load ``spec``'s towers into ONNX Runtime, exporting them from ``load_model()`` if needed.
+    """Load the checkpoint's towers into ONNX Runtime, exporting them first if needed.
 
-    ``load_model`` loads the float32 torch model; it is called only when no export for these
-    weights and versions is cached. Raises ``OnnxUnavailableError`` for anything ONNX-specific
-    (the caller falls back to torch), and lets the weights' own errors through.
+    The float32 torch model is loaded (on the CPU) only when no export for these weights and
+    versions is cached. Raises ``OnnxUnavailableError`` for anything ONNX-specific (the caller
+    falls back to torch), and lets the weights' own errors through.
     """
+    spec, source = checkpoint.spec, checkpoint.source
+    config, processor = checkpoint.config, checkpoint.processor
+
+    def load_model() -> Any:
+        return checkpoint.load_model("float32", "cpu")
+
     try:
         import onnxruntime
     except Exception as exc:  # a broken install raises more than ImportError
@@ -261,11 +260,11 @@ def _session(ort: Any, path: Path, threads: int) -> Any:
 def _run(session: Any, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
     # Fed by the graph's own input names and types: an input the exporter found unused is not
     # a graph input, and the processor's integer dtypes may differ from the traced ones.
-    feed = {
+    feed: dict[str, np.ndarray] = {
         spec.name: np.ascontiguousarray(inputs[spec.name], dtype=_ORT_NUMPY_TYPES[spec.type])
         for spec in session.get_inputs()
     }
-    return session.run(None, feed)[0]
+    return np.asarray(session.run(None, feed)[0])
 
 
 @contextlib.contextmanager
@@ -369,10 +368,10 @@ _DYNAMIC_AXES = {
 }
 
 
-def _ensure_int8(probe: _Probe, *, export_dir: Path, ort: Any) -> dict:
+def _ensure_int8(probe: _Probe, *, export_dir: Path, ort: Any) -> dict[str, Any]:
     """Quantise both towers once (dynamic int8) and record their lowest cosine to float32."""
     # Read again under the lock: another process may have quantised while this one waited.
-    meta = json.loads((export_dir / "meta.json").read_text())
+    meta: dict[str, Any] = json.loads((export_dir / "meta.json").read_text())
     if "int8" in meta:
         return meta
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -389,8 +388,8 @@ def _ensure_int8(probe: _Probe, *, export_dir: Path, ort: Any) -> dict:
                 source, scratch, weight_type=QuantType.QInt8, per_channel=True, reduce_range=False
             )
         os.replace(scratch, target)
-        full = _normalised(_run(_session(ort, source, 1), inputs))
-        int8 = _normalised(_run(_session(ort, target, 1), inputs))
+        full = l2_normalised(_run(_session(ort, source, 1), inputs))
+        int8 = l2_normalised(_run(_session(ort, target, 1), inputs))
         cosines.append(float(np.sum(full * int8, axis=1).min()))
     minimum = min(cosines)
     meta = {**meta, "int8": {"min_cosine": minimum}}
@@ -463,12 +462,8 @@ def _photo(seed: int, width: int, height: int) -> Image.Image:
     return Image.fromarray(pixels, "RGB")
 
 
-def _normalised(features: np.ndarray) -> np.ndarray:
-    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-
-
 def _max_difference(got: np.ndarray, expected: np.ndarray) -> float:
-    return float(np.abs(_normalised(got) - _normalised(expected)).max())
+    return float(np.abs(l2_normalised(got) - l2_normalised(expected)).max())
 
 
 # --- the cache key ---------------------------------------------------------------------------

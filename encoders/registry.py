@@ -145,22 +145,29 @@ _locks_guard = threading.Lock()
 
 
 def _load(key: _LoadKey) -> Encoder:
-    from .hf import load_hf_encoder
+    from .hf import hf_checkpoint, load_hf_encoder
 
-    options = None
+    spec = MODELS[key.model_id]
+    checkpoint = hf_checkpoint(spec, source=key.source)
     if key.backend == "onnx":
-        from .onnx import OnnxOptions
+        from .onnx import OnnxOptions, OnnxUnavailableError, load_onnx_encoder
 
         cache_dir = Path(key.onnx_cache_dir) if key.onnx_cache_dir else None
-        options = OnnxOptions(threads=key.onnx_threads, cache_dir=cache_dir)
-    return load_hf_encoder(
-        MODELS[key.model_id],
-        source=key.source,
-        device=key.device,
-        dtype=key.dtype,
-        backend=key.backend,
-        onnx_options=options,
-    )
+        try:
+            return load_onnx_encoder(
+                checkpoint,
+                quantize=key.dtype == INT8,
+                options=OnnxOptions(threads=key.onnx_threads, cache_dir=cache_dir),
+            )
+        except OnnxUnavailableError as exc:
+            # A search must not fail because an optional speed-up is missing: torch computes
+            # the same embeddings, only slower.
+            warnings.warn(
+                f"ONNX Runtime backend unavailable for {spec.model_id!r}, using torch: {exc}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return load_hf_encoder(checkpoint, device=key.device, dtype=key.dtype)
 
 
 def _backend_name(backend: str | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -12,7 +13,9 @@ from django.db import connection, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from kombu.exceptions import OperationalError as KombuOperationalError
 
+from config.celery import app as celery_app
 from encoders.registry import model_spec
 from gallery.models import Image
 from search.indexes import embedding_index_drop, embedding_indexes_ensure
@@ -21,6 +24,8 @@ from search.models import CaptionEmbedding, EmbeddingJob, EmbeddingModel, ImageE
 # Loading at least this many rows into a model that has none drops its index first and builds
 # it once at the end: one build is several times faster than this many graph insertions.
 INDEX_REBUILD_MIN_ROWS = 5000
+SWEEP_TASK = "workers.tasks.embeddings_sweep_task"
+logger = logging.getLogger(__name__)
 
 
 class EmbeddingDimensionError(ValueError):
@@ -109,14 +114,25 @@ def embedding_models_sync_from_settings() -> None:
 
 
 def embedding_model_enable(*, model_id: str) -> EmbeddingModel:
-    """Enable a model; its backfill is queued once the transaction commits."""
+    """Enable a model; its backfill is queued once the transaction commits.
+
+    The sweep task is sent by name: the task layer imports these services, not the reverse.
+    With the broker down the periodic sweep starts the backfill instead (the model is enabled).
+    """
     model_spec(model_id)
     state, _ = EmbeddingModel.objects.update_or_create(
         model_id=model_id, defaults={"enabled": True}
     )
-    from workers.tasks import embeddings_sweep_task
 
-    transaction.on_commit(lambda: embeddings_sweep_task.delay(model_id=model_id))
+    def send_sweep() -> None:
+        try:
+            celery_app.send_task(
+                SWEEP_TASK, kwargs={"model_id": model_id}, queue="cpu", ignore_result=True
+            )
+        except (KombuOperationalError, OSError) as exc:
+            logger.warning("broker unavailable (%s): the next sweep backfills %s", exc, model_id)
+
+    transaction.on_commit(send_sweep)
     return state
 
 

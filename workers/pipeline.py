@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError
+from PIL import Image as PILImage
 
 from encoders import Encoder, EncoderError, ImageDecodeError, open_image
 from gallery.models import Image
@@ -65,7 +66,7 @@ class BatchResult:
         return {"embedded": self.embedded, "skipped": self.skipped, "failed": self.failed}
 
 
-Decoded = tuple[int, "object | None", str]  # image id, PIL image or None, failure reason
+Decoded = tuple[int, "PILImage.Image | None", str]  # image id, image or None, failure reason
 
 
 def _decode(image: Image) -> Decoded:

@@ -13,6 +13,7 @@ instead of the whole backlog; the first batch that loads queues the rest.
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import timedelta
 
@@ -22,6 +23,7 @@ from kombu.exceptions import ChannelError
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from config.celery import app as celery_app
 from search.selectors import embedding_model_unavailable, embedding_models_enabled
 from search.services import (
     embedding_jobs_claim,
@@ -33,18 +35,17 @@ from search.services import (
 logger = logging.getLogger(__name__)
 
 BROKER_ERRORS = (KombuOperationalError, RedisConnectionError, ConnectionError, OSError)
+EMBED_TASK = "workers.tasks.embed_images_task"
 
 
 def broker_queue_length(queue: str) -> int | None:
     """Messages waiting in ``queue`` (not those a worker holds), or None when unknown."""
-    from config.celery import app
-
     try:
-        with app.connection_for_read() as connection:
+        with celery_app.connection_for_read() as connection:
             connection.ensure_connection(max_retries=1)
             channel = connection.default_channel
             try:
-                return channel.queue_declare(queue=queue, passive=True).message_count
+                return int(channel.queue_declare(queue=queue, passive=True).message_count)
             except ChannelError:
                 return 0  # Redis drops an emptied list: a queue never declared holds nothing
     except BROKER_ERRORS:
@@ -89,11 +90,15 @@ def send_batches(model_id: str, batches: list[list[int]]) -> None:
     An upload or an import must not fail because Redis is briefly away: the images and their
     pending jobs are already committed, and the periodic sweep queues them once it is back.
     """
-    from workers.tasks import embed_images_task
-
     for index, batch in enumerate(batches):
         try:
-            embed_images_task.apply_async(args=(model_id, batch), queue=settings.EMBEDDING_QUEUE)
+            # By name: the tasks module imports this one, not the reverse.
+            celery_app.send_task(
+                EMBED_TASK,
+                args=(model_id, batch),
+                queue=settings.EMBEDDING_QUEUE,
+                ignore_result=True,  # outcomes are recorded on the jobs
+            )
         except BROKER_ERRORS as exc:
             unsent = [image_id for rest in batches[index:] for image_id in rest]
             embedding_jobs_mark_unsent(model_id=model_id, image_ids=unsent)
@@ -122,4 +127,4 @@ def image_enqueue_embedding(*, image_id: int) -> None:
         if embedding_model_unavailable(model_id=model_id):
             continue
         embedding_jobs_mark_sent(model_id=model_id, image_ids=[image_id])
-        transaction.on_commit(lambda m=model_id: send_batches(m, [[image_id]]))
+        transaction.on_commit(functools.partial(send_batches, model_id, [[image_id]]))

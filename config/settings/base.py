@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import dj_database_url
@@ -107,9 +108,9 @@ TEMPLATES = [
 HNSW_ITERATIVE_SCAN = os.environ.get("HNSW_ITERATIVE_SCAN", "strict_order")
 
 
-def database_from_url(url: str) -> dict:
+def database_from_url(url: str) -> dict[str, Any]:
     """Django's DATABASES entry for ``url`` with the connection options every process uses."""
-    database = dj_database_url.parse(url)
+    database: dict[str, Any] = dict(dj_database_url.parse(url))
     # Persistent connections: opening one per request costs more than a search's own queries.
     # Health checks make a connection broken by a database restart reconnect on the next request.
     database["CONN_MAX_AGE"] = int(os.environ.get("CONN_MAX_AGE", 60))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import timedelta
+from typing import Any, cast
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
@@ -43,13 +44,15 @@ class Command(BaseCommand):
                 f"{model_id!r} is not enabled; enable it in the admin (Embedding models) or add "
                 f"it to EMBEDDING_MODELS and run migrate"
             )
-        batch_size = options["batch_size"]
+        batch_size = cast("int | None", options["batch_size"])
         if options["sync"]:
             self._embed_here(model_id, bool(options["missing"]), batch_size)
         else:
             self._enqueue(model_id, bool(options["missing"]), batch_size, options)
 
-    def _enqueue(self, model_id: str, missing: bool, batch_size: int | None, options) -> None:
+    def _enqueue(
+        self, model_id: str, missing: bool, batch_size: int | None, options: dict[str, Any]
+    ) -> None:
         if not missing:
             raise CommandError(
                 "re-embedding every image runs in this process: add --sync (or --missing to "
@@ -70,12 +73,12 @@ class Command(BaseCommand):
         except EncoderError as exc:
             raise CommandError(str(exc)) from exc
         batch_size = batch_size or 32
-        ids = Image.objects.order_by("id").values_list("id", flat=True)
+        wanted = Image.objects.order_by("id").values_list("id", flat=True)
         if missing:
-            ids = ids.exclude(
+            wanted = wanted.exclude(
                 pk__in=ImageEmbedding.objects.filter(model_id=model_id).values("image_id")
             )
-        ids = list(ids)
+        ids: list[int] = list(wanted)
         total = pipeline.BatchResult()
         chunk = batch_size * 8  # several model batches per call keeps decoding ahead
         with tqdm(total=len(ids), unit="img", desc=model_id) as bar:

@@ -146,3 +146,16 @@ def form_error_message(form: forms.Form) -> str:
     field, errors = next(iter(form.errors.items()))
     text = " ".join(errors)
     return text if field == "__all__" else f"{field.replace('_', ' ')}: {text}"
+
+
+class ImageVisibilityForm(forms.Form):
+    visibility = forms.ChoiceField(choices=Image.Visibility.choices)
+
+
+class BrowseForm(forms.Form):
+    """The browse page's query string: which images, and which page of them."""
+
+    show = forms.ChoiceField(
+        required=False, choices=[(v, v) for v in ("all", "mine", "dataset", "public")]
+    )
+    page = forms.IntegerField(required=False, min_value=1, max_value=100_000)

@@ -81,3 +81,46 @@ def collection_items_visible(
         .select_related("image")
         .prefetch_related("image__captions")
     )
+
+
+# What the browse page's filter tabs show.
+BROWSE_FILTERS = ("all", "mine", "dataset", "public")
+
+
+def images_browse(*, user: AbstractBaseUser | AnonymousUser, show: str = "all") -> QuerySet[Image]:
+    """Images for the browse page, newest first: everything ``user`` may see ("all"), their
+    own uploads ("mine"), the data set's photos ("dataset") or anyone's public images."""
+    images = images_visible_to(user=user)
+    if show == "mine":
+        images = images.filter(owner_id=user.pk) if user.is_authenticated else images.none()
+    elif show == "dataset":
+        images = images.filter(source=Image.Source.FLICKR30K)
+    elif show == "public":
+        images = images.filter(visibility=Image.Visibility.PUBLIC)
+    return images.order_by("-created_at", "-id").prefetch_related("captions")
+
+
+def image_collections_visible(
+    *, image: Image, user: AbstractBaseUser | AnonymousUser
+) -> QuerySet[Collection]:
+    """The collections holding ``image`` that ``user`` may open (their own and public ones)."""
+    return collections_visible_to(user=user).filter(items__image=image).distinct()
+
+
+def collection_covers(*, collections: list[Collection], per_collection: int = 4) -> dict[int, list]:
+    """Up to ``per_collection`` image ids per collection, newest items first, for cover mosaics
+    on the owner's list (the owner may see every image in their own collections)."""
+    covers: dict[int, list] = {collection.pk: [] for collection in collections}
+    items = CollectionItem.objects.filter(collection__in=collections).order_by("-added_at", "-id")
+    for collection_id, image_id in items.values_list("collection_id", "image_id").iterator():
+        if len(covers[collection_id]) < per_collection:
+            covers[collection_id].append(image_id)
+    return covers
+
+
+def collection_items_hidden(*, collection: Collection) -> QuerySet[CollectionItem]:
+    """Items that people other than the owner cannot see (the owner's private uploads): the
+    owner is told, since a shared link shows everyone else the collection without them."""
+    return collection.items.exclude(image__visibility=Image.Visibility.PUBLIC).select_related(
+        "image"
+    )

@@ -65,7 +65,8 @@ def image_upload(
 
     Refuses files over UPLOAD_MAX_BYTES or UPLOAD_MAX_PIXELS and anything that does not decode
     completely, with a readable reason; nothing is stored then. Uploading the same bytes again
-    returns the image already stored.
+    returns the image already stored. The returned image's ``duplicate`` attribute says which
+    (True: it was already there), so the caller can say "already in your library".
     """
     if visibility not in Image.Visibility.values:
         raise InvalidInput(f"visibility must be one of {', '.join(Image.Visibility.values)}")
@@ -76,6 +77,7 @@ def image_upload(
     sha256 = digest.hexdigest()
     existing = Image.objects.filter(source=Image.Source.UPLOAD, owner=owner, sha256=sha256).first()
     if existing is not None:
+        existing.duplicate = True
         return existing
 
     checked = image_file_decode(file=file, label=file.name or "the file")
@@ -98,9 +100,61 @@ def image_upload(
                 image.save()
         except IntegrityError:
             # The same person sent the same bytes twice at once: keep the first.
-            return Image.objects.get(source=Image.Source.UPLOAD, owner=owner, sha256=sha256)
+            first = Image.objects.get(source=Image.Source.UPLOAD, owner=owner, sha256=sha256)
+            first.duplicate = True
+            return first
         image_enqueue_embedding(image_id=image.pk)
+    image.duplicate = False
     return image
+
+
+def _image_owned(*, user: AbstractBaseUser, image_id: int) -> Image:
+    """One of ``user``'s uploads. Anything else (another person's image, a data-set photo, no
+    such id) is the same NotFound, so the answer never tells whether a private image exists."""
+    image = None
+    if user.is_authenticated:
+        image = Image.objects.filter(
+            pk=image_id, owner_id=user.pk, source=Image.Source.UPLOAD
+        ).first()
+    if image is None:
+        raise NotFound("no such image among your uploads")
+    return image
+
+
+def image_visibility_set(*, user: AbstractBaseUser, image_id: int, visibility: str) -> Image:
+    """Make one of ``user``'s uploads public or private."""
+    if visibility not in Image.Visibility.values:
+        raise InvalidInput(f"visibility must be one of {', '.join(Image.Visibility.values)}")
+    image = _image_owned(user=user, image_id=image_id)
+    if image.visibility != visibility:
+        image.visibility = visibility
+        image.save(update_fields=["visibility"])
+    return image
+
+
+def image_delete(*, user: AbstractBaseUser, image_id: int) -> None:
+    """Delete one of ``user``'s uploads: the row with its captions, embeddings, jobs and
+    collection items (cascades), then, once committed, its file and thumbnails.
+
+    Files go after the commit so a rolled-back delete never leaves a row without its file. A
+    file another row shares is kept (data-set imports reuse content-addressed names).
+    """
+    image = _image_owned(user=user, image_id=image_id)
+    name, sha256 = image.file.name, image.sha256
+    with transaction.atomic():
+        image.delete()
+        transaction.on_commit(lambda: _image_files_delete(name=name, sha256=sha256))
+
+
+def _image_files_delete(*, name: str, sha256: str) -> None:
+    if Image.objects.filter(file=name).exists():
+        return
+    if name and default_storage.exists(name):
+        default_storage.delete(name)
+    if Image.objects.filter(sha256=sha256).exists():
+        return  # thumbnails are named by content, and another image still has it
+    for size in THUMBNAIL_SIZES:
+        (Path(settings.MEDIA_ROOT) / "thumbs" / str(size) / f"{sha256}.jpg").unlink(missing_ok=True)
 
 
 def api_token_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiToken, str]:

@@ -1,9 +1,17 @@
+from django.templatetags.static import static
 from django.urls import path
+from django.views.generic import RedirectView
 
 from gallery import views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
+    path("images/<int:image_id>/", views.image_detail, name="image"),
+    path("images/<int:image_id>/status", views.image_status, name="image-status"),
+    path("images/<int:image_id>/visibility", views.image_visibility, name="image-visibility"),
+    path("images/<int:image_id>/delete", views.image_delete_view, name="image-delete"),
+    path("images/<int:image_id>/save", views.collection_picker, name="collection-picker"),
     path("images/<int:image_id>/file", views.image_file, name="image-file"),
     path("images/<int:image_id>/thumb", views.image_thumbnail, name="image-thumb"),
     path("images/<int:image_id>/thumb/<int:size>", views.image_thumbnail, name="image-thumb-size"),

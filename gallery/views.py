@@ -5,8 +5,9 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
+from django.core.paginator import Paginator
 from django.db import transaction
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -14,10 +15,13 @@ from django.views.decorators.http import require_http_methods
 from django_ratelimit.decorators import ratelimit
 
 from config.errors import ApplicationError
+from config.views import error_response
 from gallery.forms import (
+    BrowseForm,
     CollectionAddForm,
     CollectionCreateForm,
     CollectionEditForm,
+    ImageVisibilityForm,
     TokenCreateForm,
     TokenRevokeForm,
     UploadForm,
@@ -26,10 +30,14 @@ from gallery.forms import (
 from gallery.models import Collection, Image
 from gallery.selectors import (
     api_tokens_of,
+    collection_covers,
     collection_get_viewable,
+    collection_items_hidden,
     collection_items_visible,
     collections_of,
+    image_collections_visible,
     image_viewable_by,
+    images_browse,
     images_visible_to,
 )
 from gallery.services import (
@@ -40,19 +48,142 @@ from gallery.services import (
     collection_item_add,
     collection_item_remove,
     collection_update,
+    image_delete,
     image_thumbnail_path,
     image_upload,
+    image_visibility_set,
 )
-from search.selectors import embedding_model_default_unavailable
+from search.selectors import (
+    embedding_model_default_unavailable,
+    image_index_status,
+    images_similar,
+)
 
 # One message for an image that does not exist and for one this user may not see, so that
 # the answer never tells whether someone else's private image exists.
 NO_SUCH_IMAGE = "No such image."
 
 
+BROWSE_PAGE_SIZE = 60
+
+
 def home(request: HttpRequest) -> HttpResponse:
-    images = images_visible_to(user=request.user).order_by("-created_at", "-id")[:24]
-    return render(request, "gallery/home.html", {"images": images})
+    """Browse: the images this person may see, newest first, grouped by day, a page at a time
+    (htmx appends the next page in place; without JS it is an ordinary link)."""
+    form = BrowseForm(request.GET)
+    data = form.cleaned_data if form.is_valid() else {}
+    show = data.get("show") or "all"
+    paginator = Paginator(images_browse(user=request.user, show=show), BROWSE_PAGE_SIZE)
+    page = paginator.get_page(data.get("page") or 1)
+    context = {"page": page, "show": show, "filters": _browse_filters(request)}
+    if request.headers.get("HX-Request"):
+        return render(request, "gallery/_browse_page.html", context)
+    return render(request, "gallery/home.html", context)
+
+
+def _browse_filters(request: HttpRequest) -> list[tuple[str, str]]:
+    filters = [("all", "Everything")]
+    if request.user.is_authenticated:
+        filters.append(("mine", "My images"))
+    return [*filters, ("dataset", "Data set"), ("public", "Public")]
+
+
+def image_detail(request: HttpRequest, image_id: int) -> HttpResponse:
+    """The image large, its details and index status, similar images, owner controls."""
+    image = _visible_image(request, image_id)
+    is_owner = request.user.is_authenticated and image.owner_id == request.user.pk
+    try:
+        similar = images_similar(user=request.user, image_id=image.pk, k=12).hits
+        similar_error = ""
+    except ApplicationError as exc:
+        similar, similar_error = [], exc.message
+    visible = images_visible_to(user=request.user)
+    context = {
+        "image": image,
+        "captions": list(image.captions.all()),
+        "is_owner": is_owner,
+        "status": image_index_status(image_id=image.pk),
+        "collections": image_collections_visible(image=image, user=request.user),
+        "similar": similar,
+        "similar_error": similar_error,
+        "visibilities": Image.Visibility.choices,
+        # Previous / next in browse order (newest first), for the arrow keys.
+        "newer": visible.filter(created_at__gt=image.created_at).order_by("created_at", "id")
+        .values_list("pk", flat=True).first(),
+        "older": visible.filter(created_at__lt=image.created_at).order_by("-created_at", "-id")
+        .values_list("pk", flat=True).first(),
+    }  # fmt: skip
+    return render(request, "gallery/image.html", context)
+
+
+def image_status(request: HttpRequest, image_id: int) -> JsonResponse:
+    """Index status of one visible image, for the upload page's live rows."""
+    image = _visible_image(request, image_id)
+    states = image_index_status(image_id=image.pk)
+    # The default model (first) decides the summary: that is the one searches use.
+    head = states[0] if states else None
+    return JsonResponse(
+        {
+            "id": image.pk,
+            "state": head.state if head else "pending",
+            "label": head.label if head else "waiting for a model",
+            "reason": head.reason if head else "",
+            "models": [
+                {"model_id": s.model_id, "state": s.state, "reason": s.reason} for s in states
+            ],
+        }
+    )
+
+
+@login_required
+@require_http_methods(["POST"])
+def image_visibility(request: HttpRequest, image_id: int) -> HttpResponse:
+    form = ImageVisibilityForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, form_error_message(form))
+        return redirect("image", image_id=image_id)
+    try:
+        image = image_visibility_set(
+            user=request.user, image_id=image_id, visibility=form.cleaned_data["visibility"]
+        )
+    except ApplicationError as exc:
+        return error_response(request, exc.status, "Not changed", exc.message)
+    if request.headers.get("HX-Request"):
+        context = {"image": image, "visibilities": Image.Visibility.choices, "changed": True}
+        return render(request, "gallery/_visibility.html", context)
+    messages.success(request, f"{image} is now {image.get_visibility_display().lower()}.")
+    return redirect("image", image_id=image_id)
+
+
+@login_required
+@require_http_methods(["POST"])
+def image_delete_view(request: HttpRequest, image_id: int) -> HttpResponse:
+    name = str(_visible_image(request, image_id))
+    try:
+        image_delete(user=request.user, image_id=image_id)
+    except ApplicationError as exc:
+        return error_response(request, exc.status, "Not deleted", exc.message)
+    messages.success(request, f"Deleted {name}.")
+    if request.headers.get("HX-Request"):
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = reverse("home") + "?show=mine"
+        return response
+    return redirect(reverse("home") + "?show=mine")
+
+
+@login_required
+def collection_picker(request: HttpRequest, image_id: int) -> HttpResponse:
+    """The small "save to a collection" picker a result's Save button opens (htmx)."""
+    image = _visible_image(request, image_id)
+    return render(
+        request,
+        "gallery/_picker.html",
+        {
+            "image": image,
+            "collections": collections_of(user=request.user),
+            "query": request.GET.get("query", "")[:1000],
+        },
+    )
 
 
 def _visible_image(request: HttpRequest, image_id: int) -> Image:
@@ -111,34 +242,66 @@ def signup(request: HttpRequest) -> HttpResponse:
     return render(request, "registration/signup.html", {"form": form})
 
 
+def _upload_one(request: HttpRequest, form: UploadForm) -> tuple[Image | None, str]:
+    """Store one validated upload; (the image, what to tell the person) or (None, why not)."""
+    try:
+        image = image_upload(
+            owner=request.user,
+            file=form.cleaned_data["file"],
+            visibility=form.cleaned_data["visibility"],
+        )
+    except ApplicationError as exc:
+        return None, exc.message
+    if image.duplicate:
+        return image, f"{image.original_filename} is already in your library."
+    waiting_for = embedding_model_default_unavailable()
+    if waiting_for:
+        # Indexing cannot start until an admin provides the weights; say so rather than
+        # promise progress that will not come.
+        return image, (
+            f"Stored {image.original_filename}; it will be searchable once model "
+            f"{waiting_for} is available."
+        )
+    return image, f"Uploaded {image.original_filename}; it is being indexed."
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 def upload(request: HttpRequest) -> HttpResponse:
+    """Upload images. The page's script sends one file per request and asks for JSON (to show
+    each file's progress and result); without the script, the form posts them all at once."""
+    wants_json = "application/json" in request.headers.get("Accept", "")
+    if request.method == "POST" and wants_json:
+        form = UploadForm(request.POST, request.FILES)
+        if not form.is_valid():
+            return JsonResponse({"error": form_error_message(form)}, status=400)
+        image, message = _upload_one(request, form)
+        if image is None:
+            return JsonResponse({"error": message}, status=400)
+        return JsonResponse(
+            {
+                "id": image.pk,
+                "duplicate": image.duplicate,
+                "message": message,
+                "url": reverse("image", args=[image.pk]),
+                "status_url": reverse("image-status", args=[image.pk]),
+            },
+            status=200 if image.duplicate else 201,
+        )
     form = UploadForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
-        try:
-            image = image_upload(
-                owner=request.user,
-                file=form.cleaned_data["file"],
-                visibility=form.cleaned_data["visibility"],
-            )
-        except ApplicationError as exc:
-            form.add_error("file", exc.message)
-        else:
-            waiting_for = embedding_model_default_unavailable()
-            if waiting_for:
-                # Indexing cannot start until an admin provides the weights; say so rather
-                # than promise progress that will not come.
-                messages.warning(
-                    request,
-                    f"Stored {image.original_filename}; it will be searchable once model "
-                    f"{waiting_for} is available.",
-                )
-            else:
-                messages.success(
-                    request, f"Uploaded {image.original_filename}; it is being indexed."
-                )
-            return redirect("home")
+        files = request.FILES.getlist("file") or [form.cleaned_data["file"]]
+        stored = 0
+        for file in files:
+            one = UploadForm(request.POST, {"file": file})
+            image, message = _upload_one(request, one) if one.is_valid() else (None, "")
+            if image is None:
+                form.add_error("file", message or form_error_message(one))
+                continue
+            stored += 1
+            (messages.info if image.duplicate else messages.success)(request, message)
+        if stored and not form.errors:
+            return redirect(reverse("home") + "?show=mine")
     status = 400 if form.errors else 200
     return render(request, "gallery/upload.html", {"form": form}, status=status)
 
@@ -176,10 +339,14 @@ def api_tokens(request: HttpRequest) -> HttpResponse:
 
 
 def _render_collections(request: HttpRequest, *, status: int = 200) -> HttpResponse:
+    collections = list(collections_of(user=request.user))
+    covers = collection_covers(collections=collections)
+    for collection in collections:
+        collection.cover_ids = covers[collection.pk]
     return render(
         request,
         "gallery/collections.html",
-        {"collections": collections_of(user=request.user)},
+        {"collections": collections},
         status=status,
     )
 
@@ -210,13 +377,16 @@ def _render_collection(
     share_url = request.build_absolute_uri(
         reverse("collection-shared", args=[collection.share_token])
     )
+    is_owner = request.user.is_authenticated and collection.owner_id == request.user.pk
     return render(
         request,
         "gallery/collection.html",
         {
             "collection": collection,
             "items": items,
-            "is_owner": request.user.is_authenticated and collection.owner_id == request.user.pk,
+            "is_owner": is_owner,
+            # The owner is told which items a shared link or the public list leaves out.
+            "hidden": list(collection_items_hidden(collection=collection)) if is_owner else [],
             "share_url": share_url,
             "visibilities": Collection.Visibility.choices,
         },
@@ -240,6 +410,9 @@ def collection_add(request: HttpRequest) -> HttpResponse:
     """Save a search result into a collection (an existing one, or a new one by name)."""
     form = CollectionAddForm(request.POST)
     if not form.is_valid():
+        if request.headers.get("HX-Request"):
+            context = {"error": form_error_message(form)}
+            return render(request, "gallery/_saved.html", context, status=400)
         messages.error(request, form_error_message(form))
         return _render_collections(request, status=400)
     data = form.cleaned_data
@@ -256,8 +429,13 @@ def collection_add(request: HttpRequest) -> HttpResponse:
                 query=data["query"],
             )
     except ApplicationError as exc:
+        if request.headers.get("HX-Request"):
+            context = {"error": exc.message}
+            return render(request, "gallery/_saved.html", context, status=exc.status)
         messages.error(request, exc.message)
         return _render_collections(request, status=exc.status)
+    if request.headers.get("HX-Request"):
+        return render(request, "gallery/_saved.html", {"item": item})
     messages.success(request, f"Saved to {item.collection.name}.")
     return redirect(_safe_next(request) or "collections")
 

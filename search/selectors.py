@@ -16,6 +16,7 @@ from django.db.models import QuerySet
 from django.db.models.functions import Cast
 from django.utils import timezone
 from pgvector.django import CosineDistance, VectorField
+from PIL.Image import Image as PILImage
 
 from config.errors import (
     Conflict,
@@ -346,6 +347,21 @@ def images_search_by_image(
     header before decoding), and only IMAGE_QUERY_CONCURRENCY decode at once per process.
     """
     search_validate_page(k, offset)
+    model_id, vector, _ = image_query_embed(file=file, model_id=model_id)
+    return images_search_by_vector(
+        user=user, model_id=model_id, vector=vector, k=k, offset=offset, filters=filters,
+        min_score=min_score,
+    )  # fmt: skip
+
+
+def image_query_embed(
+    *, file: UploadedFile, model_id: str | None = None
+) -> tuple[str, np.ndarray, PILImage]:
+    """Decode and embed a query image: (the model used, its vector, the decoded picture).
+
+    Held to the upload limits, IMAGE_QUERY_CONCURRENCY at once per process (``TooManyRequests``
+    past that); the picture is returned for a preview and is never stored.
+    """
     model_id = search_model_resolve(model_id)
     if not _image_query_slots.acquire(timeout=IMAGE_QUERY_WAIT_SECONDS):
         raise TooManyRequests("too many image searches at once; try again in a moment")
@@ -356,10 +372,7 @@ def images_search_by_image(
         )
     finally:
         _image_query_slots.release()
-    return images_search_by_vector(
-        user=user, model_id=model_id, vector=vector, k=k, offset=offset, filters=filters,
-        min_score=min_score,
-    )  # fmt: skip
+    return model_id, vector, picture
 
 
 def images_similar(
@@ -512,3 +525,44 @@ def _at_most(queryset: QuerySet, limit: int) -> bool:
 def image_embedding_stored(*, image_id: int, model_id: str) -> list[float] | None:
     row = ImageEmbedding.objects.filter(image_id=image_id, model_id=model_id).first()
     return None if row is None else list(row.vector)
+
+
+@dataclass(frozen=True)
+class ImageIndexState:
+    """Where one image stands with one enabled model, for its page and the upload list."""
+
+    model_id: str
+    state: str  # "ready" | "pending" | "failed" | "blocked"
+    reason: str = ""
+
+    @property
+    def label(self) -> str:
+        return {
+            "ready": "indexed",
+            "pending": "indexing…",
+            "failed": "failed",
+            "blocked": "waiting for the model",
+        }[self.state]
+
+
+def image_index_status(*, image_id: int) -> list[ImageIndexState]:
+    """Per enabled model (default first): indexed, pending, failed (with the reason) or
+    blocked (the model cannot load on this server, with why)."""
+    done = set(ImageEmbedding.objects.filter(image_id=image_id).values_list("model_id", flat=True))
+    jobs = {
+        job.model_id: job for job in EmbeddingJob.objects.filter(image_id=image_id).only(
+            "model_id", "status", "error"
+        )
+    }  # fmt: skip
+    states = []
+    for model in EmbeddingModel.objects.filter(enabled=True).order_by("-is_default", "model_id"):
+        job = jobs.get(model.model_id)
+        if model.model_id in done:
+            states.append(ImageIndexState(model.model_id, "ready"))
+        elif job is not None and job.status == EmbeddingJob.Status.FAILED:
+            states.append(ImageIndexState(model.model_id, "failed", job.error))
+        elif model.unavailable_reason:
+            states.append(ImageIndexState(model.model_id, "blocked", model.unavailable_reason))
+        else:
+            states.append(ImageIndexState(model.model_id, "pending"))
+    return states

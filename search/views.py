@@ -5,25 +5,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 from django_ratelimit.core import is_ratelimited
 from django_ratelimit.exceptions import Ratelimited
 
-from config.errors import ApplicationError, InvalidInput
+from config.errors import ApplicationError, InvalidInput, NotFound
 from config.views import error_response
-from gallery.selectors import collections_of
 from search.forms import ImageQueryForm, SearchForm
 from search.models import EmbeddingModel
+from search.query_images import QueryImage, query_image_recall, query_image_remember
 from search.selectors import (
     SearchFilters,
     SearchPage,
     embedding_progress,
-    images_search_by_image,
+    image_query_embed,
     images_search_by_text,
+    images_search_by_vector,
     images_similar,
     search_models_available,
 )
@@ -79,32 +82,63 @@ def _render_results(
     run: Callable[[], SearchPage],
     *,
     title: str = "Search",
+    more_params: dict[str, str] | None = None,
+    query_image: QueryImage | None = None,
+    status: int = 200,
 ) -> HttpResponse:
     """Render the search page with what ``run`` finds; an ``ApplicationError`` it raises is
-    shown on the page with its HTTP status (the pages' one mapping of errors to HTTP)."""
+    shown on the page with its HTTP status (the pages' one mapping of errors to HTTP).
+
+    An htmx "load more" request gets only the next cards and the next "load more" button.
+    """
     context: dict[str, object] = {
         "form": form,
         "image_form": ImageQueryForm(),
-        "models": search_models_available(),
         "title": title,
-        "my_collections": collections_of(user=request.user)
-        if request.user.is_authenticated
-        else [],
+        "query_text": request.GET.get("q", ""),
+        "query_model": request.GET.get("model", ""),
+        "query_image": query_image,
     }
-    status = 200
     try:
-        context["page"] = run()
+        page = run()
     except ApplicationError as exc:
         context["error"] = exc.message
         status = exc.status
-    return render(request, "search/search.html", context, status=status)
+    else:
+        context["page"] = page
+        context["best"] = _best_score(request, page)
+        if page.next_offset is not None:
+            params = {**(more_params or {}), "model": page.model_id, "k": str(page.k)}
+            params.update(offset=str(page.next_offset), best=f"{context['best']:.6f}")
+            source = form.data.get("source") if form.is_bound else None
+            if source:
+                params["source"] = source
+            context["more_url"] = f"{request.path}?{urlencode(params)}"
+    template = "search/_hits.html" if request.headers.get("HX-Request") else "search/search.html"
+    return render(request, template, context, status=status)
+
+
+def _best_score(request: HttpRequest, page: SearchPage) -> float:
+    """The query's best score: scores are shown relative to it. Later pages carry the first
+    page's best in the URL, so their bars stay on the same scale."""
+    try:
+        best = float(request.GET.get("best", ""))
+    except ValueError:
+        best = None
+    if best is None or not 0 < best <= 1:
+        best = page.hits[0].score if page.hits else 1.0
+    return best
+
+
+# What the form's fields are called in messages ("k: Ensure..." meant nothing to people).
+FIELD_NAMES = {"k": "number of results", "min_score": "minimum score", "q": "query"}
 
 
 def _page_args(form: SearchForm) -> dict[str, Any]:
     """The paging, model and filter arguments every search takes, from a validated form."""
     if not form.is_valid():
         field, errors = next(iter(form.errors.items()))
-        raise InvalidInput(f"{field}: {' '.join(errors)}")
+        raise InvalidInput(f"{FIELD_NAMES.get(field, field)}: {' '.join(errors)}")
     data = form.cleaned_data
     return {
         "model_id": data.get("model") or None,
@@ -125,6 +159,7 @@ def search_page(request: HttpRequest) -> HttpResponse:
                 "form": SearchForm(),
                 "image_form": ImageQueryForm(),
                 "models": search_models_available(),
+                "query_model": request.GET.get("model", ""),
             },
         )
 
@@ -132,24 +167,58 @@ def search_page(request: HttpRequest) -> HttpResponse:
         args = _page_args(form)
         return images_search_by_text(user=request.user, text=form.cleaned_data.get("q"), **args)
 
-    return _render_results(request, form, run)
+    return _render_results(request, form, run, more_params={"q": request.GET["q"]})
 
 
-@require_http_methods(["POST"])
+@require_http_methods(["GET", "POST"])
 def search_by_image_page(request: HttpRequest) -> HttpResponse:
+    """POST: embed the query image, keep its embedding under a key and redirect to a GET URL
+    that can be reloaded, shared and paged. GET: the results for a kept query image."""
     form = SearchForm(request.GET)
-    image_form = ImageQueryForm(request.POST, request.FILES)
+    if request.method == "GET":
+        query = query_image_recall(key=request.GET.get("key", ""))
 
+        def run_kept() -> SearchPage:
+            if query is None:
+                raise NotFound(
+                    "This image search has expired (they are kept for a day). "
+                    "Choose the image again to search with it."
+                )
+            args = _page_args(form)
+            args["model_id"] = query.model_id  # the kept vector is this model's
+            return images_search_by_vector(user=request.user, vector=query.vector, **args)
+
+        key = query.key if query else ""
+        return _render_results(
+            request, form, run_kept, title="Search by image", more_params={"key": key},
+            query_image=query,
+        )  # fmt: skip
+
+    image_form = ImageQueryForm(request.POST, request.FILES)
     image_search_rate_check(request)
+    kept: list[QueryImage] = []
 
     def run() -> SearchPage:
         args = _page_args(form)
         if not image_form.is_valid():
             raise InvalidInput("choose an image file to search with")
-        file = image_form.cleaned_data["image"]
-        return images_search_by_image(user=request.user, file=file, **args)
+        model_id, vector, picture = image_query_embed(
+            file=image_form.cleaned_data["image"], model_id=args.pop("model_id")
+        )
+        query = query_image_remember(model_id=model_id, vector=list(vector), picture=picture)
+        if query is not None:
+            kept.append(query)
+        return images_search_by_vector(user=request.user, model_id=model_id, vector=vector, **args)
 
-    return _render_results(request, form, run, title="Search by image")
+    response = _render_results(request, form, run, title="Search by image")
+    if kept and response.status_code == 200:
+        # Results live at a GET URL (shareable, reloadable, back-button safe).
+        params = {"key": kept[0].key, "model": kept[0].model_id}
+        source = request.GET.get("source")
+        if source:
+            params["source"] = source
+        return redirect(f"{reverse('search-image')}?{urlencode(params)}", permanent=False)
+    return response
 
 
 def similar_page(request: HttpRequest, image_id: int) -> HttpResponse:

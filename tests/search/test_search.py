@@ -315,8 +315,16 @@ def test_search_by_image_page(client: Client, tiny_models) -> None:
     picture.save(buffer, "PNG")
     buffer.seek(0)
     buffer.name = "red.png"
-    html = client.post("/search/image/", {"image": buffer}).content.decode()
+    response = client.post("/search/image/", {"image": buffer})
+    # The results live at a GET URL that can be reloaded and shared (no 405 after a redirect).
+    assert response.status_code == 302 and response["Location"].startswith("/search/image/?key=")
+    html = client.get(response["Location"]).content.decode()
     assert html.count('class="result"') == 4
+    assert "data:image/jpeg;base64," in html  # the query image's preview
+    again = Client().get(response["Location"] + "&k=2&offset=2")
+    assert again.content.decode().count('class="result"') == 2
+    expired = client.get("/search/image/", {"key": "gone"})
+    assert expired.status_code == 404 and "expired" in expired.content.decode()
 
 
 def test_quantised_query_encoder_serves_the_same_api(client: Client, settings, tiny_models) -> None:

@@ -1,0 +1,24 @@
+"""Template helpers for the search bar every page carries."""
+
+from __future__ import annotations
+
+from django import template
+
+from search.selectors import search_models_available
+
+register = template.Library()
+
+
+@register.simple_tag
+def search_models() -> list[str]:
+    """The models the header's picker offers: enabled ones with embeddings, default first."""
+    return search_models_available()
+
+
+@register.filter
+def percent_of(score: float, best: float) -> int:
+    """A score as a whole percentage of the query's best score (0 for anything at or below 0),
+    which people read more easily than a raw cosine."""
+    if best is None or best <= 0:
+        return 0
+    return max(0, min(100, round(100 * float(score) / float(best))))

@@ -98,8 +98,9 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
         return self._progress(obj).done
 
     @admin.display(description="Pending")
-    def pending(self, obj: EmbeddingModel) -> int:
-        return self._progress(obj).pending
+    def pending(self, obj: EmbeddingModel) -> int | str:
+        # A disabled model gets no new work: its missing images are not "pending".
+        return self._progress(obj).pending if obj.enabled else "disabled"
 
     @admin.display(description="Failed")
     def failed(self, obj: EmbeddingModel) -> int:
@@ -108,6 +109,8 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
     @admin.display(description="Blocked")
     def blocked(self, obj: EmbeddingModel) -> str:
         progress = self._progress(obj)
+        if not obj.enabled:
+            return "-"
         return f"{progress.blocked}: {progress.reason}" if progress.blocked else "0"
 
     @admin.display(description="Backfill")

@@ -147,3 +147,14 @@ def test_progress_counts_blocked_images_with_the_reason_and_the_rate(admin_clien
     assert "lip-vit-base-patch32 is not available: weights for embedding model" in page
     assert "1: weights for embedding model" in page  # the blocked column
     assert "images/min" in page and "left" in page
+
+
+def test_a_disabled_model_is_shown_as_disabled_not_pending(admin_client) -> None:
+    from search.services import embedding_model_disable, embedding_model_enable
+
+    ImageFactory.create_batch(3, dataset=True)
+    embedding_model_enable(model_id=ALIGN)
+    embedding_model_disable(model_id=ALIGN, delete_embeddings=True)
+    page = admin_client.get("/admin/search/embeddingmodel/").content.decode()
+    row = page[page.index(f">{ALIGN}<") :].split("</tr>")[0]
+    assert "disabled" in row and ">3<" not in row

@@ -70,7 +70,7 @@ def load_failures_forget() -> None:
 
 
 @functools.lru_cache(maxsize=QUERY_CACHE_SIZE)
-def _cached_text_vector(model_id: str, dtype: str, text: str) -> np.ndarray:
+def _cached_text_vector(model_id: str, source: str | None, dtype: str, text: str) -> np.ndarray:
     vector = _query_encoder(model_id).embed_texts([text])[0]
     vector.setflags(write=False)  # shared between requests: nobody may modify it
     return vector
@@ -78,8 +78,13 @@ def _cached_text_vector(model_id: str, dtype: str, text: str) -> np.ndarray:
 
 def text_embedding(*, model_id: str, text: str) -> np.ndarray:
     """The L2-normalised embedding of a query text (cached per model and text)."""
-    # The precision is part of the key: a setting change must not serve stale vectors.
-    return _cached_text_vector(model_id, settings.SEARCH_QUERY_DTYPE, text.strip())
+    # The weights' source and the precision are part of the key: other weights, other vectors.
+    return _cached_text_vector(
+        model_id,
+        settings.EMBEDDING_MODEL_SOURCES.get(model_id),
+        settings.SEARCH_QUERY_DTYPE,
+        text.strip(),
+    )
 
 
 def image_embedding(*, model_id: str, image: PILImage.Image) -> np.ndarray:

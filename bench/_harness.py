@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BENCH_ROOT = REPO_ROOT / ".data" / "bench"
+SITE_DEFAULT_DATA_DIR = REPO_ROOT / ".data"  # config/settings/base.py's DATA_DIR default
+BENCH_ROOT = SITE_DEFAULT_DATA_DIR / "bench"
 MARKER = ".bench-data-dir"
 LOCK = ".bench-lock"
 # A table in a --database-url database that says it belongs to the benchmarks.
@@ -80,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, script: str, database: boo
 
 def site_data_dirs(environ: MutableMapping[str, str]) -> list[Path]:
     """Where the site keeps its data: ``DATA_DIR`` when set, and the default ``.data``."""
-    dirs = [REPO_ROOT / ".data"]
+    dirs = [SITE_DEFAULT_DATA_DIR]
     if environ.get("DATA_DIR"):
         dirs.append(Path(environ["DATA_DIR"]).expanduser())
     return [path.resolve() for path in dirs]

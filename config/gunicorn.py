@@ -8,6 +8,9 @@ workers = int(os.environ.get("WEB_WORKERS", "2"))
 threads = 4
 worker_class = "gthread"
 graceful_timeout = 10
+# Loading a large model (or exporting it to ONNX once) before the first request can take longer
+# than gunicorn's 30 s default for a worker to report in.
+timeout = int(os.environ.get("WEB_TIMEOUT", "120"))
 accesslog = "-"
 # Bounded request heads. The line holds a text query of up to 1,000 characters (search.selectors
 # MAX_QUERY_CHARS) percent-encoded, so it gets gunicorn's largest limit rather than its 4 KB
@@ -21,12 +24,21 @@ control_socket_disable = True
 
 
 def post_worker_init(worker: Any) -> None:  # gunicorn's hook signature
-    # Load the search models in each worker before it takes requests, so the first search
-    # is as fast as the tenth.
+    # Load every enabled search model in each worker before it takes requests (not only those
+    # with embeddings already: after a first import the first query would pay for the load),
+    # skipping models the workers found unloadable, whose load would only fail again.
     from search.encoding import warm_up
-    from search.selectors import search_models_available
+    from search.selectors import (
+        embedding_model_default,
+        embedding_model_unavailable,
+        embedding_models_enabled,
+    )
 
     try:
-        warm_up(model_ids=search_models_available())
+        default = embedding_model_default()
+        models = [
+            m for m in embedding_models_enabled() if not embedding_model_unavailable(model_id=m)
+        ]
+        warm_up(model_ids=sorted(models, key=lambda m: (m != default, m)))
     except Exception:  # noqa: BLE001 - a cold first search beats a web worker that won't boot
         worker.log.exception("search warm-up failed; models will load on first use")

@@ -1,0 +1,42 @@
+"""Each web worker loads the enabled search models before it takes requests: also a model with
+no embeddings yet (the first query after an import must not pay for the load), never one the
+workers found unloadable."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from config import gunicorn
+from search.services import embedding_model_enable, embedding_model_mark_unavailable
+
+pytestmark = pytest.mark.django_db
+CLIP, ALIGN, SIGLIP = "clip-vit-base-patch32", "align-base", "siglip-base-patch16-224"
+
+
+class Worker:
+    log = logging.getLogger("gunicorn-test")
+
+
+def test_warm_up_loads_every_enabled_available_model_default_first(
+    tiny_models, django_capture_on_commit_callbacks, monkeypatch
+) -> None:
+    with django_capture_on_commit_callbacks():  # no backfill sweep sent
+        embedding_model_enable(model_id=ALIGN)
+        embedding_model_enable(model_id=SIGLIP)
+    embedding_model_mark_unavailable(model_id=SIGLIP, reason="weights missing")
+    warmed: list[str] = []
+    monkeypatch.setattr("search.encoding.warm_up", lambda *, model_ids: warmed.extend(model_ids))
+
+    gunicorn.post_worker_init(Worker())
+
+    assert warmed == [CLIP, ALIGN]  # default first; none has an embedding yet
+
+
+def test_warm_up_really_loads_the_model(tiny_models) -> None:
+    from encoders import registry
+
+    registry.clear_encoder_cache()
+    gunicorn.post_worker_init(Worker())
+    assert {key.model_id for key in registry._loaded} == {CLIP}

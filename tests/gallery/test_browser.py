@@ -28,14 +28,22 @@ def test_sign_up_upload_and_keep_it_private(live_server, page: Page, tmp_path: P
     page.click("main button[type=submit]")
     expect(page.locator("header")).to_contain_text("alice")
 
-    page.get_by_role("link", name="Upload", exact=True).click()
-    page.set_input_files("#id_file", str(not_a_photo))
-    page.click("main button[type=submit]")
-    expect(page.locator("[role=alert]")).to_contain_text("not an image we can read")
-
+    page.locator("header").get_by_role("link", name="Upload").click()
+    # Two files at once through the drop zone's input: one refused with its reason, one stored
+    # and indexed (pending until a worker embeds it), each in its own row, no reload.
+    page.set_input_files("#id_file", [str(not_a_photo), str(photo)])
+    rows = page.locator("#upload-rows li")
+    expect(rows).to_have_count(2)
+    expect(rows.filter(has_text="notes.jpg")).to_contain_text("not an image we can read")
+    expect(rows.filter(has_text="my-dog.jpg")).to_contain_text("Uploaded my-dog.jpg")
+    expect(rows.filter(has_text="my-dog.jpg").locator(".badge")).to_have_text(
+        re.compile("indexing|indexed|waiting")
+    )
+    # The same file again is the image already there.
     page.set_input_files("#id_file", str(photo))
-    page.click("main button[type=submit]")
-    expect(page.locator(".messages")).to_contain_text("Uploaded my-dog.jpg")
+    expect(rows.nth(2)).to_contain_text("already in your library")
+
+    page.goto(live_server.url)
     thumbnail = page.locator("img[alt='my-dog.jpg']")
     expect(thumbnail).to_be_visible()
     # The thumbnail really loaded (a broken image has naturalWidth 0).
@@ -45,6 +53,7 @@ def test_sign_up_upload_and_keep_it_private(live_server, page: Page, tmp_path: P
     assert (image.owner.username, image.visibility) == ("alice", "private")
     assert EmbeddingJob.objects.filter(image=image).exists()
 
+    page.locator("details.menu summary").click()
     page.get_by_role("button", name="Log out").click()
     page.goto(live_server.url)
     expect(page.locator("img[alt='my-dog.jpg']")).to_have_count(0)
@@ -75,13 +84,14 @@ def test_search_open_similar_and_save_to_a_collection(
     page.fill("#id_password", PASSWORD)
     page.click("main button[type=submit]")
 
-    page.get_by_role("link", name="Search", exact=True).click()
     page.fill("input[name=q]", "two dogs running on a beach")
-    page.click("form.search-form button:has-text('Search')")
+    page.keyboard.press("Enter")
     results = page.locator("figure.result")
     expect(results).to_have_count(5)
-    expect(results.first.locator(".score")).to_have_text(re.compile(r"^-?\d\.\d{3}$"))
+    # The score is a bar relative to the best hit, the cosine in its tooltip.
+    expect(results.first.locator(".scorebar")).to_have_attribute("title", re.compile(r"^100% "))
 
+    results.first.hover()
     results.first.get_by_role("link", name="similar").click()
     expect(page.locator("h1")).to_have_text("Similar images")
     expect(page.locator("figure.result")).to_have_count(4)  # the image itself is excluded
@@ -89,11 +99,43 @@ def test_search_open_similar_and_save_to_a_collection(
     page.go_back()
     first = page.locator("figure.result").first
     saved_id = int(first.get_attribute("data-image-id"))
-    first.locator("input[name=new_name]").fill("Beach trip")
+    first.hover()
     first.get_by_role("button", name="Save").click()
-    expect(page.locator(".messages")).to_contain_text("Saved to Beach trip")
+    first.get_by_label("Save to a new collection").fill("Beach trip")
+    first.get_by_role("button", name="Create").click()
+    # Saved in place (htmx), no reload: the page keeps its results.
+    expect(first.locator(".picker")).to_contain_text("Saved to Beach trip")
+    expect(page.locator("figure.result")).to_have_count(5)
 
+    page.locator("details.menu summary").click()
     page.get_by_role("link", name="Collections").click()
     page.get_by_role("link", name="Beach trip").click()
     expect(page.locator(f"figure.result[data-image-id='{saved_id}']")).to_be_visible()
     expect(page.locator("figcaption").first).to_contain_text("two dogs running on a beach")
+
+    # The image page; its owner-less data-set photo shows no delete button to this user.
+    page.locator(f"figure.result[data-image-id='{saved_id}'] a.thumb").click()
+    expect(page.locator("aside")).to_contain_text("Beach trip")
+    expect(page.get_by_role("button", name="Delete")).to_have_count(0)
+
+
+def test_owner_makes_an_image_public_then_deletes_it(live_server, page: Page) -> None:
+    from tests.factories import PASSWORD, ImageFactory, UserFactory
+
+    owner = UserFactory()
+    image = ImageFactory(owner=owner, original_filename="cat.jpg")
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("#id_username", owner.username)
+    page.fill("#id_password", PASSWORD)
+    page.click("main button[type=submit]")
+    page.goto(f"{live_server.url}/images/{image.pk}/")
+    page.get_by_label("Visibility").select_option("public")
+    expect(page.get_by_role("status").filter(has_text="now public")).to_be_visible()
+    image.refresh_from_db()
+    assert image.visibility == "public"
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete").click()
+    expect(page.locator(".messages")).to_contain_text("Deleted cat.jpg")
+    assert not Image.objects.filter(pk=image.pk).exists()
+    # Asked of the server (the browser may still hold its cached copy for a while).
+    assert page.request.get(f"{live_server.url}/images/{image.pk}/file").status == 404

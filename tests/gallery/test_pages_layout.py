@@ -1,0 +1,141 @@
+"""Every page in headless Chromium at a desktop and a phone size: no horizontal scroll, and
+axe-core finds no serious or critical accessibility violations.
+
+Set SCREENSHOT_DIR to keep a PNG of each page and size (git-ignored artifacts; a few current
+ones are committed under docs/ for the README).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import Browser
+
+from gallery.models import Collection, Image
+from search.services import embeddings_store
+from tests.factories import (
+    PASSWORD,
+    CollectionFactory,
+    CollectionItemFactory,
+    ImageFactory,
+    UserFactory,
+    jpeg_bytes,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
+CLIP = "clip-vit-base-patch32"
+AXE = Axe()
+
+
+@pytest.fixture
+def site(live_server, tiny_models) -> dict:
+    """A user with uploads, data-set photos with captions and embeddings, and a shared
+    collection holding one of the user's private images."""
+    owner = UserFactory(username="alice")
+    colours = [(200, 60, 40), (40, 140, 200), (60, 180, 90), (220, 190, 40), (120, 70, 160)]
+    photos = []
+    for index, colour in enumerate(colours * 2):
+        image = ImageFactory(
+            dataset=True,
+            content=jpeg_bytes(color=colour, size=(160 + 40 * (index % 3), 120)),
+            original_filename=f"flickr{index}.jpg",
+        )
+        image.captions.create(text=f"a photo of scene number {index} at the beach", position=0)
+        photos.append(image)
+    mine = ImageFactory(owner=owner, original_filename="my-dog.jpg")
+    shared = CollectionFactory(owner=owner, name="Beach trip", visibility="unlisted")
+    CollectionItemFactory(collection=shared, image=mine, query="dog")
+    CollectionItemFactory(collection=shared, image=photos[0], query="beach")
+    ids = [image.pk for image in [*photos, mine]]
+    vectors = np.random.default_rng(3).normal(size=(len(ids), 512))
+    embeddings_store(model_id=CLIP, image_ids=ids, vectors=vectors)
+    return {"owner": owner, "photos": photos, "mine": mine, "collection": shared}
+
+
+def sign_in(page, url: str) -> None:
+    page.goto(f"{url}/accounts/login/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", PASSWORD)
+    page.click("main button[type=submit]")
+    page.wait_for_url(f"{url}/")
+
+
+def check(page, name: str, size: str) -> None:
+    page.wait_for_load_state("networkidle")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    inner = page.evaluate("window.innerWidth")
+    assert width <= inner, f"{name} at {size}: {width}px wide in a {inner}px window"
+    violations = [
+        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
+        for v in AXE.run(page).response["violations"]
+        if v["impact"] in {"serious", "critical"}
+    ]
+    assert not violations, f"{name} at {size}: " + "; ".join(violations)
+    if os.environ.get("SCREENSHOT_DIR"):
+        folder = Path(os.environ["SCREENSHOT_DIR"])
+        folder.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(folder / f"{name}-{size}.png"))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_every_page_fits_the_screen_and_passes_axe(
+    site: dict, live_server, browser: Browser, size: str, tmp_path: Path
+) -> None:
+    width, height = SIZES[size]
+    for scheme in ("light", "dark"):
+        context = browser.new_context(
+            viewport={"width": width, "height": height}, color_scheme=scheme
+        )
+        page = context.new_page()
+        url = live_server.url
+        suffix = "" if scheme == "light" else "-dark"
+        anonymous = {
+            "home-anonymous": "/",
+            "login": "/accounts/login/",
+            "signup": "/accounts/signup/",
+            "shared-collection": f"/c/{site['collection'].share_token}/",
+            "search-empty": "/search/",
+        }
+        for name, path in anonymous.items():
+            page.goto(url + path)
+            check(page, name + suffix, size)
+        sign_in(page, url)
+        first = site["photos"][0].pk
+        pages = {
+            "home": "/",
+            "search": "/search/?q=a+dog+on+the+beach",
+            "similar": f"/search/similar/{first}/",
+            "image": f"/images/{site['mine'].pk}/",
+            "image-dataset": f"/images/{first}/",
+            "upload": "/upload/",
+            "collections": "/collections/",
+            "collection": f"/collections/{site['collection'].pk}/",
+            "tokens": "/accounts/tokens/",
+        }
+        for name, path in pages.items():
+            page.goto(url + path)
+            check(page, name + suffix, size)
+        # The account menu open, and a result's save picker open.
+        page.goto(url + "/search/?q=a+dog+on+the+beach")
+        page.locator("details.menu summary").click()
+        check(page, "menu-open" + suffix, size)
+        page.keyboard.press("Escape")
+        page.locator("figure.result").first.hover()
+        page.locator("figure.result").first.get_by_role("button", name="Save").click()
+        page.locator(".picker").wait_for()
+        check(page, "search-picker" + suffix, size)
+        # Search by image lands on a results page with the query image's preview.
+        probe = tmp_path / "probe.jpg"
+        probe.write_bytes(jpeg_bytes(color=(200, 60, 40), size=(80, 60)))
+        page.set_input_files("input[name=image]", str(probe))
+        page.get_by_role("button", name="Find similar").click()
+        page.locator("img.query-preview").wait_for()
+        check(page, "search-image" + suffix, size)
+        context.close()
+    assert Image.objects.count() == 11 and Collection.objects.count() == 1

@@ -33,12 +33,8 @@ from search.evaluation.data import (
     evaluation_set_load,
 )
 from search.evaluation.metrics import (
-    FUSIONS,
     KS,
-    RRF_K,
     RankSummary,
-    fuse_rrf,
-    fuse_zsum,
     rank_summary,
     ranks_from_scores,
     ranks_numpy,
@@ -58,6 +54,7 @@ from search.evaluation.run import (
     evaluation_runs_record,
     texts_embed,
 )
+from search.fusion import FUSIONS, RRF_K, fuse_rrf, fuse_zsum
 
 __all__ = [
     "FUSIONS",

@@ -11,19 +11,20 @@ here, where they would otherwise be broken by where a candidate happens to sit:
 - reciprocal-rank fusion gives candidates that tie within a model the same rank (the best
   one, as above), not consecutive ranks in column order, and adds each candidate's terms in
   sorted order, so candidates whose ranks are a permutation of each other's tie exactly.
+
+The fusions themselves live in ``search.fusion``, which fused search uses too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from search.fusion import FUSE, FUSIONS
+
 KS = (1, 5, 10)
-FUSIONS = ("zsum", "rrf")
-# Reciprocal-rank fusion's constant, as in Cormack et al. (2009) and most systems since.
-RRF_K = 60
 # Largest query x candidate block scored at once (about 64 MB of float32 per model).
 _BLOCK_CELLS = 1 << 24
 
@@ -83,51 +84,6 @@ def ranks_from_scores(
     return 1 + (scores > best[:, None]).sum(axis=1)
 
 
-def competition_ranks(scores: np.ndarray) -> np.ndarray:
-    """Per row, each column's rank by descending score, ties sharing the best of their ranks
-    (1 + the number of columns strictly higher): the tie rule above, within one model."""
-    ordered = -np.sort(-scores, axis=1)
-    # For each score, how many in its row are strictly larger: the insertion point of -score
-    # into the row's ascending negated scores.
-    ranks = np.empty(scores.shape, dtype=np.float64)
-    for row in range(scores.shape[0]):
-        ranks[row] = 1 + np.searchsorted(-ordered[row], -scores[row], side="left")
-    return ranks
-
-
-def fuse_zsum(scores: Sequence[np.ndarray]) -> np.ndarray:
-    """Per query, z-normalise each model's similarities over the candidates, then add them.
-
-    Each model's cosine similarities live on their own scale (ALIGN's spread is not CLIP's);
-    centring and scaling per query makes them comparable while keeping how far apart the
-    candidates are, which rank fusion throws away.
-    """
-    total = np.zeros_like(scores[0], dtype=np.float64)
-    for block in scores:
-        block = block.astype(np.float64)
-        spread = block.std(axis=1, keepdims=True)
-        total += (block - block.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
-    return total
-
-
-def fuse_rrf(scores: Sequence[np.ndarray], *, k: int = RRF_K) -> np.ndarray:
-    """Reciprocal-rank fusion: the sum over models of 1 / (k + the candidate's rank)."""
-    terms = np.stack([1.0 / (k + competition_ranks(block)) for block in scores])
-    # Added smallest first per candidate: the sum then depends only on the set of terms, so
-    # ranks (2, 5) and (5, 2) -- or any permutation over three or more models -- tie exactly.
-    terms.sort(axis=0)
-    total = terms[0].copy()
-    for term in terms[1:]:
-        total += term
-    return total
-
-
-_FUSE: dict[str, Callable[[Sequence[np.ndarray]], np.ndarray]] = {
-    "zsum": fuse_zsum,
-    "rrf": fuse_rrf,
-}
-
-
 @dataclass(frozen=True)
 class DistinctRows:
     """A matrix as its distinct rows plus, per original row, which distinct row it is."""
@@ -156,7 +112,7 @@ def ranks_numpy(
     """
     if len(queries) != len(candidates) or not queries:
         raise ValueError("one query matrix and one candidate matrix per model")
-    if len(queries) > 1 and fusion not in _FUSE:
+    if len(queries) > 1 and fusion not in FUSE:
         raise ValueError(f"fusing {len(queries)} models needs fusion in {FUSIONS}")
     distinct = [DistinctRows.of(c) for c in candidates]
     n_queries, n_candidates = len(query_keys), len(candidate_keys)
@@ -167,7 +123,7 @@ def ranks_numpy(
         blocks = [
             (q[start:stop] @ d.rows.T)[:, d.inverse] for q, d in zip(queries, distinct, strict=True)
         ]
-        scores = blocks[0] if len(blocks) == 1 else _FUSE[fusion](blocks)
+        scores = blocks[0] if len(blocks) == 1 else FUSE[fusion](blocks)
         ranks[start:stop] = ranks_from_scores(
             scores, query_keys=query_keys[start:stop], candidate_keys=candidate_keys
         )

@@ -57,6 +57,8 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django.contrib.postgres",
+    # Ships Swagger UI's files: /api/docs then loads them from here, not from a CDN (offline).
+    "ninja",
     "gallery",
     "search",
     "workers",

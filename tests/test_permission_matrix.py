@@ -24,6 +24,12 @@ LOGIN = 302  # a redirect to a sign-in page
 # the private image and private collection as arguments.
 EXPECTED: dict[str, tuple[int, int, int, int]] = {
     "home": (200, 200, 200, 200),
+    "/favicon.ico": (301, 301, 301, 301),  # to the static icon
+    "image": (404, 200, 404, 404),
+    "image-status": (404, 200, 404, 404),
+    "image-visibility": (LOGIN, 405, 405, 405),  # POST only, by the owner (test_image_page.py)
+    "image-delete": (LOGIN, 405, 405, 405),
+    "collection-picker": (LOGIN, 200, 404, 404),  # nobody else may save a private image
     "image-file": (404, 200, 404, 404),
     "image-thumb": (404, 200, 404, 404),
     "image-thumb-size": (404, 200, 404, 404),

@@ -41,7 +41,7 @@ from search.selectors import (
     images_search_by_image,
     images_search_by_text,
     images_similar,
-    search_models_available,
+    search_model_choices,
 )
 from search.views import image_search_rate_check
 
@@ -142,8 +142,9 @@ class SearchAPI(NinjaAPI):
 
     def get_openapi_schema(self, *, path_prefix=None, path_params=None):  # noqa: ANN001
         schema = super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params)
-        # Built per request: the models one may search with change as staff enable them.
-        models = search_models_available()
+        # Built per request: the models one may search with change as staff enable them, and
+        # fused choices ("A+B") come and go as backfills finish.
+        models = search_model_choices()
         for operations in schema["paths"].values():
             for operation in operations.values():
                 if operation.get("security"):
@@ -286,6 +287,12 @@ class Results(Schema):
         "see it has embedded (results come from these only). Null when all are."
     )
     total: int | None = Field(description="Images you can see; null when all are indexed.")
+    fusion: str | None = Field(
+        None,
+        description='For a fused model ("A+B"): how the models\' rankings were fused '
+        '("rrf", reciprocal rank fusion); each score is then the fused score, 1 = ranked '
+        "first by every model, not a cosine similarity. Null for one model.",
+    )
     results: list[Hit]
 
 
@@ -306,7 +313,9 @@ _OFFSET = Field(0, json_schema_extra={"minimum": 0, "maximum": MAX_OFFSET})
 
 class PageQuery(Schema):
     model: str | None = Field(
-        None, description="A model id from /api/models; default: the default."
+        None,
+        description='A model id from /api/models; default: the default. "A+B" (also listed '
+        "there once both models have embedded every image) fuses two models' rankings.",
     )
     k: int = _K
     offset: int = _OFFSET
@@ -378,6 +387,7 @@ def _results(page: SearchPage) -> dict[str, Any]:
         "exact": page.exact,
         "indexed": page.coverage.indexed if page.coverage else None,
         "total": page.coverage.total if page.coverage else None,
+        "fusion": page.fusion or None,
         "results": [
             {
                 "id": hit.image.pk,
@@ -433,7 +443,7 @@ def image_similar(request: HttpRequest, image_id: int, params: Query[PageQuery])
 @api.get("/models", response={200: list[ModelOut], **ERRORS}, summary="Models you can search with")
 def models(request: HttpRequest) -> list[dict[str, Any]]:
     default = embedding_model_default()
-    return [{"id": m, "default": m == default} for m in search_models_available()]
+    return [{"id": m, "default": m == default} for m in search_model_choices()]
 
 
 @api.api_operation(

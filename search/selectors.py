@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -32,6 +34,7 @@ from gallery.forms import image_file_decode
 from gallery.models import Image
 from gallery.selectors import collections_visible_to, image_get_visible, images_visible_to
 from search import encoding
+from search.fusion import FUSE, RRF_K
 from search.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
 
 logger = logging.getLogger(__name__)
@@ -215,6 +218,8 @@ class SearchPage:
     has_more: bool = False
     # None when the model has no embedding work pending: every image is searched.
     coverage: SearchCoverage | None = None
+    # A fused search ("A+B"): the fusion its scores come from (SEARCH_FUSION); "" otherwise.
+    fusion: str = ""
 
     @property
     def next_offset(self) -> int | None:
@@ -261,6 +266,11 @@ def search_model_resolve(model_id: str | None) -> str:
         model_id = embedding_model_default()
         if model_id is None:
             raise Unavailable("no search model is configured; ask an admin to enable one")
+    if len(_model_choice_split(model_id)) > 1:
+        raise InvalidInput(
+            f"{model_id!r} is a fused search of several models, which this search does not "
+            "offer; choose one model"
+        )
     try:
         model_spec(model_id)
     except UnknownModelError as exc:
@@ -323,7 +333,17 @@ def images_search_by_text(
     """
     text = search_validate_text(text)
     search_validate_page(k, offset)
-    model_id = search_model_resolve(model_id)
+    model_ids = search_models_resolve(model_id)
+    if len(model_ids) > 1:
+        vectors = [
+            _query_vector(m, lambda m=m: encoding.text_embedding(model_id=m, text=text))
+            for m in model_ids
+        ]
+        return images_search_fused(
+            user=user, model_ids=model_ids, vectors=vectors, k=k, offset=offset, filters=filters,
+            min_score=min_score,
+        )  # fmt: skip
+    model_id = model_ids[0]
     vector = _query_vector(model_id, lambda: encoding.text_embedding(model_id=model_id, text=text))
     return images_search_by_vector(
         user=user, model_id=model_id, vector=vector, k=k, offset=offset, filters=filters,
@@ -347,7 +367,14 @@ def images_search_by_image(
     header before decoding), and only IMAGE_QUERY_CONCURRENCY decode at once per process.
     """
     search_validate_page(k, offset)
-    model_id, vector, _ = image_query_embed(file=file, model_id=model_id)
+    model_ids = search_models_resolve(model_id)
+    if len(model_ids) > 1:
+        vectors, _ = _image_query_vectors(file=file, model_ids=model_ids)
+        return images_search_fused(
+            user=user, model_ids=model_ids, vectors=vectors, k=k, offset=offset, filters=filters,
+            min_score=min_score,
+        )  # fmt: skip
+    model_id, vector, _ = image_query_embed(file=file, model_id=model_ids[0])
     return images_search_by_vector(
         user=user, model_id=model_id, vector=vector, k=k, offset=offset, filters=filters,
         min_score=min_score,
@@ -363,16 +390,26 @@ def image_query_embed(
     past that); the picture is returned for a preview and is never stored.
     """
     model_id = search_model_resolve(model_id)
+    vectors, picture = _image_query_vectors(file=file, model_ids=(model_id,))
+    return model_id, vectors[0], picture
+
+
+def _image_query_vectors(
+    *, file: UploadedFile, model_ids: Sequence[str]
+) -> tuple[list[np.ndarray], PILImage]:
+    """Decode a query image once and embed it with each model, in one of the process's
+    IMAGE_QUERY_CONCURRENCY slots."""
     if not _image_query_slots.acquire(timeout=IMAGE_QUERY_WAIT_SECONDS):
         raise TooManyRequests("too many image searches at once; try again in a moment")
     try:
         picture = image_file_decode(file=file, label="the query image").image
-        vector = _query_vector(
-            model_id, lambda: encoding.image_embedding(model_id=model_id, image=picture)
-        )
+        vectors = [
+            _query_vector(m, lambda m=m: encoding.image_embedding(model_id=m, image=picture))
+            for m in model_ids
+        ]
     finally:
         _image_query_slots.release()
-    return model_id, vector, picture
+    return vectors, picture
 
 
 def images_similar(
@@ -392,14 +429,22 @@ def images_similar(
     search_validate_page(k, offset)
     if image_get_visible(user=user, image_id=image_id) is None:
         raise NotFound("no such image")
-    model_id = search_model_resolve(model_id)
-    vector = image_embedding_stored(image_id=image_id, model_id=model_id)
-    if vector is None:
-        if embedding_model_unavailable(model_id=model_id):
-            raise Unavailable(model_unavailable_message(model_id))
-        raise Conflict(f"image {image_id} is not indexed for {model_id} yet; try again later")
+    model_ids = search_models_resolve(model_id)
+    vectors = []
+    for model_id in model_ids:
+        vector = image_embedding_stored(image_id=image_id, model_id=model_id)
+        if vector is None:
+            if embedding_model_unavailable(model_id=model_id):
+                raise Unavailable(model_unavailable_message(model_id))
+            raise Conflict(f"image {image_id} is not indexed for {model_id} yet; try again later")
+        vectors.append(vector)
+    if len(model_ids) > 1:
+        return images_search_fused(
+            user=user, model_ids=model_ids, vectors=vectors, k=k, offset=offset, filters=filters,
+            exclude_image_id=image_id, min_score=min_score,
+        )  # fmt: skip
     return images_search_by_vector(
-        user=user, model_id=model_id, vector=vector, k=k, offset=offset, filters=filters,
+        user=user, model_id=model_ids[0], vector=vectors[0], k=k, offset=offset, filters=filters,
         exclude_image_id=image_id, min_score=min_score,
     )  # fmt: skip
 
@@ -470,6 +515,162 @@ def images_search_by_vector(
     return SearchPage(
         model_id=model_id, hits=hits, k=k, offset=offset, exact=exact, has_more=has_more,
         coverage=search_coverage(user=user, model_id=model_id),
+    )  # fmt: skip
+
+
+# --- Fused search ---------------------------------------------------------------------------
+# "A+B" searches with two models at once: each model's HNSW query returns its top
+# FUSION_CANDIDATES, and their ranks are fused. In a query string "+" reads as a space, so
+# "A B" is the same choice (a link typed by hand), and "B+A" is "A+B".
+
+FUSED_SEPARATOR = "+"
+# Each model's candidates: the fused top k is drawn from their union. A few hundred keeps a
+# good image that one model ranks poorly within reach of the other, at the cost of two index
+# scans of this depth (bench/search_latency.py --fused measures it).
+FUSION_CANDIDATES = 300
+# Reciprocal-rank fusion. The evaluation (search.evaluation, `evaluate --fusion both`)
+# measures z-normalised sum and RRF alike, but no run with real weights is recorded in this
+# repository (none could be downloaded where it was built), so there is no measured winner to
+# follow. RRF, because over candidate lists it is the same arithmetic the evaluation runs over
+# the whole gallery: a candidate's rank within a model's top list is its rank in the gallery,
+# whereas a z-score over the top few hundred (mean and spread of the best matches only) is not
+# the evaluated z-score over every image. It needs no calibration between models either.
+SEARCH_FUSION = "rrf"
+
+
+def _model_choice_split(model: str) -> list[str]:
+    return [part for part in re.split(r"[+\s]+", model.strip()) if part]
+
+
+def _choice_order(model_ids: Sequence[str]) -> list[str]:
+    """Models in the pickers' order: the default first, then by id."""
+    default = embedding_model_default()
+    return sorted(model_ids, key=lambda m: (m != default, m))
+
+
+def search_models_resolve(model: str | None) -> tuple[str, ...]:
+    """The model, or for a fused choice ("A+B") the two models, that a search should use.
+
+    One model is ``search_model_resolve``'s. A fused choice needs two different models, each
+    usable alone, whose embeddings are complete (nothing pending or blocked, as
+    ``embedding_progress`` counts): fusing a model that has not yet seen every image would
+    rank the unseen ones by one model alone. Anything else is ``InvalidInput`` (400).
+    """
+    parts = _model_choice_split(model or "")
+    if len(parts) <= 1:
+        return (search_model_resolve(parts[0] if parts else None),)
+    if len(parts) > 2 or len(set(parts)) < 2:
+        raise InvalidInput(
+            f"model {model!r}: a fused search combines two different models, as in "
+            f"'{_FUSED_EXAMPLE}'; see /api/models for the choices"
+        )
+    model_ids = _choice_order([search_model_resolve(part) for part in parts])
+    for model_id in model_ids:
+        progress = embedding_progress(model_id=model_id)
+        if progress.remaining:
+            raise InvalidInput(
+                f"fused search with {model_id} is not available yet: it still has "
+                f"{progress.remaining} of {progress.total} images to embed. Search with one "
+                "model until it is done."
+            )
+    return tuple(model_ids)
+
+
+_FUSED_EXAMPLE = "clip-vit-base-patch32+align-base"
+
+
+def search_model_choices() -> list[str]:
+    """What one may search with, default first: each model of ``search_models_available``,
+    then "A+B" for each pair of them whose embeddings are both complete."""
+    models = search_models_available()
+    if len(models) < 2:
+        return models
+    complete = [m for m in models if not embedding_progress(model_id=m).remaining]
+    return models + [FUSED_SEPARATOR.join(pair) for pair in itertools.combinations(complete, 2)]
+
+
+def _candidates(
+    *, model_id: str, vector: Sequence[float], depth: int, **scope: object
+) -> tuple[dict[int, float], bool]:
+    """``model_id``'s ``depth`` nearest images (id -> cosine similarity) in the search's scope,
+    and whether they are exact. The one-model path's guarantee holds: a list the index leaves
+    short is fetched again without it, so it holds min(depth, images in scope)."""
+    query = {"model_id": model_id, "vector": vector, **scope}
+    ranked, exact = images_search_queryset(**query)
+    rows = list(ranked.prefetch_related(None).values_list("image_id", "distance")[:depth])
+    if len(rows) < depth and not exact:
+        ranked, exact = images_search_queryset(**query, exact=True)
+        rows = list(ranked.prefetch_related(None).values_list("image_id", "distance")[:depth])
+    return {image_id: 1.0 - float(distance) for image_id, distance in rows}, exact
+
+
+def _similarities(
+    *, model_id: str, vector: Sequence[float], image_ids: set[int]
+) -> dict[int, float]:
+    """Cosine similarity of ``model_id``'s embeddings of ``image_ids`` to ``vector``."""
+    rows = (
+        ImageEmbedding.objects.filter(model_id=model_id, image_id__in=image_ids)
+        .annotate(distance=CosineDistance("vector", list(vector)))
+        .values_list("image_id", "distance")
+    )
+    return {image_id: 1.0 - float(distance) for image_id, distance in rows}
+
+
+def images_search_fused(
+    *,
+    user: AbstractBaseUser | AnonymousUser,
+    model_ids: Sequence[str],
+    vectors: Sequence[Sequence[float]],
+    k: int = 20,
+    offset: int = 0,
+    filters: SearchFilters | None = None,
+    exclude_image_id: int | None = None,
+    min_score: float | None = None,
+) -> SearchPage:
+    """Images visible to ``user`` ranked by a fusion (SEARCH_FUSION) of several models, each
+    with its own query vector (``vectors[i]`` is ``model_ids[i]``'s).
+
+    Each model contributes its top FUSION_CANDIDATES (or offset + k + 1, if more) in the same
+    scope as a one-model search (visibility, filters, the excluded image). Every candidate of
+    the union is then scored by every model (an exact distance for those a model did not
+    return; an image a model has no embedding of ranks last for it), and the scores are fused
+    with ``search.fusion``, the evaluation's own code: a candidate's rank within a model counts
+    ties as the evaluation does. Equal fused scores are ordered by image id.
+
+    A hit's ``score`` is the fused score scaled so that 1 means first for every model. It is
+    not a cosine similarity, so ``min_score`` is refused.
+    """
+    search_validate_page(k, offset)
+    if min_score is not None:
+        raise InvalidInput(
+            "min_score is a cosine similarity, and a fused search's scores are not one; "
+            "leave it out or search with one model"
+        )
+    if len(model_ids) != len(vectors) or len(model_ids) < 2:
+        raise ValueError("fused search needs two or more models, each with its query vector")
+    depth = max(FUSION_CANDIDATES, offset + k + 1)
+    scope = {"user": user, "filters": filters, "exclude_image_id": exclude_image_id}
+    lists, exact = [], True
+    for model_id, vector in zip(model_ids, vectors, strict=True):
+        found, list_exact = _candidates(model_id=model_id, vector=vector, depth=depth, **scope)
+        lists.append(found)
+        exact = exact and list_exact
+    union = sorted(set().union(*lists))
+    scores = []
+    for model_id, vector, found in zip(model_ids, vectors, lists, strict=True):
+        missing = set(union) - found.keys()
+        if missing:
+            found = {**found, **_similarities(model_id=model_id, vector=vector, image_ids=missing)}
+        scores.append(np.array([[found.get(i, -np.inf) for i in union]], dtype=np.float64))
+    fused = FUSE[SEARCH_FUSION](scores)[0] if union else np.empty(0)
+    best = len(model_ids) / (RRF_K + 1)  # first for every model
+    order = np.lexsort((np.array(union), -fused))  # fused score descending, then image id
+    chosen = [(union[i], float(fused[i]) / best) for i in order[offset : offset + k]]
+    images = Image.objects.prefetch_related("captions").in_bulk([i for i, _ in chosen])
+    hits = [SearchHit(image=images[image_id], score=score) for image_id, score in chosen]
+    return SearchPage(
+        model_id=FUSED_SEPARATOR.join(model_ids), hits=hits, k=k, offset=offset, exact=exact,
+        has_more=len(union) > offset + k, fusion=SEARCH_FUSION,
     )  # fmt: skip
 
 

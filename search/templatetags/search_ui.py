@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from django import template
 
-from search.selectors import search_models_available
+from search.selectors import search_model_choices
 
 register = template.Library()
 
 
 @register.simple_tag
 def search_models() -> list[str]:
-    """The models the header's picker offers: enabled ones with embeddings, default first."""
-    return search_models_available()
+    """The models the header's picker offers: enabled ones with embeddings, default first, then
+    fused pairs ("A+B") of those whose embeddings are complete."""
+    return search_model_choices()
 
 
 @register.filter

@@ -42,7 +42,7 @@ EXPECTED: dict[str, tuple[int, int, int, int]] = {
     "collection-edit": (LOGIN, 405, 405, 405),
     "collection-shared": (404, 404, 404, 404),  # a private collection's link opens nothing
     "search": (200, 200, 200, 200),
-    "search-image": (405, 405, 405, 405),
+    "search-image": (404, 404, 404, 404),  # GET shows a stored result by its key; none given
     "similar": (404, 200, 404, 404),
     "login": (200, 200, 200, 200),
     "logout": (405, 405, 405, 405),

@@ -3,7 +3,7 @@
     .venv/bin/python bench/search_latency.py [--sizes 31783,1000000] [--queries 200] \
         [--ef-search 40,100,200] [--skip-ranking] [--skip-e2e] [--skip-load] \
         [--load-seconds 60] [--clients 50] [--persistent-connections] [--web-dtype int8] \
-        [--data-dir DIR] [--database-url URL]
+        [--fused] [--data-dir DIR] [--database-url URL]
 
 For each N in ``--sizes`` it loads N synthetic 512-d unit vectors (clustered like real image
 embeddings: ``N / --points-per-cluster`` centres plus Gaussian noise, the generator of
@@ -24,6 +24,10 @@ from the same distribution:
 (c') the API's database work: ``images_search_by_vector`` (visibility join, 20 hits with their
     images and captions) at the lowest ef_search that reached recall@10 >= 0.95 (else the
     highest tried).
+
+With ``--fused``, after the table: fused search ("A+B", two models' HNSW top lists fused by
+RRF) beside one model, on the same queries, with a second model's synthetic vectors stored for
+the same images (bench/_search/fused.py).
 
 Then, at N = ``--e2e-size`` (31,783, Flickr30k's size): ``GET /api/search`` served by gunicorn
 exactly as ``./run`` starts it, with the full-size ViT-B/32 CLIP architecture (``CLIPConfig()``,
@@ -72,6 +76,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-ranking", action="store_true", help="no (a)/(b)/(c) table")
     parser.add_argument("--skip-e2e", action="store_true", help="no gunicorn latency run")
     parser.add_argument("--skip-load", action="store_true", help="no concurrent load run")
+    parser.add_argument(
+        "--fused", action="store_true", help="also time fused search (two models) vs one"
+    )
     parser.add_argument("--e2e-size", type=int, default=31_783)
     parser.add_argument("--e2e-queries", type=int, default=None, help="default: --queries")
     parser.add_argument("--load-seconds", type=float, default=60.0)
@@ -111,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run(args: argparse.Namespace, data_dir: Path) -> None:
     from bench._search.data import dataset_ensure, print_header
+    from bench._search.fused import fused_benchmark
     from bench._search.load import load_test
     from bench._search.ranking import vector_benchmark
     from bench._search.server import WebServer, end_to_end
@@ -122,6 +130,8 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
             dataset = dataset_ensure(size, args, data_dir)
             if not args.skip_ranking:
                 vector_benchmark(dataset, args, data_dir)
+            if args.fused:
+                fused_benchmark(dataset, args, data_dir)
             if size == args.e2e_size and not args.skip_e2e:
                 server = end_to_end(dataset, args, data_dir)
                 if not args.skip_load:

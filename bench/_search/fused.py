@@ -1,0 +1,145 @@
+"""Fused search ("A+B") beside one model: the database and fusion work of a search, per query.
+
+A second model, align-base (640-d), gets synthetic vectors for the same images: the same
+cluster of each image as the data set's (same seed, so the two models agree on which images
+are alike, as real models roughly do), other centres and noise. Then, for the same queries:
+
+- one model: ``images_search_by_vector`` (clip-vit-base-patch32, k = API_K), the API's work;
+- fused: ``images_search_fused`` (both models' top FUSION_CANDIDATES through their HNSW
+  indexes, the union scored by both, RRF), the same k;
+- the check a fused request runs first: ``search_models_resolve("A+B")`` (both complete);
+- agreement of the fused top k with RRF computed exactly in numpy over the whole gallery
+  (``search.fusion.fuse_rrf``), the ranking fused search approximates with top lists.
+
+Query encoding is not included: a fused text query runs both models' text encoders (see the
+end-to-end figures and bench/query_encoder.py for one encoder's cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import _harness
+from bench._search.common import API_K, MODEL_ID, WARM_UP_QUERIES, MachineWatch, Measured
+from bench._search.data import LOAD_CHUNK, NOISE, Dataset
+from bench._search.ranking import recall_at, timed_queries
+
+SECOND_MODEL = "align-base"
+SECOND_DIM = 640
+
+
+def second_model_ensure(dataset: Dataset, args: argparse.Namespace) -> tuple[np.ndarray, str]:
+    """The second model's vectors for every image (stored by COPY unless already there, its
+    HNSW index built after the load), and a note on what was done."""
+    from django.db import connection
+
+    from search.indexes import embedding_indexes_ensure
+    from search.models import EmbeddingModel, ImageEmbedding
+
+    EmbeddingModel.objects.update_or_create(model_id=MODEL_ID, defaults={"enabled": True})
+    EmbeddingModel.objects.filter(is_default=True).exclude(model_id=MODEL_ID).update(
+        is_default=False
+    )
+    EmbeddingModel.objects.filter(model_id=MODEL_ID).update(is_default=True)
+    EmbeddingModel.objects.update_or_create(model_id=SECOND_MODEL, defaults={"enabled": True})
+
+    matrix = np.concatenate(
+        list(
+            _harness.clustered_unit_vectors(
+                dataset.size, clusters=dataset.clusters, seed=args.seed, noise=NOISE, stream=1,
+                chunk=LOAD_CHUNK, dim=SECOND_DIM,
+            )
+        )
+    )  # fmt: skip
+    stored = ImageEmbedding.objects.filter(model_id=SECOND_MODEL).count()
+    if stored == dataset.size:
+        return matrix, f"{SECOND_MODEL}: {stored:,} stored rows reused"
+    ImageEmbedding.objects.filter(model_id=SECOND_MODEL).delete()
+    started = time.perf_counter()
+    _harness.fake_embeddings_copy(model_id=SECOND_MODEL, chunks=[matrix])
+    with connection.cursor() as cursor:
+        cursor.execute(f"VACUUM (ANALYZE) {ImageEmbedding._meta.db_table}")
+        embedding_indexes_ensure(model_ids=[SECOND_MODEL])
+    note = f"{SECOND_MODEL}: {dataset.size:,} rows + HNSW in {time.perf_counter() - started:.0f} s"
+    return matrix, note
+
+
+def fused_benchmark(dataset: Dataset, args: argparse.Namespace, data_dir: Path) -> None:
+    from django.contrib.auth.models import AnonymousUser
+
+    from search.fusion import fuse_rrf
+    from search.selectors import (
+        FUSION_CANDIDATES,
+        SEARCH_FUSION,
+        images_search_by_vector,
+        images_search_fused,
+        search_models_resolve,
+    )
+
+    watch = MachineWatch(data_dir)
+    second, note = second_model_ensure(dataset, args)
+    second_queries = next(
+        _harness.clustered_unit_vectors(
+            len(dataset.queries), clusters=dataset.clusters, seed=args.seed, noise=NOISE,
+            stream=2, chunk=len(dataset.queries), dim=SECOND_DIM,
+        )
+    )  # fmt: skip
+    print(f"  {note}", flush=True)
+    anonymous = AnonymousUser()
+    fused_choice = f"{MODEL_ID}+{SECOND_MODEL}"
+    # Queries by position, so the fused search gets each model's vector of the same query.
+    positions = np.arange(len(dataset.queries))
+
+    def one(i: int) -> list[int]:
+        page = images_search_by_vector(
+            user=anonymous, model_id=MODEL_ID, vector=dataset.queries[i], k=API_K
+        )
+        return [hit.image.pk for hit in page.hits]
+
+    def fused(i: int) -> list[int]:
+        page = images_search_fused(
+            user=anonymous, model_ids=(MODEL_ID, SECOND_MODEL),
+            vectors=(dataset.queries[i], second_queries[i]), k=API_K,
+        )  # fmt: skip
+        return [hit.image.pk for hit in page.hits]
+
+    def resolve(i: int) -> list[int]:
+        search_models_resolve(fused_choice)
+        return []
+
+    rows = []
+    seconds, _ = timed_queries(positions, one)
+    rows.append(Measured(f"one model ({MODEL_ID}), k={API_K}", seconds))
+    seconds, fused_ids = timed_queries(positions, fused)
+    rows.append(Measured(f"fused {SEARCH_FUSION} ({FUSION_CANDIDATES} candidates each)", seconds))
+    seconds, _ = timed_queries(positions, resolve)
+    rows.append(Measured('search_models_resolve("A+B"): both complete?', seconds))
+
+    # The same fusion over every image, in numpy: what the top lists approximate.
+    exact_ids = []
+    for i in positions[WARM_UP_QUERIES:]:
+        scores = [
+            (dataset.matrix @ dataset.queries[i])[None, :],
+            (second @ second_queries[i])[None, :],
+        ]
+        total = fuse_rrf(scores)[0]
+        order = np.lexsort((np.arange(len(total)), -total))[:API_K]
+        exact_ids.append([int(i) + 1 for i in order])  # row i is image id i + 1
+    rows[1].recall = recall_at(fused_ids, exact_ids, API_K)
+
+    print(
+        f"\nFused vs one model, N={dataset.size:,} per model, {len(rows[0].seconds)} queries "
+        f"(database + fusion, no query encoding); recall@{API_K} of fused against RRF over "
+        "the whole gallery"
+    )
+    header = f"{'search':<56}{'p50 ms':>9}{'p95 ms':>9}{'recall':>9}"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        recall = "" if row.recall is None else f"{row.recall:.3f}"
+        print(f"{row.label:<56}{row.pct(50):>9.2f}{row.pct(95):>9.2f}{recall:>9}")
+    watch.report("fused")

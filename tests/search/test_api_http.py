@@ -172,7 +172,7 @@ def test_every_api_error_is_json_with_its_status(
     def broken() -> list[str]:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("search.api.search_models_available", broken)
+    monkeypatch.setattr("search.api.search_model_choices", broken)
     status, message = error("GET", f"{api}/models")
     assert status == 500 and "a bug" not in message and "Traceback" not in message
 

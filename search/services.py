@@ -238,16 +238,16 @@ def embedding_jobs_claim(
     Due: never sent; taken by a worker whose lease ran out; or sent more than
     ``unstarted_after`` ago and never taken (``workers.queueing`` explains the choice).
     ``include_failed`` also claims failed jobs, with fresh attempts. One UPDATE ... RETURNING
-    over rows locked with SKIP LOCKED, so two sweeps at once never queue an image twice.
+    over rows locked with SKIP LOCKED, so two sweeps at once never queue an image twice. The
+    rows are chosen in a MATERIALIZED CTE: as ``WHERE id IN (subquery LIMIT n)`` the planner may
+    rescan the subquery, which then skips the rows just updated and picks the next n, so a
+    one-batch probe could claim the whole backlog.
     """
     table = EmbeddingJob._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
-            UPDATE {table} SET enqueued_at = now(), started_at = NULL, lease_until = NULL,
-                   attempts = CASE WHEN status = 'failed' THEN 0 ELSE attempts END,
-                   status = 'pending'
-            WHERE id IN (
+            WITH due AS MATERIALIZED (
                 SELECT id FROM {table}
                 WHERE model_id = %(model)s AND (
                     (status = 'failed' AND %(failed)s)
@@ -258,7 +258,11 @@ def embedding_jobs_claim(
                 ORDER BY image_id
                 LIMIT %(limit)s
                 FOR UPDATE SKIP LOCKED)
-            RETURNING image_id
+            UPDATE {table} AS job SET enqueued_at = now(), started_at = NULL, lease_until = NULL,
+                   attempts = CASE WHEN job.status = 'failed' THEN 0 ELSE job.attempts END,
+                   status = 'pending'
+            FROM due WHERE job.id = due.id
+            RETURNING job.image_id
             """,
             {
                 "model": model_id,

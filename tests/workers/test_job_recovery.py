@@ -25,6 +25,14 @@ def photos(n: int) -> list:
     ]
 
 
+def purge_embedding_queue() -> None:
+    """Empty the broker's embedding queue: other tests may have left batches in it."""
+    from config.celery import app
+
+    with app.connection_for_write() as connection:
+        connection.default_channel.queue_purge(queueing.settings.EMBEDDING_QUEUE)
+
+
 def model_state() -> EmbeddingModel:
     return EmbeddingModel.objects.get(model_id=CLIP)
 
@@ -145,9 +153,7 @@ def test_the_sweep_requeues_a_dead_workers_batch_only_once_its_lease_ran_out(
 def test_a_sent_but_lost_message_is_sent_again_when_the_queue_is_empty(
     redis_url, settings, django_capture_on_commit_callbacks
 ) -> None:
-    from config.celery import app
-
-    app.control.purge()
+    purge_embedding_queue()
     images = photos(2)
     embedding_jobs_create_missing(model_id=CLIP)
     old = timezone.now() - timedelta(seconds=settings.EMBEDDING_LOST_AFTER_SECONDS + 5)
@@ -163,14 +169,14 @@ def test_uploads_record_when_their_job_was_sent(
 ) -> None:
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    from config.celery import app
     from gallery.services import image_upload
     from tests.factories import UserFactory
 
+    purge_embedding_queue()
     upload = SimpleUploadedFile("dog.jpg", jpeg_bytes(), content_type="image/jpeg")
     with django_capture_on_commit_callbacks(execute=True):
         image = image_upload(owner=UserFactory(), file=upload)
     job = EmbeddingJob.objects.get(image=image, model_id=CLIP)
     assert job.enqueued_at is not None
     assert queueing.broker_queue_length(queueing.settings.EMBEDDING_QUEUE) == 1
-    app.control.purge()
+    purge_embedding_queue()

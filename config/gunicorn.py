@@ -25,8 +25,12 @@ control_socket_disable = True
 
 def post_worker_init(worker: Any) -> None:  # gunicorn's hook signature
     # Load every enabled search model in each worker before it takes requests (not only those
-    # with embeddings already: after a first import the first query would pay for the load),
-    # skipping models the workers found unloadable, whose load would only fail again.
+    # with embeddings already: after a first import the first query would pay for the load).
+    # Skipped: models the workers found unloadable, and weights not on this machine yet (a
+    # download, or an offline hub's retries, must not hold up a worker's start).
+    from django.conf import settings
+
+    from encoders import weights_on_disk
     from search.encoding import warm_up
     from search.selectors import (
         embedding_model_default,
@@ -36,9 +40,14 @@ def post_worker_init(worker: Any) -> None:  # gunicorn's hook signature
 
     try:
         default = embedding_model_default()
-        models = [
-            m for m in embedding_models_enabled() if not embedding_model_unavailable(model_id=m)
-        ]
+        models = []
+        for model_id in embedding_models_enabled():
+            if embedding_model_unavailable(model_id=model_id):
+                continue
+            if not weights_on_disk(model_id, settings.EMBEDDING_MODEL_SOURCES.get(model_id)):
+                worker.log.info("%s: weights not on this machine yet; loads on first use", model_id)
+                continue
+            models.append(model_id)
         warm_up(model_ids=sorted(models, key=lambda m: (m != default, m)))
     except Exception:  # noqa: BLE001 - a cold first search beats a web worker that won't boot
         worker.log.exception("search warm-up failed; models will load on first use")

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,15 +82,37 @@ def _child_setup() -> None:
 
 
 @dataclass
+class Restarts:
+    """When a supervised part that stopped is started again: after a backoff that doubles while
+    it keeps dying young (up to MAX_BACKOFF_SECONDS) and starts over once it stayed up."""
+
+    backoff: float = 1.0
+    started_at: float = 0.0
+    restart_at: float | None = None
+
+    def due(self, now: float, name: str, why: str) -> bool:
+        """Called while the part is down: the first call logs one line and schedules the
+        restart; True once it is time."""
+        if self.restart_at is None:
+            self.backoff = next_backoff(self.backoff, now - self.started_at)
+            self.restart_at = now + self.backoff
+            log(f"{name} stopped ({why}); restarting in {self.backoff:.0f}s")
+            return False
+        return now >= self.restart_at
+
+    def started(self, now: float) -> None:
+        self.started_at = now
+        self.restart_at = None
+
+
+@dataclass
 class Child:
     """One supervised process, started in a process group of its own."""
 
     name: str
     cmd: list[str]
     process: subprocess.Popen[str] | None = None
-    started_at: float = 0.0
-    backoff: float = 1.0
-    restart_at: float | None = None
+    restarts: Restarts = field(default_factory=Restarts)
     ready: threading.Event = field(default_factory=threading.Event)
     ready_marker: str | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
@@ -109,10 +132,8 @@ class Launcher:
         self.embedded_postgres = not self.env.get("DATABASE_URL")
         self.embedded_redis = not (self.env.get("CELERY_BROKER_URL") or self.env.get("REDIS_URL"))
         self.redis: subprocess.Popen[bytes] | None = None
-        self.redis_backoff = 1.0
-        self.redis_restart_at: float | None = None
-        self.postgres_backoff = 1.0
-        self.postgres_restart_at: float | None = None
+        self.redis_restarts = Restarts()
+        self.postgres_restarts = Restarts()
         self.stopping = False
         self.owns_data_dir = False
         self.lock = self.data_dir / "run.pid"
@@ -175,6 +196,7 @@ class Launcher:
         try:
             self.redis = embedded.redis_start(self.data_dir, replace_stale=True)
         except embedded.EmbeddedServiceError as exc:
+            self.redis = None
             raise LaunchError(str(exc)) from exc
 
     def spawn(self, child: Child) -> None:
@@ -192,8 +214,7 @@ class Launcher:
             start_new_session=True,
             preexec_fn=_child_setup,  # noqa: PLW1509 - only a prctl, no locks taken
         )
-        child.started_at = time.monotonic()
-        child.restart_at = None
+        child.restarts.started(time.monotonic())
         threading.Thread(
             target=self.relay, args=(child, child.process), daemon=True, name=child.name
         ).start()
@@ -261,63 +282,34 @@ class Launcher:
 
     def supervise_once(self) -> None:
         now = time.monotonic()
-        if self.embedded_postgres:
-            self.supervise_postgres(now)
-        if self.embedded_redis:
-            self.supervise_redis(now)
+        if self.embedded_postgres and not embedded.postgres_running(self.data_dir):
+            why = "pages answer 503 meanwhile"
+            if self.postgres_restarts.due(now, "PostgreSQL", why):
+                self.restart("PostgreSQL", self.postgres_restarts, now, self.start_postgres)
+        if self.embedded_redis and not (self.redis and self.redis.poll() is None):
+            code = self.redis.poll() if self.redis else None
+            why = f"{describe_exit(code or 0)}; queued tasks are kept on disk"
+            if self.redis_restarts.due(now, "redis", why):
+                self.restart("redis", self.redis_restarts, now, self.start_redis)
         for child in self.children:
             if child.alive() or self.stopping:
                 continue
-            if child.restart_at is None:
-                child.backoff = next_backoff(child.backoff, now - child.started_at)
-                child.restart_at = now + child.backoff
-                code = child.process.poll() if child.process else None
-                log(
-                    f"{child.name} stopped ({describe_exit(code or 0)}); "
-                    f"restarting in {child.backoff:.0f}s"
-                )
-            elif now >= child.restart_at:
+            code = child.process.poll() if child.process else None
+            if child.restarts.due(now, child.name, describe_exit(code or 0)):
                 self.spawn(child)
 
-    def supervise_redis(self, now: float) -> None:
-        if self.redis is not None and self.redis.poll() is None:
-            return
-        if self.redis_restart_at is None:
-            code = self.redis.poll() if self.redis else 0
-            self.redis_restart_at = now + self.redis_backoff
-            log(
-                f"redis stopped ({describe_exit(code or 0)}); restarting in "
-                f"{self.redis_backoff:.0f}s (queued tasks are kept on disk)"
-            )
-        elif now >= self.redis_restart_at:
-            self.redis_restart_at = None
-            try:
-                self.redis = embedded.redis_start(self.data_dir, replace_stale=True)
-                self.redis_backoff = 1.0
-                log("redis is back")
-            except embedded.EmbeddedServiceError as exc:
-                self.redis = None
-                self.redis_backoff = min(self.redis_backoff * 2, MAX_BACKOFF_SECONDS)
-                log(f"redis did not start: {exc}")
+    def restart(self, name: str, restarts: Restarts, now: float, start: Callable[[], None]) -> None:
+        try:
+            start()
+        except (LaunchError, embedded.EmbeddedServiceError) as exc:
+            restarts.started(now)  # a failed start counts as dying young: the backoff doubles
+            log(f"{name} did not start: {str(exc).splitlines()[0]}")
+        else:
+            restarts.started(now)
+            log(f"{name} is back")
 
-    def supervise_postgres(self, now: float) -> None:
-        if embedded.postgres_running(self.data_dir):
-            return
-        if self.postgres_restart_at is None:
-            self.postgres_restart_at = now + self.postgres_backoff
-            log(
-                f"PostgreSQL stopped; pages answer 503 meanwhile; restarting in "
-                f"{self.postgres_backoff:.0f}s"
-            )
-        elif now >= self.postgres_restart_at:
-            self.postgres_restart_at = None
-            try:
-                embedded.postgres_start(self.data_dir)
-                self.postgres_backoff = 1.0
-                log("PostgreSQL is back")
-            except embedded.EmbeddedServiceError as exc:
-                self.postgres_backoff = min(self.postgres_backoff * 2, MAX_BACKOFF_SECONDS)
-                log(f"PostgreSQL did not start: {str(exc).splitlines()[0]}")
+    def start_postgres(self) -> None:
+        embedded.postgres_start(self.data_dir)
 
     # --- stop ----------------------------------------------------------------------------
     def stop(self) -> None:

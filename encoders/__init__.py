@@ -12,7 +12,7 @@ from .base import (
     WeightsUnavailableError,
 )
 from .images import DEFAULT_MAX_PIXELS, open_image, to_rgb
-from .registry import MODELS, clear_encoder_cache, load_encoder, model_spec
+from .registry import MODELS, clear_encoder_cache, load_encoder, model_spec, weights_on_disk
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -28,4 +28,5 @@ __all__ = [
     "model_spec",
     "open_image",
     "to_rgb",
+    "weights_on_disk",
 ]

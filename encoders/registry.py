@@ -47,6 +47,20 @@ _DTYPES = {
 }
 
 
+def weights_on_disk(model_id: str, source: str | None = None) -> bool:
+    """Whether loading ``model_id`` from ``source`` needs no download: a local directory, or a
+    hub id whose files are already in the Hugging Face cache. Cheap: no torch, no network."""
+    source = source or model_spec(model_id).hub_id
+    if Path(source).expanduser().is_dir():
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(source, "config.json"), str)
+    except ValueError:  # not a valid repo id either: nothing to find anywhere
+        return False
+
+
 def model_spec(model_id: str) -> ModelSpec:
     """Return the registered spec for ``model_id`` or raise ``UnknownModelError``."""
     try:

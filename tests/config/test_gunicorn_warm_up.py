@@ -13,6 +13,7 @@ from search.services import embedding_model_enable, embedding_model_mark_unavail
 
 pytestmark = pytest.mark.django_db
 CLIP, ALIGN, SIGLIP = "clip-vit-base-patch32", "align-base", "siglip-base-patch16-224"
+LARGE = "clip-vit-large-patch14"  # no weights here: a hub id that is not in the cache
 
 
 class Worker:
@@ -25,13 +26,24 @@ def test_warm_up_loads_every_enabled_available_model_default_first(
     with django_capture_on_commit_callbacks():  # no backfill sweep sent
         embedding_model_enable(model_id=ALIGN)
         embedding_model_enable(model_id=SIGLIP)
+        embedding_model_enable(model_id=LARGE)
     embedding_model_mark_unavailable(model_id=SIGLIP, reason="weights missing")
     warmed: list[str] = []
     monkeypatch.setattr("search.encoding.warm_up", lambda *, model_ids: warmed.extend(model_ids))
 
     gunicorn.post_worker_init(Worker())
 
-    assert warmed == [CLIP, ALIGN]  # default first; none has an embedding yet
+    # Default first; none has an embedding yet. Not warmed: SigLIP (marked unloadable) and the
+    # large CLIP, whose weights would first have to be downloaded.
+    assert warmed == [CLIP, ALIGN]
+
+
+def test_weights_on_disk_tells_local_and_cached_from_a_download(tiny_models, tmp_path) -> None:
+    from encoders import weights_on_disk
+
+    assert weights_on_disk(CLIP, str(tiny_models[CLIP]))
+    assert not weights_on_disk(CLIP, str(tmp_path / "nothing-here"))
+    assert not weights_on_disk(LARGE)  # openai/clip-vit-large-patch14, never downloaded here
 
 
 def test_warm_up_really_loads_the_model(tiny_models) -> None:

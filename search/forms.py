@@ -13,6 +13,7 @@ class SearchForm(forms.Form):
     offset = forms.IntegerField(required=False, initial=0)
     source = forms.CharField(required=False)
     min_score = forms.FloatField(required=False, min_value=-1, max_value=1)
+    sort = forms.CharField(required=False)  # "relevance" | "date", checked by the selectors
 
     # For the template's input bounds.
     max_k = MAX_K

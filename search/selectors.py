@@ -9,12 +9,13 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.core.files.uploadedfile import UploadedFile
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.db.models.functions import Cast
 from django.utils import timezone
 from pgvector.django import CosineDistance, VectorField
@@ -171,6 +172,18 @@ EXACT_SEARCH_MAX_ROWS = 20_000
 IMAGE_QUERY_CONCURRENCY = 2
 IMAGE_QUERY_WAIT_SECONDS = 10.0
 _image_query_slots = threading.BoundedSemaphore(IMAGE_QUERY_CONCURRENCY)
+# sort="date": the relevant results, newest first. "Relevant" is a score of at least
+# DATE_SORT_CUTOFF of the query's best hit (best - 20% of |best|), the same scale the result
+# bars show, so "newest" lists exactly the cards whose bar is at least 80% full. Relative, not
+# an absolute cosine: cosine levels differ by model and by kind of query (CLIP text->image
+# matches score about 0.3, image->image about 0.9), and no one absolute value suits both. A
+# fixed fraction rather than a setting, so a shared link lists the same images on every site
+# and the API and the pages agree. 0.8 is a starting point, not a measured optimum. The
+# relevant set is drawn from the best DATE_SORT_CANDIDATES by relevance (one index scan of that
+# depth), so date order never reaches a weak match deep in the ranking.
+SEARCH_SORTS = ("relevance", "date")
+DATE_SORT_CUTOFF = 0.8
+DATE_SORT_CANDIDATES = 500
 
 
 @dataclass(frozen=True)
@@ -220,6 +233,11 @@ class SearchPage:
     coverage: SearchCoverage | None = None
     # A fused search ("A+B"): the fusion its scores come from (SEARCH_FUSION); "" otherwise.
     fusion: str = ""
+    # "relevance" (best first) or "date" (newest first among hits scoring at least ``cutoff``,
+    # which is relative to ``best``, the query's best score; see DATE_SORT_CUTOFF).
+    sort: str = "relevance"
+    best: float | None = None
+    cutoff: float | None = None
 
     @property
     def next_offset(self) -> int | None:
@@ -227,11 +245,36 @@ class SearchPage:
         return following if self.has_more and following <= MAX_OFFSET else None
 
 
+@dataclass(frozen=True)
+class _EnabledModel:
+    model_id: str
+    is_default: bool
+    unavailable_reason: str
+    has_embeddings: bool
+
+
+def _models_enabled_state() -> dict[str, _EnabledModel]:
+    """Every enabled model with what a search asks of it, in one query: whether it is the
+    default (the default is always enabled), why workers cannot load it, and whether it has
+    embeddings. Read fresh on each call, so a model staff enable or disable is seen at once."""
+    has_embeddings = Exists(ImageEmbedding.objects.filter(model_id=OuterRef("model_id")))
+    rows = (
+        EmbeddingModel.objects.filter(enabled=True)
+        .annotate(has_embeddings=has_embeddings)
+        .values_list("model_id", "is_default", "unavailable_reason", "has_embeddings")
+    )
+    return {row[0]: _EnabledModel(*row) for row in rows}
+
+
+def _default_of(models: dict[str, _EnabledModel]) -> str | None:
+    return next((m for m in sorted(models) if models[m].is_default), None)
+
+
 def search_models_available() -> list[str]:
     """Enabled models that have at least one embedding, default first."""
-    default = embedding_model_default()
-    enabled = embedding_models_enabled()
-    with_rows = [m for m in enabled if ImageEmbedding.objects.filter(model_id=m).exists()]
+    models = _models_enabled_state()
+    default = _default_of(models)
+    with_rows = [m for m, state in models.items() if state.has_embeddings]
     return sorted(with_rows, key=lambda m: (m != default, m))
 
 
@@ -262,8 +305,13 @@ def embedding_model_default_unavailable() -> str | None:
 
 def search_model_resolve(model_id: str | None) -> str:
     """The model a search should use: the requested one if usable, else the default."""
+    return _model_resolve(model_id, _models_enabled_state())
+
+
+def _model_resolve(model_id: str | None, models: dict[str, _EnabledModel]) -> str:
+    # Every check below reads the one snapshot of ``models`` (one query per search).
     if not model_id:
-        model_id = embedding_model_default()
+        model_id = _default_of(models)
         if model_id is None:
             raise Unavailable("no search model is configured; ask an admin to enable one")
     if len(_model_choice_split(model_id)) > 1:
@@ -275,11 +323,12 @@ def search_model_resolve(model_id: str | None) -> str:
         model_spec(model_id)
     except UnknownModelError as exc:
         raise InvalidInput(str(exc)) from exc
-    if model_id not in embedding_models_enabled():
+    state = models.get(model_id)
+    if state is None:
         raise InvalidInput(f"model {model_id!r} is not enabled on this site")
-    if not ImageEmbedding.objects.filter(model_id=model_id).exists():
+    if not state.has_embeddings:
         # Waiting helps a backfill that is running, never one whose weights are missing.
-        if embedding_model_unavailable(model_id=model_id):
+        if state.unavailable_reason:
             raise Unavailable(model_unavailable_message(model_id))
         raise Conflict(f"model {model_id!r} has no embeddings yet; try again later")
     return model_id
@@ -294,6 +343,13 @@ def search_validate_text(text: str | None) -> str:
     if "\x00" in text:
         raise InvalidInput("the query contains a NUL character")
     return text
+
+
+def search_validate_sort(sort: str | None) -> str:
+    sort = sort or "relevance"
+    if sort not in SEARCH_SORTS:
+        raise InvalidInput(f"sort must be one of {', '.join(SEARCH_SORTS)}")
+    return sort
 
 
 def search_validate_page(k: int, offset: int) -> None:
@@ -324,6 +380,7 @@ def images_search_by_text(
     offset: int = 0,
     filters: SearchFilters | None = None,
     min_score: float | None = None,
+    sort: str = "relevance",
 ) -> SearchPage:
     """Images visible to ``user`` that best match a natural-language ``text``.
 
@@ -341,13 +398,13 @@ def images_search_by_text(
         ]
         return images_search_fused(
             user=user, model_ids=model_ids, vectors=vectors, k=k, offset=offset, filters=filters,
-            min_score=min_score,
+            min_score=min_score, sort=sort,
         )  # fmt: skip
     model_id = model_ids[0]
     vector = _query_vector(model_id, lambda: encoding.text_embedding(model_id=model_id, text=text))
     return images_search_by_vector(
         user=user, model_id=model_id, vector=vector, k=k, offset=offset, filters=filters,
-        min_score=min_score,
+        min_score=min_score, sort=sort,
     )  # fmt: skip
 
 
@@ -360,6 +417,7 @@ def images_search_by_image(
     offset: int = 0,
     filters: SearchFilters | None = None,
     min_score: float | None = None,
+    sort: str = "relevance",
 ) -> SearchPage:
     """Images visible to ``user`` nearest to a query image, which is embedded and not stored.
 
@@ -372,12 +430,12 @@ def images_search_by_image(
         vectors, _ = _image_query_vectors(file=file, model_ids=model_ids)
         return images_search_fused(
             user=user, model_ids=model_ids, vectors=vectors, k=k, offset=offset, filters=filters,
-            min_score=min_score,
+            min_score=min_score, sort=sort,
         )  # fmt: skip
     model_id, vector, _ = image_query_embed(file=file, model_id=model_ids[0])
     return images_search_by_vector(
         user=user, model_id=model_id, vector=vector, k=k, offset=offset, filters=filters,
-        min_score=min_score,
+        min_score=min_score, sort=sort,
     )  # fmt: skip
 
 
@@ -421,6 +479,7 @@ def images_similar(
     offset: int = 0,
     filters: SearchFilters | None = None,
     min_score: float | None = None,
+    sort: str = "relevance",
 ) -> SearchPage:
     """Images visible to ``user`` most like image ``image_id`` (which ``user`` must see).
 
@@ -441,11 +500,11 @@ def images_similar(
     if len(model_ids) > 1:
         return images_search_fused(
             user=user, model_ids=model_ids, vectors=vectors, k=k, offset=offset, filters=filters,
-            exclude_image_id=image_id, min_score=min_score,
+            exclude_image_id=image_id, min_score=min_score, sort=sort,
         )  # fmt: skip
     return images_search_by_vector(
         user=user, model_id=model_ids[0], vector=vectors[0], k=k, offset=offset, filters=filters,
-        exclude_image_id=image_id, min_score=min_score,
+        exclude_image_id=image_id, min_score=min_score, sort=sort,
     )  # fmt: skip
 
 
@@ -483,6 +542,7 @@ def images_search_by_vector(
     filters: SearchFilters | None = None,
     exclude_image_id: int | None = None,
     min_score: float | None = None,
+    sort: str = "relevance",
 ) -> SearchPage:
     """Images visible to ``user`` nearest to ``vector``, best first.
 
@@ -492,6 +552,15 @@ def images_search_by_vector(
     a page holds min(k, visible matches after ``offset``) images whatever the others hide.
     """
     search_validate_page(k, offset)
+    if search_validate_sort(sort) == "date":
+        scope = {"user": user, "filters": filters, "exclude_image_id": exclude_image_id}
+        found, exact = _candidates(
+            model_id=model_id, vector=vector, depth=DATE_SORT_CANDIDATES, **scope
+        )
+        return _page_by_date(
+            found, k=k, offset=offset, min_score=min_score, model_id=model_id, exact=exact,
+            coverage=search_coverage(user=user, model_id=model_id),
+        )  # fmt: skip
     query = {
         "user": user, "model_id": model_id, "vector": vector, "filters": filters,
         "exclude_image_id": exclude_image_id,
@@ -515,6 +584,27 @@ def images_search_by_vector(
     return SearchPage(
         model_id=model_id, hits=hits, k=k, offset=offset, exact=exact, has_more=has_more,
         coverage=search_coverage(user=user, model_id=model_id),
+    )  # fmt: skip
+
+
+def _page_by_date(
+    scored: dict[int, float], *, k: int, offset: int, min_score: float | None, **page: Any
+) -> SearchPage:
+    """A page of the candidates ``scored`` (image id -> score, all visible to the searcher)
+    that are relevant (DATE_SORT_CUTOFF of the best, and ``min_score``), newest first."""
+    best = max(scored.values(), default=None)
+    cutoff = None if best is None else best - (1.0 - DATE_SORT_CUTOFF) * abs(best)
+    if cutoff is not None and min_score is not None:
+        cutoff = max(cutoff, min_score)
+    relevant = [i for i, score in scored.items() if cutoff is not None and score >= cutoff]
+    dated = Image.objects.filter(pk__in=relevant).values_list("pk", "created_at")
+    newest = [pk for pk, _ in sorted(dated, key=lambda row: (row[1], row[0]), reverse=True)]
+    chosen = newest[offset : offset + k]
+    images = Image.objects.prefetch_related("captions").in_bulk(chosen)
+    hits = [SearchHit(image=images[i], score=scored[i]) for i in chosen if i in images]
+    return SearchPage(
+        hits=hits, k=k, offset=offset, has_more=len(newest) > offset + k, sort="date",
+        best=best, cutoff=cutoff, **page,
     )  # fmt: skip
 
 
@@ -542,12 +632,6 @@ def _model_choice_split(model: str) -> list[str]:
     return [part for part in re.split(r"[+\s]+", model.strip()) if part]
 
 
-def _choice_order(model_ids: Sequence[str]) -> list[str]:
-    """Models in the pickers' order: the default first, then by id."""
-    default = embedding_model_default()
-    return sorted(model_ids, key=lambda m: (m != default, m))
-
-
 def search_models_resolve(model: str | None) -> tuple[str, ...]:
     """The model, or for a fused choice ("A+B") the two models, that a search should use.
 
@@ -557,14 +641,18 @@ def search_models_resolve(model: str | None) -> tuple[str, ...]:
     rank the unseen ones by one model alone. Anything else is ``InvalidInput`` (400).
     """
     parts = _model_choice_split(model or "")
+    models = _models_enabled_state()
     if len(parts) <= 1:
-        return (search_model_resolve(parts[0] if parts else None),)
+        return (_model_resolve(parts[0] if parts else None, models),)
     if len(parts) > 2 or len(set(parts)) < 2:
         raise InvalidInput(
             f"model {model!r}: a fused search combines two different models, as in "
             f"'{_FUSED_EXAMPLE}'; see /api/models for the choices"
         )
-    model_ids = _choice_order([search_model_resolve(part) for part in parts])
+    default = _default_of(models)
+    model_ids = sorted(
+        (_model_resolve(part, models) for part in parts), key=lambda m: (m != default, m)
+    )
     for model_id in model_ids:
         progress = embedding_progress(model_id=model_id)
         if progress.remaining:
@@ -626,6 +714,7 @@ def images_search_fused(
     filters: SearchFilters | None = None,
     exclude_image_id: int | None = None,
     min_score: float | None = None,
+    sort: str = "relevance",
 ) -> SearchPage:
     """Images visible to ``user`` ranked by a fusion (SEARCH_FUSION) of several models, each
     with its own query vector (``vectors[i]`` is ``model_ids[i]``'s).
@@ -641,6 +730,7 @@ def images_search_fused(
     not a cosine similarity, so ``min_score`` is refused.
     """
     search_validate_page(k, offset)
+    sort = search_validate_sort(sort)
     if min_score is not None:
         raise InvalidInput(
             "min_score is a cosine similarity, and a fused search's scores are not one; "
@@ -664,6 +754,12 @@ def images_search_fused(
         scores.append(np.array([[found.get(i, -np.inf) for i in union]], dtype=np.float64))
     fused = FUSE[SEARCH_FUSION](scores)[0] if union else np.empty(0)
     best = len(model_ids) / (RRF_K + 1)  # first for every model
+    if sort == "date":
+        scaled = {i: float(score) / best for i, score in zip(union, fused, strict=True)}
+        return _page_by_date(
+            scaled, k=k, offset=offset, min_score=None, model_id=FUSED_SEPARATOR.join(model_ids),
+            exact=exact, fusion=SEARCH_FUSION,
+        )  # fmt: skip
     order = np.lexsort((np.array(union), -fused))  # fused score descending, then image id
     chosen = [(union[i], float(fused[i]) / best) for i in order[offset : offset + k]]
     images = Image.objects.prefetch_related("captions").in_bulk([i for i, _ in chosen])

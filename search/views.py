@@ -107,12 +107,14 @@ def _render_results(
     else:
         context["page"] = page
         context["best"] = _best_score(request, page)
+        context["sort_links"] = _sort_links(request, page)
         if page.next_offset is not None:
             params = {**(more_params or {}), "model": page.model_id, "k": str(page.k)}
             params.update(offset=str(page.next_offset), best=f"{context['best']:.6f}")
-            source = form.data.get("source") if form.is_bound else None
-            if source:
-                params["source"] = source
+            for name in ("source", "sort"):
+                value = form.data.get(name) if form.is_bound else None
+                if value:
+                    params[name] = value
             context["more_url"] = f"{request.path}?{urlencode(params)}"
     template = "search/_hits.html" if request.headers.get("HX-Request") else "search/search.html"
     return render(request, template, context, status=status)
@@ -126,8 +128,20 @@ def _best_score(request: HttpRequest, page: SearchPage) -> float:
     except ValueError:
         best = None
     if best is None or not 0 < best <= 1:
-        best = page.hits[0].score if page.hits else 1.0
+        # In date order the best hit need not come first; the page says which it was.
+        first = page.hits[0].score if page.hits else 1.0
+        best = page.best if page.best is not None else first
     return best
+
+
+def _sort_links(request: HttpRequest, page: SearchPage) -> list[tuple[str, str, bool]]:
+    """(label, URL, current) for "Sort: relevance | newest": the same query from its start."""
+    params = {k: v for k, v in request.GET.items() if k not in {"sort", "offset", "best"}}
+    links = []
+    for value, label in (("relevance", "relevance"), ("date", "newest")):
+        query = urlencode({**params, "sort": value} if value != "relevance" else params)
+        links.append((label, f"{request.path}?{query}", page.sort == value))
+    return links
 
 
 # What the form's fields are called in messages ("k: Ensure..." meant nothing to people).
@@ -146,6 +160,7 @@ def _page_args(form: SearchForm) -> dict[str, Any]:
         "offset": data.get("offset") or 0,
         "filters": SearchFilters(source=data.get("source") or None),
         "min_score": data.get("min_score"),
+        "sort": data.get("sort") or "relevance",
     }
 
 
@@ -214,9 +229,9 @@ def search_by_image_page(request: HttpRequest) -> HttpResponse:
     if kept and response.status_code == 200:
         # Results live at a GET URL (shareable, reloadable, back-button safe).
         params = {"key": kept[0].key, "model": kept[0].model_id}
-        source = request.GET.get("source")
-        if source:
-            params["source"] = source
+        for name in ("source", "sort"):
+            if request.GET.get(name):
+                params[name] = request.GET[name]
         return redirect(f"{reverse('search-image')}?{urlencode(params)}", permanent=False)
     return response
 

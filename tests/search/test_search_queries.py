@@ -1,0 +1,85 @@
+"""A search costs the same few queries whatever the page size: the hits (with the visibility
+filter) in one query and their captions in one more, never a query per hit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+
+from gallery.models import Caption, Image
+from search.services import embeddings_store
+from tests.factories import ImageFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+CLIP = "clip-vit-base-patch32"
+# What a text search may cost on top of the hits and their captions: the models' state (one
+# query) and whether the model has embedding work pending (one).
+API_SEARCH_QUERIES = 4
+# The page's header lists the models one may search with (one more query).
+PAGE_SEARCH_QUERIES = API_SEARCH_QUERIES + 1
+
+
+@pytest.fixture
+def gallery(tiny_models) -> list[Image]:
+    """60 public images with two captions each and a signed-in user's private one: pages of 5
+    and 50 hits are both full."""
+    rng = np.random.default_rng(7)
+    owner = UserFactory()
+    images = Image.objects.bulk_create(
+        [
+            *ImageFactory.build_batch(60, dataset=True, file="x.jpg"),
+            ImageFactory.build(owner=owner, file="x.jpg", sha256="f" * 64),
+        ]
+    )
+    vectors = rng.normal(size=(len(images), 512))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    embeddings_store(model_id=CLIP, image_ids=[i.pk for i in images], vectors=vectors)
+    Caption.objects.bulk_create(
+        Caption(image=image, text=f"photo {image.pk}, take {n}", position=n)
+        for image in images
+        for n in range(2)
+    )
+    return images
+
+
+def queries_of(client: Client, path: str, **params: object) -> list[str]:
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(path, {"q": "a dog on a beach", **params})
+    assert response.status_code == 200, response.content[:500]
+    return [query["sql"] for query in captured.captured_queries]
+
+
+@pytest.mark.parametrize("signed_in", [False, True], ids=["anonymous", "signed-in"])
+def test_api_search_queries_do_not_grow_with_k(client: Client, gallery, signed_in) -> None:
+    if signed_in:
+        client.force_login(UserFactory())
+    queries_of(client, "/api/search", k=1)  # the query encoder's first load
+    small = queries_of(client, "/api/search", k=5)
+    large = queries_of(client, "/api/search", k=50)
+    response = client.get("/api/search", {"q": "a dog on a beach", "k": 50}).json()
+    assert len(response["results"]) == 50
+    assert all(len(hit["captions"]) == 2 for hit in response["results"])
+    # A signed-in session adds its session and user rows, whatever k is.
+    session = 2 if signed_in else 0
+    assert len(small) == len(large) <= API_SEARCH_QUERIES + session, "\n".join(large)
+    assert sum("gallery_caption" in sql for sql in large) == 1
+    assert sum('search_imageembedding"."vector' in sql for sql in large) == 1
+
+
+def test_search_page_queries_do_not_grow_with_k(client: Client, gallery) -> None:
+    queries_of(client, "/search/", k=1)
+    small = queries_of(client, "/search/", k=5)
+    large = queries_of(client, "/search/", k=50)
+    assert len(small) == len(large) <= PAGE_SEARCH_QUERIES, "\n".join(large)
+    html = client.get("/search/", {"q": "a dog on a beach", "k": 50}).content.decode()
+    assert html.count('class="result"') == 50
+
+
+def test_similar_images_queries_do_not_grow_with_k(client: Client, gallery) -> None:
+    path = f"/api/images/{gallery[0].pk}/similar"
+    small = queries_of(client, path, k=5)
+    large = queries_of(client, path, k=50)
+    assert len(small) == len(large), "\n".join(large)

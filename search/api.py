@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +36,7 @@ from search.selectors import (
     MAX_K,
     MAX_OFFSET,
     MAX_QUERY_CHARS,
+    SEARCH_SORTS,
     SearchFilters,
     SearchPage,
     embedding_model_default,
@@ -287,6 +289,16 @@ class Results(Schema):
         "see it has embedded (results come from these only). Null when all are."
     )
     total: int | None = Field(description="Images you can see; null when all are indexed.")
+    sort: str = Field(
+        "relevance",
+        description='"relevance" (best first) or "date" (newest first among the relevant).',
+    )
+    cutoff: float | None = Field(
+        None,
+        description="With sort=date: the lowest score listed, 80% of the best hit's "
+        "(best - 0.2 * |best|, and at least min_score); the relevant images are those at or "
+        "above it among the best 500 by relevance. Null with sort=relevance.",
+    )
     fusion: str | None = Field(
         None,
         description='For a fused model ("A+B"): how the models\' rankings were fused '
@@ -328,6 +340,20 @@ class PageQuery(Schema):
     uploaded_after: datetime | None = None
     uploaded_before: datetime | None = None
     min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Cosine similarity cut.")
+    sort: str = Field(
+        "relevance",
+        description="relevance: best match first. date: newest first among the relevant "
+        "results, those scoring at least 80% of the best hit's score (see `cutoff`).",
+        json_schema_extra={"enum": list(SEARCH_SORTS)},
+    )
+
+    @field_validator("uploaded_after", "uploaded_before", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: object) -> object:
+        # Pydantic also reads a number ("+0.0") as Unix time; the schema promises RFC 3339.
+        if isinstance(value, str) and not re.match(r"\d{4}-\d{2}-\d{2}", value.strip()):
+            raise ValueError("expected an RFC 3339 date-time such as 2024-05-01T12:00:00Z")
+        return value
 
     @field_validator("uploaded_after", "uploaded_before")
     @classmethod
@@ -360,6 +386,7 @@ class PageQuery(Schema):
             "offset": self.offset,
             "filters": self.filters(),
             "min_score": self.min_score,
+            "sort": self.sort,
         }
 
 
@@ -398,6 +425,8 @@ def _results(page: SearchPage) -> dict[str, Any]:
         "exact": page.exact,
         "indexed": page.coverage.indexed if page.coverage else None,
         "total": page.coverage.total if page.coverage else None,
+        "sort": page.sort,
+        "cutoff": None if page.cutoff is None else round(page.cutoff, 5),
         "fusion": page.fusion or None,
         "results": [
             {

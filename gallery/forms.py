@@ -133,6 +133,52 @@ class CollectionAddForm(forms.Form):
         return data
 
 
+class ImageIdsField(forms.Field):
+    """Repeated ``image_id`` values (selection mode), each a positive database id."""
+
+    widget = forms.MultipleHiddenInput
+
+    def to_python(self, value: object) -> list[int]:
+        values = value if isinstance(value, list | tuple) else [value] if value else []
+        ids = []
+        for raw in values:
+            try:
+                number = int(str(raw))
+            except ValueError:
+                raise forms.ValidationError(f"{str(raw)[:20]!r} is not an image id") from None
+            if not 1 <= number <= _DB_INT_MAX:
+                raise forms.ValidationError(f"{number} is not an image id")
+            ids.append(number)
+        return ids
+
+    def validate(self, value: list[int]) -> None:
+        if not value:
+            raise forms.ValidationError("select at least one image")
+
+
+class SelectionDeleteForm(forms.Form):
+    image_id = ImageIdsField()
+
+
+class SelectionSaveForm(forms.Form):
+    """Save the selected images into an existing collection or into a new one by name."""
+
+    image_id = ImageIdsField()
+    collection_id = _id_field(required=False)
+    new_name = forms.CharField(
+        required=False, max_length=Collection._meta.get_field("name").max_length
+    )
+    query = forms.CharField(
+        required=False, max_length=CollectionItem._meta.get_field("query").max_length
+    )
+
+    def clean(self) -> dict[str, object]:
+        data = super().clean()
+        if not self.errors and not data.get("new_name") and data.get("collection_id") is None:
+            raise forms.ValidationError("choose a collection or name a new one")
+        return data
+
+
 class TokenCreateForm(forms.Form):
     name = forms.CharField(required=False, max_length=ApiToken._meta.get_field("name").max_length)
 

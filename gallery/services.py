@@ -146,6 +146,42 @@ def image_delete(*, user: AbstractBaseUser, image_id: int) -> None:
         transaction.on_commit(lambda: _image_files_delete(name=name, sha256=sha256))
 
 
+# Selection mode acts on at most this many images per request: a few pages of results.
+SELECTION_MAX = 500
+
+
+def _selection_ids(image_ids: Sequence[int]) -> list[int]:
+    ids = list(dict.fromkeys(image_ids))
+    if not ids:
+        raise InvalidInput("select at least one image")
+    if len(ids) > SELECTION_MAX:
+        raise InvalidInput(f"{len(ids)} images are selected; at most {SELECTION_MAX} at once")
+    return ids
+
+
+def images_delete(*, user: AbstractBaseUser, image_ids: Sequence[int]) -> list[int]:
+    """Delete several of ``user``'s uploads at once (selection mode), all or none.
+
+    Every id is checked before anything is deleted: one that is not the user's upload (another
+    person's image, a data-set photo, no such id) refuses the whole request with the same
+    NotFound as ``image_delete``, so nothing is deleted and nothing tells whether a private
+    image exists. Rows go with their cascades; files and thumbnails after the commit.
+    """
+    ids = _selection_ids(image_ids)
+    with transaction.atomic():
+        owned = Image.objects.none()
+        if user.is_authenticated:
+            owned = Image.objects.filter(pk__in=ids, owner_id=user.pk, source=Image.Source.UPLOAD)
+        files = list(owned.select_for_update().values_list("file", "sha256"))
+        if len(files) != len(ids):
+            raise NotFound("no such image among your uploads")
+        owned.delete()
+        transaction.on_commit(
+            lambda: [_image_files_delete(name=name, sha256=sha256) for name, sha256 in files]
+        )
+    return ids
+
+
 def _image_files_delete(*, name: str, sha256: str) -> None:
     if Image.objects.filter(file=name).exists():
         return
@@ -238,6 +274,36 @@ def collection_item_add(
     )
     Collection.objects.filter(pk=collection.pk).update(updated_at=timezone.now())
     return item
+
+
+def collection_items_add(
+    *, user: AbstractBaseUser, collection_id: int, image_ids: Sequence[int], query: str = ""
+) -> tuple[Collection, int]:
+    """Save several images into one of ``user``'s collections (selection mode), all or none:
+    every image must be one the user can see (public, or their own), else NotFound and
+    nothing is saved. Images already in the collection stay as they are. Returns the collection
+    and how many images were added."""
+    from gallery.selectors import images_visible_to
+
+    ids = _selection_ids(image_ids)
+    collection = None
+    if user.is_authenticated:
+        collection = Collection.objects.filter(owner=user, pk=collection_id).first()
+    if collection is None:
+        raise NotFound("no such collection")
+    visible = images_visible_to(user=user).filter(pk__in=ids)
+    if visible.count() != len(ids):
+        raise NotFound("no such image")
+    present = set(collection.items.filter(image_id__in=ids).values_list("image_id", flat=True))
+    new = [
+        CollectionItem(collection=collection, image_id=image_id, query=query[:1000])
+        for image_id in ids
+        if image_id not in present
+    ]
+    # ignore_conflicts: an image saved by a concurrent request meanwhile is simply there.
+    CollectionItem.objects.bulk_create(new, ignore_conflicts=True)
+    Collection.objects.filter(pk=collection.pk).update(updated_at=timezone.now())
+    return collection, len(new)
 
 
 def collection_item_remove(*, user: AbstractBaseUser, collection_id: int, image_id: int) -> bool:

@@ -23,4 +23,6 @@ urlpatterns = [
     path("collections/<int:collection_id>/", views.collection_detail, name="collection"),
     path("collections/<int:collection_id>/edit", views.collection_edit, name="collection-edit"),
     path("c/<str:share_token>/", views.collection_shared, name="collection-shared"),
+    path("selection/save", views.selection_save, name="selection-save"),
+    path("selection/delete", views.selection_delete, name="selection-delete"),
 ]

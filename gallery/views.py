@@ -22,6 +22,8 @@ from gallery.forms import (
     CollectionCreateForm,
     CollectionEditForm,
     ImageVisibilityForm,
+    SelectionDeleteForm,
+    SelectionSaveForm,
     TokenCreateForm,
     TokenRevokeForm,
     UploadForm,
@@ -47,11 +49,13 @@ from gallery.services import (
     collection_create,
     collection_item_add,
     collection_item_remove,
+    collection_items_add,
     collection_update,
     image_delete,
     image_thumbnail_path,
     image_upload,
     image_visibility_set,
+    images_delete,
 )
 from search.selectors import (
     embedding_model_default_unavailable,
@@ -75,7 +79,10 @@ def home(request: HttpRequest) -> HttpResponse:
     show = data.get("show") or "all"
     paginator = Paginator(images_browse(user=request.user, show=show), BROWSE_PAGE_SIZE)
     page = paginator.get_page(data.get("page") or 1)
-    context = {"page": page, "show": show, "filters": _browse_filters(request)}
+    context = {
+        "page": page, "show": show, "filters": _browse_filters(request),
+        "selection_collections": selection_collections(request),
+    }  # fmt: skip
     if request.headers.get("HX-Request"):
         return render(request, "gallery/_browse_page.html", context)
     return render(request, "gallery/home.html", context)
@@ -467,6 +474,79 @@ def collection_edit(request: HttpRequest, collection_id: int) -> HttpResponse:
         messages.error(request, exc.message)
         return _render_collection(request, collection, status=exc.status)
     return redirect("collection", collection_id=collection_id)
+
+
+def selection_collections(request: HttpRequest) -> list[Collection]:
+    """The signed-in user's collections, for the selection bar's "save to" menu."""
+    return list(collections_of(user=request.user)) if request.user.is_authenticated else []
+
+
+def _selection_answer(
+    request: HttpRequest, *, status: int = 200, error: str = "", **answer: object
+) -> HttpResponse:
+    """JSON for the selection bar's script; without it, a message and back to the page."""
+    if "application/json" in request.headers.get("Accept", ""):
+        body = {"error": error} if error else answer
+        return JsonResponse(body, status=status)
+    if error:
+        messages.error(request, error)
+    else:
+        messages.success(request, str(answer["message"]))
+    return redirect(_safe_next(request) or "home")
+
+
+@login_required
+@require_http_methods(["POST"])
+def selection_save(request: HttpRequest) -> HttpResponse:
+    """Save the selected images into a collection (an existing one, or a new one by name):
+    every image must be one the user can see, or nothing is saved."""
+    form = SelectionSaveForm(request.POST)
+    if not form.is_valid():
+        return _selection_answer(request, status=400, error=form_error_message(form))
+    data = form.cleaned_data
+    try:
+        # One transaction: a new collection is kept only if the images went into it.
+        with transaction.atomic():
+            collection_id = data["collection_id"]
+            if data["new_name"]:
+                collection_id = collection_create(owner=request.user, name=data["new_name"]).pk
+            collection, added = collection_items_add(
+                user=request.user,
+                collection_id=collection_id,
+                image_ids=data["image_id"],
+                query=data["query"],
+            )
+    except ApplicationError as exc:
+        return _selection_answer(request, status=exc.status, error=exc.message)
+    count = len(data["image_id"])
+    already = f" ({count - added} already there)" if added < count else ""
+    return _selection_answer(
+        request,
+        message=f"Saved {count} image{'s' if count != 1 else ''} to {collection.name}{already}.",
+        added=added,
+        collection={
+            "id": collection.pk,
+            "name": collection.name,
+            "url": reverse("collection", args=[collection.pk]),
+        },
+    )
+
+
+@login_required
+@require_http_methods(["POST"])
+def selection_delete(request: HttpRequest) -> HttpResponse:
+    """Delete the selected images: every one must be the user's upload, or none is deleted."""
+    form = SelectionDeleteForm(request.POST)
+    if not form.is_valid():
+        return _selection_answer(request, status=400, error=form_error_message(form))
+    try:
+        deleted = images_delete(user=request.user, image_ids=form.cleaned_data["image_id"])
+    except ApplicationError as exc:
+        return _selection_answer(request, status=exc.status, error=exc.message)
+    count = len(deleted)
+    return _selection_answer(
+        request, message=f"Deleted {count} image{'s' if count != 1 else ''}.", deleted=deleted
+    )
 
 
 def _safe_next(request: HttpRequest) -> str | None:

@@ -17,6 +17,7 @@ from django_ratelimit.exceptions import Ratelimited
 
 from config.errors import ApplicationError, InvalidInput, NotFound
 from config.views import error_response
+from gallery.selectors import collections_of
 from search.forms import ImageQueryForm, SearchForm
 from search.models import EmbeddingModel
 from search.query_images import QueryImage, query_image_recall, query_image_remember
@@ -108,6 +109,9 @@ def _render_results(
         context["page"] = page
         context["best"] = _best_score(request, page)
         context["sort_links"] = _sort_links(request, page)
+        if request.user.is_authenticated and not request.headers.get("HX-Request"):
+            # For the selection bar's "save to" menu.
+            context["selection_collections"] = list(collections_of(user=request.user))
         if page.next_offset is not None:
             params = {**(more_params or {}), "model": page.model_id, "k": str(page.k)}
             params.update(offset=str(page.next_offset), best=f"{context['best']:.6f}")

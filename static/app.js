@@ -146,7 +146,97 @@
     }
   }
 
+  // Selection mode: a checkbox per card (signed in), shift-click ticks a range, and a bar that
+  // saves the selection to a collection or deletes it, one POST each. The checkboxes belong to
+  // the bar's form (form="selection"), so the form's data carries the selected ids.
+  function selectionInit(bar) {
+    var last = null;
+    var count = bar.querySelector("[data-selection-count]");
+    var message = bar.querySelector("[data-selection-message]");
+    var remove = bar.querySelector("[data-selection-delete]");
+    function boxes() { return Array.prototype.slice.call(document.querySelectorAll("input[data-select]")); }
+    function chosen() { return boxes().filter(function (b) { return b.checked; }); }
+    function refresh() {
+      var picked = chosen();
+      bar.hidden = picked.length === 0 && !message.textContent;
+      document.body.classList.toggle("selecting", picked.length > 0);
+      count.textContent = picked.length;
+      // Delete is offered only when every selected image is one's own (the server checks too).
+      remove.hidden = !picked.length || !picked.every(function (b) { return b.hasAttribute("data-own"); });
+      boxes().forEach(function (b) { b.closest(".result").classList.toggle("selected", b.checked); });
+    }
+    function ticked(box, shift) {
+      if (shift && last && last !== box && document.contains(last)) {
+        var all = boxes();
+        var from = all.indexOf(last), to = all.indexOf(box);
+        all.slice(Math.min(from, to), Math.max(from, to) + 1).forEach(function (b) { b.checked = box.checked; });
+      }
+      last = box;
+      message.textContent = "";
+      refresh();
+    }
+    document.addEventListener("click", function (event) {
+      var box = event.target.closest("input[data-select]");
+      if (box) { ticked(box, event.shiftKey); return; }
+      // While selecting, a click on a thumbnail ticks it rather than opening the image.
+      var thumb = event.target.closest(".result .thumb");
+      var own = thumb && thumb.closest(".result").querySelector("input[data-select]");
+      if (own && (document.body.classList.contains("selecting") || event.shiftKey)) {
+        event.preventDefault();
+        own.checked = !own.checked;
+        ticked(own, event.shiftKey);
+      }
+    });
+    function send(url, data, button, done) {
+      button.disabled = true;
+      fetch(url, { method: "POST", body: data, credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (r) { return r.json().catch(function () { return { error: "the server answered " + r.status }; }); })
+        .then(function (answer) {
+          message.className = "selection-message " + (answer.error ? "error" : "success");
+          message.textContent = answer.error || answer.message;
+          if (!answer.error) done(answer);
+        })
+        .catch(function () { message.className = "selection-message error"; message.textContent = "the connection was lost; try again"; })
+        .then(function () { button.disabled = false; refresh(); });
+    }
+    bar.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var button = bar.querySelector("button[type=submit]");
+      send(bar.action, new FormData(bar), button, function (answer) {
+        var select = bar.querySelector("select[name=collection_id]");
+        var name = bar.querySelector("[name=new_name]");
+        if (name.value && select && !select.querySelector("option[value='" + answer.collection.id + "']")) {
+          select.add(new Option(answer.collection.name, answer.collection.id, true, true));
+        }
+        name.value = "";
+        var link = document.createElement("a");
+        link.href = answer.collection.url;
+        link.textContent = "open";
+        message.append(" ", link);
+      });
+    });
+    remove.addEventListener("click", function () {
+      var picked = chosen();
+      if (!window.confirm("Delete " + picked.length + " image" + (picked.length === 1 ? "" : "s") + "? This cannot be undone.")) return;
+      var data = new FormData();
+      data.append("csrfmiddlewaretoken", bar.querySelector("[name=csrfmiddlewaretoken]").value);
+      picked.forEach(function (b) { data.append("image_id", b.value); });
+      send(remove.getAttribute("data-selection-delete"), data, remove, function (answer) {
+        answer.deleted.forEach(function (id) {
+          var card = document.querySelector(".result[data-image-id='" + id + "']");
+          if (card) card.remove();
+        });
+      });
+    });
+    bar.querySelector("[data-selection-clear]").addEventListener("click", function () {
+      boxes().forEach(function (b) { b.checked = false; });
+      message.textContent = "";
+      refresh();
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-dropzone]").forEach(uploadInit);
+    document.querySelectorAll("[data-selection-bar]").forEach(selectionInit);
   });
 })();

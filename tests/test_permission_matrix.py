@@ -41,6 +41,8 @@ EXPECTED: dict[str, tuple[int, int, int, int]] = {
     "collection": (404, 200, 404, 404),
     "collection-edit": (LOGIN, 405, 405, 405),
     "collection-shared": (404, 404, 404, 404),  # a private collection's link opens nothing
+    "selection-save": (LOGIN, 405, 405, 405),  # POST only, every id checked (test_selection.py)
+    "selection-delete": (LOGIN, 405, 405, 405),
     "search": (200, 200, 200, 200),
     "search-image": (404, 404, 404, 404),  # GET shows a stored result by its key; none given
     "similar": (404, 200, 404, 404),

@@ -180,7 +180,9 @@ _image_query_slots = threading.BoundedSemaphore(IMAGE_QUERY_CONCURRENCY)
 # fixed fraction rather than a setting, so a shared link lists the same images on every site
 # and the API and the pages agree. 0.8 is a starting point, not a measured optimum. The
 # relevant set is drawn from the best DATE_SORT_CANDIDATES by relevance (one index scan of that
-# depth), so date order never reaches a weak match deep in the ranking.
+# depth), so date order never reaches a weak match deep in the ranking. A fused search's
+# scores are fused ranks (1 = first for every model), so there the cut-off keeps about the top
+# 16 the models agree on (2/(60+r) >= 0.8 * 2/61).
 SEARCH_SORTS = ("relevance", "date")
 DATE_SORT_CUTOFF = 0.8
 DATE_SORT_CANDIDATES = 500

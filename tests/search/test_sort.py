@@ -12,6 +12,7 @@ from django.test import Client
 from django.utils import timezone
 
 from gallery.models import Image
+from search.models import EmbeddingModel
 from search.selectors import DATE_SORT_CUTOFF, images_search_by_vector
 from search.services import embeddings_store
 from tests.factories import ImageFactory, UserFactory
@@ -159,3 +160,28 @@ def test_page_offers_the_sort_control_and_keeps_it_in_more_links(
     assert mine.index(f'data-image-id="{world["private"].pk}"') < mine.index(order[0])
     bad = client.get("/search/", {"q": "a dog", "sort": "oldest"})
     assert bad.status_code == 400 and "sort must be one of" in bad.content.decode()
+
+
+def test_fused_search_sorts_by_date_within_its_relevant_ranks(
+    client: Client, tiny_models, monkeypatch
+) -> None:
+    """Fused scores are fused ranks (1 = first for both models): 80% of the best keeps the
+    top 16 when the models agree (2/(60+r) >= 0.8 * 2/61), newest first, privacy as ever."""
+    align = "align-base"
+    EmbeddingModel.objects.update_or_create(model_id=align, defaults={"enabled": True})
+    cosines = [0.9 - 0.02 * i for i in range(20)]
+    images = planted([(c, (7 * i) % 20, {"dataset": True}) for i, c in enumerate(cosines)])
+    secret = ImageFactory(owner=UserFactory())  # private, the query itself for both models
+    clip_rows = np.stack([*(scored(c, 1 + i) for i, c in enumerate(cosines)), QUERY])
+    align_rows = np.pad(clip_rows, ((0, 0), (0, 640 - DIM)))
+    everything = [i.pk for i in [*images, secret]]
+    embeddings_store(model_id=CLIP, image_ids=everything[-1:], vectors=clip_rows[-1:])
+    embeddings_store(model_id=align, image_ids=everything, vectors=align_rows)
+    query = {CLIP: QUERY, align: align_rows[-1]}
+    monkeypatch.setattr("search.encoding.text_embedding", lambda **kw: query[kw["model_id"]])
+    params = {"q": "kite", "model": f"{CLIP}+{align}", "sort": "date", "k": 100}
+    data = client.get("/api/search", params).json()
+    created = dict(Image.objects.values_list("pk", "created_at"))
+    newest = sorted(images[:16], key=lambda i: (created[i.pk], i.pk), reverse=True)
+    assert [hit["id"] for hit in data["results"]] == [i.pk for i in newest]
+    assert data["sort"] == "date" and data["fusion"] == "rrf"

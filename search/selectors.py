@@ -174,7 +174,7 @@ IMAGE_QUERY_WAIT_SECONDS = 10.0
 _image_query_slots = threading.BoundedSemaphore(IMAGE_QUERY_CONCURRENCY)
 # sort="date": the relevant results, newest first. "Relevant" is a score of at least
 # DATE_SORT_CUTOFF of the query's best hit (best - 20% of |best|), the same scale the result
-# bars show, so "newest" lists exactly the cards whose bar is at least 80% full. Relative, not
+# bars show, so "newest" lists the cards whose bar is at least 80% full (before rounding). Not
 # an absolute cosine: cosine levels differ by model and by kind of query (CLIP text->image
 # matches score about 0.3, image->image about 0.9), and no one absolute value suits both. A
 # fixed fraction rather than a setting, so a shared link lists the same images on every site

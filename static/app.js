@@ -228,10 +228,15 @@
         });
       });
     });
-    bar.querySelector("[data-selection-clear]").addEventListener("click", function () {
+    function clear() {
       boxes().forEach(function (b) { b.checked = false; });
       message.textContent = "";
       refresh();
+    }
+    bar.querySelector("[data-selection-clear]").addEventListener("click", clear);
+    // Escape leaves selection mode (after closing a picker, which the handler above does).
+    document.addEventListener("keydown", function (event) {
+      if (event.key === "Escape" && document.body.classList.contains("selecting")) clear();
     });
   }
 

@@ -193,4 +193,7 @@ def test_select_a_range_save_it_and_delete_own_images(
     page.locator("input[data-select]").nth(0).check()
     expect(bar).to_be_visible()
     expect(bar.get_by_role("button", name="Delete")).to_be_hidden()
+    page.keyboard.press("Escape")  # leaves selection mode
+    expect(bar).to_be_hidden()
+    assert not page.locator("input[data-select]").nth(0).is_checked()
     context.close()

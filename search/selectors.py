@@ -332,7 +332,17 @@ def _model_resolve(model_id: str | None, models: dict[str, _EnabledModel]) -> st
         # Waiting helps a backfill that is running, never one whose weights are missing.
         if state.unavailable_reason:
             raise Unavailable(model_unavailable_message(model_id))
-        raise Conflict(f"model {model_id!r} has no embeddings yet; try again later")
+        if not Image.objects.exists():
+            # A new site: "try again later" would never come true.
+            raise Conflict(
+                "There are no images to search yet: upload some, or import the Flickr30k set "
+                "(./run manage import_flickr30k --help)."
+            )
+        raise Conflict(
+            f"The model {model_id} is still indexing this site's images; the first results "
+            "appear as soon as its first batch is stored (the admin's Embedding models page "
+            "shows the progress)."
+        )
     return model_id
 
 

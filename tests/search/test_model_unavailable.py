@@ -48,7 +48,7 @@ def assert_says_unavailable(response, *, json: bool) -> None:
     text = response.json()["error"] if json else response.content.decode().replace("&quot;", '"')
     assert NOT_AVAILABLE in text
     assert f'EMBEDDING_MODEL_SOURCES="{CLIP}=' in text
-    assert "try again later" not in text and "no embeddings yet" not in text
+    assert "still indexing" not in text and "no images to search yet" not in text
 
 
 def test_text_and_image_search_say_the_weights_are_missing(client: Client, weights_missing) -> None:
@@ -79,7 +79,7 @@ def test_a_model_workers_cannot_load_is_unavailable_not_pending(
     # Once the workers load it again, an empty index is the ordinary "not yet".
     EmbeddingModel.objects.filter(model_id=CLIP).update(unavailable_reason="")
     pending = client.get("/api/search", {"q": "dogs"})
-    assert pending.status_code == 409 and "no embeddings yet" in pending.json()["error"]
+    assert pending.status_code == 409 and "still indexing" in pending.json()["error"]
 
 
 def test_a_failed_load_is_remembered_for_a_minute(

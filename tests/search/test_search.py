@@ -251,9 +251,16 @@ def test_bad_search_requests_get_json_errors(
 
 
 def test_model_without_embeddings_is_a_409(client: Client, tiny_models) -> None:
+    # A new site: nothing to index, so the message says how to add images, not "wait".
     response = client.get("/api/search", {"q": "dogs"})
     assert response.status_code == 409
-    assert "no embeddings yet" in response.json()["error"]
+    assert "no images to search yet" in response.json()["error"]
+    assert "import_flickr30k" in response.json()["error"]
+    # Images waiting for their first embeddings: the model is indexing them.
+    ImageFactory(dataset=True)
+    response = client.get("/api/search", {"q": "dogs"})
+    assert response.status_code == 409
+    assert "still indexing" in response.json()["error"]
 
 
 def test_unreadable_query_image_is_a_400(client: Client, tiny_models) -> None:

@@ -114,10 +114,10 @@ class CollectionEditForm(forms.Form):
     visibility = forms.ChoiceField(choices=Collection.Visibility.choices, required=False)
 
 
-class CollectionAddForm(forms.Form):
-    """Save one search result into an existing collection or into a new one by name."""
+class _CollectionTargetForm(forms.Form):
+    """An existing collection or a new one by name, and the query that found the images."""
 
-    image_id = _id_field()
+    missing_target = "choose a collection"
     collection_id = _id_field(required=False)
     new_name = forms.CharField(
         required=False, max_length=Collection._meta.get_field("name").max_length
@@ -129,8 +129,14 @@ class CollectionAddForm(forms.Form):
     def clean(self) -> dict[str, object]:
         data = super().clean()
         if not self.errors and not data.get("new_name") and data.get("collection_id") is None:
-            raise forms.ValidationError("choose a collection")
+            raise forms.ValidationError(self.missing_target)
         return data
+
+
+class CollectionAddForm(_CollectionTargetForm):
+    """Save one search result into an existing collection or into a new one by name."""
+
+    image_id = _id_field()
 
 
 class ImageIdsField(forms.Field):
@@ -160,23 +166,11 @@ class SelectionDeleteForm(forms.Form):
     image_id = ImageIdsField()
 
 
-class SelectionSaveForm(forms.Form):
+class SelectionSaveForm(_CollectionTargetForm):
     """Save the selected images into an existing collection or into a new one by name."""
 
+    missing_target = "choose a collection or name a new one"
     image_id = ImageIdsField()
-    collection_id = _id_field(required=False)
-    new_name = forms.CharField(
-        required=False, max_length=Collection._meta.get_field("name").max_length
-    )
-    query = forms.CharField(
-        required=False, max_length=CollectionItem._meta.get_field("query").max_length
-    )
-
-    def clean(self) -> dict[str, object]:
-        data = super().clean()
-        if not self.errors and not data.get("new_name") and data.get("collection_id") is None:
-            raise forms.ValidationError("choose a collection or name a new one")
-        return data
 
 
 class TokenCreateForm(forms.Form):

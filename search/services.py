@@ -136,6 +136,19 @@ def embedding_model_enable(*, model_id: str) -> EmbeddingModel:
     return state
 
 
+def _model_state_locked_not_default(model_id: str, *, missing: str) -> EmbeddingModel:
+    """The model's state row, locked for this transaction; the default model is refused:
+    search must never lose its model."""
+    state = EmbeddingModel.objects.select_for_update().filter(model_id=model_id).first()
+    if state is None:
+        raise EmbeddingModelStateError(f"model {model_id!r} {missing}")
+    if state.is_default:
+        raise EmbeddingModelStateError(
+            f"{model_id!r} is the default search model; make another model the default first"
+        )
+    return state
+
+
 def embedding_model_disable(*, model_id: str, delete_embeddings: bool = False) -> int:
     """Stop new work for a model; optionally delete its embeddings. Returns rows deleted.
 
@@ -143,13 +156,7 @@ def embedding_model_disable(*, model_id: str, delete_embeddings: bool = False) -
     never loses its model.
     """
     with transaction.atomic():
-        state = EmbeddingModel.objects.select_for_update().filter(model_id=model_id).first()
-        if state is None:
-            raise EmbeddingModelStateError(f"model {model_id!r} is not enabled")
-        if state.is_default:
-            raise EmbeddingModelStateError(
-                f"{model_id!r} is the default search model; make another model the default first"
-            )
+        state = _model_state_locked_not_default(model_id, missing="is not enabled")
         state.enabled = False
         state.save(update_fields=["enabled", "updated_at"])
         EmbeddingJob.objects.filter(model_id=model_id, status=EmbeddingJob.Status.PENDING).delete()
@@ -170,13 +177,7 @@ def embedding_model_delete(*, model_id: str) -> int:
     EMBEDDING_MODELS gets its state row back (enabled) on the next migrate.
     """
     with transaction.atomic():
-        state = EmbeddingModel.objects.select_for_update().filter(model_id=model_id).first()
-        if state is None:
-            raise EmbeddingModelStateError(f"model {model_id!r} is not known")
-        if state.is_default:
-            raise EmbeddingModelStateError(
-                f"{model_id!r} is the default search model; make another model the default first"
-            )
+        state = _model_state_locked_not_default(model_id, missing="is not known")
         EmbeddingJob.objects.filter(model_id=model_id).delete()
         deleted, _ = ImageEmbedding.objects.filter(model_id=model_id).delete()
         CaptionEmbedding.objects.filter(model_id=model_id).delete()

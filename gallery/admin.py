@@ -7,7 +7,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from gallery.models import Caption, Collection, CollectionItem, Image
-from gallery.views import image_file_response, image_thumbnail_response
+from gallery.views.images import image_file_response, image_thumbnail_response
 
 
 class CaptionInline(admin.TabularInline):

@@ -1,0 +1,210 @@
+"""One image: its page, status, owner controls, files and thumbnails; uploads."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods
+
+from config.errors import ApplicationError
+from config.views import error_response
+from gallery.forms import (
+    ImageVisibilityForm,
+    UploadForm,
+    form_error_message,
+)
+from gallery.models import Image
+from gallery.selectors import (
+    image_collections_visible,
+    images_visible_to,
+)
+from gallery.services import (
+    THUMBNAIL_SIZES,
+    image_delete,
+    image_thumbnail_path,
+    image_upload,
+    image_visibility_set,
+)
+from gallery.views._common import visible_image
+from search.selectors import (
+    embedding_model_default_unavailable,
+    image_index_status,
+    images_similar,
+)
+
+
+def image_detail(request: HttpRequest, image_id: int) -> HttpResponse:
+    """The image large, its details and index status, similar images, owner controls."""
+    image = visible_image(request, image_id)
+    is_owner = request.user.is_authenticated and image.owner_id == request.user.pk
+    try:
+        similar = images_similar(user=request.user, image_id=image.pk, k=12).hits
+        similar_error = ""
+    except ApplicationError as exc:
+        similar, similar_error = [], exc.message
+    visible = images_visible_to(user=request.user)
+    context = {
+        "image": image,
+        "captions": list(image.captions.all()),
+        "is_owner": is_owner,
+        "status": image_index_status(image_id=image.pk),
+        "collections": image_collections_visible(image=image, user=request.user),
+        "similar": similar,
+        "similar_error": similar_error,
+        "visibilities": Image.Visibility.choices,
+        # Previous / next in browse order (newest first), for the arrow keys.
+        "newer": visible.filter(created_at__gt=image.created_at).order_by("created_at", "id")
+        .values_list("pk", flat=True).first(),
+        "older": visible.filter(created_at__lt=image.created_at).order_by("-created_at", "-id")
+        .values_list("pk", flat=True).first(),
+    }  # fmt: skip
+    return render(request, "gallery/image.html", context)
+
+
+def image_status(request: HttpRequest, image_id: int) -> JsonResponse:
+    """Index status of one visible image, for the upload page's live rows."""
+    image = visible_image(request, image_id)
+    states = image_index_status(image_id=image.pk)
+    # The default model (first) decides the summary: that is the one searches use.
+    head = states[0] if states else None
+    return JsonResponse(
+        {
+            "id": image.pk,
+            "state": head.state if head else "pending",
+            "label": head.label if head else "waiting for a model",
+            "reason": head.reason if head else "",
+            "models": [
+                {"model_id": s.model_id, "state": s.state, "reason": s.reason} for s in states
+            ],
+        }
+    )
+
+
+@login_required
+@require_http_methods(["POST"])
+def image_visibility(request: HttpRequest, image_id: int) -> HttpResponse:
+    form = ImageVisibilityForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, form_error_message(form))
+        return redirect("image", image_id=image_id)
+    try:
+        image = image_visibility_set(
+            user=request.user, image_id=image_id, visibility=form.cleaned_data["visibility"]
+        )
+    except ApplicationError as exc:
+        return error_response(request, exc.status, "Not changed", exc.message)
+    if request.headers.get("HX-Request"):
+        context = {"image": image, "visibilities": Image.Visibility.choices, "changed": True}
+        return render(request, "gallery/_visibility.html", context)
+    messages.success(request, f"{image} is now {image.get_visibility_display().lower()}.")
+    return redirect("image", image_id=image_id)
+
+
+@login_required
+@require_http_methods(["POST"])
+def image_delete_view(request: HttpRequest, image_id: int) -> HttpResponse:
+    name = str(visible_image(request, image_id))
+    try:
+        image_delete(user=request.user, image_id=image_id)
+    except ApplicationError as exc:
+        return error_response(request, exc.status, "Not deleted", exc.message)
+    messages.success(request, f"Deleted {name}.")
+    if request.headers.get("HX-Request"):
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = reverse("home") + "?show=mine"
+        return response
+    return redirect(reverse("home") + "?show=mine")
+
+
+def image_file_response(image: Image) -> FileResponse:
+    """The image's file, for a viewer already allowed to see it (the site's or the admin's)."""
+    response = FileResponse(image.file.open("rb"))
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+def image_thumbnail_response(image: Image, size: int) -> FileResponse:
+    """A thumbnail of one of THUMBNAIL_SIZES, for a viewer already allowed to see the image."""
+    if size not in THUMBNAIL_SIZES:
+        raise Http404("No such thumbnail size.")
+    response = FileResponse(open(image_thumbnail_path(image=image, size=size), "rb"))  # noqa: SIM115
+    response["Content-Type"] = "image/jpeg"
+    response["Cache-Control"] = "private, max-age=86400"
+    return response
+
+
+def image_file(request: HttpRequest, image_id: int) -> FileResponse:
+    return image_file_response(visible_image(request, image_id))
+
+
+def image_thumbnail(request: HttpRequest, image_id: int, size: int = 256) -> FileResponse:
+    if size not in THUMBNAIL_SIZES:
+        raise Http404("No such thumbnail size.")
+    return image_thumbnail_response(visible_image(request, image_id), size)
+
+
+def _upload_one(request: HttpRequest, form: UploadForm) -> tuple[Image | None, str]:
+    """Store one validated upload; (the image, what to tell the person) or (None, why not)."""
+    try:
+        image = image_upload(
+            owner=request.user,
+            file=form.cleaned_data["file"],
+            visibility=form.cleaned_data["visibility"],
+        )
+    except ApplicationError as exc:
+        return None, exc.message
+    if image.duplicate:
+        return image, f"{image.original_filename} is already in your library."
+    waiting_for = embedding_model_default_unavailable()
+    if waiting_for:
+        # Indexing cannot start until an admin provides the weights; say so rather than
+        # promise progress that will not come.
+        return image, (
+            f"Stored {image.original_filename}; it will be searchable once model "
+            f"{waiting_for} is available."
+        )
+    return image, f"Uploaded {image.original_filename}; it is being indexed."
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def upload(request: HttpRequest) -> HttpResponse:
+    """Upload images. The page's script sends one file per request and asks for JSON (to show
+    each file's progress and result); without the script, the form posts them all at once."""
+    wants_json = "application/json" in request.headers.get("Accept", "")
+    if request.method == "POST" and wants_json:
+        form = UploadForm(request.POST, request.FILES)
+        if not form.is_valid():
+            return JsonResponse({"error": form_error_message(form)}, status=400)
+        image, message = _upload_one(request, form)
+        if image is None:
+            return JsonResponse({"error": message}, status=400)
+        return JsonResponse(
+            {
+                "id": image.pk,
+                "duplicate": image.duplicate,
+                "message": message,
+                "url": reverse("image", args=[image.pk]),
+                "status_url": reverse("image-status", args=[image.pk]),
+            },
+            status=200 if image.duplicate else 201,
+        )
+    form = UploadForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        files = request.FILES.getlist("file") or [form.cleaned_data["file"]]
+        stored = 0
+        for file in files:
+            one = UploadForm(request.POST, {"file": file})
+            image, message = _upload_one(request, one) if one.is_valid() else (None, "")
+            if image is None:
+                form.add_error("file", message or form_error_message(one))
+                continue
+            stored += 1
+            (messages.info if image.duplicate else messages.success)(request, message)
+        if stored and not form.errors:
+            return redirect(reverse("home") + "?show=mine")
+    status = 400 if form.errors else 200
+    return render(request, "gallery/upload.html", {"form": form}, status=status)

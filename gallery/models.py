@@ -49,6 +49,9 @@ class Image(models.Model):
     height = models.PositiveIntegerField(default=0)
     sha256 = models.CharField(max_length=64, db_index=True)
     original_filename = models.CharField(max_length=255, blank=True)
+    # Set by the owner on the image page; the title is the alt text and the name shown.
+    title = models.CharField(max_length=200, blank=True)
+    description = models.TextField(blank=True, max_length=5000)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     flickr30k_id = models.BigIntegerField(null=True, blank=True, help_text="Flickr30k img_id.")
     split = models.CharField(max_length=8, choices=Split.choices, blank=True)
@@ -76,7 +79,7 @@ class Image(models.Model):
         indexes = [models.Index(fields=["source", "visibility"])]
 
     def __str__(self) -> str:
-        return self.original_filename or f"image {self.pk}"
+        return self.title or self.original_filename or f"image {self.pk}"
 
 
 class Caption(models.Model):
@@ -136,11 +139,14 @@ class CollectionItem(models.Model):
     collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="items")
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="collection_items")
     added_at = models.DateTimeField(auto_now_add=True)
-    note = models.TextField(blank=True)
+    note = models.TextField(blank=True, max_length=2000)
     query = models.CharField(max_length=1000, blank=True, help_text="The search that found it.")
+    # The owner's order. New items get 0 and so come first, newest on top, until the owner
+    # reorders; a reorder numbers every item from 1.
+    position = models.IntegerField(default=0)
 
     class Meta:
-        ordering = ["-added_at", "-id"]
+        ordering = ["position", "-added_at", "-id"]
         constraints = [
             models.UniqueConstraint(fields=["collection", "image"], name="collection_item_unique")
         ]

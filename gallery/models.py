@@ -50,8 +50,9 @@ class Image(models.Model):
     sha256 = models.CharField(max_length=64, db_index=True)
     original_filename = models.CharField(max_length=255, blank=True)
     # Set by the owner on the image page; the title is the alt text and the name shown.
-    title = models.CharField(max_length=200, blank=True)
-    description = models.TextField(blank=True, max_length=5000)
+    # Database defaults too, so bulk COPY loads (imports, benches) need not name them.
+    title = models.CharField(max_length=200, blank=True, default="", db_default="")
+    description = models.TextField(blank=True, max_length=5000, default="", db_default="")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     flickr30k_id = models.BigIntegerField(null=True, blank=True, help_text="Flickr30k img_id.")
     split = models.CharField(max_length=8, choices=Split.choices, blank=True)
@@ -143,7 +144,7 @@ class CollectionItem(models.Model):
     query = models.CharField(max_length=1000, blank=True, help_text="The search that found it.")
     # The owner's order. New items get 0 and so come first, newest on top, until the owner
     # reorders; a reorder numbers every item from 1.
-    position = models.IntegerField(default=0)
+    position = models.IntegerField(default=0, db_default=0)
 
     class Meta:
         ordering = ["position", "-added_at", "-id"]

@@ -17,17 +17,17 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='collectionitem',
             name='position',
-            field=models.IntegerField(default=0),
+            field=models.IntegerField(db_default=0, default=0),
         ),
         migrations.AddField(
             model_name='image',
             name='description',
-            field=models.TextField(blank=True, max_length=5000),
+            field=models.TextField(blank=True, db_default='', default='', max_length=5000),
         ),
         migrations.AddField(
             model_name='image',
             name='title',
-            field=models.CharField(blank=True, max_length=200),
+            field=models.CharField(blank=True, db_default='', default='', max_length=200),
         ),
         migrations.AlterField(
             model_name='collectionitem',

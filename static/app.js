@@ -22,6 +22,8 @@
   document.addEventListener("keydown", function (event) {
     var tag = (document.activeElement && document.activeElement.tagName) || "";
     if (/^(INPUT|TEXTAREA|SELECT)$/.test(tag)) return;
+    // Inside a grid (the similar strip) the arrows move between thumbnails instead.
+    if (document.activeElement && document.activeElement.closest(".grid")) return;
     var rel = event.key === "ArrowLeft" ? "prev" : event.key === "ArrowRight" ? "next" : null;
     var link = rel && document.querySelector("a[rel=" + rel + "][data-arrow]");
     if (link) { window.location = link.href; }
@@ -243,5 +245,31 @@
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-dropzone]").forEach(uploadInit);
     document.querySelectorAll("[data-selection-bar]").forEach(selectionInit);
+  });
+  // Result and browse grids: arrow keys move the focus between thumbnails (up and down by the
+  // number of columns the layout shows now), Home and End to the first and last, so a grid of
+  // sixty results is not sixty Tab presses.
+  document.addEventListener("keydown", function (event) {
+    if (event.ctrlKey || event.metaKey || event.altKey || event.shiftKey) return;
+    var current = document.activeElement;
+    if (!current || !current.matches(".grid a.thumb")) return;
+    var links = Array.prototype.slice.call(document.querySelectorAll(".grid a.thumb"));
+    var index = links.indexOf(current);
+    // Columns: the thumbnails on the first row of this grid (its last row may be short).
+    var own = Array.prototype.slice.call(current.closest(".grid").querySelectorAll("a.thumb"));
+    var top = own[0].getBoundingClientRect().top;
+    var columns = own.filter(function (link) {
+      return Math.abs(link.getBoundingClientRect().top - top) < 2;
+    }).length || 1;
+    var target = {
+      ArrowLeft: index - 1, ArrowRight: index + 1,
+      ArrowUp: index - columns, ArrowDown: index + columns,
+      Home: 0, End: links.length - 1,
+    }[event.key];
+    if (target === undefined) return;
+    event.preventDefault();
+    var next = links[Math.max(0, Math.min(links.length - 1, target))];
+    next.focus();
+    next.scrollIntoView({ block: "nearest" });
   });
 })();

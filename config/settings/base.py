@@ -160,6 +160,25 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "home"
 
+# --- E-mail (password reset) ------------------------------------------------------------------
+# Without EMAIL_HOST, mail is printed on the web process's console: a site run on one machine
+# still resets passwords (the operator reads the link there). With it, mail goes out by SMTP.
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "")
+EMAIL_BACKEND = (
+    "django.core.mail.backends.smtp.EmailBackend"
+    if EMAIL_HOST
+    else "django.core.mail.backends.console.EmailBackend"
+)
+EMAIL_PORT = int(os.environ.get("EMAIL_PORT") or 587)
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+# STARTTLS (port 587) by default; EMAIL_USE_SSL is implicit TLS (port 465). Django refuses both.
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", not EMAIL_USE_SSL)
+# The reset form sends while the request waits: a mail server that hangs must not hang it.
+EMAIL_TIMEOUT = int(os.environ.get("EMAIL_TIMEOUT") or 10)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL") or "webmaster@localhost"
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -314,9 +333,11 @@ RATELIMIT_VIEW = "config.views.rate_limited"
 # Behind a proxy that sets it, the META key holding the client address (e.g. HTTP_X_REAL_IP).
 RATELIMIT_IP_META_KEY = os.environ.get("RATELIMIT_IP_META_KEY") or None
 # django-ratelimit rates ("N/s", "N/m", "N/h", "N/d"): sign-ups per address, new API tokens per
-# user, and image searches per address for anonymous clients (pages and API together).
+# user, password-reset requests (per address, and per e-mail address asked for), and image
+# searches per address for anonymous clients (pages and API together).
 RATELIMIT_SIGNUP = os.environ.get("RATELIMIT_SIGNUP", "10/h")
 RATELIMIT_TOKEN_CREATE = os.environ.get("RATELIMIT_TOKEN_CREATE", "20/h")
+RATELIMIT_PASSWORD_RESET = os.environ.get("RATELIMIT_PASSWORD_RESET", "5/h")
 RATELIMIT_ANONYMOUS_IMAGE_SEARCH = os.environ.get("RATELIMIT_ANONYMOUS_IMAGE_SEARCH", "30/m")
 SILENCED_SYSTEM_CHECKS = [
     # Django's own RedisCache increments atomically (INCR), as django-ratelimit needs; it only

@@ -33,3 +33,6 @@ SILENCED_SYSTEM_CHECKS = ["django_ratelimit.W001", "django_ratelimit.E003"]
 # Tests never run collectstatic: serve static files from the apps' folders.
 WHITENOISE_AUTOREFRESH = True
 WHITENOISE_USE_FINDERS = True
+# Mail stays in django.core.mail.outbox even with EMAIL_HOST in the environment (pytest-django
+# sets this only inside its test environment; the live server's thread shares the outbox).
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 from django import forms
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
+from django.contrib.auth.forms import UserCreationForm
 from django.core.files.uploadedfile import UploadedFile
 from PIL import Image as PILImage
 
 from config.errors import InvalidInput, TooLarge
 from encoders import ImageDecodeError, open_image
 from gallery.models import ApiToken, Collection, CollectionItem, Image
+from gallery.selectors import user_email_taken
 
 
 class UploadRejected(InvalidInput):
@@ -199,3 +203,48 @@ class BrowseForm(forms.Form):
         required=False, choices=[(v, v) for v in ("all", "mine", "dataset", "public")]
     )
     page = forms.IntegerField(required=False, min_value=1, max_value=100_000)
+
+
+# --- Accounts
+
+
+class SignupForm(UserCreationForm):
+    """Sign-up with an optional e-mail address: without one, a forgotten password cannot be
+    reset (no mail says so either way)."""
+
+    email = forms.EmailField(
+        required=False,
+        max_length=254,
+        help_text="Optional: where a password-reset link is sent; shown to no one else.",
+    )
+
+    class Meta(UserCreationForm.Meta):
+        fields = ("username", "email")
+
+    def clean_email(self) -> str:
+        email = BaseUserManager.normalize_email(self.cleaned_data.get("email") or "")
+        if email and user_email_taken(email=email):
+            raise forms.ValidationError("Another account uses that e-mail address.")
+        return email
+
+
+class EmailChangeForm(forms.Form):
+    """A new e-mail address (empty removes it), confirmed with the current password: whoever
+    sets the address can reset the password, so a borrowed session alone must not."""
+
+    email = forms.EmailField(required=False, max_length=254, label="E-mail address")
+    password = forms.CharField(
+        label="Current password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+    )
+
+    def __init__(self, *args: Any, user: AbstractBaseUser, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.user = user
+
+    def clean_password(self) -> str:
+        password = self.cleaned_data["password"]
+        if not self.user.check_password(password):
+            raise forms.ValidationError("That is not your current password.")
+        return password

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 
 from gallery.models import ApiToken, Collection, CollectionItem, Image
+from search.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
 
 
 def images_visible_to(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Image]:
@@ -123,4 +127,73 @@ def collection_items_hidden(*, collection: Collection) -> QuerySet[CollectionIte
     owner is told, since a shared link shows everyone else the collection without them."""
     return collection.items.exclude(image__visibility=Image.Visibility.PUBLIC).select_related(
         "image"
+    )
+
+
+# --- The account page ------------------------------------------------------------------------
+
+
+def user_email_taken(*, email: str, exclude_user: AbstractBaseUser | None = None) -> bool:
+    """Whether an account (other than ``exclude_user``) uses ``email``, ignoring case: password
+    reset mails every account with the address, so two accounts must not share one."""
+    users = get_user_model().objects.filter(email__iexact=email)
+    if exclude_user is not None:
+        users = users.exclude(pk=exclude_user.pk)
+    return users.exists()
+
+
+@dataclass(frozen=True)
+class AccountOverview:
+    """What the account page shows of one user's things; every count is theirs alone."""
+
+    uploads: int
+    public_uploads: int
+    newest: list[Image]
+    collection_total: int
+    collections: list[Collection]  # the most recently changed, with ``item_total``
+    token_total: int
+    # Uploads by index state over the enabled models: indexed by all of them, still waiting for
+    # one (queued, running, or its model cannot load yet), or failed for one (with a reason on
+    # the image's page).
+    indexed: int
+    pending: int
+    failed: int
+
+
+ACCOUNT_NEWEST_UPLOADS = 6
+ACCOUNT_RECENT_COLLECTIONS = 5
+
+
+def account_overview(*, user: AbstractBaseUser) -> AccountOverview:
+    """The signed-in user's uploads, collections, tokens and index summary in a fixed number
+    of queries, however many images they have."""
+    uploads = Image.objects.filter(owner_id=user.pk)
+    enabled = list(EmbeddingModel.objects.filter(enabled=True).values_list("model_id", flat=True))
+    failed = Exists(
+        EmbeddingJob.objects.filter(
+            image_id=OuterRef("pk"), model_id__in=enabled, status=EmbeddingJob.Status.FAILED
+        )
+    )
+    complete = Q()
+    for model_id in enabled:
+        complete &= Q(
+            Exists(ImageEmbedding.objects.filter(image_id=OuterRef("pk"), model_id=model_id))
+        )
+    counts = uploads.aggregate(
+        total=Count("pk"),
+        public=Count("pk", filter=Q(visibility=Image.Visibility.PUBLIC)),
+        failed=Count("pk", filter=Q(failed)),
+        indexed=Count("pk", filter=complete & ~Q(failed)),
+    )
+    collections = collections_of(user=user)
+    return AccountOverview(
+        uploads=counts["total"],
+        public_uploads=counts["public"],
+        newest=list(uploads.order_by("-created_at", "-id")[:ACCOUNT_NEWEST_UPLOADS]),
+        collection_total=Collection.objects.filter(owner_id=user.pk).count(),
+        collections=list(collections.order_by("-updated_at", "-id")[:ACCOUNT_RECENT_COLLECTIONS]),
+        token_total=api_tokens_of(user=user).count(),
+        indexed=counts["indexed"],
+        pending=counts["total"] - counts["indexed"] - counts["failed"],
+        failed=counts["failed"],
     )

@@ -11,10 +11,13 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth import get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
+from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
+from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from PIL import Image as PILImage
@@ -35,6 +38,7 @@ from gallery.models import (
     Image,
     image_upload_path,
 )
+from gallery.selectors import user_email_taken
 from workers.queueing import embeddings_sweep, image_enqueue_embedding
 
 THUMBNAIL_SIZES = (128, 256, 512)
@@ -213,6 +217,28 @@ def api_token_revoke(*, user: AbstractBaseUser, token_id: int) -> bool:
     """Delete one of ``user``'s tokens; another user's token id does nothing."""
     deleted, _ = ApiToken.objects.filter(user=user, pk=token_id).delete()
     return bool(deleted)
+
+
+EMAIL_MAX_LENGTH = 254  # the user table's column
+
+
+def user_email_set(*, user: AbstractBaseUser, email: str) -> str:
+    """Set ``user``'s e-mail address, where password-reset links go ("" removes it); returns
+    the address as stored. Refuses one that is not an address, or that another account uses in
+    any case: a reset would mail both accounts' links to it."""
+    email = BaseUserManager.normalize_email(email.strip())
+    if email:
+        try:
+            if len(email) > EMAIL_MAX_LENGTH:
+                raise ValidationError("too long")
+            validate_email(email)
+        except ValidationError:
+            raise InvalidInput(f"{email[:60]!r} is not an e-mail address") from None
+        if user_email_taken(email=email, exclude_user=user):
+            raise Conflict("Another account uses that e-mail address; give another one.")
+    get_user_model().objects.filter(pk=user.pk).update(email=email)
+    user.email = email  # type: ignore[attr-defined]  # the configured user model has one
+    return email
 
 
 def collection_create(

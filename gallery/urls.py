@@ -16,6 +16,7 @@ urlpatterns = [
     path("images/<int:image_id>/thumb", images.image_thumbnail, name="image-thumb"),
     path("images/<int:image_id>/thumb/<int:size>", images.image_thumbnail, name="image-thumb-size"),
     path("upload/", images.upload, name="upload"),
+    path("accounts/", accounts.account, name="account"),
     path("accounts/signup/", accounts.signup, name="signup"),
     path("accounts/tokens/", accounts.api_tokens, name="api-tokens"),
     path("collections/", collections.collections_index, name="collections"),

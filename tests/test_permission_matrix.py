@@ -35,6 +35,7 @@ EXPECTED: dict[str, tuple[int, int, int, int]] = {
     "image-thumb-size": (404, 200, 404, 404),
     "upload": (LOGIN, 200, 200, 200),
     "signup": (200, 200, 200, 200),
+    "account": (LOGIN, 200, 200, 200),  # each user's own things (tests/gallery/test_account.py)
     "api-tokens": (LOGIN, 200, 200, 200),
     "collections": (LOGIN, 200, 200, 200),
     "collection-add": (LOGIN, 405, 405, 405),

@@ -1,28 +1,34 @@
-"""Sign-up, the account pages and API tokens."""
+"""Sign-up, the account page, API tokens, and the rate limit on password-reset mail (the
+password pages themselves are Django's views with this site's templates)."""
 
 from __future__ import annotations
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.forms import UserCreationForm
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 from django_ratelimit.decorators import ratelimit
 
+from config.errors import ApplicationError
 from gallery.forms import (
+    EmailChangeForm,
+    SignupForm,
     TokenCreateForm,
     TokenRevokeForm,
     form_error_message,
 )
 from gallery.selectors import (
+    account_overview,
     api_tokens_of,
 )
 from gallery.services import (
     api_token_create,
     api_token_revoke,
+    user_email_set,
 )
 
 
@@ -38,7 +44,7 @@ def _token_create_rate(group: str, request: HttpRequest) -> str | None:
 @require_http_methods(["GET", "POST"])
 @ratelimit(group="signup", key="ip", rate=_signup_rate, method="POST")
 def signup(request: HttpRequest) -> HttpResponse:
-    form = UserCreationForm(request.POST or None)
+    form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         user = form.save()
         # Named because django-axes adds a backend; it only watches sign-ins, never signs in.
@@ -77,3 +83,49 @@ def api_tokens(request: HttpRequest) -> HttpResponse:
         {"tokens": api_tokens_of(user=request.user), "new_token": new_token},
         status=status,
     )
+
+
+def _mail_rate(group: str, request: HttpRequest) -> str:
+    return settings.RATELIMIT_PASSWORD_RESET
+
+
+def _reset_address(group: str, request: HttpRequest) -> str:
+    return request.POST.get("email", "").strip().lower()
+
+
+# Django's view, which answers the same whether or not an account has the address. Limited per
+# client address and per e-mail address asked for, so the form cannot be used to send floods of
+# mail (a 429 is the same for every address, so it tells nothing either).
+password_reset = ratelimit(group="password-reset", key="ip", rate=_mail_rate, method="POST")(
+    ratelimit(group="password-reset-to", key=_reset_address, rate=_mail_rate, method="POST")(
+        auth_views.PasswordResetView.as_view()
+    )
+)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+# Changing the address checks the current password: limited like reset mail, per user.
+@ratelimit(group="email-change", key="user", rate=_mail_rate, method="POST")
+def account(request: HttpRequest) -> HttpResponse:
+    """The user's uploads, collections, tokens and index summary; e-mail address and password."""
+    user = request.user
+    bound = request.POST if request.method == "POST" else None
+    form = EmailChangeForm(bound, user=user, initial={"email": getattr(user, "email", "")})
+    status = 200
+    if bound is not None:
+        status = 400
+        if form.is_valid():
+            try:
+                email = user_email_set(user=user, email=form.cleaned_data["email"])
+            except ApplicationError as exc:
+                form.add_error("email", exc.message)
+                status = exc.status
+            else:
+                messages.success(
+                    request,
+                    f"E-mail address set to {email}." if email else "E-mail address removed.",
+                )
+                return redirect("account")
+    context = {"overview": account_overview(user=user), "email_form": form}
+    return render(request, "gallery/account.html", context, status=status)

@@ -101,6 +101,9 @@ def test_every_page_fits_the_screen_and_passes_axe(
             "signup": "/accounts/signup/",
             "shared-collection": f"/c/{site['collection'].share_token}/",
             "search-empty": "/search/",
+            "password-reset": "/accounts/password_reset/",
+            "password-reset-done": "/accounts/password_reset/done/",
+            "password-reset-bad-link": "/accounts/reset/MQ/no-such-token/",
         }
         for name, path in anonymous.items():
             page.goto(url + path)
@@ -117,6 +120,8 @@ def test_every_page_fits_the_screen_and_passes_axe(
             "collections": "/collections/",
             "collection": f"/collections/{site['collection'].pk}/",
             "tokens": "/accounts/tokens/",
+            "account": "/accounts/",
+            "password-change": "/accounts/password_change/",
         }
         for name, path in pages.items():
             page.goto(url + path)

@@ -15,8 +15,8 @@ import numpy as np
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.core.files.uploadedfile import UploadedFile
-from django.db.models import Exists, OuterRef, QuerySet
-from django.db.models.functions import Cast
+from django.db.models import Exists, F, OuterRef, QuerySet, Window
+from django.db.models.functions import Cast, RowNumber
 from django.utils import timezone
 from pgvector.django import CosineDistance, VectorField
 from PIL.Image import Image as PILImage
@@ -36,7 +36,7 @@ from gallery.models import Image
 from gallery.selectors import collections_visible_to, image_get_visible, images_visible_to
 from search import encoding
 from search.fusion import FUSE, RRF_K
-from search.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
+from search.models import EmbeddingJob, EmbeddingModel, EvaluationRun, ImageEmbedding
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +155,53 @@ def embedding_jobs_failed(*, model_id: str, limit: int = 20) -> list[tuple[int, 
         .order_by("-updated_at")
         .values_list("image_id", "error")[:limit]
     )
+
+
+# Where an image stands with one model, as the admin's image list filters it.
+EMBEDDING_STATUSES = ("done", "pending", "failed", "missing")
+
+
+def images_with_embedding_status(
+    *, images: QuerySet[Image], model_id: str, status: str
+) -> QuerySet[Image]:
+    """The images of ``images`` whose embedding with ``model_id`` is in ``status``:
+
+    - done: it has an embedding;
+    - pending: its job waits for a worker (new, queued, blocked, or a re-embed of a done one);
+    - failed: its job failed (an image being re-embedded may keep an older vector);
+    - missing: no embedding, and no job waiting or failed (e.g. the model was just enabled).
+
+    EXISTS subqueries on the outer rows, so any filter or "select all" stays one query.
+    """
+    if status not in EMBEDDING_STATUSES:
+        raise InvalidInput(f"embedding status must be one of {', '.join(EMBEDDING_STATUSES)}")
+    embedded = Exists(ImageEmbedding.objects.filter(image_id=OuterRef("pk"), model_id=model_id))
+    jobs = EmbeddingJob.objects.filter(image_id=OuterRef("pk"), model_id=model_id)
+    if status == "done":
+        return images.filter(embedded)
+    if status in ("pending", "failed"):
+        return images.filter(Exists(jobs.filter(status=status)))
+    waiting = jobs.filter(status__in=[EmbeddingJob.Status.PENDING, EmbeddingJob.Status.FAILED])
+    return images.filter(~embedded, ~Exists(waiting))
+
+
+def evaluation_runs_latest(
+    *, model_ids: Sequence[str], per_model: int = 3
+) -> dict[str, list[EvaluationRun]]:
+    """The ``per_model`` newest single-model evaluation runs of each of ``model_ids``, newest
+    first, in one query (a window numbering each model's runs); models without runs are absent.
+    """
+    numbered = EvaluationRun.objects.filter(fusion="", models__in=list(model_ids)).annotate(
+        newness=Window(
+            RowNumber(),
+            partition_by=[F("models")],
+            order_by=[F("created_at").desc(), F("id").desc()],
+        )
+    )
+    runs: dict[str, list[EvaluationRun]] = {}
+    for run in numbered.filter(newness__lte=per_model).order_by("models", "newness"):
+        runs.setdefault(run.models, []).append(run)
+    return runs
 
 
 # --- Search -------------------------------------------------------------------------------

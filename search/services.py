@@ -123,6 +123,17 @@ def embedding_model_enable(*, model_id: str) -> EmbeddingModel:
     state, _ = EmbeddingModel.objects.update_or_create(
         model_id=model_id, defaults={"enabled": True}
     )
+    embeddings_sweep_send(model_id=model_id)
+    return state
+
+
+def embeddings_sweep_send(*, model_id: str) -> None:
+    """Have a worker run the sweep for ``model_id`` once the transaction commits, so the jobs
+    it finds due are queued now rather than at the next periodic sweep.
+
+    Sent by name: the task layer imports these services, not the reverse. With the broker down
+    the periodic sweep does the same work later.
+    """
 
     def send_sweep() -> None:
         try:
@@ -130,10 +141,9 @@ def embedding_model_enable(*, model_id: str) -> EmbeddingModel:
                 SWEEP_TASK, kwargs={"model_id": model_id}, queue="cpu", ignore_result=True
             )
         except (KombuOperationalError, OSError) as exc:
-            logger.warning("broker unavailable (%s): the next sweep backfills %s", exc, model_id)
+            logger.warning("broker unavailable (%s): the next sweep queues %s", exc, model_id)
 
     transaction.on_commit(send_sweep)
-    return state
 
 
 def _model_state_locked_not_default(model_id: str, *, missing: str) -> EmbeddingModel:
@@ -225,6 +235,51 @@ def embedding_jobs_create_missing(*, model_id: str, image_ids: Sequence[int] | N
             params,
         )
         return cursor.rowcount
+
+
+# A job due at the next sweep, as if new (see embedding_jobs_claim).
+_UNSENT_PENDING = {
+    "status": EmbeddingJob.Status.PENDING,
+    "error": "",
+    "attempts": 0,
+    "enqueued_at": None,
+    "started_at": None,
+    "lease_until": None,
+}
+
+
+def embedding_jobs_request(*, model_id: str, image_ids: Sequence[int]) -> int:
+    """Ask for ``image_ids`` to be embedded (again) with ``model_id``: each gets a pending job,
+    unsent, so the next sweep queues it. Returns how many jobs were created or set pending.
+
+    An image that has an embedding keeps it, and stays in search, until the new vector replaces
+    it: the pipeline reads a pending job beside an embedding as "embed this anew". Jobs already
+    pending (queued, running or blocked) are left as they are, so asking twice queues nothing
+    twice; failed ones start again with fresh attempts.
+    """
+    with transaction.atomic():
+        created = embedding_jobs_create_missing(model_id=model_id, image_ids=image_ids)
+        reset = (
+            EmbeddingJob.objects.filter(model_id=model_id, image_id__in=image_ids)
+            .exclude(status=EmbeddingJob.Status.PENDING)
+            .update(**_UNSENT_PENDING, updated_at=timezone.now())
+        )
+    return created + reset
+
+
+def embedding_jobs_retry_failed(
+    *, image_ids: Sequence[int], model_ids: Sequence[str]
+) -> dict[str, int]:
+    """Set the failed jobs of ``image_ids`` with ``model_ids`` pending again, unsent and with
+    fresh attempts, for the next sweep; other jobs are left alone. Returns jobs per model."""
+    now = timezone.now()
+    with transaction.atomic():
+        return {
+            model_id: EmbeddingJob.objects.filter(
+                model_id=model_id, image_id__in=image_ids, status=EmbeddingJob.Status.FAILED
+            ).update(**_UNSENT_PENDING, updated_at=now)
+            for model_id in model_ids
+        }
 
 
 def embedding_jobs_claim(

@@ -15,11 +15,12 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError
+from django.db.models import Exists, OuterRef
 from PIL import Image as PILImage
 
 from encoders import Encoder, EncoderError, ImageDecodeError, open_image
 from gallery.models import Image
-from search.models import ImageEmbedding
+from search.models import EmbeddingJob, ImageEmbedding
 from search.services import (
     embedding_jobs_create_missing,
     embedding_jobs_mark_failed,
@@ -108,18 +109,26 @@ def images_embed_batch(
 ) -> BatchResult:
     """Embed ``image_ids`` with ``model_id`` and store the vectors.
 
-    Images that already have an embedding are skipped (unless ``replace``), as are ids whose
-    image was deleted. An image that cannot be decoded is marked failed with the reason and the
-    rest of the batch goes on. Raises ``ModelUnavailableError`` when the model cannot load.
+    Images that already have an embedding are skipped (unless ``replace``, or their job was set
+    pending again to re-embed them), as are ids whose image was deleted. An image that cannot
+    be decoded is marked failed with the reason and the rest of the batch goes on. Raises
+    ``ModelUnavailableError`` when the model cannot load.
     """
     result = BatchResult()
     wanted = list(dict.fromkeys(image_ids))
     if not replace:
-        done = set(
-            ImageEmbedding.objects.filter(model_id=model_id, image_id__in=wanted).values_list(
-                "image_id", flat=True
-            )
+        # An embedding beside a pending job was asked to be made anew (staff's re-embed,
+        # search.services.embedding_jobs_request): only the others are done.
+        asked_again = EmbeddingJob.objects.filter(
+            image_id=OuterRef("image_id"), model_id=model_id, status=EmbeddingJob.Status.PENDING
         )
+        stored = list(
+            ImageEmbedding.objects.filter(model_id=model_id, image_id__in=wanted)
+            .annotate(again=Exists(asked_again))
+            .values_list("image_id", "again")
+        )
+        done = {image_id for image_id, again in stored if not again}
+        replace = any(again for _, again in stored)
         wanted = [i for i in wanted if i not in done]
         result.skipped += len(done)
     images = list(Image.objects.filter(pk__in=wanted).only("id", "file").order_by("id"))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -19,6 +20,7 @@ from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 from PIL import Image as PILImage
 from PIL import ImageOps
@@ -39,6 +41,12 @@ from gallery.models import (
     image_upload_path,
 )
 from gallery.selectors import user_email_taken
+from search.selectors import embedding_models_enabled
+from search.services import (
+    embedding_jobs_request,
+    embedding_jobs_retry_failed,
+    embeddings_sweep_send,
+)
 from workers.queueing import embeddings_sweep, image_enqueue_embedding
 
 THUMBNAIL_SIZES = (128, 256, 512)
@@ -136,6 +144,36 @@ def image_visibility_set(*, user: AbstractBaseUser, image_id: int, visibility: s
     return image
 
 
+IMAGE_TITLE_MAX = Image._meta.get_field("title").max_length or 200
+IMAGE_DESCRIPTION_MAX = Image._meta.get_field("description").max_length or 5000
+
+
+def _text_bounded(value: str, *, label: str, limit: int) -> str:
+    """``value`` without surrounding whitespace, refused (not cut) when over ``limit``: a cut
+    would silently lose the end of what the person wrote."""
+    value = value.strip()
+    if "\x00" in value:
+        raise InvalidInput(f"the {label} contains a NUL character")
+    if len(value) > limit:
+        raise InvalidInput(f"the {label} is {len(value)} characters; the limit is {limit}")
+    return value
+
+
+def image_details_update(
+    *, user: AbstractBaseUser, image_id: int, title: str, description: str
+) -> Image:
+    """Set the title (the name and alt text shown everywhere) and description of one of
+    ``user``'s uploads; empty strings clear them. Anyone else gets the NotFound a missing image
+    gets, so the refusal never tells whether someone's private image exists."""
+    image = _image_owned(user=user, image_id=image_id)
+    title = _text_bounded(title, label="title", limit=IMAGE_TITLE_MAX)
+    description = _text_bounded(description, label="description", limit=IMAGE_DESCRIPTION_MAX)
+    if (image.title, image.description) != (title, description):
+        image.title, image.description = title, description
+        image.save(update_fields=["title", "description"])
+    return image
+
+
 def image_delete(*, user: AbstractBaseUser, image_id: int) -> None:
     """Delete one of ``user``'s uploads: the row with its captions, embeddings, jobs and
     collection items (cascades), then, once committed, its file and thumbnails.
@@ -195,6 +233,134 @@ def _image_files_delete(*, name: str, sha256: str) -> None:
         return  # thumbnails are named by content, and another image still has it
     for size in THUMBNAIL_SIZES:
         (Path(settings.MEDIA_ROOT) / "thumbs" / str(size) / f"{sha256}.jpg").unlink(missing_ok=True)
+
+
+# --- Staff actions over many images (the admin's image list) --------------------------------
+
+# Staff actions work through the images they are given this many at a time, one transaction
+# each, so "select all" over 100,000 images never holds every row in memory or one long lock.
+STAFF_BATCH_SIZE = 500
+
+
+def _image_id_chunks(images: QuerySet[Image]) -> Iterator[list[int]]:
+    """The ids of ``images`` in ascending chunks of STAFF_BATCH_SIZE.
+
+    Each chunk is read after the previous one was acted on, by keyset (ids above the last one
+    seen), so an action that changes or deletes rows the filter matched neither skips nor
+    revisits any: an OFFSET would shift under a delete.
+    """
+    ids = images.order_by("pk").values_list("pk", flat=True)
+    last = 0
+    while chunk := list(dict.fromkeys(ids.filter(pk__gt=last)[:STAFF_BATCH_SIZE])):
+        yield chunk
+        last = chunk[-1]
+
+
+def images_staff_delete(*, images: QuerySet[Image]) -> int:
+    """Staff: delete ``images``, whoever owns them (data-set photos too), with what the owner's
+    own delete takes: captions, embeddings, jobs and collection items (cascades), then, as each
+    chunk commits, files and thumbnails no other row uses. Returns how many were deleted."""
+    deleted = 0
+    for chunk in _image_id_chunks(images):
+        with transaction.atomic():
+            rows = Image.objects.filter(pk__in=chunk)
+            files = list(rows.select_for_update().values_list("file", "sha256"))
+            rows.delete()
+            transaction.on_commit(functools.partial(_images_files_delete, files=files))
+        deleted += len(files)
+    return deleted
+
+
+def _images_files_delete(*, files: Sequence[tuple[str, str]]) -> None:
+    """``_image_files_delete`` for many images, with two queries in all instead of two each."""
+    names = {name for name, _ in files}
+    digests = {sha256 for _, sha256 in files}
+    names_used = set(Image.objects.filter(file__in=names).values_list("file", flat=True))
+    digests_used = set(Image.objects.filter(sha256__in=digests).values_list("sha256", flat=True))
+    for name in names - names_used:
+        if name and default_storage.exists(name):
+            default_storage.delete(name)
+    for sha256 in digests - digests_used:
+        for size in THUMBNAIL_SIZES:
+            thumb = Path(settings.MEDIA_ROOT) / "thumbs" / str(size) / f"{sha256}.jpg"
+            thumb.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class ImagesVisibilityResult:
+    changed: int
+    unchanged: int  # uploads that already had the visibility
+    dataset_skipped: int  # Flickr30k images, public whatever is asked
+
+
+def images_staff_visibility_set(
+    *, images: QuerySet[Image], visibility: str
+) -> ImagesVisibilityResult:
+    """Staff: make the uploads among ``images`` public or private, whoever owns them.
+
+    Data-set images are skipped and counted: they are public by definition (the table's check
+    constraint ``image_owner_matches_source``), so "make private" must not touch them.
+    """
+    if visibility not in Image.Visibility.values:
+        raise InvalidInput(f"visibility must be one of {', '.join(Image.Visibility.values)}")
+    changed = unchanged = skipped = 0
+    for chunk in _image_id_chunks(images):
+        with transaction.atomic():
+            rows = Image.objects.filter(pk__in=chunk)
+            dataset = rows.exclude(source=Image.Source.UPLOAD).count()
+            updated = (
+                rows.filter(source=Image.Source.UPLOAD)
+                .exclude(visibility=visibility)
+                .update(visibility=visibility)
+            )
+        skipped += dataset
+        changed += updated
+        unchanged += len(chunk) - dataset - updated
+    return ImagesVisibilityResult(changed, unchanged, skipped)
+
+
+@dataclass(frozen=True)
+class ImagesReembedResult:
+    images: int
+    queued: int  # jobs created or set pending; the rest were already waiting for a worker
+
+
+def images_reembed(*, images: QuerySet[Image], model_id: str) -> ImagesReembedResult:
+    """Staff: embed ``images`` again with ``model_id``, one of the enabled models.
+
+    Through the job rows and the sweep, like every embedding: each image gets a pending job
+    (``embedding_jobs_request``), and the sweep queues them, now and again later if a worker
+    dies on them. An image keeps its current vector, and its place in search, until the new one
+    replaces it. Asking twice queues nothing twice.
+    """
+    if model_id not in embedding_models_enabled():
+        raise InvalidInput(
+            f"{model_id!r} is not an enabled model; enable it on the Embedding models page first"
+        )
+    seen = queued = 0
+    for chunk in _image_id_chunks(images):
+        seen += len(chunk)
+        queued += embedding_jobs_request(model_id=model_id, image_ids=chunk)
+    if queued:
+        embeddings_sweep_send(model_id=model_id)
+    return ImagesReembedResult(seen, queued)
+
+
+def images_embeddings_retry_failed(*, images: QuerySet[Image]) -> dict[str, int]:
+    """Staff: try the failed embeddings of ``images`` again, for every enabled model, with
+    fresh attempts; their other jobs are left alone. Returns jobs retried per model (only
+    models with some)."""
+    models = embedding_models_enabled()
+    retried = dict.fromkeys(models, 0)
+    for chunk in _image_id_chunks(images):
+        for model_id, count in embedding_jobs_retry_failed(
+            image_ids=chunk, model_ids=models
+        ).items():
+            retried[model_id] += count
+    for model_id, count in retried.items():
+        if count:
+            embeddings_sweep_send(model_id=model_id)
+    return {model_id: count for model_id, count in retried.items() if count}
 
 
 def api_token_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiToken, str]:
@@ -339,17 +505,148 @@ def collection_item_remove(*, user: AbstractBaseUser, collection_id: int, image_
     return bool(deleted)
 
 
+COLLECTION_DESCRIPTION_MAX = 5000  # the forms' bound; the column is unbounded text
+COLLECTION_NOTE_MAX = CollectionItem._meta.get_field("note").max_length or 2000
+
+
 def collection_update(
-    *, user: AbstractBaseUser, collection_id: int, visibility: str | None = None
+    *,
+    user: AbstractBaseUser,
+    collection_id: int,
+    visibility: str | None = None,
+    name: str | None = None,
+    description: str | None = None,
 ) -> Collection:
-    collection = Collection.objects.filter(owner=user, pk=collection_id).first()
+    """Change one of ``user``'s collections; an argument left None stays as it is. A name must
+    be non-empty and not another of the owner's collections' (Conflict)."""
+    collection = None
+    if user.is_authenticated:
+        collection = Collection.objects.filter(owner=user, pk=collection_id).first()
     if collection is None:
         raise NotFound("no such collection")
     if visibility is not None:
         _visibility_check(visibility)
         collection.visibility = visibility
-    collection.save()
+    if description is not None:
+        collection.description = _text_bounded(
+            description, label="description", limit=COLLECTION_DESCRIPTION_MAX
+        )
+    if name is not None:
+        name = _text_bounded(name, label="name", limit=COLLECTION_NAME_MAX)
+        if not name:
+            raise InvalidInput("give the collection a name")
+        if Collection.objects.filter(owner=user, name=name).exclude(pk=collection.pk).exists():
+            raise Conflict(f"you already have a collection called {name!r}")
+        collection.name = name
+    try:
+        with transaction.atomic():
+            collection.save()
+    except IntegrityError as exc:  # the name, taken by a concurrent request meanwhile
+        raise Conflict(f"you already have a collection called {collection.name!r}") from exc
     return collection
+
+
+def _collection_item_owned(
+    *, user: AbstractBaseUser, collection_id: int, image_id: int
+) -> CollectionItem:
+    """An item of one of ``user``'s collections; anything else is NotFound, whoever asks."""
+    item = None
+    if user.is_authenticated:
+        item = (
+            CollectionItem.objects.select_related("collection", "image")
+            .filter(collection__owner=user, collection_id=collection_id, image_id=image_id)
+            .first()
+        )
+    if item is None:
+        raise NotFound("no such image in your collection")
+    return item
+
+
+def collection_item_note_set(
+    *, user: AbstractBaseUser, collection_id: int, image_id: int, note: str
+) -> CollectionItem:
+    """Set the owner's note on an item of their collection ("" clears it)."""
+    note = _text_bounded(note, label="note", limit=COLLECTION_NOTE_MAX)
+    item = _collection_item_owned(user=user, collection_id=collection_id, image_id=image_id)
+    if item.note != note:
+        item.note = note
+        item.save(update_fields=["note"])
+    return item
+
+
+@dataclass(frozen=True)
+class CollectionItemMove:
+    image_id: int
+    index: int  # 1-based place in the owner's order after the move
+    total: int
+    moved: bool  # False at either end, or when the page's order was out of date
+
+
+MOVE_DIRECTIONS = ("earlier", "later")
+
+
+def collection_item_move(
+    *,
+    user: AbstractBaseUser,
+    collection_id: int,
+    image_id: int,
+    direction: str,
+    expected_index: int | None = None,
+) -> CollectionItemMove:
+    """Move an item one place earlier or later in the owner's order, numbering every item of
+    the collection 1..n (CollectionItem.position).
+
+    The collection row is locked for the renumbering, so two moves at once run one after the
+    other and never leave two items on one position. At either end the move does nothing.
+    ``expected_index`` is the 1-based place the page showed: when the item is no longer there
+    (a resent form, another tab's move) nothing moves, so repeating a request is harmless.
+    """
+    from gallery.selectors import images_visible_to
+
+    if direction not in MOVE_DIRECTIONS:
+        raise InvalidInput(f"direction must be one of {', '.join(MOVE_DIRECTIONS)}")
+    with transaction.atomic():
+        locked = None
+        if user.is_authenticated:
+            locked = (
+                Collection.objects.select_for_update()
+                .filter(owner=user, pk=collection_id)
+                .values_list("pk", flat=True)
+                .first()
+            )
+        if locked is None:
+            raise NotFound("no such image in your collection")
+        rows = list(
+            CollectionItem.objects.filter(collection_id=collection_id)
+            .order_by(*CollectionItem._meta.ordering)
+            .values_list("pk", "image_id", "position")
+        )
+        # Places count among the items the owner sees: an image someone else made private
+        # since it was saved is neither shown nor stepped over as a place of its own.
+        seen = set(
+            images_visible_to(user=user)
+            .filter(collection_items__collection_id=collection_id)
+            .values_list("pk", flat=True)
+        )
+        shown = [at for at, (_, image, _) in enumerate(rows) if image in seen]
+        order = [rows[at][1] for at in shown]
+        if image_id not in order:
+            raise NotFound("no such image in your collection")
+        index = order.index(image_id)
+        target = index - 1 if direction == "earlier" else index + 1
+        stale = expected_index is not None and expected_index != index + 1
+        if stale or not 0 <= target < len(order):
+            return CollectionItemMove(image_id, index + 1, len(order), moved=False)
+        here, there = shown[index], shown[target]
+        rows[here], rows[there] = rows[there], rows[here]
+        changed = [
+            CollectionItem(pk=pk, position=number)
+            for number, (pk, _, position) in enumerate(rows, start=1)
+            if position != number
+        ]
+        CollectionItem.objects.bulk_update(changed, ["position"], batch_size=500)
+        Collection.objects.filter(pk=collection_id).update(updated_at=timezone.now())
+    return CollectionItemMove(image_id, target + 1, len(order), moved=True)
 
 
 @dataclass

@@ -1,18 +1,104 @@
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.http import FileResponse, HttpRequest
 from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
+from config.errors import ApplicationError
 from gallery.models import Caption, Collection, CollectionItem, Image
+from gallery.services import (
+    images_embeddings_retry_failed,
+    images_reembed,
+    images_staff_delete,
+    images_staff_visibility_set,
+)
 from gallery.views.images import image_file_response, image_thumbnail_response
+from search.selectors import (
+    EMBEDDING_STATUSES,
+    embedding_models_enabled,
+    images_with_embedding_status,
+)
 
 
 class CaptionInline(admin.TabularInline):
     model = Caption
     extra = 0
+
+
+class OwnerFilter(admin.SimpleListFilter):
+    """One owner, by the user id in the URL (each row's owner links to it), or the data set's
+    ownerless images. A site with thousands of users gets no list of every one of them; the
+    search box finds images by owner name."""
+
+    title = "owner"
+    parameter_name = "owner"
+    NONE = "none"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple]:
+        choices: list[tuple] = [(self.NONE, "No owner (data set)")]
+        value = self.value()
+        if value and value.isdigit():
+            user = get_user_model().objects.filter(pk=int(value)).first()
+            if user is not None:
+                choices.append((value, user.get_username()))
+        return choices
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Image]) -> QuerySet[Image]:
+        value = self.value()
+        if value is None:
+            return queryset
+        if value == self.NONE:
+            return queryset.filter(owner__isnull=True)
+        if not value.isdigit():
+            raise IncorrectLookupParameters(f"owner must be a user id or {self.NONE!r}")
+        return queryset.filter(owner_id=int(value))
+
+
+class EmbeddingStatusFilter(admin.SimpleListFilter):
+    """Where each image stands with one enabled model: done, pending, failed or missing
+    (search.selectors.images_with_embedding_status says what each means)."""
+
+    title = "embedding status"
+    parameter_name = "embedding"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple]:
+        return [
+            (f"{model_id}:{status}", f"{model_id}: {status}")
+            for model_id in embedding_models_enabled()
+            for status in EMBEDDING_STATUSES
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Image]) -> QuerySet[Image]:
+        value = self.value()
+        if not value:
+            return queryset
+        model_id, _, status = value.rpartition(":")
+        if not model_id or status not in EMBEDDING_STATUSES:
+            raise IncorrectLookupParameters(
+                f"embedding must be <model>:<{'|'.join(EMBEDDING_STATUSES)}>"
+            )
+        return images_with_embedding_status(images=queryset, model_id=model_id, status=status)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+class ReembedForm(forms.Form):
+    model_id = forms.ChoiceField(
+        label="Model", help_text="Enabled models only; enable others on the Embedding models page."
+    )
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["model_id"].choices = [(m, m) for m in embedding_models_enabled()]
 
 
 @admin.register(Image)
@@ -22,7 +108,7 @@ class ImageAdmin(admin.ModelAdmin):
         "id",
         "original_filename",
         "source",
-        "owner",
+        "owner_link",
         "visibility",
         "split",
         "width",
@@ -30,13 +116,160 @@ class ImageAdmin(admin.ModelAdmin):
         "created_at",
     )
     list_display_links = ("thumbnail", "id")
-    list_filter = ("source", "visibility", "split", "created_at")
+    list_filter = (
+        "source", "visibility", OwnerFilter, EmbeddingStatusFilter, "split", "created_at",
+    )  # fmt: skip
     search_fields = ("original_filename", "sha256", "owner__username", "captions__text")
     readonly_fields = ("thumbnail", "original", "width", "height", "sha256", "created_at")
-    raw_id_fields = ("owner",)
+    autocomplete_fields = ("owner",)
     inlines = [CaptionInline]
     date_hierarchy = "created_at"
     list_select_related = ("owner",)
+    # Each action below goes through the selection in chunks (gallery.services), so "select all"
+    # on a filter of 100,000 images is fine; Django's own delete would load and list every row
+    # and leave the files behind.
+    actions = ["reembed", "retry_failed", "make_public", "make_private", "delete_images"]
+
+    def get_actions(self, request: HttpRequest) -> dict:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    # The delete button of one image: the same service, so its files go too.
+    def delete_model(self, request: HttpRequest, obj: Image) -> None:
+        images_staff_delete(images=Image.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        images_staff_delete(images=queryset)
+
+    @admin.display(description="Owner", ordering="owner__username")
+    def owner_link(self, obj: Image) -> str:
+        if obj.owner is None:
+            return "-"
+        url = reverse("admin:gallery_image_changelist") + f"?{OwnerFilter.parameter_name}="
+        return format_html(
+            '<a href="{}{}" title="Only this owner\'s images">{}</a>',
+            url, obj.owner_id, obj.owner.get_username(),
+        )  # fmt: skip
+
+    def _confirm(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Image],
+        *,
+        action: str,
+        title: str,
+        submit: str,
+        form: forms.Form | None = None,
+        warning: str = "",
+    ) -> TemplateResponse:
+        """The page between choosing an action and running it: how many images, a form if the
+        action needs one, and the selection carried as it came (the page's ticked ids and
+        "select all"), never as a list of every id."""
+        counts = queryset.aggregate(
+            total=Count("pk", distinct=True),
+            uploads=Count("pk", filter=Q(source=Image.Source.UPLOAD), distinct=True),
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": title,
+            "action": action,
+            "submit": submit,
+            "form": form,
+            "warning": warning,
+            "total": counts["total"],
+            "uploads": counts["uploads"],
+            "dataset": counts["total"] - counts["uploads"],
+            "select_across": request.POST.get("select_across") == "1",
+            "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "back": request.get_full_path(),
+        }
+        return TemplateResponse(request, "admin/gallery/image/action_confirmation.html", context)
+
+    @admin.action(description="Re-embed with model…", permissions=["change"])
+    def reembed(self, request: HttpRequest, queryset: QuerySet[Image]) -> TemplateResponse | None:
+        form = ReembedForm(request.POST if "apply" in request.POST else None)
+        if not form.is_valid():
+            return self._confirm(
+                request, queryset, action="reembed", title="Re-embed images",
+                submit="Queue re-embedding", form=form,
+            )  # fmt: skip
+        model_id = form.cleaned_data["model_id"]
+        try:
+            result = images_reembed(images=queryset, model_id=model_id)
+        except ApplicationError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return None
+        waiting = result.images - result.queued
+        self.message_user(
+            request,
+            f"Re-embedding with {model_id}: {result.queued} of {_count(result.images, 'image')} "
+            "queued"
+            + (f"; {waiting} were already waiting for a worker" if waiting else "")
+            + ". Each keeps its current vector in search until the new one is stored.",
+        )
+        return None
+
+    @admin.action(description="Retry failed embeddings", permissions=["change"])
+    def retry_failed(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        retried = images_embeddings_retry_failed(images=queryset)
+        if not retried:
+            self.message_user(
+                request,
+                "None of the selected images has a failed embedding with an enabled model.",
+                messages.WARNING,
+            )
+            return
+        each = ", ".join(f"{model_id}: {count}" for model_id, count in sorted(retried.items()))
+        self.message_user(request, f"Retrying failed embeddings ({each}); queued for a worker.")
+
+    def _visibility(self, request: HttpRequest, queryset: QuerySet[Image], visibility: str):
+        try:
+            result = images_staff_visibility_set(images=queryset, visibility=visibility)
+        except ApplicationError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return
+        text = f"{_count(result.changed, 'upload')} made {visibility}"
+        if result.unchanged:
+            text += f"; {result.unchanged} already were"
+        self.message_user(request, text + ".")
+        if result.dataset_skipped:
+            self.message_user(
+                request,
+                f"Skipped {_count(result.dataset_skipped, 'Flickr30k data-set image')}: "
+                "data-set images always stay public.",
+                messages.WARNING,
+            )
+
+    @admin.action(description="Make public (uploads)", permissions=["change"])
+    def make_public(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        self._visibility(request, queryset, Image.Visibility.PUBLIC)
+
+    @admin.action(description="Make private (uploads; data-set images stay public)",
+                  permissions=["change"])  # fmt: skip
+    def make_private(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        self._visibility(request, queryset, Image.Visibility.PRIVATE)
+
+    @admin.action(description="Delete selected images with their files", permissions=["delete"])
+    def delete_images(
+        self, request: HttpRequest, queryset: QuerySet[Image]
+    ) -> TemplateResponse | None:
+        if request.POST.get("post") != "yes":
+            return self._confirm(
+                request, queryset, action="delete_images", title="Delete images",
+                submit="Yes, delete them",
+                warning="Their captions, embeddings, embedding jobs and places in collections "
+                "go with them, and their files and thumbnails are removed. This cannot be undone.",
+            )  # fmt: skip
+        deleted = images_staff_delete(images=queryset)
+        self.message_user(
+            request,
+            f"Deleted {_count(deleted, 'image')} with their captions, embeddings, collection "
+            "items, files and thumbnails.",
+        )
+        return None
 
     # Staff open every image, private uploads included, here and only here: the site's own file
     # URLs serve private images to their owner alone, as the upload form says. These URLs go

@@ -1,12 +1,20 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import urlencode
+
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
 
 from encoders.registry import MODELS
 from search.models import EmbeddingJob, EmbeddingModel, EvaluationRun, ImageEmbedding
-from search.selectors import EmbeddingProgress, embedding_progress
+from search.selectors import EmbeddingProgress, embedding_progress, evaluation_runs_latest
 from search.services import (
     EmbeddingModelStateError,
     embedding_model_delete,
@@ -14,6 +22,9 @@ from search.services import (
     embedding_model_enable,
     embedding_model_make_default,
 )
+
+if TYPE_CHECKING:
+    from search.evaluation.references import PublishedResult
 
 
 class EmbeddingModelForm(forms.ModelForm):
@@ -32,11 +43,40 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+@dataclass(frozen=True)
+class ModelEvaluations:
+    """A model's published figure (when one was measured with its weights) and its latest runs,
+    each with its R@1 minus the published R@1."""
+
+    model_id: str
+    published: PublishedResult | None
+    runs: list[tuple[EvaluationRun, float | None]]
+    runs_url: str
+
+
+# Runs shown per model on the models page; the evaluation-run list has them all.
+EVALUATION_RUNS_SHOWN = 3
+
+
+def _images_with_status(model_id: str, status: str, count: int) -> str:
+    """``count`` as a link to the images list filtered by this model and status."""
+    url = reverse("admin:gallery_image_changelist")
+    query = urlencode({"embedding": f"{model_id}:{status}"})
+    return format_html('<a href="{}?{}">{}</a>', url, query, count)
+
+
 @admin.register(EmbeddingModel)
 class EmbeddingModelAdmin(admin.ModelAdmin):
-    """Switch models without downtime: enable (starts a backfill), watch it, then make default."""
+    """Switch models without downtime: enable (starts a backfill), watch it, then make default.
+
+    An operations view: per model what is done, waiting, failed and blocked (each count of
+    images linking to the image list filtered by it, where re-embed and retry act), the
+    backfill's rate and time left, and under the list each model's latest evaluation runs
+    beside the published figure for the same weights.
+    """
 
     form = EmbeddingModelForm
+    change_list_template = "admin/search/embeddingmodel/change_list.html"
     list_display = (
         "model_id", "enabled", "is_default", "done", "pending", "failed", "blocked", "progress",
     )  # fmt: skip
@@ -85,7 +125,37 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
                 "as it loads.",
                 messages.WARNING,
             )
-        return super().changelist_view(request, extra_context)
+        response = super().changelist_view(request, extra_context)
+        context = getattr(response, "context_data", None)
+        if context and "cl" in context:
+            context["evaluations"] = self._evaluations(
+                [state.model_id for state in context["cl"].result_list]
+            )
+        return response
+
+    def _evaluations(self, model_ids: list[str]) -> list[ModelEvaluations]:
+        # Imported on use: the evaluation package brings its ranking and run modules along,
+        # which nothing else in the admin needs at start-up.
+        from search.evaluation.references import published_for
+
+        # One query for every model's runs; the published figures are constants.
+        runs = evaluation_runs_latest(model_ids=model_ids, per_model=EVALUATION_RUNS_SHOWN)
+        changelist = reverse("admin:search_evaluationrun_changelist")
+        evaluations = []
+        for model_id in model_ids:
+            published = published_for(model_id)
+            evaluations.append(
+                ModelEvaluations(
+                    model_id=model_id,
+                    published=published,
+                    runs=[
+                        (run, None if published is None else run.t2i_r1 - published.r1)
+                        for run in runs.get(model_id, [])
+                    ],
+                    runs_url=f"{changelist}?{urlencode({'models': model_id})}",
+                )
+            )
+        return evaluations
 
     def _progress(self, obj: EmbeddingModel) -> EmbeddingProgress:
         # A handful of models per page: one progress read each, remembered for the row.
@@ -94,8 +164,8 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
         return obj._progress_cache
 
     @admin.display(description="Done")
-    def done(self, obj: EmbeddingModel) -> int:
-        return self._progress(obj).done
+    def done(self, obj: EmbeddingModel) -> str:
+        return _images_with_status(obj.model_id, "done", self._progress(obj).done)
 
     @admin.display(description="Pending")
     def pending(self, obj: EmbeddingModel) -> int | str:
@@ -103,8 +173,8 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
         return self._progress(obj).pending if obj.enabled else "disabled"
 
     @admin.display(description="Failed")
-    def failed(self, obj: EmbeddingModel) -> int:
-        return self._progress(obj).failed
+    def failed(self, obj: EmbeddingModel) -> str:
+        return _images_with_status(obj.model_id, "failed", self._progress(obj).failed)
 
     @admin.display(description="Blocked")
     def blocked(self, obj: EmbeddingModel) -> str:
@@ -120,7 +190,9 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
             return "disabled"
         text = f"{progress.percent:.1f}%"
         if progress.rate_per_minute:
-            text += f", {progress.rate_per_minute:.0f} images/min"
+            rate = progress.rate_per_minute
+            # A slow start (a CPU worker, a probe batch) is still movement, not "0 images/min".
+            text += f", {rate:.1f} images/min" if rate < 10 else f", {rate:.0f} images/min"
         if progress.seconds_left is not None:
             text += f", about {_duration(progress.seconds_left)} left"
         return text
@@ -219,8 +291,6 @@ class EvaluationRunAdmin(admin.ModelAdmin):
 
     @admin.display(description="Published T2I R@1/5/10 (same model)")
     def published_t2i(self, obj: EvaluationRun) -> str:
-        # Imported on use: the evaluation package brings its ranking and run modules along,
-        # which nothing else in the admin needs at start-up.
         from search.evaluation.references import published_for
 
         published = None if obj.fusion else published_for(obj.models)

@@ -36,9 +36,15 @@ one query at a time, then ``--clients`` concurrent keep-alive clients for ``--lo
 Every query text is distinct, so the server's query cache never hits. The tokenizer is the
 tests' made-up one (whole-word tokens for a few words, single characters otherwise); query
 texts use its whole words plus a number, about 15 tokens each, a Flickr30k caption's length.
-The table splits a request's time: the same texts sent again on the same keep-alive connection
-(same worker, so query-cache hits) give the request without the encoder; the encoder and the
-database work are also timed in this process. ``--persistent-connections`` and ``--web-dtype``
+Before anything else reaches the server, the first queries after "ready" are timed one by one
+on new connections: ready is when every worker has logged the end of its warm-up
+(bench/_search/gunicorn_ready.py, config/gunicorn.py plus that one log line), so the first
+query is the first request the server ever answers. The table splits a request's time: the
+same texts sent again on the same keep-alive connection (same worker, so query-cache hits) give
+the request without the encoder; the encoder, the database work and the HNSW top 10 alone are
+also timed in this process. The run ends with the issue's goals in one table (distinct-query
+p95, cache-hit p95, first query after ready, req/s and errors under load) beside the encoder
+alone and the HNSW scan alone from the same run. ``--persistent-connections`` and ``--web-dtype``
 run the same server with those settings changed, to see what each costs.
 
 Each section ends with the CPU time other processes used meanwhile: on 2 cores any other
@@ -134,15 +140,54 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
                 fused_benchmark(dataset, args, data_dir)
             if size == args.e2e_size and not args.skip_e2e:
                 server = end_to_end(dataset, args, data_dir)
-                if not args.skip_load:
-                    load_test(server, args, data_dir)
+                load = None if args.skip_load else load_test(server, args, data_dir)
                 server.stop()
+                goals_print(server, load, args)
                 server = None
         if not args.skip_e2e and args.e2e_size not in args.sizes:
             print(f"\nno end-to-end run: --e2e-size {args.e2e_size} is not in --sizes")
     finally:
         if server is not None:
             server.stop()
+
+
+def goals_print(server, load, args: argparse.Namespace) -> None:
+    """The issue's end-to-end goals in one table, beside the encoder alone and the HNSW scan
+    alone from the same run, so figures from different machines can be compared."""
+    figures = server.figures
+    encoder, hnsw = figures["encoder"], figures["hnsw"]
+    print(
+        f"\nGoals at N={args.e2e_size:,} ({args.web_dtype or 'fp32'}); same run: text encoder "
+        f"alone p50/p95 {encoder.pct(50):.1f} / {encoder.pct(95):.1f} ms, HNSW top 10 alone "
+        f"{hnsw.pct(50):.2f} / {hnsw.pct(95):.2f} ms, API database work "
+        f"{figures['database'].pct(50):.1f} / {figures['database'].pct(95):.1f} ms"
+    )
+    header = f"{'what':<44}{'measured':>26}{'goal':>18}{'':>8}"
+    print(header)
+    print("-" * len(header))
+    rows = [
+        ("distinct queries, p50 / p95 ms", figures["distinct"], 40.0),
+        ("cache hit (no encoder), p50 / p95 ms", figures["hit"], 10.0),
+    ]
+    for label, row, goal in rows:
+        met = "met" if row.pct(95) <= goal else "MISSED"
+        print(
+            f"{label:<44}{f'{row.pct(50):.1f} / {row.pct(95):.1f}':>26}"
+            f"{f'p95 <= {goal:.0f}':>18}{met:>8}"
+        )
+    first = figures["first"].pct(50)
+    print(
+        f"{'first query after ready, ms':<44}{f'{first:.1f}':>26}{'<= 100':>18}"
+        f"{'met' if first <= 100 else 'MISSED':>8}"
+    )
+    if load is not None:
+        measured = f"{load.requests_per_s:.1f} / {load.p95_ms:.0f} / {load.failed}"
+        met = load.requests_per_s >= 60 and load.failed == 0
+        print(
+            f"{f'{args.clients} clients {args.load_seconds:.0f} s: req/s / p95 ms / errors':<44}"
+            f"{measured:>26}{'>= 60, 0 errors':>18}{'met' if met else 'MISSED':>8}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

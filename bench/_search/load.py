@@ -25,6 +25,13 @@ class LoadResult:
     reconnects: int = 0
 
 
+@dataclass(frozen=True)
+class LoadSummary:
+    requests_per_s: float
+    p95_ms: float
+    failed: int  # non-200 answers and errors
+
+
 def load_client(
     port: int, texts: Iterator[str], lock: threading.Lock, deadline: float, result: LoadResult
 ) -> None:
@@ -77,7 +84,7 @@ def load_client(
             result.errors[name] = result.errors.get(name, 0) + count
 
 
-def load_test(server: WebServer, args: argparse.Namespace, data_dir: Path) -> None:
+def load_test(server: WebServer, args: argparse.Namespace, data_dir: Path) -> LoadSummary:
     texts = server.texts  # continues after the sequential run's texts: all distinct
     lock = threading.Lock()
     result = LoadResult()
@@ -124,3 +131,8 @@ def load_test(server: WebServer, args: argparse.Namespace, data_dir: Path) -> No
     )
     print(f"goal: 0 errors -> {'met' if failed == 0 else 'MISSED'}", flush=True)
     watch.report("load")
+    return LoadSummary(
+        requests_per_s=answered / elapsed,
+        p95_ms=float(np.percentile(lat, 95)),
+        failed=failed,
+    )

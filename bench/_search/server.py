@@ -21,7 +21,14 @@ from urllib.parse import quote
 import numpy as np
 
 from bench._models import build_full_size_clip
-from bench._search.common import API_K, MODEL_ID, WARM_UP_QUERIES, MachineWatch, Measured
+from bench._search.common import (
+    API_K,
+    MODEL_ID,
+    TOP_K,
+    WARM_UP_QUERIES,
+    MachineWatch,
+    Measured,
+)
 from bench._search.data import Dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ADJECTIVES = ["red", "blue"]
 NOUNS = ["cat", "dog", "car", "tree"]
 PLACES = ["beach", "tree", "car"]
+FIRST_QUERIES = 10  # timed one by one right after the workers are warm
 
 
 def query_texts() -> Iterator[str]:
@@ -52,7 +60,7 @@ def encoder_breakdown(model_dir: Path, args: argparse.Namespace) -> list[Measure
 
     from encoders import load_encoder
     from encoders.registry import clear_encoder_cache
-    from search.selectors import images_search_by_vector
+    from search.selectors import embeddings_ranked, images_search_by_vector
 
     torch.set_num_threads(1)  # as the web workers (OMP_NUM_THREADS=1)
     encoder = load_encoder(
@@ -83,6 +91,12 @@ def encoder_breakdown(model_dir: Path, args: argparse.Namespace) -> list[Measure
         [[c.text for c in hit.image.captions.all()] for hit in page.hits]
         if index >= WARM_UP_QUERIES:
             search_seconds.append(time.perf_counter() - started)
+    hnsw_seconds = []
+    for index, vector in enumerate(vectors):
+        started = time.perf_counter()
+        list(embeddings_ranked(model_id=MODEL_ID, vector=vector)[:TOP_K].values_list("image_id"))
+        if index >= WARM_UP_QUERIES:
+            hnsw_seconds.append(time.perf_counter() - started)
     del encoder
     clear_encoder_cache()
     return [
@@ -90,6 +104,7 @@ def encoder_breakdown(model_dir: Path, args: argparse.Namespace) -> list[Measure
                  encode_seconds),
         Measured("text encoder, 77 tokens (longest query)", long_seconds[5:]),
         Measured(f"API database work (k={API_K}, ef_search=40)", search_seconds),
+        Measured(f"HNSW top {TOP_K} alone (ef_search=40, no join)", hnsw_seconds),
     ]  # fmt: skip
 
 
@@ -111,6 +126,9 @@ class WebServer:
             self.port = probe.getsockname()[1]
         self.log_path = data_dir / "gunicorn.log"
         self.texts = query_texts()  # every request this server gets has a new text
+        self.first_after_ready: list[float] = []
+        # Measured rows by name, for the summary after the load run (search_latency.py).
+        self.figures: dict[str, Measured] = {}
         env = dict(
             os.environ,
             DATA_DIR=str(data_dir),
@@ -127,9 +145,11 @@ class WebServer:
         if database_url:
             env["DATABASE_URL"] = database_url
         self.log = self.log_path.open("w")
+        self.started = time.monotonic()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "config.wsgi", "-c",
-             str(REPO_ROOT / "config/gunicorn.py"), "--bind", f"127.0.0.1:{self.port}",
+             str(Path(__file__).with_name("gunicorn_ready.py")),
+             "--bind", f"127.0.0.1:{self.port}",
              *(["--threads", str(threads)] if threads else [])],
             cwd=REPO_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
@@ -157,6 +177,19 @@ class WebServer:
             return response.status, response.read()
         finally:
             conn.close()
+
+    def wait_warm(self, workers: int, timeout: float = 300) -> float:
+        """Seconds from start until every worker logged the end of its warm-up (no request
+        sent: the first query after this is the first the server ever answers)."""
+        from bench._search.gunicorn_ready import READY_LINE
+
+        while time.monotonic() - self.started < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited ({self.process.returncode}):\n{self.tail()}")
+            if self.log_path.read_text(errors="replace").count(READY_LINE) >= workers:
+                return time.monotonic() - self.started
+            time.sleep(0.05)
+        raise RuntimeError(f"gunicorn workers not warm within {timeout:.0f} s:\n{self.tail()}")
 
     def workers_booted(self) -> int:
         return self.log_path.read_text(errors="replace").count("Booting worker")
@@ -194,13 +227,30 @@ def end_to_end(dataset: Dataset, args: argparse.Namespace, data_dir: Path) -> We
         database_url=database_url,
     )
     texts = server.texts
+    warm = server.wait_warm(args.web_workers)
+    # The first queries the server ever answers, each on a new connection (so either worker),
+    # right after every worker finished its warm-up: what the first visitors after a restart get.
+    first: list[float] = []
+    for text in itertools.islice(texts, FIRST_QUERIES):
+        started = time.perf_counter()
+        status, _ = server.get(search_path(text))
+        first.append(time.perf_counter() - started)
+        if status != 200:
+            raise RuntimeError(f"first query after ready: status {status}\n{server.tail()}")
+    server.first_after_ready = first
+    print(
+        f"  all {args.web_workers} workers warm {warm:.1f} s after start; first query after "
+        f"ready {first[0] * 1000:.1f} ms, the next {len(first) - 1} (new connection each): "
+        f"{' '.join(f'{s * 1000:.0f}' for s in first[1:])} ms",
+        flush=True,
+    )
     ready = server.wait_ready(texts)
     # The first answer proves one worker warmed up; give the other workers' warm-up (model load
     # and one query, in gunicorn's post_worker_init) time to finish, then touch every thread.
     time.sleep(15)
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda text: server.get(search_path(text)), itertools.islice(texts, 40)))
-    print(f"  gunicorn answered after {ready:.1f} s (log: {server.log_path})", flush=True)
+    print(f"  then answered a search {ready:.1f} s later (log: {server.log_path})", flush=True)
 
     watch = MachineWatch(data_dir)
     # One keep-alive connection, so one worker answers all: the second pass over the same texts
@@ -242,5 +292,13 @@ def end_to_end(dataset: Dataset, args: argparse.Namespace, data_dir: Path) -> We
         f"database {breakdown[2].pct(50):.1f} ms, HTTP + Django + JSON {rest:.1f} ms (hit - db)"
     )
     print(f"goal: p95 <= 40 ms -> {'met' if e2e.pct(95) <= 40 else 'MISSED'}", flush=True)
+    server.figures = {
+        "distinct": e2e,
+        "hit": hit,
+        "first": Measured("first query after ready", server.first_after_ready[:1]),
+        "encoder": breakdown[0],
+        "database": breakdown[2],
+        "hnsw": breakdown[3],
+    }
     watch.report("end to end")
     return server

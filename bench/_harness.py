@@ -19,7 +19,9 @@ are dropped, so files and messages stay in the bench dir as well.
 
 Fake data: :func:`fake_images_replace` (image rows, optionally for files that
 :func:`fake_photos_write` made), :func:`fake_captions_create`, :func:`fake_embeddings_copy`, and
-the vector generators :func:`unit_vectors` and :func:`clustered_unit_vectors`. Every script makes
+the vector generators :func:`unit_vectors`, :func:`clustered_unit_vectors` (equal isotropic
+blobs) and :func:`skewed_unit_vectors` (clusters of power-law sizes and varied spread in a narrow,
+low-dimensional cone, closer to real image embeddings). Every script makes
 its rows through these.
 """
 
@@ -260,6 +262,70 @@ def clustered_unit_vectors(
         rows = centres[rng.integers(0, clusters, size)]
         rows = rows + noise * rng.standard_normal((size, dim), dtype=np.float32)
         yield rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def skewed_unit_vectors(
+    count: int,
+    *,
+    clusters: int,
+    seed: int,
+    stream: int = 1,
+    chunk: int = 50_000,
+    dim: int = DIM,
+    zipf: float = 1.1,
+    sigma: tuple[float, float] = (0.15, 0.6),
+    cone: float = 0.65,
+    decay: float = 1.0,
+    labels: list[np.ndarray] | None = None,
+) -> Iterator[np.ndarray]:
+    """Unit vectors shaped more like real image embeddings than :func:`clustered_unit_vectors`'
+    equal isotropic blobs, ``chunk`` rows at a time.
+
+    - Cluster sizes follow a power law: cluster k is drawn with probability ~ (k + 1) ** -zipf
+      (at 1,000 clusters and 1.1 the biggest holds ~15 % of the rows, the smallest ~0.01 %).
+    - Each cluster has its own spread: noise of norm ``sigma_k`` (log-uniform in ``sigma``)
+      around a unit centre, so some clusters are tight (near-duplicates, cosine ~0.98 to their
+      centre) and some loose (a broad topic, ~0.75).
+    - Everything lies in a narrow cone around one shared mean direction (centres are
+      ``cone`` * mean + the rest elsewhere, so unrelated rows still have cosine ~cone ** 2), as
+      CLIP image embeddings do.
+    - Centres and noise vary along a few directions mostly: variance along a fixed random basis
+      falls as i ** -decay (decay 1 gives an effective dimensionality of ~30 of 512), the low
+      intrinsic dimension that makes real embeddings easier for a graph index than noise.
+
+    The same ``seed`` gives the same structure (mean, basis, centres, sizes, spreads);
+    ``stream`` picks the points, so data (stream 1) and queries (stream 2) share clusters, and
+    queries favour big clusters as the data does. ``labels``, when given, gets each chunk's
+    cluster numbers (0 is the biggest cluster), for checks.
+    """
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    scale = np.arange(1, dim + 1, dtype=np.float64) ** (-decay / 2)
+    scale *= np.sqrt(dim / np.sum(scale**2))  # total variance dim, as an isotropic N(0, 1)
+    shaped = (basis * scale).T.astype(np.float32)  # z @ shaped: variance i ** -decay along q_i
+
+    def directions(z: np.ndarray) -> np.ndarray:
+        rows = z @ shaped
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+    mean = directions(rng.standard_normal((1, dim), dtype=np.float32))[0]
+    spread = directions(rng.standard_normal((clusters, dim), dtype=np.float32))
+    spread -= np.outer(spread @ mean, mean)  # the part of each centre off the mean direction
+    spread /= np.linalg.norm(spread, axis=1, keepdims=True)
+    centres = cone * mean + np.sqrt(1 - cone**2) * spread
+    weights = np.arange(1, clusters + 1, dtype=np.float64) ** -zipf
+    weights /= weights.sum()
+    sigmas = np.exp(rng.uniform(np.log(sigma[0]), np.log(sigma[1]), clusters)).astype(np.float32)
+    points = np.random.default_rng(seed + stream)
+    for start in range(0, count, chunk):
+        size = min(chunk, count - start)
+        picked = points.choice(clusters, size=size, p=weights)
+        if labels is not None:
+            labels.append(picked)
+        noise = directions(points.standard_normal((size, dim), dtype=np.float32))
+        noise *= points.standard_normal((size, 1), dtype=np.float32) * 0.15 + 1.0
+        rows = centres[picked] + sigmas[picked, None] * noise
+        yield (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
 
 
 def _raw_connection():

@@ -164,3 +164,35 @@ def test_import_speed_runs_end_to_end_in_its_own_directory() -> None:
     finally:
         embedded.postgres_stop(data_dir)
         subprocess.run(["rm", "-rf", str(parent)], check=False)
+
+
+def test_skewed_generator_has_uneven_clusters_in_a_narrow_cone() -> None:
+    import numpy as np
+
+    labels: list[np.ndarray] = []
+    rows = np.concatenate(
+        list(_harness.skewed_unit_vectors(20_000, clusters=50, seed=3, labels=labels))
+    )
+    again = np.concatenate(list(_harness.skewed_unit_vectors(20_000, clusters=50, seed=3)))
+    queries = next(_harness.skewed_unit_vectors(100, clusters=50, seed=3, stream=2, chunk=100))
+    blobs = np.concatenate(
+        list(_harness.clustered_unit_vectors(20_000, clusters=50, seed=3, noise=0.35))
+    )
+    assert rows.shape == (20_000, _harness.DIM) and rows.dtype == np.float32
+    assert np.allclose(np.linalg.norm(rows, axis=1), 1, atol=1e-5)
+    assert np.array_equal(rows, again)  # seeded: a later run measures the same data
+    sizes = np.bincount(np.concatenate(labels), minlength=50)
+    assert sizes[0] > 20 * sizes[-1] > 0  # power-law sizes, not equal blobs
+    # Spread differs per cluster: mean cosine to the cluster's mean row.
+    spread = [
+        float(np.mean(rows[label == k] @ (m := rows[label == k].mean(0)) / np.linalg.norm(m)))
+        for label in [np.concatenate(labels)]
+        for k in range(10)
+    ]
+    assert max(spread) - min(spread) > 0.05
+    pairs = np.random.default_rng(0).integers(0, len(rows), (2000, 2))
+    cosine = np.sum(rows[pairs[:, 0]] * rows[pairs[:, 1]], axis=1)
+    blob_cosine = np.sum(blobs[pairs[:, 0]] * blobs[pairs[:, 1]], axis=1)
+    assert cosine.mean() > 0.3 > abs(blob_cosine.mean())  # a shared mean direction
+    # Queries land among the data: each has a row far closer than a random pair.
+    assert np.min(np.max(queries @ rows.T, axis=1)) > cosine.mean() + 0.2

@@ -196,6 +196,42 @@ class ImageVisibilityForm(forms.Form):
     visibility = forms.ChoiceField(choices=Image.Visibility.choices)
 
 
+class ImageDetailsForm(forms.Form):
+    """The owner's title and description of an image; both may be cleared."""
+
+    title = forms.CharField(
+        required=False,
+        max_length=Image._meta.get_field("title").max_length,
+        help_text="Shown as the image's name and read out as its description by screen readers.",
+    )
+    description = forms.CharField(
+        required=False,
+        max_length=Image._meta.get_field("description").max_length,
+        widget=forms.Textarea(attrs={"rows": 4}),
+    )
+
+
+class CollectionDetailsForm(forms.Form):
+    name = forms.CharField(max_length=Collection._meta.get_field("name").max_length)
+    description = forms.CharField(
+        required=False, max_length=5000, widget=forms.Textarea(attrs={"rows": 3})
+    )
+
+
+class CollectionItemNoteForm(forms.Form):
+    note = forms.CharField(
+        required=False,
+        max_length=CollectionItem._meta.get_field("note").max_length,
+        widget=forms.Textarea(attrs={"rows": 2}),
+    )
+
+
+class CollectionItemMoveForm(forms.Form):
+    direction = forms.ChoiceField(choices=[("earlier", "earlier"), ("later", "later")])
+    # The 1-based place the page showed, so a resent form moves nothing twice.
+    index = _id_field(required=False)
+
+
 class BrowseForm(forms.Form):
     """The browse page's query string: which images, and which page of them."""
 

@@ -25,6 +25,14 @@ def image_get_visible(*, user: AbstractBaseUser | AnonymousUser, image_id: int) 
     return images_visible_to(user=user).filter(pk=image_id).first()
 
 
+def image_get_owned(*, user: AbstractBaseUser | AnonymousUser, image_id: int) -> Image | None:
+    """One of ``user``'s uploads, the images whose details they may edit; None for anything
+    else, so callers answer a missing image and someone else's alike."""
+    if not user.is_authenticated:
+        return None
+    return Image.objects.filter(pk=image_id, owner_id=user.pk, source=Image.Source.UPLOAD).first()
+
+
 def image_viewable_by(*, image: Image, user: AbstractBaseUser | AnonymousUser) -> bool:
     """Whether ``user`` may see ``image`` on the site: a public one, or their own.
 

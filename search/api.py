@@ -272,6 +272,8 @@ class Hit(Schema):
     thumbnail_url: str
     image_url: str
     similar_url: str
+    title: str = Field(description="The owner's title; empty when none is set.")
+    description: str = Field(description="The owner's description; empty when none is set.")
     captions: list[str]
     source: str
     width: int
@@ -435,6 +437,8 @@ def _results(page: SearchPage) -> dict[str, Any]:
                 "thumbnail_url": thumbnail_url(hit.image.pk),
                 "image_url": image_url(hit.image.pk),
                 "similar_url": similar_url(hit.image.pk),
+                "title": hit.image.title,
+                "description": hit.image.description,
                 "captions": [c.text for c in hit.image.captions.all()],
                 "source": hit.image.source,
                 "width": hit.image.width,

@@ -29,6 +29,7 @@ EXPECTED: dict[str, tuple[int, int, int, int]] = {
     "image-status": (404, 200, 404, 404),
     "image-visibility": (LOGIN, 405, 405, 405),  # POST only, by the owner (test_image_page.py)
     "image-delete": (LOGIN, 405, 405, 405),
+    "image-details": (LOGIN, 405, 405, 405),  # POST only, by the owner (test_image_details.py)
     "collection-picker": (LOGIN, 200, 404, 404),  # nobody else may save a private image
     "image-file": (404, 200, 404, 404),
     "image-thumb": (404, 200, 404, 404),
@@ -41,6 +42,11 @@ EXPECTED: dict[str, tuple[int, int, int, int]] = {
     "collection-add": (LOGIN, 405, 405, 405),
     "collection": (404, 200, 404, 404),
     "collection-edit": (LOGIN, 405, 405, 405),
+    # POST only, by the collection's owner; anyone else 404 (test_collection_page.py)
+    "collection-details": (LOGIN, 405, 405, 405),
+    "collection-item-note": (LOGIN, 405, 405, 405),
+    "collection-item-move": (LOGIN, 405, 405, 405),
+    "collection-item-remove": (LOGIN, 405, 405, 405),
     "collection-shared": (404, 404, 404, 404),  # a private collection's link opens nothing
     "selection-save": (LOGIN, 405, 405, 405),  # POST only, every id checked (test_selection.py)
     "selection-delete": (LOGIN, 405, 405, 405),

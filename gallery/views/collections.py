@@ -10,14 +10,17 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
-from config.errors import ApplicationError
+from config.errors import ApplicationError, InvalidInput
 from gallery.forms import (
     CollectionAddForm,
     CollectionCreateForm,
+    CollectionDetailsForm,
     CollectionEditForm,
+    CollectionItemMoveForm,
+    CollectionItemNoteForm,
     form_error_message,
 )
-from gallery.models import Collection
+from gallery.models import Collection, CollectionItem
 from gallery.selectors import (
     collection_covers,
     collection_get_viewable,
@@ -28,9 +31,12 @@ from gallery.selectors import (
 from gallery.services import (
     collection_create,
     collection_item_add,
+    collection_item_move,
+    collection_item_note_set,
     collection_item_remove,
     collection_update,
 )
+from gallery.templatetags.gallery_ui import image_name
 from gallery.views._common import safe_next, visible_image
 
 
@@ -79,30 +85,64 @@ def collections_index(request: HttpRequest) -> HttpResponse:
     return redirect("collection", collection_id=collection.pk)
 
 
+def _collection_context(
+    request: HttpRequest, collection: Collection, **extra: object
+) -> dict[str, object]:
+    """What the collection page and its in-place parts (htmx) render from."""
+    items = list(collection_items_visible(collection=collection, user=request.user))
+    is_owner = request.user.is_authenticated and collection.owner_id == request.user.pk
+    return {
+        "collection": collection,
+        "items": items,
+        "is_owner": is_owner,
+        # The owner is told which items a shared link or the public list leaves out.
+        "hidden": list(collection_items_hidden(collection=collection)) if is_owner else [],
+        "visibilities": Collection.Visibility.choices,
+        **extra,
+    }
+
+
 def _render_collection(
-    request: HttpRequest, collection: Collection | None, *, status: int = 200
+    request: HttpRequest,
+    collection: Collection | None,
+    *,
+    status: int = 200,
+    details_form: CollectionDetailsForm | None = None,
+    refused_note: tuple[int, str, str] | None = None,
 ) -> HttpResponse:
     if collection is None:
         raise Http404("No such collection.")
-    items = collection_items_visible(collection=collection, user=request.user)
     share_url = request.build_absolute_uri(
         reverse("collection-shared", args=[collection.share_token])
     )
-    is_owner = request.user.is_authenticated and collection.owner_id == request.user.pk
-    return render(
+    context = _collection_context(
         request,
-        "gallery/collection.html",
-        {
-            "collection": collection,
-            "items": items,
-            "is_owner": is_owner,
-            # The owner is told which items a shared link or the public list leaves out.
-            "hidden": list(collection_items_hidden(collection=collection)) if is_owner else [],
-            "share_url": share_url,
-            "visibilities": Collection.Visibility.choices,
-        },
-        status=status,
+        collection,
+        share_url=share_url,
+        details_form=details_form or _details_form(collection),
+        editing=details_form is not None,
     )
+    if refused_note is not None:
+        # Without JavaScript a refused note comes back in its box with the reason, not lost.
+        image_id, text, error = refused_note
+        for item in context["items"]:  # type: ignore[attr-defined]
+            if item.image_id == image_id:
+                item.note, item.note_error = text, error
+    return render(request, "gallery/collection.html", context, status=status)
+
+
+def _details_form(collection: Collection) -> CollectionDetailsForm:
+    return CollectionDetailsForm(
+        initial={"name": collection.name, "description": collection.description}
+    )
+
+
+def _owned_collection(request: HttpRequest, collection_id: int) -> Collection:
+    """One of the signed-in user's collections; anyone else's is the 404 of a missing one."""
+    collection = collections_of(user=request.user).filter(pk=collection_id).first()
+    if collection is None:
+        raise Http404("No such collection.")
+    return collection
 
 
 def collection_detail(request: HttpRequest, collection_id: int) -> HttpResponse:
@@ -178,3 +218,145 @@ def collection_edit(request: HttpRequest, collection_id: int) -> HttpResponse:
         messages.error(request, exc.message)
         return _render_collection(request, collection, status=exc.status)
     return redirect("collection", collection_id=collection_id)
+
+
+@login_required
+@require_http_methods(["POST"])
+def collection_details(request: HttpRequest, collection_id: int) -> HttpResponse:
+    """The owner renames the collection or changes its description."""
+    collection = _owned_collection(request, collection_id)
+    form = CollectionDetailsForm(request.POST)
+    status, error = 400, ""
+    if form.is_valid():
+        try:
+            collection = collection_update(
+                user=request.user, collection_id=collection_id, **form.cleaned_data
+            )
+            status = 200
+        except ApplicationError as exc:
+            status, error = exc.status, exc.message
+    else:
+        error = form_error_message(form)
+    if not request.headers.get("HX-Request"):
+        if status == 200:
+            messages.success(request, "Saved the name and description.")
+            return redirect("collection", collection_id=collection_id)
+        messages.error(request, error)
+        return _render_collection(request, collection, status=status, details_form=form)
+    context = {
+        "collection": collection,
+        "is_owner": True,
+        "details_form": form if status != 200 else _details_form(collection),
+        "editing": status != 200,
+        "saved": status == 200,
+        "error": error,
+    }
+    return render(request, "gallery/_collection_header.html", context, status=status)
+
+
+@login_required
+@require_http_methods(["POST"])
+def collection_item_note(request: HttpRequest, collection_id: int, image_id: int) -> HttpResponse:
+    """The owner's note on one item: in place with htmx, else POST and redirect."""
+    collection = _owned_collection(request, collection_id)
+    form = CollectionItemNoteForm(request.POST)
+    text = str(request.POST.get("note", ""))
+    try:
+        if not form.is_valid():
+            raise InvalidInput(form_error_message(form))
+        item = collection_item_note_set(
+            user=request.user,
+            collection_id=collection_id,
+            image_id=image_id,
+            note=form.cleaned_data["note"],
+        )
+    except ApplicationError as exc:
+        if exc.status == 404:
+            raise Http404("No such image in this collection.") from exc
+        if not request.headers.get("HX-Request"):
+            messages.error(request, exc.message)
+            return _render_collection(
+                request, collection, status=exc.status, refused_note=(image_id, text, exc.message)
+            )
+        # The refused text stays in the box, with the reason; the stored note is unchanged.
+        refused = CollectionItem(collection=collection, image_id=image_id, note=text)
+        context = {"collection": collection, "item": refused, "error": exc.message}
+        return render(request, "gallery/_collection_item_note.html", context, status=exc.status)
+    if not request.headers.get("HX-Request"):
+        messages.success(request, f"Saved the note on {image_name(item.image)}.")
+        return redirect(reverse("collection", args=[collection_id]) + f"#item-{image_id}")
+    context = {"collection": collection, "item": item, "saved": True}
+    return render(request, "gallery/_collection_item_note.html", context)
+
+
+def _items_answer(
+    request: HttpRequest,
+    collection: Collection,
+    message: str,
+    *,
+    status: int = 200,
+    anchor: int | None = None,
+    focus: int | None = None,
+) -> HttpResponse:
+    """After a move or a removal: htmx gets the items again (in their new order) and the
+    message in the page's status line; a plain form gets a redirect back with the message."""
+    if not request.headers.get("HX-Request"):
+        (messages.success if status == 200 else messages.error)(request, message)
+        fragment = f"#item-{anchor}" if anchor else ""
+        return redirect(reverse("collection", args=[collection.pk]) + fragment)
+    context = _collection_context(request, collection, status_message=message, focus=focus)
+    return render(request, "gallery/_collection_items.html", context, status=status)
+
+
+@login_required
+@require_http_methods(["POST"])
+def collection_item_move_view(
+    request: HttpRequest, collection_id: int, image_id: int
+) -> HttpResponse:
+    """Move an item one place earlier or later in the owner's order."""
+    collection = _owned_collection(request, collection_id)
+    form = CollectionItemMoveForm(request.POST)
+    if not form.is_valid():
+        return _items_answer(request, collection, form_error_message(form), status=400)
+    try:
+        move = collection_item_move(
+            user=request.user,
+            collection_id=collection_id,
+            image_id=image_id,
+            direction=form.cleaned_data["direction"],
+            expected_index=form.cleaned_data["index"],
+        )
+    except ApplicationError as exc:
+        if exc.status == 404:
+            raise Http404("No such image in this collection.") from exc
+        return _items_answer(request, collection, exc.message, status=exc.status)
+    if move.moved:
+        message = f"Moved to place {move.index} of {move.total}."
+    elif form.cleaned_data["index"] not in (None, move.index):
+        message = "The order had changed meanwhile; this is the order now."
+    else:
+        message = f"Already {'first' if move.index == 1 else 'last'}."
+    return _items_answer(request, collection, message, anchor=image_id)
+
+
+@login_required
+@require_http_methods(["POST"])
+def collection_item_remove_view(
+    request: HttpRequest, collection_id: int, image_id: int
+) -> HttpResponse:
+    """Take an image out of the collection (the image itself stays). Repeating it is harmless."""
+    collection = _owned_collection(request, collection_id)
+    shown = list(collection_items_visible(collection=collection, user=request.user))
+    names = {item.image_id: image_name(item.image) for item in shown}
+    removed = collection_item_remove(
+        user=request.user, collection_id=collection_id, image_id=image_id
+    )
+    if not removed:
+        return _items_answer(request, collection, "That image is no longer in this collection.")
+    # Focus moves on to the next card (the one before, for the last), not to the page's top.
+    ids = list(names)
+    rest = [i for i in ids if i != image_id]
+    after = ids.index(image_id) if image_id in ids else 0
+    focus = rest[min(after, len(rest) - 1)] if rest else None
+    name = names.get(image_id, "The image")
+    return _items_answer(request, collection, f"Removed {name} from this collection.", focus=focus)

@@ -12,6 +12,7 @@ from django.views.decorators.http import require_http_methods
 from config.errors import ApplicationError
 from config.views import error_response
 from gallery.forms import (
+    ImageDetailsForm,
     ImageVisibilityForm,
     UploadForm,
     form_error_message,
@@ -19,16 +20,18 @@ from gallery.forms import (
 from gallery.models import Image
 from gallery.selectors import (
     image_collections_visible,
+    image_get_owned,
     images_visible_to,
 )
 from gallery.services import (
     THUMBNAIL_SIZES,
     image_delete,
+    image_details_update,
     image_thumbnail_path,
     image_upload,
     image_visibility_set,
 )
-from gallery.views._common import visible_image
+from gallery.views._common import NO_SUCH_IMAGE, visible_image
 from search.selectors import (
     embedding_model_default_unavailable,
     image_index_status,
@@ -38,7 +41,16 @@ from search.selectors import (
 
 def image_detail(request: HttpRequest, image_id: int) -> HttpResponse:
     """The image large, its details and index status, similar images, owner controls."""
-    image = visible_image(request, image_id)
+    return _image_page(request, visible_image(request, image_id))
+
+
+def _image_page(
+    request: HttpRequest,
+    image: Image,
+    *,
+    details_form: ImageDetailsForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
     is_owner = request.user.is_authenticated and image.owner_id == request.user.pk
     try:
         similar = images_similar(user=request.user, image_id=image.pk, k=12).hits
@@ -55,13 +67,19 @@ def image_detail(request: HttpRequest, image_id: int) -> HttpResponse:
         "similar": similar,
         "similar_error": similar_error,
         "visibilities": Image.Visibility.choices,
+        "details_form": details_form or _details_form(image),
+        "editing": details_form is not None,  # refused: the form open again, with the reasons
         # Previous / next in browse order (newest first), for the arrow keys.
         "newer": visible.filter(created_at__gt=image.created_at).order_by("created_at", "id")
         .values_list("pk", flat=True).first(),
         "older": visible.filter(created_at__lt=image.created_at).order_by("-created_at", "-id")
         .values_list("pk", flat=True).first(),
     }  # fmt: skip
-    return render(request, "gallery/image.html", context)
+    return render(request, "gallery/image.html", context, status=status)
+
+
+def _details_form(image: Image) -> ImageDetailsForm:
+    return ImageDetailsForm(initial={"title": image.title, "description": image.description})
 
 
 def image_status(request: HttpRequest, image_id: int) -> JsonResponse:
@@ -101,6 +119,42 @@ def image_visibility(request: HttpRequest, image_id: int) -> HttpResponse:
         return render(request, "gallery/_visibility.html", context)
     messages.success(request, f"{image} is now {image.get_visibility_display().lower()}.")
     return redirect("image", image_id=image_id)
+
+
+@login_required
+@require_http_methods(["POST"])
+def image_details(request: HttpRequest, image_id: int) -> HttpResponse:
+    """The owner sets the title and description: in place with htmx, else POST and redirect.
+    Anyone else gets the 404 of a missing image."""
+    image = image_get_owned(user=request.user, image_id=image_id)
+    if image is None:
+        raise Http404(NO_SUCH_IMAGE)
+    form = ImageDetailsForm(request.POST)
+    status = 400
+    if form.is_valid():
+        try:
+            image = image_details_update(user=request.user, image_id=image_id, **form.cleaned_data)
+        except ApplicationError as exc:
+            form.add_error(None, exc.message)
+            status = exc.status
+        else:
+            status = 200
+    htmx = bool(request.headers.get("HX-Request"))
+    if status == 200 and not htmx:
+        messages.success(request, "Saved the title and description.")
+        return redirect("image", image_id=image_id)
+    if status != 200 and not htmx:
+        return _image_page(request, image, details_form=form, status=status)
+    context = {
+        "image": image,
+        "captions": list(image.captions.all()),
+        "is_owner": True,
+        # Refused: the form again, open, with the input and why; saved: the new heading.
+        "details_form": form if status != 200 else _details_form(image),
+        "editing": status != 200,
+        "saved": status == 200,
+    }
+    return render(request, "gallery/_image_details.html", context, status=status)
 
 
 @login_required

@@ -3,6 +3,7 @@ message they give, are the API's too (``search.selectors``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -22,6 +23,8 @@ from search.forms import ImageQueryForm, SearchForm
 from search.models import EmbeddingModel
 from search.query_images import QueryImage, query_image_recall, query_image_remember
 from search.selectors import (
+    MAX_K,
+    MAX_OFFSET,
     SearchFilters,
     SearchPage,
     embedding_progress,
@@ -77,10 +80,14 @@ def embedding_progress_json(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"models": models})
 
 
+# A search page's "run": one page of results; keyword overrides (k, offset) fetch another.
+Run = Callable[..., SearchPage]
+
+
 def _render_results(
     request: HttpRequest,
     form: SearchForm,
-    run: Callable[[], SearchPage],
+    run: Run,
     *,
     title: str = "Search",
     more_params: dict[str, str] | None = None,
@@ -90,8 +97,11 @@ def _render_results(
     """Render the search page with what ``run`` finds; an ``ApplicationError`` it raises is
     shown on the page with its HTTP status (the pages' one mapping of errors to HTTP).
 
-    An htmx "load more" request gets only the next cards and the next "load more" button.
+    An htmx "load more" request gets only the next cards and the next "load more" button, and
+    replaces the address with one that shows every result so far (``shown``): the back
+    button, a reload or a copied link then bring back the whole list, not its first page.
     """
+    partial = bool(request.headers.get("HX-Request"))
     context: dict[str, object] = {
         "form": form,
         "image_form": ImageQueryForm(),
@@ -100,8 +110,13 @@ def _render_results(
         "query_model": request.GET.get("model", ""),
         "query_image": query_image,
     }
+    page_size = 0
     try:
-        page = run()
+        # A POST (search by image) answers with a redirect to its GET URL; never page it.
+        shown = _shown(request) if request.method == "GET" and not partial else None
+        first = run()
+        page_size = first.k
+        page = _results_up_to(run, first, shown) if shown else first
     except ApplicationError as exc:
         context["error"] = exc.message
         status = exc.status
@@ -109,19 +124,53 @@ def _render_results(
         context["page"] = page
         context["best"] = _best_score(request, page)
         context["sort_links"] = _sort_links(request, page)
-        if request.user.is_authenticated and not request.headers.get("HX-Request"):
+        if request.user.is_authenticated and not partial:
             # For the selection bar's "save to" menu.
             context["selection_collections"] = list(collections_of(user=request.user))
         if page.next_offset is not None:
-            params = {**(more_params or {}), "model": page.model_id, "k": str(page.k)}
+            params = {**(more_params or {}), "model": page.model_id, "k": str(page_size)}
             params.update(offset=str(page.next_offset), best=f"{context['best']:.6f}")
             for name in ("source", "sort"):
                 value = form.data.get(name) if form.is_bound else None
                 if value:
                     params[name] = value
             context["more_url"] = f"{request.path}?{urlencode(params)}"
-    template = "search/_hits.html" if request.headers.get("HX-Request") else "search/search.html"
-    return render(request, template, context, status=status)
+            # Without JavaScript the link opens the whole list so far plus the next page.
+            context["more_page_url"] = _shown_url(request, page.next_offset + page_size)
+    template = "search/_hits.html" if partial else "search/search.html"
+    response = render(request, template, context, status=status)
+    if partial and "page" in context:
+        response["HX-Replace-Url"] = _shown_url(request, page.offset + len(page.hits))
+    return response
+
+
+def _shown(request: HttpRequest) -> int | None:
+    """The ``shown`` parameter: list at least this many results from the page's offset."""
+    raw = request.GET.get("shown", "")
+    if not raw:
+        return None
+    limit = MAX_OFFSET + MAX_K
+    if not raw.isdigit() or not 1 <= int(raw) <= limit:
+        raise InvalidInput(f"shown must be a number of results between 1 and {limit}")
+    return int(raw)
+
+
+def _results_up_to(run: Run, first: SearchPage, shown: int) -> SearchPage:
+    """``first`` followed by the next pages (at most MAX_K results each) until ``shown``
+    results are listed: exactly the cards "More results" had appended."""
+    hits, last = list(first.hits), first
+    while len(hits) < shown and last.next_offset is not None and last.hits:
+        last = run(offset=first.offset + len(hits), k=min(MAX_K, shown - len(hits)))
+        hits.extend(last.hits)
+    # k is the number listed, so that next_offset is where "More results" goes on from.
+    return dataclasses.replace(first, hits=hits, k=len(hits), has_more=last.has_more)
+
+
+def _shown_url(request: HttpRequest, shown: int) -> str:
+    """This search from its start with ``shown`` results listed (no offset, no carried best:
+    the first page's best is the scale again)."""
+    params = {k: v for k, v in request.GET.items() if k not in {"offset", "best", "shown"}}
+    return f"{request.path}?{urlencode({**params, 'shown': str(shown)})}"
 
 
 def _best_score(request: HttpRequest, page: SearchPage) -> float:
@@ -140,7 +189,7 @@ def _best_score(request: HttpRequest, page: SearchPage) -> float:
 
 def _sort_links(request: HttpRequest, page: SearchPage) -> list[tuple[str, str, bool]]:
     """(label, URL, current) for "Sort: relevance | newest": the same query from its start."""
-    params = {k: v for k, v in request.GET.items() if k not in {"sort", "offset", "best"}}
+    params = {k: v for k, v in request.GET.items() if k not in {"sort", "offset", "best", "shown"}}
     links = []
     for value, label in (("relevance", "relevance"), ("date", "newest")):
         query = urlencode({**params, "sort": value} if value != "relevance" else params)
@@ -182,8 +231,8 @@ def search_page(request: HttpRequest) -> HttpResponse:
             },
         )
 
-    def run() -> SearchPage:
-        args = _page_args(form)
+    def run(**page: int) -> SearchPage:
+        args = {**_page_args(form), **page}
         return images_search_by_text(user=request.user, text=form.cleaned_data.get("q"), **args)
 
     return _render_results(request, form, run, more_params={"q": request.GET["q"]})
@@ -197,13 +246,13 @@ def search_by_image_page(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         query = query_image_recall(key=request.GET.get("key", ""))
 
-        def run_kept() -> SearchPage:
+        def run_kept(**page: int) -> SearchPage:
             if query is None:
                 raise NotFound(
                     "This image search has expired (they are kept for a day). "
                     "Choose the image again to search with it."
                 )
-            args = _page_args(form)
+            args = {**_page_args(form), **page}
             args["model_id"] = query.model_id  # the kept vector is this model's
             return images_search_by_vector(user=request.user, vector=query.vector, **args)
 
@@ -217,8 +266,8 @@ def search_by_image_page(request: HttpRequest) -> HttpResponse:
     image_search_rate_check(request)
     kept: list[QueryImage] = []
 
-    def run() -> SearchPage:
-        args = _page_args(form)
+    def run(**page: int) -> SearchPage:
+        args = {**_page_args(form), **page}
         if not image_form.is_valid():
             raise InvalidInput("choose an image file to search with")
         model_id, vector, picture = image_query_embed(
@@ -243,7 +292,7 @@ def search_by_image_page(request: HttpRequest) -> HttpResponse:
 def similar_page(request: HttpRequest, image_id: int) -> HttpResponse:
     form = SearchForm(request.GET)
 
-    def run() -> SearchPage:
-        return images_similar(user=request.user, image_id=image_id, **_page_args(form))
+    def run(**page: int) -> SearchPage:
+        return images_similar(user=request.user, image_id=image_id, **{**_page_args(form), **page})
 
     return _render_results(request, form, run, title="Similar images")

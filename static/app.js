@@ -150,9 +150,11 @@
 
   // Selection mode: a checkbox per card (signed in), shift-click ticks a range, and a bar that
   // saves the selection to a collection or deletes it, one POST each. The checkboxes belong to
-  // the bar's form (form="selection"), so the form's data carries the selected ids.
+  // the bar's form (form="selection"), which works without this script (a plain post and a
+  // redirect back); here the bar shows only while something is ticked and answers in place.
   function selectionInit(bar) {
     var last = null;
+    bar.querySelector("[data-selection-summary]").innerHTML = "<span data-selection-count>0</span> selected";
     var count = bar.querySelector("[data-selection-count]");
     var message = bar.querySelector("[data-selection-message]");
     var remove = bar.querySelector("[data-selection-delete]");
@@ -201,9 +203,7 @@
         .catch(function () { message.className = "selection-message error"; message.textContent = "the connection was lost; try again"; })
         .then(function () { button.disabled = false; refresh(); });
     }
-    bar.addEventListener("submit", function (event) {
-      event.preventDefault();
-      var button = bar.querySelector("button[type=submit]");
+    function save(button) {
       send(bar.action, new FormData(bar), button, function (answer) {
         var select = bar.querySelector("select[name=collection_id]");
         var name = bar.querySelector("[name=new_name]");
@@ -216,30 +216,38 @@
         link.textContent = "open";
         message.append(" ", link);
       });
-    });
-    remove.addEventListener("click", function () {
+    }
+    function removeChosen() {
       var picked = chosen();
       if (!window.confirm("Delete " + picked.length + " image" + (picked.length === 1 ? "" : "s") + "? This cannot be undone.")) return;
       var data = new FormData();
       data.append("csrfmiddlewaretoken", bar.querySelector("[name=csrfmiddlewaretoken]").value);
       picked.forEach(function (b) { data.append("image_id", b.value); });
-      send(remove.getAttribute("data-selection-delete"), data, remove, function (answer) {
+      send(remove.formAction, data, remove, function (answer) {
         answer.deleted.forEach(function (id) {
           var card = document.querySelector(".result[data-image-id='" + id + "']");
           if (card) card.remove();
         });
       });
-    });
-    function clear() {
-      boxes().forEach(function (b) { b.checked = false; });
-      message.textContent = "";
-      refresh();
     }
-    bar.querySelector("[data-selection-clear]").addEventListener("click", clear);
+    bar.addEventListener("submit", function (event) {
+      event.preventDefault();
+      // Enter in the name field submits with the first button, Save.
+      if (event.submitter === remove) removeChosen();
+      else save(bar.querySelector("button[type=submit]"));
+    });
+    // Clear is the form's reset button; the boxes are unticked once the reset has run.
+    bar.addEventListener("reset", function () {
+      message.textContent = "";
+      setTimeout(refresh, 0);
+    });
     // Escape leaves selection mode (after closing a picker, which the handler above does).
     document.addEventListener("keydown", function (event) {
-      if (event.key === "Escape" && document.body.classList.contains("selecting")) clear();
+      if (event.key === "Escape" && document.body.classList.contains("selecting")) bar.reset();
     });
+    bar.setAttribute("data-enhanced", "");
+    // Boxes the browser ticked again on back/forward show the bar at once.
+    refresh();
   }
 
   document.addEventListener("DOMContentLoaded", function () {

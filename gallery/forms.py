@@ -239,6 +239,9 @@ class BrowseForm(forms.Form):
         required=False, choices=[(v, v) for v in ("all", "mine", "dataset", "public")]
     )
     page = forms.IntegerField(required=False, min_value=1, max_value=100_000)
+    # Pages 1..pages at once: the address "Older images" leaves behind, so back, reload or a
+    # copied link show everything that was on screen. Bounded: one page is 60 rows.
+    pages = forms.IntegerField(required=False, min_value=1, max_value=50)
 
 
 # --- Accounts

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -18,19 +20,33 @@ BROWSE_PAGE_SIZE = 60
 
 
 def home(request: HttpRequest) -> HttpResponse:
-    """Browse: the images this person may see, newest first, grouped by day, a page at a time
-    (htmx appends the next page in place; without JS it is an ordinary link)."""
+    """Browse: the images this person may see, newest first, grouped by day, a page at a time.
+
+    htmx appends the next page in place and replaces the address with one that lists every page
+    so far (``pages``), so back, reload and a copied link show the same grid; without JS
+    "Older images" opens that address (everything so far plus the next page).
+    """
     form = BrowseForm(request.GET)
     data = form.cleaned_data if form.is_valid() else {}
     show = data.get("show") or "all"
-    paginator = Paginator(images_browse(user=request.user, show=show), BROWSE_PAGE_SIZE)
-    page = paginator.get_page(data.get("page") or 1)
+    images = images_browse(user=request.user, show=show)
+    partial = bool(request.headers.get("HX-Request"))
+    pages = data.get("pages") if not partial and not data.get("page") else None
+    if pages:
+        page = Paginator(images, BROWSE_PAGE_SIZE * pages).get_page(1)
+        last = pages
+    else:
+        page = Paginator(images, BROWSE_PAGE_SIZE).get_page(data.get("page") or 1)
+        last = page.number
     context = {
         "page": page, "show": show, "filters": _browse_filters(request),
+        "next_page": last + 1 if page.has_next() else None,
         "selection_collections": selection_collections(request),
     }  # fmt: skip
-    if request.headers.get("HX-Request"):
-        return render(request, "gallery/_browse_page.html", context)
+    if partial:
+        response = render(request, "gallery/_browse_page.html", context)
+        response["HX-Replace-Url"] = f"{request.path}?{urlencode({'show': show, 'pages': last})}"
+        return response
     return render(request, "gallery/home.html", context)
 
 

@@ -153,8 +153,14 @@ def test_browse_filters_and_pages() -> None:
     everything = client.get("/").content.decode()
     assert everything.count('class="result card"') == 60 and "page=2" in everything
     assert "someone-elses.jpg" not in everything
-    older = client.get("/", {"page": 2}, **HX).content.decode()
-    assert older.count('class="result card"') == 2 and "<html" not in older
+    older = client.get("/", {"page": 2}, **HX)
+    assert older.content.decode().count('class="result card"') == 2
+    assert "<html" not in older.content.decode() and "Older images" not in older.content.decode()
+    # The address htmx leaves behind lists both pages, so back and reload show all 62.
+    assert older["HX-Replace-Url"] == "/?show=all&pages=2"
+    both = client.get(older["HX-Replace-Url"]).content.decode()
+    assert both.count('class="result card"') == 62 and "Older images" not in both
+    assert client.get("/", {"pages": 999}).status_code == 200  # out of range: the first page
     only_mine = client.get("/", {"show": "mine"}).content.decode()
     assert only_mine.count('class="result card"') == 1 and "mine.jpg" in only_mine
     dataset = client.get("/", {"show": "dataset"}).content.decode()

@@ -119,15 +119,33 @@ def image_collections_visible(
     return collections_visible_to(user=user).filter(items__image=image).distinct()
 
 
-def collection_covers(*, collections: list[Collection], per_collection: int = 4) -> dict[int, list]:
-    """Up to ``per_collection`` image ids per collection, newest items first, for cover mosaics
-    on the owner's list (the owner may see every image in their own collections)."""
+def collection_covers(
+    *, collections: list[Collection], per_collection: int = 4, public_only: bool = False
+) -> dict[int, list]:
+    """Up to ``per_collection`` image ids per collection, in the collection's own order, for
+    cover mosaics. The owner's list shows every image; ``public_only`` (lists other people see)
+    leaves out the owners' private uploads."""
     covers: dict[int, list] = {collection.pk: [] for collection in collections}
-    items = CollectionItem.objects.filter(collection__in=collections).order_by("-added_at", "-id")
+    items = CollectionItem.objects.filter(collection__in=collections)
+    if public_only:
+        items = items.filter(image__visibility=Image.Visibility.PUBLIC)
     for collection_id, image_id in items.values_list("collection_id", "image_id").iterator():
         if len(covers[collection_id]) < per_collection:
             covers[collection_id].append(image_id)
     return covers
+
+
+def collections_public() -> QuerySet[Collection]:
+    """Everyone's public collections that show at least one image to anybody, most recently
+    changed first, each with its owner and its count of public images (what others see)."""
+    public_items = Count("items", filter=Q(items__image__visibility=Image.Visibility.PUBLIC))
+    return (
+        Collection.objects.filter(visibility=Collection.Visibility.PUBLIC)
+        .select_related("owner")
+        .annotate(item_total=public_items)
+        .filter(item_total__gt=0)
+        .order_by("-updated_at", "-id")
+    )
 
 
 def collection_items_hidden(*, collection: Collection) -> QuerySet[CollectionItem]:

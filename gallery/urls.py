@@ -21,6 +21,7 @@ urlpatterns = [
     path("accounts/signup/", accounts.signup, name="signup"),
     path("accounts/tokens/", accounts.api_tokens, name="api-tokens"),
     path("collections/", collections.collections_index, name="collections"),
+    path("collections/public/", collections.collections_public_index, name="collections-public"),
     path("collections/add", collections.collection_add, name="collection-add"),
     path("collections/<int:collection_id>/", collections.collection_detail, name="collection"),
     path(

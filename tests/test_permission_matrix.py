@@ -39,6 +39,7 @@ EXPECTED: dict[str, tuple[int, int, int, int]] = {
     "account": (LOGIN, 200, 200, 200),  # each user's own things (tests/gallery/test_account.py)
     "api-tokens": (LOGIN, 200, 200, 200),
     "collections": (LOGIN, 200, 200, 200),
+    "collections-public": (200, 200, 200, 200),  # only public images (test_collections_public)
     "collection-add": (LOGIN, 405, 405, 405),
     "collection": (404, 200, 404, 404),
     "collection-edit": (LOGIN, 405, 405, 405),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -27,6 +28,7 @@ from gallery.selectors import (
     collection_items_hidden,
     collection_items_visible,
     collections_of,
+    collections_public,
 )
 from gallery.services import (
     collection_create,
@@ -65,6 +67,23 @@ def _render_collections(request: HttpRequest, *, status: int = 200) -> HttpRespo
         "gallery/collections.html",
         {"collections": collections},
         status=status,
+    )
+
+
+PUBLIC_COLLECTIONS_PAGE_SIZE = 48
+
+
+@require_http_methods(["GET"])
+def collections_public_index(request: HttpRequest) -> HttpResponse:
+    """Everyone's public collections, a page at a time; covers show only public images."""
+    paginator = Paginator(collections_public(), PUBLIC_COLLECTIONS_PAGE_SIZE)
+    page = paginator.get_page(request.GET.get("page"))
+    collections = list(page.object_list)
+    covers = collection_covers(collections=collections, public_only=True)
+    for collection in collections:
+        collection.cover_ids = covers[collection.pk]
+    return render(
+        request, "gallery/collections_public.html", {"collections": collections, "page": page}
     )
 
 

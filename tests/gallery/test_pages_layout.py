@@ -52,6 +52,9 @@ def site(live_server, tiny_models) -> dict:
     shared = CollectionFactory(owner=owner, name="Beach trip", visibility="unlisted")
     CollectionItemFactory(collection=shared, image=mine, query="dog")
     CollectionItemFactory(collection=shared, image=photos[0], query="beach")
+    sunsets = CollectionFactory(owner=UserFactory(), name="Sunsets", visibility="public")
+    for photo in photos[1:4]:
+        CollectionItemFactory(collection=sunsets, image=photo)
     ids = [image.pk for image in [*photos, mine]]
     vectors = np.random.default_rng(3).normal(size=(len(ids), 512))
     embeddings_store(model_id=CLIP, image_ids=ids, vectors=vectors)
@@ -101,6 +104,7 @@ def test_every_page_fits_the_screen_and_passes_axe(
             "signup": "/accounts/signup/",
             "shared-collection": f"/c/{site['collection'].share_token}/",
             "search-empty": "/search/",
+            "public-collections": "/collections/public/",
             "password-reset": "/accounts/password_reset/",
             "password-reset-done": "/accounts/password_reset/done/",
             "password-reset-bad-link": "/accounts/reset/MQ/no-such-token/",
@@ -118,6 +122,7 @@ def test_every_page_fits_the_screen_and_passes_axe(
             "image-dataset": f"/images/{first}/",
             "upload": "/upload/",
             "collections": "/collections/",
+            "public-collections-signed-in": "/collections/public/",
             "collection": f"/collections/{site['collection'].pk}/",
             "tokens": "/accounts/tokens/",
             "account": "/accounts/",
@@ -143,4 +148,4 @@ def test_every_page_fits_the_screen_and_passes_axe(
         page.locator("img.query-preview").wait_for()
         check(page, "search-image" + suffix, size)
         context.close()
-    assert Image.objects.count() == 11 and Collection.objects.count() == 1
+    assert Image.objects.count() == 11 and Collection.objects.count() == 2

@@ -115,7 +115,13 @@ def dataset_load(size: int, *, clusters: int, seed: int, matrix: np.ndarray) -> 
     from django.db import connection
 
     from gallery.models import Image
-    from search.indexes import HNSW_BUILD_MEMORY, embedding_indexes_ensure, hnsw_index_name
+    from search.indexes import (
+        HNSW_EF_CONSTRUCTION,
+        HNSW_M,
+        embedding_indexes_ensure,
+        hnsw_build_memory,
+        hnsw_index_name,
+    )
     from search.models import ImageEmbedding
 
     images = Image._meta.db_table
@@ -147,8 +153,8 @@ def dataset_load(size: int, *, clusters: int, seed: int, matrix: np.ndarray) -> 
     vacuum_seconds = time.perf_counter() - started
 
     with connection.cursor() as cursor:
-        # No maintenance_work_mem here: embedding_indexes_ensure sets its own
-        # (search.indexes.HNSW_BUILD_MEMORY), so the build is timed as the product builds it.
+        # No maintenance_work_mem here: embedding_indexes_ensure sizes its own to the graph
+        # (search.indexes.hnsw_build_memory), so the build is timed as the product builds it.
         cursor.execute("SET max_parallel_maintenance_workers = 1")  # leader + 1 = 2 cores
         started = time.perf_counter()
         embedding_indexes_ensure(model_ids=[MODEL_ID])
@@ -159,8 +165,9 @@ def dataset_load(size: int, *, clusters: int, seed: int, matrix: np.ndarray) -> 
     return [
         f"COPY {size:,} images + embeddings: {copy_seconds:.0f} s "
         f"(images {images_seconds:.0f} s); VACUUM ANALYZE {vacuum_seconds:.0f} s",
-        f"HNSW build (m=16, ef_construction=64, maintenance_work_mem={HNSW_BUILD_MEMORY} "
-        "(search.indexes.HNSW_BUILD_MEMORY), "
+        f"HNSW build (m={HNSW_M}, ef_construction={HNSW_EF_CONSTRUCTION}, maintenance_work_mem="
+        f"{hnsw_build_memory(rows=size, dim=512) / 2**20:,.0f}MB "
+        "(search.indexes.hnsw_build_memory), "
         f"max_parallel_maintenance_workers=1): {build_seconds:.1f} s",
     ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -11,7 +12,7 @@ from django.db.utils import DataError
 
 from encoders.registry import MODELS
 from gallery.models import Image
-from search.indexes import hnsw_index_name
+from search.indexes import embedding_indexes_ensure, hnsw_build_memory, hnsw_index_name
 from search.models import EmbeddingJob, ImageEmbedding
 from search.selectors import embeddings_nearest
 from search.services import EmbeddingDimensionError, embeddings_store
@@ -44,6 +45,35 @@ def test_each_model_has_a_partial_hnsw_index(model_id: str) -> None:
     assert f"vector({MODELS[model_id].dim})" in definition
     assert "vector_cosine_ops" in definition
     assert f"'{model_id}'" in definition
+    assert "m='32'" in definition and "ef_construction='128'" in definition
+
+
+def test_an_index_of_older_graph_parameters_is_replaced_on_migrate() -> None:
+    """A site upgraded from m=16 indexes (named without the graph tag) gets the new index and
+    loses the old one; another model's index is untouched."""
+    clip, other = "clip-vit-base-patch32", "align-base"
+    old = "search_emb_hnsw_clip_vit_base_patch32"
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP INDEX "{hnsw_index_name(clip)}"')
+        cursor.execute(
+            f'CREATE INDEX "{old}" ON search_imageembedding USING hnsw '
+            "((vector::vector(512)) vector_cosine_ops) WHERE model_id = %s",
+            [clip],
+        )
+        embedding_indexes_ensure(model_ids=[clip])
+        cursor.execute("SELECT indexname FROM pg_indexes WHERE indexname LIKE 'search_emb_hnsw%%'")
+        names = {row[0] for row in cursor.fetchall()}
+    assert old not in names
+    assert {hnsw_index_name(clip), hnsw_index_name(other)} <= names
+
+
+def test_build_memory_holds_the_graph_within_a_share_of_memory() -> None:
+    small = hnsw_build_memory(rows=1_000, dim=512)
+    million = hnsw_build_memory(rows=1_000_000, dim=512)
+    assert small == 64 * 2**20  # the floor
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert million == min(int(1_000_000 * (2048 + 512 + 128) * 1.25), physical // 2)
+    assert million > 2**30  # more than the old fixed 1GB, which a 1M graph overflowed
 
 
 def plan_of(queryset: object) -> str:

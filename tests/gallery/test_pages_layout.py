@@ -28,7 +28,8 @@ from tests.factories import (
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
+# 360 px: the narrowest phones in use (the issue asks for "usable at 360 px wide").
+SIZES = {"desktop": (1280, 800), "phone": (390, 844), "small-phone": (360, 740)}
 CLIP = "clip-vit-base-patch32"
 AXE = Axe()
 

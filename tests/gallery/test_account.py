@@ -4,12 +4,8 @@ test client, and over real HTTP against a live server with the CSRF check a brow
 
 from __future__ import annotations
 
-import http.cookiejar
 import re
 import runpy
-import urllib.error
-import urllib.parse
-import urllib.request
 
 import numpy as np
 import pytest
@@ -23,17 +19,12 @@ from playwright.sync_api import Page, expect
 from gallery.services import api_token_create
 from search.models import EmbeddingJob
 from search.services import embeddings_store
+from tests.clients import HttpSession, signed_in
 from tests.factories import PASSWORD, CollectionFactory, ImageFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 CLIP = "clip-vit-base-patch32"
 NEW_PASSWORD = "a-brand-new-passphrase-7"
-
-
-def signed_in_client(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def can_sign_in(username: str, password: str) -> bool:
@@ -65,7 +56,7 @@ def test_the_account_page_shows_the_users_own_things_and_nobody_elses(tiny_model
     api_token_create(user=alice, name="alice phone")
     api_token_create(user=bob, name="bob server")
 
-    response = signed_in_client(alice).get("/accounts/")
+    response = signed_in(alice).get("/accounts/")
     assert response.status_code == 200
     page = response.content.decode()
     overview = response.context["overview"]
@@ -87,7 +78,7 @@ def test_the_account_page_shows_the_users_own_things_and_nobody_elses(tiny_model
 
 def test_the_account_page_costs_the_same_queries_for_many_uploads(tiny_models) -> None:
     user = UserFactory()
-    client = signed_in_client(user)
+    client = signed_in(user)
     ImageFactory(owner=user)
     with CaptureQueriesContext(connection) as few:
         client.get("/accounts/")
@@ -101,7 +92,7 @@ def test_the_account_page_costs_the_same_queries_for_many_uploads(tiny_models) -
 
 
 def test_the_menu_links_to_the_account_page() -> None:
-    page = signed_in_client(UserFactory()).get("/").content.decode()
+    page = signed_in(UserFactory()).get("/").content.decode()
     assert 'href="/accounts/">Account</a>' in page
 
 
@@ -110,7 +101,7 @@ def test_the_menu_links_to_the_account_page() -> None:
 
 def test_the_email_address_is_changed_with_the_current_password() -> None:
     user = UserFactory(email="old@example.com")
-    client = signed_in_client(user)
+    client = signed_in(user)
     response = client.post("/accounts/", {"email": "New@Example.COM", "password": PASSWORD})
     assert response.status_code == 302 and response["Location"] == "/accounts/"
     user.refresh_from_db()
@@ -125,7 +116,7 @@ def test_the_email_address_is_changed_with_the_current_password() -> None:
 
 def test_a_wrong_password_or_a_bad_address_changes_nothing() -> None:
     user = UserFactory(email="kept@example.com")
-    client = signed_in_client(user)
+    client = signed_in(user)
     response = client.post("/accounts/", {"email": "new@example.com", "password": "wrong"})
     assert response.status_code == 400
     assert "That is not your current password." in response.content.decode()
@@ -139,7 +130,7 @@ def test_a_wrong_password_or_a_bad_address_changes_nothing() -> None:
 def test_an_address_another_account_uses_is_refused_in_any_case() -> None:
     UserFactory(email="taken@example.com")
     user = UserFactory(email="mine@example.com")
-    response = signed_in_client(user).post(
+    response = signed_in(user).post(
         "/accounts/", {"email": "TAKEN@example.com", "password": PASSWORD}
     )
     assert response.status_code == 409
@@ -170,7 +161,7 @@ def test_sign_up_takes_an_optional_email_address_not_one_in_use() -> None:
 
 def test_a_password_change_replaces_the_old_password() -> None:
     user = UserFactory()
-    client = signed_in_client(user)
+    client = signed_in(user)
     assert client.get("/accounts/password_change/").status_code == 200
     response = client.post(
         "/accounts/password_change/",
@@ -185,7 +176,7 @@ def test_a_password_change_replaces_the_old_password() -> None:
 
 def test_a_password_change_needs_the_old_password() -> None:
     user = UserFactory()
-    response = signed_in_client(user).post(
+    response = signed_in(user).post(
         "/accounts/password_change/",
         {"old_password": "wrong", "new_password1": NEW_PASSWORD, "new_password2": NEW_PASSWORD},
     )
@@ -311,38 +302,9 @@ def test_mail_is_printed_unless_an_smtp_server_is_set(monkeypatch, settings) -> 
 # --- Over real HTTP ------------------------------------------------------------------------
 
 
-class Browser:
-    """urllib with a cookie jar: a client that keeps the session and CSRF cookies."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.opener = urllib.request.build_opener(
-            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
-        )
-
-    def open(self, path: str, form: dict[str, str] | None = None) -> tuple[int, str, str]:
-        """(status, final URL path, body), following redirects."""
-        data = urllib.parse.urlencode(form).encode() if form is not None else None
-        request = urllib.request.Request(self.base + path, data=data)
-        try:
-            with self.opener.open(request, timeout=60) as response:
-                final = urllib.parse.urlsplit(response.geturl()).path
-                return response.status, final, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, path, error.read().decode()
-
-    def post_form(self, path: str, fields: dict[str, str]) -> tuple[int, str, str]:
-        """GET the page, then POST its form with the CSRF token it carries."""
-        status, _, body = self.open(path)
-        assert status == 200, body
-        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', body)
-        assert token, body
-        return self.open(path, {"csrfmiddlewaretoken": token[1], **fields})
-
-
 def test_password_reset_over_http_with_the_csrf_check(live_server, transactional_db) -> None:
     user = UserFactory(email="remote@example.com")
-    browser = Browser(live_server.url)
+    browser = HttpSession(live_server.url)
 
     # Without the token the form is refused, so the check is really on.
     status, _, _ = browser.open("/accounts/password_reset/", {"email": "remote@example.com"})
@@ -361,7 +323,7 @@ def test_password_reset_over_http_with_the_csrf_check(live_server, transactional
     )
     assert (status, path) == (200, "/accounts/reset/done/")
 
-    fresh = Browser(live_server.url)
+    fresh = HttpSession(live_server.url)
     status, path, _ = fresh.post_form(
         "/accounts/login/", {"username": user.username, "password": PASSWORD}
     )

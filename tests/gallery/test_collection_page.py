@@ -16,17 +16,12 @@ from playwright.sync_api import Browser, expect
 from config.errors import InvalidInput, NotFound
 from gallery.models import Collection, CollectionItem, Image
 from gallery.services import collection_item_move, collection_item_note_set
+from tests.clients import signed_in
 from tests.factories import CollectionFactory, CollectionItemFactory, ImageFactory, UserFactory
 from tests.gallery.test_pages_layout import check, sign_in
 
 pytestmark = pytest.mark.django_db
 HX = {"HTTP_HX_REQUEST": "true"}
-
-
-def signed_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def url(name: str, collection: Collection, image: Image | None = None) -> str:

@@ -9,6 +9,7 @@ from django.test import Client
 from django.urls import reverse
 
 from gallery.views.collections import PUBLIC_COLLECTIONS_PAGE_SIZE
+from tests.clients import signed_in
 from tests.factories import CollectionFactory, CollectionItemFactory, ImageFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -35,7 +36,7 @@ def test_lists_public_collections_with_only_their_public_images() -> None:
     mine = CollectionFactory(owner=owner, name="Just mine")
     CollectionItemFactory(collection=mine, image=ImageFactory(dataset=True))
 
-    for client in (Client(), _signed_in(UserFactory()), _signed_in(owner)):
+    for client in (Client(), signed_in(UserFactory()), signed_in(owner)):
         response = client.get(URL)
         html = response.content.decode()
         assert response.status_code == 200
@@ -59,9 +60,3 @@ def test_pages_and_empty_state() -> None:
     second = Client().get(URL, {"page": 2}).content.decode()
     assert second.count('class="cover"') == 1
     assert Client().get(URL, {"page": "x"}).status_code == 200
-
-
-def _signed_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client

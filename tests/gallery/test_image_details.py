@@ -4,11 +4,7 @@ and used as the image's name and alt text wherever it is shown."""
 
 from __future__ import annotations
 
-import http.cookiejar
 import re
-import urllib.error
-import urllib.parse
-import urllib.request
 
 import numpy as np
 import pytest
@@ -19,16 +15,11 @@ from config.errors import InvalidInput, NotFound
 from gallery.models import Image
 from gallery.services import image_details_update
 from search.services import embeddings_store
+from tests.clients import HttpSession, signed_in
 from tests.factories import CollectionFactory, CollectionItemFactory, ImageFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 HX = {"HTTP_HX_REQUEST": "true"}
-
-
-def signed_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def details_url(image: Image) -> str:
@@ -199,42 +190,12 @@ def test_the_title_is_the_alt_text_and_name_everywhere(tiny_models) -> None:
 # --- Over real HTTP, with the CSRF check on ----------------------------------------------
 
 
-class Browser:
-    """urllib with a cookie jar: a client that keeps the session and CSRF cookies."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.opener = urllib.request.build_opener(
-            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
-        )
-
-    def open(
-        self, path: str, form: dict[str, str] | None = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, str, str]:
-        """(status, final URL path, body), following redirects."""
-        data = urllib.parse.urlencode(form).encode() if form is not None else None
-        request = urllib.request.Request(self.base + path, data=data, headers=headers or {})
-        try:
-            with self.opener.open(request, timeout=60) as response:
-                final = urllib.parse.urlsplit(response.geturl()).path
-                return response.status, final, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, path, error.read().decode()
-
-    def csrf_token(self, page: str) -> str:
-        status, _, body = self.open(page)
-        assert status == 200, body
-        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', body)
-        assert token, body
-        return token[1]
-
-
 def test_edit_over_http_with_the_csrf_check(live_server, transactional_db) -> None:
     from tests.factories import PASSWORD
 
     owner = UserFactory()
     image = ImageFactory(owner=owner)
-    browser = Browser(live_server.url)
+    browser = HttpSession(live_server.url)
     token = browser.csrf_token("/accounts/login/")
     status, path, _ = browser.open(
         "/accounts/login/",
@@ -269,7 +230,7 @@ def test_edit_over_http_with_the_csrf_check(live_server, transactional_db) -> No
 
     # Another signed-in user gets the 404 of a missing image.
     stranger = UserFactory()
-    other = Browser(live_server.url)
+    other = HttpSession(live_server.url)
     token = other.csrf_token("/accounts/login/")
     other.open(
         "/accounts/login/",

@@ -16,6 +16,7 @@ from gallery.models import CollectionItem, Image
 from gallery.services import THUMBNAIL_SIZES, image_thumbnail_path
 from search.models import ImageEmbedding
 from search.services import embeddings_store
+from tests.clients import signed_in
 from tests.factories import (
     CollectionFactory,
     CollectionItemFactory,
@@ -27,12 +28,6 @@ from tests.factories import (
 pytestmark = pytest.mark.django_db
 CLIP = "clip-vit-base-patch32"
 HX = {"HTTP_HX_REQUEST": "true"}
-
-
-def signed_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def test_image_page_shows_details_and_owner_controls_to_the_owner_only() -> None:

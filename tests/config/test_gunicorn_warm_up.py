@@ -52,3 +52,25 @@ def test_warm_up_really_loads_the_model(tiny_models) -> None:
     registry.clear_encoder_cache()
     gunicorn.post_worker_init(Worker())
     assert {key.model_id for key in registry._loaded} == {CLIP}
+
+
+def test_warm_up_runs_one_search_through_the_whole_stack(tiny_models, caplog) -> None:
+    """The worker's first real search must not pay for the URL resolver, the API schema, the
+    ORM's first queries or the index pages: one search runs before requests are taken."""
+    import numpy as np
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from search.services import embeddings_store
+    from tests.factories import ImageFactory
+
+    image = ImageFactory(dataset=True)
+    embeddings_store(model_id=CLIP, image_ids=[image.pk], vectors=np.ones((1, 512)))
+    with (
+        caplog.at_level(logging.INFO, logger="gunicorn-test"),
+        CaptureQueriesContext(connection) as queries,
+    ):
+        gunicorn.post_worker_init(Worker())
+    sql = [q["sql"] for q in queries]
+    assert any("<=>" in s and "search_imageembedding" in s for s in sql), [s[:120] for s in sql]
+    assert "request warm-up answered" not in caplog.text and "failed" not in caplog.text

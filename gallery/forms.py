@@ -9,8 +9,9 @@ from typing import Any
 
 from django import forms
 from django.conf import settings
-from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
+from django.contrib.auth.base_user import BaseUserManager
 from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.models import User
 from django.core.files.uploadedfile import UploadedFile
 from PIL import Image as PILImage
 
@@ -130,8 +131,9 @@ class _CollectionTargetForm(forms.Form):
         required=False, max_length=CollectionItem._meta.get_field("query").max_length
     )
 
-    def clean(self) -> dict[str, object]:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
         if not self.errors and not data.get("new_name") and data.get("collection_id") is None:
             raise forms.ValidationError(self.missing_target)
         return data
@@ -188,7 +190,7 @@ class TokenRevokeForm(forms.Form):
 def form_error_message(form: forms.Form) -> str:
     """The first error of a bound, invalid form as one line for a message."""
     field, errors = next(iter(form.errors.items()))
-    text = " ".join(errors)
+    text = " ".join(str(error) for error in errors)
     return text if field == "__all__" else f"{field.replace('_', ' ')}: {text}"
 
 
@@ -278,7 +280,7 @@ class EmailChangeForm(forms.Form):
         widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
     )
 
-    def __init__(self, *args: Any, user: AbstractBaseUser, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, user: User, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.user = user
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.base_user import AbstractBaseUser
-from django.contrib.auth.models import AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 
 from gallery.models import ApiToken, Collection, CollectionItem, Image
 from search.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
 
 
-def images_visible_to(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Image]:
+def images_visible_to(*, user: User | AnonymousUser) -> QuerySet[Image]:
     """Public images, plus the user's own private uploads when signed in."""
     visible = Q(visibility=Image.Visibility.PUBLIC)
     if user.is_authenticated:
@@ -21,11 +20,11 @@ def images_visible_to(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Ima
     return Image.objects.filter(visible)
 
 
-def image_get_visible(*, user: AbstractBaseUser | AnonymousUser, image_id: int) -> Image | None:
+def image_get_visible(*, user: User | AnonymousUser, image_id: int) -> Image | None:
     return images_visible_to(user=user).filter(pk=image_id).first()
 
 
-def image_get_owned(*, user: AbstractBaseUser | AnonymousUser, image_id: int) -> Image | None:
+def image_get_owned(*, user: User | AnonymousUser, image_id: int) -> Image | None:
     """One of ``user``'s uploads, the images whose details they may edit; None for anything
     else, so callers answer a missing image and someone else's alike."""
     if not user.is_authenticated:
@@ -33,7 +32,7 @@ def image_get_owned(*, user: AbstractBaseUser | AnonymousUser, image_id: int) ->
     return Image.objects.filter(pk=image_id, owner_id=user.pk, source=Image.Source.UPLOAD).first()
 
 
-def image_viewable_by(*, image: Image, user: AbstractBaseUser | AnonymousUser) -> bool:
+def image_viewable_by(*, image: Image, user: User | AnonymousUser) -> bool:
     """Whether ``user`` may see ``image`` on the site: a public one, or their own.
 
     Staff are no exception here, as the upload form promises; they moderate uploads through the
@@ -44,7 +43,7 @@ def image_viewable_by(*, image: Image, user: AbstractBaseUser | AnonymousUser) -
     return bool(user.is_authenticated and image.owner_id == user.pk)
 
 
-def collections_visible_to(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Collection]:
+def collections_visible_to(*, user: User | AnonymousUser) -> QuerySet[Collection]:
     visible = Q(visibility=Collection.Visibility.PUBLIC)
     if user.is_authenticated:
         visible |= Q(owner_id=user.pk)
@@ -59,17 +58,17 @@ def api_token_find(*, raw: str) -> ApiToken | None:
     return token
 
 
-def api_tokens_of(*, user: AbstractBaseUser) -> QuerySet[ApiToken]:
+def api_tokens_of(*, user: User) -> QuerySet[ApiToken]:
     return ApiToken.objects.filter(user=user)
 
 
-def collections_of(*, user: AbstractBaseUser) -> QuerySet[Collection]:
+def collections_of(*, user: User) -> QuerySet[Collection]:
     return Collection.objects.filter(owner=user).annotate(item_total=Count("items"))
 
 
 def collection_get_viewable(
     *,
-    user: AbstractBaseUser | AnonymousUser,
+    user: User | AnonymousUser,
     collection_id: int | None = None,
     share_token: str | None = None,
 ) -> Collection | None:
@@ -80,11 +79,13 @@ def collection_get_viewable(
             .exclude(visibility=Collection.Visibility.PRIVATE)
             .first()
         )
+    if collection_id is None:
+        return None
     return collections_visible_to(user=user).filter(pk=collection_id).first()
 
 
 def collection_items_visible(
-    *, collection: Collection, user: AbstractBaseUser | AnonymousUser
+    *, collection: Collection, user: User | AnonymousUser
 ) -> QuerySet[CollectionItem]:
     """The items whose images ``user`` may see: sharing a collection never shares its owner's
     private uploads."""
@@ -99,7 +100,7 @@ def collection_items_visible(
 BROWSE_FILTERS = ("all", "mine", "dataset", "public")
 
 
-def images_browse(*, user: AbstractBaseUser | AnonymousUser, show: str = "all") -> QuerySet[Image]:
+def images_browse(*, user: User | AnonymousUser, show: str = "all") -> QuerySet[Image]:
     """Images for the browse page, newest first: everything ``user`` may see ("all"), their
     own uploads ("mine"), the data set's photos ("dataset") or anyone's public images."""
     images = images_visible_to(user=user)
@@ -112,9 +113,7 @@ def images_browse(*, user: AbstractBaseUser | AnonymousUser, show: str = "all") 
     return images.order_by("-created_at", "-id").prefetch_related("captions")
 
 
-def image_collections_visible(
-    *, image: Image, user: AbstractBaseUser | AnonymousUser
-) -> QuerySet[Collection]:
+def image_collections_visible(*, image: Image, user: User | AnonymousUser) -> QuerySet[Collection]:
     """The collections holding ``image`` that ``user`` may open (their own and public ones)."""
     return collections_visible_to(user=user).filter(items__image=image).distinct()
 
@@ -159,7 +158,7 @@ def collection_items_hidden(*, collection: Collection) -> QuerySet[CollectionIte
 # --- The account page ------------------------------------------------------------------------
 
 
-def user_email_taken(*, email: str, exclude_user: AbstractBaseUser | None = None) -> bool:
+def user_email_taken(*, email: str, exclude_user: User | None = None) -> bool:
     """Whether an account (other than ``exclude_user``) uses ``email``, ignoring case: password
     reset mails every account with the address, so two accounts must not share one."""
     users = get_user_model().objects.filter(email__iexact=email)
@@ -190,7 +189,7 @@ ACCOUNT_NEWEST_UPLOADS = 6
 ACCOUNT_RECENT_COLLECTIONS = 5
 
 
-def account_overview(*, user: AbstractBaseUser) -> AccountOverview:
+def account_overview(*, user: User) -> AccountOverview:
     """The signed-in user's uploads, collections, tokens and index summary in a fixed number
     of queries, however many images they have."""
     uploads = Image.objects.filter(owner_id=user.pk)

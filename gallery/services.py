@@ -13,7 +13,8 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
+from django.contrib.auth.base_user import BaseUserManager
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
@@ -71,7 +72,7 @@ def image_thumbnail_path(*, image: Image, size: int) -> Path:
 
 
 def image_upload(
-    *, owner: AbstractBaseUser, file: UploadedFile, visibility: str = Image.Visibility.PRIVATE
+    *, owner: User, file: UploadedFile, visibility: str = Image.Visibility.PRIVATE
 ) -> Image:
     """Store an uploaded image for ``owner`` and queue its embedding once committed.
 
@@ -120,7 +121,7 @@ def image_upload(
     return image
 
 
-def _image_owned(*, user: AbstractBaseUser, image_id: int) -> Image:
+def _image_owned(*, user: User, image_id: int) -> Image:
     """One of ``user``'s uploads. Anything else (another person's image, a data-set photo, no
     such id) is the same NotFound, so the answer never tells whether a private image exists."""
     image = None
@@ -133,7 +134,7 @@ def _image_owned(*, user: AbstractBaseUser, image_id: int) -> Image:
     return image
 
 
-def image_visibility_set(*, user: AbstractBaseUser, image_id: int, visibility: str) -> Image:
+def image_visibility_set(*, user: User, image_id: int, visibility: str) -> Image:
     """Make one of ``user``'s uploads public or private."""
     if visibility not in Image.Visibility.values:
         raise InvalidInput(f"visibility must be one of {', '.join(Image.Visibility.values)}")
@@ -159,9 +160,7 @@ def _text_bounded(value: str, *, label: str, limit: int) -> str:
     return value
 
 
-def image_details_update(
-    *, user: AbstractBaseUser, image_id: int, title: str, description: str
-) -> Image:
+def image_details_update(*, user: User, image_id: int, title: str, description: str) -> Image:
     """Set the title (the name and alt text shown everywhere) and description of one of
     ``user``'s uploads; empty strings clear them. Anyone else gets the NotFound a missing image
     gets, so the refusal never tells whether someone's private image exists."""
@@ -174,7 +173,7 @@ def image_details_update(
     return image
 
 
-def image_delete(*, user: AbstractBaseUser, image_id: int) -> None:
+def image_delete(*, user: User, image_id: int) -> None:
     """Delete one of ``user``'s uploads: the row with its captions, embeddings, jobs and
     collection items (cascades), then, once committed, its file and thumbnails.
 
@@ -201,7 +200,7 @@ def _selection_ids(image_ids: Sequence[int]) -> list[int]:
     return ids
 
 
-def images_delete(*, user: AbstractBaseUser, image_ids: Sequence[int]) -> list[int]:
+def images_delete(*, user: User, image_ids: Sequence[int]) -> list[int]:
     """Delete several of ``user``'s uploads at once (selection mode), all or none.
 
     Every id is checked before anything is deleted: one that is not the user's upload (another
@@ -218,13 +217,16 @@ def images_delete(*, user: AbstractBaseUser, image_ids: Sequence[int]) -> list[i
         if len(files) != len(ids):
             raise NotFound("no such image among your uploads")
         owned.delete()
-        transaction.on_commit(
-            lambda: [_image_files_delete(name=name, sha256=sha256) for name, sha256 in files]
-        )
+
+        def files_delete() -> None:
+            for name, sha256 in files:
+                _image_files_delete(name=name, sha256=sha256)
+
+        transaction.on_commit(files_delete)
     return ids
 
 
-def _image_files_delete(*, name: str, sha256: str) -> None:
+def _image_files_delete(*, name: str | None, sha256: str) -> None:
     if Image.objects.filter(file=name).exists():
         return
     if name and default_storage.exists(name):
@@ -363,7 +365,7 @@ def images_embeddings_retry_failed(*, images: QuerySet[Image]) -> dict[str, int]
     return {model_id: count for model_id, count in retried.items() if count}
 
 
-def api_token_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiToken, str]:
+def api_token_create(*, user: User, name: str) -> tuple[ApiToken, str]:
     """Create a token for ``user``; returns the row and the token, which is not kept."""
     raw = secrets.token_urlsafe(32)
     token = ApiToken.objects.create(
@@ -379,7 +381,7 @@ def api_token_mark_used(*, token: ApiToken) -> None:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
 
 
-def api_token_revoke(*, user: AbstractBaseUser, token_id: int) -> bool:
+def api_token_revoke(*, user: User, token_id: int) -> bool:
     """Delete one of ``user``'s tokens; another user's token id does nothing."""
     deleted, _ = ApiToken.objects.filter(user=user, pk=token_id).delete()
     return bool(deleted)
@@ -388,7 +390,7 @@ def api_token_revoke(*, user: AbstractBaseUser, token_id: int) -> bool:
 EMAIL_MAX_LENGTH = 254  # the user table's column
 
 
-def user_email_set(*, user: AbstractBaseUser, email: str) -> str:
+def user_email_set(*, user: User, email: str) -> str:
     """Set ``user``'s e-mail address, where password-reset links go ("" removes it); returns
     the address as stored. Refuses one that is not an address, or that another account uses in
     any case: a reset would mail both accounts' links to it."""
@@ -403,13 +405,13 @@ def user_email_set(*, user: AbstractBaseUser, email: str) -> str:
         if user_email_taken(email=email, exclude_user=user):
             raise Conflict("Another account uses that e-mail address; give another one.")
     get_user_model().objects.filter(pk=user.pk).update(email=email)
-    user.email = email  # type: ignore[attr-defined]  # the configured user model has one
+    user.email = email
     return email
 
 
 def collection_create(
     *,
-    owner: AbstractBaseUser,
+    owner: User,
     name: str,
     description: str = "",
     visibility: str = Collection.Visibility.PRIVATE,
@@ -450,7 +452,7 @@ def _visibility_check(visibility: str) -> None:
 
 
 def collection_item_add(
-    *, user: AbstractBaseUser, collection_id: int, image_id: int, query: str = "", note: str = ""
+    *, user: User, collection_id: int, image_id: int, query: str = "", note: str = ""
 ) -> CollectionItem:
     """Save an image the user can see into one of the user's collections (once)."""
     from gallery.selectors import image_get_visible
@@ -469,7 +471,7 @@ def collection_item_add(
 
 
 def collection_items_add(
-    *, user: AbstractBaseUser, collection_id: int, image_ids: Sequence[int], query: str = ""
+    *, user: User, collection_id: int, image_ids: Sequence[int], query: str = ""
 ) -> tuple[Collection, int]:
     """Save several images into one of ``user``'s collections (selection mode), all or none:
     every image must be one the user can see (public, or their own), else NotFound and
@@ -498,7 +500,7 @@ def collection_items_add(
     return collection, len(new)
 
 
-def collection_item_remove(*, user: AbstractBaseUser, collection_id: int, image_id: int) -> bool:
+def collection_item_remove(*, user: User, collection_id: int, image_id: int) -> bool:
     deleted, _ = CollectionItem.objects.filter(
         collection__owner=user, collection_id=collection_id, image_id=image_id
     ).delete()
@@ -511,7 +513,7 @@ COLLECTION_NOTE_MAX = CollectionItem._meta.get_field("note").max_length or 2000
 
 def collection_update(
     *,
-    user: AbstractBaseUser,
+    user: User,
     collection_id: int,
     visibility: str | None = None,
     name: str | None = None,
@@ -546,9 +548,7 @@ def collection_update(
     return collection
 
 
-def _collection_item_owned(
-    *, user: AbstractBaseUser, collection_id: int, image_id: int
-) -> CollectionItem:
+def _collection_item_owned(*, user: User, collection_id: int, image_id: int) -> CollectionItem:
     """An item of one of ``user``'s collections; anything else is NotFound, whoever asks."""
     item = None
     if user.is_authenticated:
@@ -563,7 +563,7 @@ def _collection_item_owned(
 
 
 def collection_item_note_set(
-    *, user: AbstractBaseUser, collection_id: int, image_id: int, note: str
+    *, user: User, collection_id: int, image_id: int, note: str
 ) -> CollectionItem:
     """Set the owner's note on an item of their collection ("" clears it)."""
     note = _text_bounded(note, label="note", limit=COLLECTION_NOTE_MAX)
@@ -587,7 +587,7 @@ MOVE_DIRECTIONS = ("earlier", "later")
 
 def collection_item_move(
     *,
-    user: AbstractBaseUser,
+    user: User,
     collection_id: int,
     image_id: int,
     direction: str,
@@ -618,7 +618,7 @@ def collection_item_move(
             raise NotFound("no such image in your collection")
         rows = list(
             CollectionItem.objects.filter(collection_id=collection_id)
-            .order_by(*CollectionItem._meta.ordering)
+            .order_by(*(CollectionItem._meta.ordering or ()))
             .values_list("pk", "image_id", "position")
         )
         # Places count among the items the owner sees: an image someone else made private

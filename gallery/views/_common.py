@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest
 from django.utils.http import url_has_allowed_host_and_scheme
 
@@ -14,6 +15,14 @@ from gallery.selectors import (
 # One message for an image that does not exist and for one this user may not see, so that
 # the answer never tells whether someone else's private image exists.
 NO_SUCH_IMAGE = "No such image."
+
+
+class AuthenticatedHttpRequest(HttpRequest):
+    """The request a ``login_required`` view receives: its ``user`` is signed in, never the
+    AnonymousUser, which lets such views hand ``request.user`` to services that take a User.
+    Only ever an annotation; Django builds the real request."""
+
+    user: User
 
 
 def visible_image(request: HttpRequest, image_id: int) -> Image:

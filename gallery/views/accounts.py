@@ -30,6 +30,7 @@ from gallery.services import (
     api_token_revoke,
     user_email_set,
 )
+from gallery.views._common import AuthenticatedHttpRequest
 
 
 def _signup_rate(group: str, request: HttpRequest) -> str:
@@ -56,7 +57,7 @@ def signup(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 @ratelimit(group="token-create", key="user", rate=_token_create_rate, method="POST")
-def api_tokens(request: HttpRequest) -> HttpResponse:
+def api_tokens(request: AuthenticatedHttpRequest) -> HttpResponse:
     """List, create and revoke the signed-in user's API tokens; a new token is shown once."""
     new_token = None
     status = 200
@@ -107,7 +108,7 @@ password_reset = ratelimit(group="password-reset", key="ip", rate=_mail_rate, me
 @require_http_methods(["GET", "POST"])
 # Changing the address checks the current password: limited like reset mail, per user.
 @ratelimit(group="email-change", key="user", rate=_mail_rate, method="POST")
-def account(request: HttpRequest) -> HttpResponse:
+def account(request: AuthenticatedHttpRequest) -> HttpResponse:
     """The user's uploads, collections, tokens and index summary; e-mail address and password."""
     user = request.user
     bound = request.POST if request.method == "POST" else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -39,11 +41,11 @@ from gallery.services import (
     collection_update,
 )
 from gallery.templatetags.gallery_ui import image_name
-from gallery.views._common import safe_next, visible_image
+from gallery.views._common import AuthenticatedHttpRequest, safe_next, visible_image
 
 
 @login_required
-def collection_picker(request: HttpRequest, image_id: int) -> HttpResponse:
+def collection_picker(request: AuthenticatedHttpRequest, image_id: int) -> HttpResponse:
     """The small "save to a collection" picker a result's Save button opens (htmx)."""
     image = visible_image(request, image_id)
     return render(
@@ -57,11 +59,12 @@ def collection_picker(request: HttpRequest, image_id: int) -> HttpResponse:
     )
 
 
-def _render_collections(request: HttpRequest, *, status: int = 200) -> HttpResponse:
+def _render_collections(request: AuthenticatedHttpRequest, *, status: int = 200) -> HttpResponse:
     collections = list(collections_of(user=request.user))
     covers = collection_covers(collections=collections)
     for collection in collections:
-        collection.cover_ids = covers[collection.pk]
+        # Read by the template only; the stubs know no such attribute on a model.
+        collection.cover_ids = covers[collection.pk]  # type: ignore[attr-defined]
     return render(
         request,
         "gallery/collections.html",
@@ -81,7 +84,8 @@ def collections_public_index(request: HttpRequest) -> HttpResponse:
     collections = list(page.object_list)
     covers = collection_covers(collections=collections, public_only=True)
     for collection in collections:
-        collection.cover_ids = covers[collection.pk]
+        # Read by the template only; the stubs know no such attribute on a model.
+        collection.cover_ids = covers[collection.pk]  # type: ignore[attr-defined]
     return render(
         request, "gallery/collections_public.html", {"collections": collections, "page": page}
     )
@@ -89,7 +93,7 @@ def collections_public_index(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def collections_index(request: HttpRequest) -> HttpResponse:
+def collections_index(request: AuthenticatedHttpRequest) -> HttpResponse:
     if request.method == "GET":
         return _render_collections(request)
     form = CollectionCreateForm(request.POST)
@@ -144,9 +148,11 @@ def _render_collection(
     if refused_note is not None:
         # Without JavaScript a refused note comes back in its box with the reason, not lost.
         image_id, text, error = refused_note
-        for item in context["items"]:  # type: ignore[attr-defined]
+        for item in cast(list[CollectionItem], context["items"]):
             if item.image_id == image_id:
-                item.note, item.note_error = text, error
+                item.note = text
+                # Read by the template only; the stubs know no such attribute on a model.
+                item.note_error = error  # type: ignore[attr-defined]
     return render(request, "gallery/collection.html", context, status=status)
 
 
@@ -156,7 +162,7 @@ def _details_form(collection: Collection) -> CollectionDetailsForm:
     )
 
 
-def _owned_collection(request: HttpRequest, collection_id: int) -> Collection:
+def _owned_collection(request: AuthenticatedHttpRequest, collection_id: int) -> Collection:
     """One of the signed-in user's collections; anyone else's is the 404 of a missing one."""
     collection = collections_of(user=request.user).filter(pk=collection_id).first()
     if collection is None:
@@ -176,7 +182,7 @@ def collection_shared(request: HttpRequest, share_token: str) -> HttpResponse:
 
 @login_required
 @require_http_methods(["POST"])
-def collection_add(request: HttpRequest) -> HttpResponse:
+def collection_add(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Save a search result into a collection (an existing one, or a new one by name)."""
     form = CollectionAddForm(request.POST)
     if not form.is_valid():
@@ -212,7 +218,7 @@ def collection_add(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_http_methods(["POST"])
-def collection_edit(request: HttpRequest, collection_id: int) -> HttpResponse:
+def collection_edit(request: AuthenticatedHttpRequest, collection_id: int) -> HttpResponse:
     collection = collections_of(user=request.user).filter(pk=collection_id).first()
     if collection is None:
         raise Http404("No such collection.")
@@ -241,7 +247,7 @@ def collection_edit(request: HttpRequest, collection_id: int) -> HttpResponse:
 
 @login_required
 @require_http_methods(["POST"])
-def collection_details(request: HttpRequest, collection_id: int) -> HttpResponse:
+def collection_details(request: AuthenticatedHttpRequest, collection_id: int) -> HttpResponse:
     """The owner renames the collection or changes its description."""
     collection = _owned_collection(request, collection_id)
     form = CollectionDetailsForm(request.POST)
@@ -275,7 +281,9 @@ def collection_details(request: HttpRequest, collection_id: int) -> HttpResponse
 
 @login_required
 @require_http_methods(["POST"])
-def collection_item_note(request: HttpRequest, collection_id: int, image_id: int) -> HttpResponse:
+def collection_item_note(
+    request: AuthenticatedHttpRequest, collection_id: int, image_id: int
+) -> HttpResponse:
     """The owner's note on one item: in place with htmx, else POST and redirect."""
     collection = _owned_collection(request, collection_id)
     form = CollectionItemNoteForm(request.POST)
@@ -330,7 +338,7 @@ def _items_answer(
 @login_required
 @require_http_methods(["POST"])
 def collection_item_move_view(
-    request: HttpRequest, collection_id: int, image_id: int
+    request: AuthenticatedHttpRequest, collection_id: int, image_id: int
 ) -> HttpResponse:
     """Move an item one place earlier or later in the owner's order."""
     collection = _owned_collection(request, collection_id)
@@ -361,7 +369,7 @@ def collection_item_move_view(
 @login_required
 @require_http_methods(["POST"])
 def collection_item_remove_view(
-    request: HttpRequest, collection_id: int, image_id: int
+    request: AuthenticatedHttpRequest, collection_id: int, image_id: int
 ) -> HttpResponse:
     """Take an image out of the collection (the image itself stays). Repeating it is harmless."""
     collection = _owned_collection(request, collection_id)

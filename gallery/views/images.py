@@ -7,6 +7,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.datastructures import MultiValueDict
 from django.views.decorators.http import require_http_methods
 
 from config.errors import ApplicationError
@@ -31,7 +32,7 @@ from gallery.services import (
     image_upload,
     image_visibility_set,
 )
-from gallery.views._common import NO_SUCH_IMAGE, visible_image
+from gallery.views._common import NO_SUCH_IMAGE, AuthenticatedHttpRequest, visible_image
 from search.selectors import (
     embedding_model_default_unavailable,
     image_index_status,
@@ -103,7 +104,7 @@ def image_status(request: HttpRequest, image_id: int) -> JsonResponse:
 
 @login_required
 @require_http_methods(["POST"])
-def image_visibility(request: HttpRequest, image_id: int) -> HttpResponse:
+def image_visibility(request: AuthenticatedHttpRequest, image_id: int) -> HttpResponse:
     form = ImageVisibilityForm(request.POST)
     if not form.is_valid():
         messages.error(request, form_error_message(form))
@@ -123,7 +124,7 @@ def image_visibility(request: HttpRequest, image_id: int) -> HttpResponse:
 
 @login_required
 @require_http_methods(["POST"])
-def image_details(request: HttpRequest, image_id: int) -> HttpResponse:
+def image_details(request: AuthenticatedHttpRequest, image_id: int) -> HttpResponse:
     """The owner sets the title and description: in place with htmx, else POST and redirect.
     Anyone else gets the 404 of a missing image."""
     image = image_get_owned(user=request.user, image_id=image_id)
@@ -159,7 +160,7 @@ def image_details(request: HttpRequest, image_id: int) -> HttpResponse:
 
 @login_required
 @require_http_methods(["POST"])
-def image_delete_view(request: HttpRequest, image_id: int) -> HttpResponse:
+def image_delete_view(request: AuthenticatedHttpRequest, image_id: int) -> HttpResponse:
     name = str(visible_image(request, image_id))
     try:
         image_delete(user=request.user, image_id=image_id)
@@ -200,7 +201,7 @@ def image_thumbnail(request: HttpRequest, image_id: int, size: int = 256) -> Fil
     return image_thumbnail_response(visible_image(request, image_id), size)
 
 
-def _upload_one(request: HttpRequest, form: UploadForm) -> tuple[Image | None, str]:
+def _upload_one(request: AuthenticatedHttpRequest, form: UploadForm) -> tuple[Image | None, str]:
     """Store one validated upload; (the image, what to tell the person) or (None, why not)."""
     try:
         image = image_upload(
@@ -225,7 +226,7 @@ def _upload_one(request: HttpRequest, form: UploadForm) -> tuple[Image | None, s
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def upload(request: HttpRequest) -> HttpResponse:
+def upload(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Upload images. The page's script sends one file per request and asks for JSON (to show
     each file's progress and result); without the script, the form posts them all at once."""
     wants_json = "application/json" in request.headers.get("Accept", "")
@@ -251,7 +252,7 @@ def upload(request: HttpRequest) -> HttpResponse:
         files = request.FILES.getlist("file") or [form.cleaned_data["file"]]
         stored = 0
         for file in files:
-            one = UploadForm(request.POST, {"file": file})
+            one = UploadForm(request.POST, MultiValueDict({"file": [file]}))
             image, message = _upload_one(request, one) if one.is_valid() else (None, "")
             if image is None:
                 form.add_error("file", message or form_error_message(one))

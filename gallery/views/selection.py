@@ -21,7 +21,7 @@ from gallery.services import (
     collection_items_add,
     images_delete,
 )
-from gallery.views._common import safe_next
+from gallery.views._common import AuthenticatedHttpRequest, safe_next
 
 
 def _selection_answer(
@@ -40,7 +40,7 @@ def _selection_answer(
 
 @login_required
 @require_http_methods(["POST"])
-def selection_save(request: HttpRequest) -> HttpResponse:
+def selection_save(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Save the selected images into a collection (an existing one, or a new one by name):
     every image must be one the user can see, or nothing is saved."""
     form = SelectionSaveForm(request.POST)
@@ -77,7 +77,7 @@ def selection_save(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_http_methods(["POST"])
-def selection_delete(request: HttpRequest) -> HttpResponse:
+def selection_delete(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Delete the selected images: every one must be the user's upload, or none is deleted."""
     form = SelectionDeleteForm(request.POST)
     if not form.is_valid():

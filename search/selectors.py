@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import re
@@ -9,11 +10,10 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict, Unpack
 
 import numpy as np
-from django.contrib.auth.base_user import AbstractBaseUser
-from django.contrib.auth.models import AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.core.files.uploadedfile import UploadedFile
 from django.db.models import Exists, F, OuterRef, QuerySet, Window
 from django.db.models.functions import Cast, RowNumber
@@ -38,12 +38,40 @@ from search import encoding
 from search.fusion import FUSE, RRF_K
 from search.models import EmbeddingJob, EmbeddingModel, EvaluationRun, ImageEmbedding
 
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+# A query vector: plain numbers, or the 1-D array the encoders return.
+QueryVector: TypeAlias = Sequence[float] | np.ndarray
+
+
+class EmbeddingDistance(TypedDict):
+    distance: float  # cosine distance to the query vector, 0 = identical
+
+
+# What embeddings_ranked returns: embeddings that carry their ``distance``.
+RankedEmbeddings: TypeAlias = "QuerySet[WithAnnotations[ImageEmbedding, EmbeddingDistance]]"
+
+
+class _SearchScope(TypedDict):
+    """Which images a search may return, beyond its model and vector."""
+
+    user: User | AnonymousUser
+    filters: SearchFilters | None
+    exclude_image_id: int | None
+
+
+class _SearchQuery(_SearchScope):
+    model_id: str
+    vector: QueryVector
+
+
 logger = logging.getLogger(__name__)
 
 
 def embeddings_ranked(
-    *, model_id: str, vector: Sequence[float], exact: bool = False
-) -> QuerySet[ImageEmbedding]:
+    *, model_id: str, vector: QueryVector, exact: bool = False
+) -> RankedEmbeddings:
     """Embeddings of ``model_id`` ordered by cosine distance to ``vector`` (unsliced).
 
     The ORDER BY expression repeats the partial index's ``vector::vector(dim)`` cast and the
@@ -62,8 +90,8 @@ def embeddings_ranked(
 
 
 def embeddings_nearest(
-    *, model_id: str, vector: Sequence[float], k: int = 20, exact: bool = False
-) -> QuerySet[ImageEmbedding]:
+    *, model_id: str, vector: QueryVector, k: int = 20, exact: bool = False
+) -> RankedEmbeddings:
     """The ``k`` embeddings of ``model_id`` closest to ``vector`` (see ``embeddings_ranked``)."""
     return embeddings_ranked(model_id=model_id, vector=vector, exact=exact)[:k]
 
@@ -432,7 +460,7 @@ def _query_vector(model_id: str, embed: Callable[[], np.ndarray]) -> np.ndarray:
 
 def images_search_by_text(
     *,
-    user: AbstractBaseUser | AnonymousUser,
+    user: User | AnonymousUser,
     text: str | None,
     model_id: str | None = None,
     k: int = 20,
@@ -452,7 +480,7 @@ def images_search_by_text(
     model_ids = search_models_resolve(model_id)
     if len(model_ids) > 1:
         vectors = [
-            _query_vector(m, lambda m=m: encoding.text_embedding(model_id=m, text=text))
+            _query_vector(m, functools.partial(encoding.text_embedding, model_id=m, text=text))
             for m in model_ids
         ]
         return images_search_fused(
@@ -469,7 +497,7 @@ def images_search_by_text(
 
 def images_search_by_image(
     *,
-    user: AbstractBaseUser | AnonymousUser,
+    user: User | AnonymousUser,
     file: UploadedFile,
     model_id: str | None = None,
     k: int = 20,
@@ -521,7 +549,7 @@ def _image_query_vectors(
     try:
         picture = image_file_decode(file=file, label="the query image").image
         vectors = [
-            _query_vector(m, lambda m=m: encoding.image_embedding(model_id=m, image=picture))
+            _query_vector(m, functools.partial(encoding.image_embedding, model_id=m, image=picture))
             for m in model_ids
         ]
     finally:
@@ -531,7 +559,7 @@ def _image_query_vectors(
 
 def images_similar(
     *,
-    user: AbstractBaseUser | AnonymousUser,
+    user: User | AnonymousUser,
     image_id: int,
     model_id: str | None = None,
     k: int = 20,
@@ -567,9 +595,7 @@ def images_similar(
     )  # fmt: skip
 
 
-def _filtered_images(
-    *, user: AbstractBaseUser | AnonymousUser, filters: SearchFilters
-) -> QuerySet[Image]:
+def _filtered_images(*, user: User | AnonymousUser, filters: SearchFilters) -> QuerySet[Image]:
     images = images_visible_to(user=user)
     if filters.source == "dataset":
         images = images.filter(source=Image.Source.FLICKR30K)
@@ -593,9 +619,9 @@ def _filtered_images(
 
 def images_search_by_vector(
     *,
-    user: AbstractBaseUser | AnonymousUser,
+    user: User | AnonymousUser,
     model_id: str,
-    vector: Sequence[float],
+    vector: QueryVector,
     k: int = 20,
     offset: int = 0,
     filters: SearchFilters | None = None,
@@ -612,7 +638,11 @@ def images_search_by_vector(
     """
     search_validate_page(k, offset)
     if search_validate_sort(sort) == "date":
-        scope = {"user": user, "filters": filters, "exclude_image_id": exclude_image_id}
+        scope: _SearchScope = {
+            "user": user,
+            "filters": filters,
+            "exclude_image_id": exclude_image_id,
+        }
         found, exact = _candidates(
             model_id=model_id, vector=vector, depth=DATE_SORT_CANDIDATES, **scope
         )
@@ -620,7 +650,7 @@ def images_search_by_vector(
             found, k=k, offset=offset, min_score=min_score, model_id=model_id, exact=exact,
             coverage=search_coverage(user=user, model_id=model_id),
         )  # fmt: skip
-    query = {
+    query: _SearchQuery = {
         "user": user, "model_id": model_id, "vector": vector, "filters": filters,
         "exclude_image_id": exclude_image_id,
     }  # fmt: skip
@@ -737,12 +767,12 @@ def search_model_choices() -> list[str]:
 
 
 def _candidates(
-    *, model_id: str, vector: Sequence[float], depth: int, **scope: object
+    *, model_id: str, vector: QueryVector, depth: int, **scope: Unpack[_SearchScope]
 ) -> tuple[dict[int, float], bool]:
     """``model_id``'s ``depth`` nearest images (id -> cosine similarity) in the search's scope,
     and whether they are exact. The one-model path's guarantee holds: a list the index leaves
     short is fetched again without it, so it holds min(depth, images in scope)."""
-    query = {"model_id": model_id, "vector": vector, **scope}
+    query: _SearchQuery = {"model_id": model_id, "vector": vector, **scope}
     ranked, exact = images_search_queryset(**query)
     rows = list(ranked.prefetch_related(None).values_list("image_id", "distance")[:depth])
     if len(rows) < depth and not exact:
@@ -751,9 +781,7 @@ def _candidates(
     return {image_id: 1.0 - float(distance) for image_id, distance in rows}, exact
 
 
-def _similarities(
-    *, model_id: str, vector: Sequence[float], image_ids: set[int]
-) -> dict[int, float]:
+def _similarities(*, model_id: str, vector: QueryVector, image_ids: set[int]) -> dict[int, float]:
     """Cosine similarity of ``model_id``'s embeddings of ``image_ids`` to ``vector``."""
     rows = (
         ImageEmbedding.objects.filter(model_id=model_id, image_id__in=image_ids)
@@ -765,9 +793,9 @@ def _similarities(
 
 def images_search_fused(
     *,
-    user: AbstractBaseUser | AnonymousUser,
+    user: User | AnonymousUser,
     model_ids: Sequence[str],
-    vectors: Sequence[Sequence[float]],
+    vectors: Sequence[QueryVector],
     k: int = 20,
     offset: int = 0,
     filters: SearchFilters | None = None,
@@ -798,7 +826,7 @@ def images_search_fused(
     if len(model_ids) != len(vectors) or len(model_ids) < 2:
         raise ValueError("fused search needs two or more models, each with its query vector")
     depth = max(FUSION_CANDIDATES, offset + k + 1)
-    scope = {"user": user, "filters": filters, "exclude_image_id": exclude_image_id}
+    scope: _SearchScope = {"user": user, "filters": filters, "exclude_image_id": exclude_image_id}
     lists, exact = [], True
     for model_id, vector in zip(model_ids, vectors, strict=True):
         found, list_exact = _candidates(model_id=model_id, vector=vector, depth=depth, **scope)
@@ -829,9 +857,7 @@ def images_search_fused(
     )  # fmt: skip
 
 
-def search_coverage(
-    *, user: AbstractBaseUser | AnonymousUser, model_id: str
-) -> SearchCoverage | None:
+def search_coverage(*, user: User | AnonymousUser, model_id: str) -> SearchCoverage | None:
     """Of the images ``user`` can see, how many ``model_id`` has embedded; None when the model
     has no pending work (the common case, answered from the job index without counting)."""
     pending = EmbeddingJob.objects.filter(model_id=model_id, status=EmbeddingJob.Status.PENDING)
@@ -844,13 +870,13 @@ def search_coverage(
 
 def images_search_queryset(
     *,
-    user: AbstractBaseUser | AnonymousUser,
+    user: User | AnonymousUser,
     model_id: str,
-    vector: Sequence[float],
+    vector: QueryVector,
     filters: SearchFilters | None = None,
     exclude_image_id: int | None = None,
     exact: bool | None = None,
-) -> tuple[QuerySet[ImageEmbedding], bool]:
+) -> tuple[RankedEmbeddings, bool]:
     """The ranked, visibility-scoped query behind a search, and whether it is exact.
 
     ``exact`` None chooses: exact for filters matching at most EXACT_SEARCH_MAX_ROWS rows, the

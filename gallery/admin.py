@@ -1,3 +1,7 @@
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, TypedDict, cast
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -25,6 +29,9 @@ from search.selectors import (
     embedding_models_enabled,
     images_with_embedding_status,
 )
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
 
 
 class CaptionInline(admin.TabularInline):
@@ -96,9 +103,10 @@ class ReembedForm(forms.Form):
         label="Model", help_text="Enabled models only; enable others on the Embedding models page."
     )
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["model_id"].choices = [(m, m) for m in embedding_models_enabled()]
+        model_field = cast(forms.ChoiceField, self.fields["model_id"])
+        model_field.choices = [(m, m) for m in embedding_models_enabled()]
 
 
 @admin.register(Image)
@@ -328,6 +336,10 @@ class CollectionItemInline(admin.TabularInline):
     raw_id_fields = ("image",)
 
 
+class _ItemTotal(TypedDict):
+    item_total: int  # CollectionAdmin.get_queryset's annotation
+
+
 @admin.register(Collection)
 class CollectionAdmin(admin.ModelAdmin):
     list_display = ("name", "owner", "visibility", "item_count", "updated_at")
@@ -341,7 +353,7 @@ class CollectionAdmin(admin.ModelAdmin):
         return super().get_queryset(request).annotate(item_total=Count("items"))
 
     @admin.display(description="Items", ordering="item_total")
-    def item_count(self, obj: Collection) -> int:
+    def item_count(self, obj: WithAnnotations[Collection, _ItemTotal]) -> int:
         return obj.item_total
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
@@ -159,9 +160,14 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
 
     def _progress(self, obj: EmbeddingModel) -> EmbeddingProgress:
         # A handful of models per page: one progress read each, remembered for the row.
-        if not hasattr(obj, "_progress_cache"):
-            obj._progress_cache = embedding_progress(model_id=obj.model_id)
-        return obj._progress_cache
+        if hasattr(obj, "_progress_cache"):
+            cached: EmbeddingProgress = obj._progress_cache
+            return cached
+        progress = embedding_progress(model_id=obj.model_id)
+        # Kept on the row's instance so it lives exactly as long as this page's rows; the stubs
+        # know no such attribute on a model.
+        obj._progress_cache = progress  # type: ignore[attr-defined]
+        return progress
 
     @admin.display(description="Done")
     def done(self, obj: EmbeddingModel) -> str:
@@ -197,7 +203,13 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
             text += f", about {_duration(progress.seconds_left)} left"
         return text
 
-    def _each(self, request: HttpRequest, queryset: QuerySet[EmbeddingModel], action, done: str):
+    def _each(
+        self,
+        request: HttpRequest,
+        queryset: Iterable[EmbeddingModel],
+        action: Callable[..., object],
+        done: str,
+    ) -> None:
         for state in queryset:
             try:
                 action(model_id=state.model_id)

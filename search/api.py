@@ -128,7 +128,7 @@ class Anonymous:
         return True
 
 
-AUTH = [TokenBearer(), TokenHeader(), SignedInSession(), Anonymous()]
+AUTH: list[Callable[..., Any]] = [TokenBearer(), TokenHeader(), SignedInSession(), Anonymous()]
 
 
 class SearchAPI(NinjaAPI):

@@ -220,7 +220,7 @@ def embedding_jobs_create_missing(*, model_id: str, image_ids: Sequence[int] | N
     jobs = EmbeddingJob._meta.db_table
     images = Image._meta.db_table
     only = "AND i.id = ANY(%s)" if image_ids is not None else ""
-    params: list[object] = [model_id, model_id]
+    params: list[str | list[int]] = [model_id, model_id]
     if image_ids is not None:
         params.append(list(image_ids))
     with connection.cursor() as cursor:
@@ -496,8 +496,10 @@ def embeddings_import(
         )
     if len(set(names)) != len(names):
         seen: set[str] = set()
-        twice = next(n for n in names if n in seen or seen.add(n))
-        raise EmbeddingsImportError(f"file name {twice!r} appears more than once")
+        for name in names:
+            if name in seen:
+                raise EmbeddingsImportError(f"file name {name!r} appears more than once")
+            seen.add(name)
 
     image_of: dict[str, int] = {}
     flickr30k = Image.objects.filter(source=Image.Source.FLICKR30K)

@@ -205,7 +205,9 @@ def _page_args(form: SearchForm) -> dict[str, Any]:
     """The paging, model and filter arguments every search takes, from a validated form."""
     if not form.is_valid():
         field, errors = next(iter(form.errors.items()))
-        raise InvalidInput(f"{FIELD_NAMES.get(field, field)}: {' '.join(errors)}")
+        raise InvalidInput(
+            f"{FIELD_NAMES.get(field, field)}: {' '.join(str(error) for error in errors)}"
+        )
     data = form.cleaned_data
     return {
         "model_id": data.get("model") or None,

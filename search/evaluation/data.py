@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from django.db import connection
@@ -125,7 +126,7 @@ def embeddings_missing_count(*, model_id: str, image_ids: np.ndarray) -> int:
     return len(image_ids) - present
 
 
-def _vectors_read(sql: str, params: Sequence[object], dim: int) -> dict[int, np.ndarray]:
+def _vectors_read(sql: str, params: Sequence[str | list[Any]], dim: int) -> dict[int, np.ndarray]:
     # pgvector's binary form (int16 dim, int16 unused, then big-endian float4s), parsed by
     # numpy: exact, and far cheaper than text or a Python float per component.
     with connection.cursor() as cursor:

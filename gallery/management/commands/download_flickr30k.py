@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -27,8 +28,9 @@ class Command(BaseCommand):
             "--dest", type=Path, default=None, help="target folder (default: DATA_DIR/flickr30k)"
         )
 
-    def handle(self, *args: object, **options: object) -> None:
-        dest = (options["dest"] or Path(settings.DATA_DIR) / "flickr30k").resolve()
+    def handle(self, *args: object, **options: Any) -> None:
+        given: Path | None = options["dest"]
+        dest = (given or Path(settings.DATA_DIR) / "flickr30k").resolve()
         if _hub_offline():
             raise CommandError(_needs_internet(dest, "HF_HUB_OFFLINE is set"))
         # Imported here: huggingface_hub is only needed by this command.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
@@ -92,7 +93,7 @@ class Command(BaseCommand):
         parser.add_argument("file", type=Path, help="captions, .csv or .jsonl")
         parser.add_argument("--lang", required=True, help="language tag: vi, de, fr, cs, ...")
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         path: Path = options["file"]
         lang = str(options["lang"])
         if not LANG_PATTERN.match(lang):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
@@ -49,10 +50,10 @@ class Command(BaseCommand):
             "--no-enqueue", action="store_true", help="do not queue embedding afterwards"
         )
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         annotations: Path = options["csv"]
         images_dir: Path = options["images"]
-        limit = options["limit"]
+        limit: int | None = options["limit"]
         if not annotations.is_file():
             raise CommandError(f"no annotations file at {annotations}")
         if not images_dir.is_dir():

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from encoders import EncoderError
@@ -60,7 +62,7 @@ class Command(BaseCommand):
         )
         parser.add_argument("--no-save", action="store_true", help="do not record the run")
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         fused = [m.strip() for m in str(options["fuse"]).split(",") if m.strip()]
         model_ids = list(dict.fromkeys([str(options["model"]), *fused]))
         if fused and len(model_ids) < 2:

@@ -108,7 +108,7 @@ def test_search_open_similar_and_save_to_a_collection(
     expect(page.locator("figure.result")).to_have_count(5)
 
     page.locator("details.menu summary").click()
-    page.get_by_role("link", name="Collections").click()
+    page.get_by_role("link", name="Collections", exact=True).click()
     page.get_by_role("link", name="Beach trip").click()
     expect(page.locator(f"figure.result[data-image-id='{saved_id}']")).to_be_visible()
     expect(page.locator("figcaption").first).to_contain_text("two dogs running on a beach")

@@ -118,7 +118,7 @@ def test_sign_up_upload_search_save_share_and_delete(
 
     # Share it: unlisted, then copy its link.
     page.locator("details.menu summary").click()
-    page.get_by_role("link", name="Collections").click()
+    page.get_by_role("link", name="Collections", exact=True).click()
     page.get_by_role("link", name="Holiday").click()
     expect(page).to_have_url(f"{url}/collections/{holiday.pk}/")
     sharing = page.locator("form", has=page.get_by_label("Visibility"))

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -49,6 +50,8 @@ from search.services import (
     embeddings_sweep_send,
 )
 from workers.queueing import embeddings_sweep, image_enqueue_embedding
+
+T = TypeVar("T")
 
 THUMBNAIL_SIZES = (128, 256, 512)
 
@@ -449,6 +452,19 @@ COLLECTION_NAME_MAX = Collection._meta.get_field("name").max_length or 120
 def _visibility_check(visibility: str) -> None:
     if visibility not in Collection.Visibility.values:
         raise InvalidInput(f"visibility must be one of {', '.join(Collection.Visibility.values)}")
+
+
+def collection_save_into(
+    *, user: User, collection_id: int | None, new_name: str, save: Callable[[int], T]
+) -> T:
+    """Run ``save(collection_id)`` into an existing collection of ``user``'s or into a new one
+    named ``new_name``, in one transaction: a new collection is kept only if the save worked."""
+    with transaction.atomic():
+        if new_name:
+            collection_id = collection_create(owner=user, name=new_name).pk
+        if collection_id is None:
+            raise NotFound("no such collection")
+        return save(collection_id)
 
 
 def collection_item_add(

@@ -7,7 +7,6 @@ from typing import cast
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -38,6 +37,7 @@ from gallery.services import (
     collection_item_move,
     collection_item_note_set,
     collection_item_remove,
+    collection_save_into,
     collection_update,
 )
 from gallery.templatetags.gallery_ui import image_name
@@ -193,17 +193,17 @@ def collection_add(request: AuthenticatedHttpRequest) -> HttpResponse:
         return _render_collections(request, status=400)
     data = form.cleaned_data
     try:
-        # One transaction: a new collection is kept only if the image went into it.
-        with transaction.atomic():
-            collection_id = data["collection_id"]
-            if data["new_name"]:
-                collection_id = collection_create(owner=request.user, name=data["new_name"]).pk
-            item = collection_item_add(
+        item = collection_save_into(
+            user=request.user,
+            collection_id=data["collection_id"],
+            new_name=data["new_name"],
+            save=lambda collection_id: collection_item_add(
                 user=request.user,
                 collection_id=collection_id,
                 image_id=data["image_id"],
                 query=data["query"],
-            )
+            ),
+        )
     except ApplicationError as exc:
         if request.headers.get("HX-Request"):
             context = {"error": exc.message}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.urls import reverse
@@ -17,8 +16,8 @@ from gallery.forms import (
     form_error_message,
 )
 from gallery.services import (
-    collection_create,
     collection_items_add,
+    collection_save_into,
     images_delete,
 )
 from gallery.views._common import AuthenticatedHttpRequest, safe_next
@@ -48,17 +47,17 @@ def selection_save(request: AuthenticatedHttpRequest) -> HttpResponse:
         return _selection_answer(request, status=400, error=form_error_message(form))
     data = form.cleaned_data
     try:
-        # One transaction: a new collection is kept only if the images went into it.
-        with transaction.atomic():
-            collection_id = data["collection_id"]
-            if data["new_name"]:
-                collection_id = collection_create(owner=request.user, name=data["new_name"]).pk
-            collection, added = collection_items_add(
+        collection, added = collection_save_into(
+            user=request.user,
+            collection_id=data["collection_id"],
+            new_name=data["new_name"],
+            save=lambda collection_id: collection_items_add(
                 user=request.user,
                 collection_id=collection_id,
                 image_ids=data["image_id"],
                 query=data["query"],
-            )
+            ),
+        )
     except ApplicationError as exc:
         return _selection_answer(request, status=exc.status, error=exc.message)
     count = len(data["image_id"])

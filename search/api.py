@@ -415,11 +415,15 @@ def _url_maker(name: str) -> Callable[[int], str]:
     return lambda image_id: f"{prefix}{int(image_id)}{suffix}"
 
 
-def _results(page: SearchPage) -> dict[str, Any]:
+def _results(request: HttpRequest, page: SearchPage) -> HttpResponse:
+    """A page of results as the ``Results`` schema's JSON, rendered here rather than validated
+    by ninja: its validation reads every field of every hit through ORM-compatible getters,
+    about 1 ms of a cached search's 8, to check a dict built field by field from that schema
+    (the tests check the answers against the OpenAPI schema)."""
     thumbnail_url = _url_maker("image-thumb")
     image_url = _url_maker("image-file")
     similar_url = _url_maker("api:image_similar")
-    return {
+    results = {
         "model": page.model_id,
         "k": page.k,
         "offset": page.offset,
@@ -439,7 +443,7 @@ def _results(page: SearchPage) -> dict[str, Any]:
                 "similar_url": similar_url(hit.image.pk),
                 "title": hit.image.title,
                 "description": hit.image.description,
-                "captions": [c.text for c in hit.image.captions.all()],
+                "captions": list(hit.captions),
                 "source": hit.image.source,
                 "width": hit.image.width,
                 "height": hit.image.height,
@@ -447,21 +451,22 @@ def _results(page: SearchPage) -> dict[str, Any]:
             for hit in page.hits
         ],
     }
+    return api.create_response(request, results, status=200)
 
 
 # --- Endpoints ----------------------------------------------------------------------------
 
 
 @api.get("/search", response={200: Results, **ERRORS}, summary="Search images by text")
-def search_text(request: HttpRequest, params: Query[TextQuery]) -> dict[str, Any]:
+def search_text(request: HttpRequest, params: Query[TextQuery]) -> HttpResponse:
     page = images_search_by_text(user=request.user, text=params.q, **params.page_args())
-    return _results(page)
+    return _results(request, page)
 
 
 @api.post("/search/image", response={200: Results, **ERRORS}, summary="Search by an image")
 def search_image(
     request: HttpRequest, image: File[UploadedFile], params: Query[PageQuery]
-) -> dict[str, Any]:
+) -> HttpResponse:
     """Embeds the posted image on the fly (it is not stored) and returns the nearest images.
 
     The image is held to the upload limits: a size in bytes (413 above it), an image format
@@ -470,7 +475,7 @@ def search_image(
     """
     image_search_rate_check(request)
     page = images_search_by_image(user=request.user, file=image, **params.page_args())
-    return _results(page)
+    return _results(request, page)
 
 
 @api.get(
@@ -479,9 +484,9 @@ def search_image(
     url_name="image_similar",
     summary="Images similar to one you can see",
 )
-def image_similar(request: HttpRequest, image_id: int, params: Query[PageQuery]) -> dict[str, Any]:
+def image_similar(request: HttpRequest, image_id: int, params: Query[PageQuery]) -> HttpResponse:
     page = images_similar(user=request.user, image_id=image_id, **params.page_args())
-    return _results(page)
+    return _results(request, page)
 
 
 @api.get("/models", response={200: list[ModelOut], **ERRORS}, summary="Models you can search with")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict, Unpack
 
 import numpy as np
 from django.contrib.auth.models import AnonymousUser, User
+from django.contrib.postgres.expressions import ArraySubquery
 from django.core.files.uploadedfile import UploadedFile
 from django.db.models import Exists, F, OuterRef, QuerySet, Window
 from django.db.models.functions import Cast, RowNumber
@@ -32,7 +33,7 @@ from config.errors import (
 from encoders import EncoderError, UnknownModelError, WeightsUnavailableError
 from encoders.registry import model_spec
 from gallery.forms import image_file_decode
-from gallery.models import Image
+from gallery.models import Caption, Image
 from gallery.selectors import collections_visible_to, image_get_visible, images_visible_to
 from search import encoding
 from search.fusion import FUSE, RRF_K
@@ -51,6 +52,18 @@ class EmbeddingDistance(TypedDict):
 
 # What embeddings_ranked returns: embeddings that carry their ``distance``.
 RankedEmbeddings: TypeAlias = "QuerySet[WithAnnotations[ImageEmbedding, EmbeddingDistance]]"
+
+
+class CaptionTexts(TypedDict):
+    caption_texts: list[str]  # the image's caption texts, in order
+
+
+class _HitRow(EmbeddingDistance, CaptionTexts):
+    pass
+
+
+# What a search ranks: embeddings with their distance, their image and its caption texts.
+RankedHits: TypeAlias = "QuerySet[WithAnnotations[ImageEmbedding, _HitRow]]"
 
 
 class _SearchScope(TypedDict):
@@ -287,6 +300,22 @@ class SearchFilters:
 class SearchHit:
     image: Image
     score: float  # cosine similarity, 1 = identical direction
+    captions: tuple[str, ...]  # the image's caption texts, in order
+
+
+def _caption_texts(image: str) -> ArraySubquery:
+    """The caption texts of the image ``image`` refers to, in order, as one array column: a
+    page of hits then costs one query, not a second one plus the ORM's prefetch work per hit
+    (about a fifth of a cached query's time in the API)."""
+    captions = Caption.objects.filter(image_id=OuterRef(image)).order_by("position", "pk")
+    return ArraySubquery(captions.values("text"))
+
+
+def _images_with_captions(
+    image_ids: Sequence[int],
+) -> dict[int, WithAnnotations[Image, CaptionTexts]]:
+    """``Image.objects.in_bulk`` whose images carry ``caption_texts`` (see ``_caption_texts``)."""
+    return Image.objects.annotate(caption_texts=_caption_texts("pk")).in_bulk(image_ids)
 
 
 @dataclass(frozen=True)
@@ -664,7 +693,10 @@ def images_search_by_vector(
         ranked, exact = images_search_queryset(**query, exact=True)
         rows = list(ranked[offset : offset + k + 1])
     has_more = len(rows) > k
-    hits = [SearchHit(image=row.image, score=1.0 - float(row.distance)) for row in rows[:k]]
+    hits = [
+        SearchHit(row.image, score=1.0 - float(row.distance), captions=tuple(row.caption_texts))
+        for row in rows[:k]
+    ]
     if min_score is not None:
         kept = [hit for hit in hits if hit.score >= min_score]
         # Results come best first: once one falls below min_score, so does every later page.
@@ -689,8 +721,12 @@ def _page_by_date(
     dated = Image.objects.filter(pk__in=relevant).values_list("pk", "created_at")
     newest = [pk for pk, _ in sorted(dated, key=lambda row: (row[1], row[0]), reverse=True)]
     chosen = newest[offset : offset + k]
-    images = Image.objects.prefetch_related("captions").in_bulk(chosen)
-    hits = [SearchHit(image=images[i], score=scored[i]) for i in chosen if i in images]
+    images = _images_with_captions(chosen)
+    hits = [
+        SearchHit(image=images[i], score=scored[i], captions=tuple(images[i].caption_texts))
+        for i in chosen
+        if i in images
+    ]
     return SearchPage(
         hits=hits, k=k, offset=offset, has_more=len(newest) > offset + k, sort="date",
         best=best, cutoff=cutoff, **page,
@@ -849,8 +885,11 @@ def images_search_fused(
         )  # fmt: skip
     order = np.lexsort((np.array(union), -fused))  # fused score descending, then image id
     chosen = [(union[i], float(fused[i]) / best) for i in order[offset : offset + k]]
-    images = Image.objects.prefetch_related("captions").in_bulk([i for i, _ in chosen])
-    hits = [SearchHit(image=images[image_id], score=score) for image_id, score in chosen]
+    images = _images_with_captions([i for i, _ in chosen])
+    hits = [
+        SearchHit(image=images[i], score=score, captions=tuple(images[i].caption_texts))
+        for i, score in chosen
+    ]
     return SearchPage(
         model_id=FUSED_SEPARATOR.join(model_ids), hits=hits, k=k, offset=offset, exact=exact,
         has_more=len(union) > offset + k, fusion=SEARCH_FUSION,
@@ -876,7 +915,7 @@ def images_search_queryset(
     filters: SearchFilters | None = None,
     exclude_image_id: int | None = None,
     exact: bool | None = None,
-) -> tuple[RankedEmbeddings, bool]:
+) -> tuple[RankedHits, bool]:
     """The ranked, visibility-scoped query behind a search, and whether it is exact.
 
     ``exact`` None chooses: exact for filters matching at most EXACT_SEARCH_MAX_ROWS rows, the
@@ -893,7 +932,7 @@ def images_search_queryset(
         embeddings_ranked(model_id=model_id, vector=vector, exact=exact)
         .filter(image__in=images)
         .select_related("image")
-        .prefetch_related("image__captions")
+        .annotate(caption_texts=_caption_texts("image_id"))
         .defer("vector")
     )
     return ranked, exact

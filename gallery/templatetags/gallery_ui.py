@@ -18,9 +18,10 @@ def image_name(image: Image) -> str:
 
     Lists prefetch ``captions``; without the prefetch this costs one query per image.
     """
-    if image.title:
-        return image.title
     captions = image.captions.all()
-    if captions and captions[0].text:
-        return captions[0].text
-    return image.original_filename or UNTITLED
+    return image_display_name(image, first_caption=captions[0].text if captions else "")
+
+
+def image_display_name(image: Image, *, first_caption: str) -> str:
+    """``image_name`` for an image whose first caption is already at hand (search hits)."""
+    return image.title or first_caption or image.original_filename or UNTITLED

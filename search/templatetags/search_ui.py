@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django import template
 
-from search.selectors import search_model_choices
+from gallery.templatetags.gallery_ui import image_display_name
+from search.selectors import SearchHit, search_model_choices
 
 register = template.Library()
 
@@ -23,3 +24,10 @@ def percent_of(score: float, best: float) -> int:
     if best is None or best <= 0:
         return 0
     return max(0, min(100, round(100 * float(score) / float(best))))
+
+
+@register.filter
+def hit_name(hit: SearchHit) -> str:
+    """What a search hit's image is called (see ``gallery_ui.image_name``), from the captions
+    the search fetched with it."""
+    return image_display_name(hit.image, first_caption=hit.captions[0] if hit.captions else "")

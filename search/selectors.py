@@ -16,6 +16,7 @@ import numpy as np
 from django.contrib.auth.models import AnonymousUser, User
 from django.contrib.postgres.expressions import ArraySubquery
 from django.core.files.uploadedfile import UploadedFile
+from django.db import connection
 from django.db.models import Exists, F, OuterRef, QuerySet, Window
 from django.db.models.functions import Cast, RowNumber
 from django.utils import timezone
@@ -357,18 +358,34 @@ class _EnabledModel:
     is_default: bool
     unavailable_reason: str
     has_embeddings: bool
+    has_pending: bool  # embedding jobs waiting: a search then reports its coverage
 
 
 def _models_enabled_state() -> dict[str, _EnabledModel]:
     """Every enabled model with what a search asks of it, in one query: whether it is the
-    default (the default is always enabled), why workers cannot load it, and whether it has
-    embeddings. Read fresh on each call, so a model staff enable or disable is seen at once."""
-    has_embeddings = Exists(ImageEmbedding.objects.filter(model_id=OuterRef("model_id")))
-    rows = (
-        EmbeddingModel.objects.filter(enabled=True)
-        .annotate(has_embeddings=has_embeddings)
-        .values_list("model_id", "is_default", "unavailable_reason", "has_embeddings")
-    )
+    default (the default is always enabled), why workers cannot load it, whether it has
+    embeddings and whether it has embedding work pending. Read fresh on each call, so a model
+    staff enable or disable is seen at once.
+
+    The statement is written out because every search runs it: built by the ORM it cost
+    0.53 ms of CPU per call, against 0.07 ms for the database to answer (31,783 images).
+    """
+    models = EmbeddingModel._meta.db_table
+    embeddings = ImageEmbedding._meta.db_table
+    jobs = EmbeddingJob._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT m.model_id, m.is_default, m.unavailable_reason,
+                   EXISTS (SELECT 1 FROM "{embeddings}" e WHERE e.model_id = m.model_id),
+                   EXISTS (SELECT 1 FROM "{jobs}" j
+                           WHERE j.model_id = m.model_id AND j.status = %s)
+            FROM "{models}" m
+            WHERE m.enabled
+            """,
+            [EmbeddingJob.Status.PENDING],
+        )
+        rows = cursor.fetchall()
     return {row[0]: _EnabledModel(*row) for row in rows}
 
 
@@ -506,7 +523,8 @@ def images_search_by_text(
     """
     text = search_validate_text(text)
     search_validate_page(k, offset)
-    model_ids = search_models_resolve(model_id)
+    models = _models_enabled_state()
+    model_ids = _models_resolve(model_id, models)
     if len(model_ids) > 1:
         vectors = [
             _query_vector(m, functools.partial(encoding.text_embedding, model_id=m, text=text))
@@ -520,7 +538,7 @@ def images_search_by_text(
     vector = _query_vector(model_id, lambda: encoding.text_embedding(model_id=model_id, text=text))
     return images_search_by_vector(
         user=user, model_id=model_id, vector=vector, k=k, offset=offset, filters=filters,
-        min_score=min_score, sort=sort,
+        min_score=min_score, sort=sort, pending=models[model_id].has_pending,
     )  # fmt: skip
 
 
@@ -657,8 +675,12 @@ def images_search_by_vector(
     exclude_image_id: int | None = None,
     min_score: float | None = None,
     sort: str = "relevance",
+    pending: bool | None = None,
 ) -> SearchPage:
     """Images visible to ``user`` nearest to ``vector``, best first.
+
+    ``pending``: whether ``model_id`` has embedding work pending, when the caller has read it
+    already (None: read it here); the page then says how many images are indexed.
 
     Unfiltered (beyond visibility) searches go through the model's HNSW index; pgvector's
     iterative scan keeps scanning past rows the WHERE drops, up to hnsw.max_scan_tuples. Filters
@@ -677,7 +699,7 @@ def images_search_by_vector(
         )
         return _page_by_date(
             found, k=k, offset=offset, min_score=min_score, model_id=model_id, exact=exact,
-            coverage=search_coverage(user=user, model_id=model_id),
+            coverage=search_coverage(user=user, model_id=model_id, pending=pending),
         )  # fmt: skip
     query: _SearchQuery = {
         "user": user, "model_id": model_id, "vector": vector, "filters": filters,
@@ -704,7 +726,7 @@ def images_search_by_vector(
         hits = kept
     return SearchPage(
         model_id=model_id, hits=hits, k=k, offset=offset, exact=exact, has_more=has_more,
-        coverage=search_coverage(user=user, model_id=model_id),
+        coverage=search_coverage(user=user, model_id=model_id, pending=pending),
     )  # fmt: skip
 
 
@@ -765,8 +787,11 @@ def search_models_resolve(model: str | None) -> tuple[str, ...]:
     ``embedding_progress`` counts): fusing a model that has not yet seen every image would
     rank the unseen ones by one model alone. Anything else is ``InvalidInput`` (400).
     """
+    return _models_resolve(model, _models_enabled_state())
+
+
+def _models_resolve(model: str | None, models: dict[str, _EnabledModel]) -> tuple[str, ...]:
     parts = _model_choice_split(model or "")
-    models = _models_enabled_state()
     if len(parts) <= 1:
         return (_model_resolve(parts[0] if parts else None, models),)
     if len(parts) > 2 or len(set(parts)) < 2:
@@ -896,11 +921,16 @@ def images_search_fused(
     )  # fmt: skip
 
 
-def search_coverage(*, user: User | AnonymousUser, model_id: str) -> SearchCoverage | None:
+def search_coverage(
+    *, user: User | AnonymousUser, model_id: str, pending: bool | None = None
+) -> SearchCoverage | None:
     """Of the images ``user`` can see, how many ``model_id`` has embedded; None when the model
-    has no pending work (the common case, answered from the job index without counting)."""
-    pending = EmbeddingJob.objects.filter(model_id=model_id, status=EmbeddingJob.Status.PENDING)
-    if not pending.exists():
+    has no pending work (the common case, answered from the job index without counting).
+    ``pending`` is whether it has, if the caller knows (``_models_enabled_state``)."""
+    if pending is None:
+        jobs = EmbeddingJob.objects.filter(model_id=model_id, status=EmbeddingJob.Status.PENDING)
+        pending = jobs.exists()
+    if not pending:
         return None
     visible = images_visible_to(user=user)
     indexed = ImageEmbedding.objects.filter(model_id=model_id, image__in=visible).count()

@@ -15,9 +15,9 @@ from tests.factories import ImageFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 CLIP = "clip-vit-base-patch32"
-# What a text search may cost on top of the hits with their captions: the models' state (one
-# query) and whether the model has embedding work pending (one).
-API_SEARCH_QUERIES = 3
+# What a text search may cost on top of the hits with their captions: the models' state, with
+# whether each has embedding work pending (one query).
+API_SEARCH_QUERIES = 2
 # The page's header lists the models one may search with (one more query).
 PAGE_SEARCH_QUERIES = API_SEARCH_QUERIES + 1
 

@@ -41,6 +41,33 @@ def _processes() -> dict[int, tuple[int, float]]:
     return found
 
 
+def _descendants(processes: dict[int, tuple[int, float]], root: int) -> set[int]:
+    found, grew = {root}, True
+    while grew:
+        grew = False
+        for pid, (parent, _) in processes.items():
+            if parent in found and pid not in found:
+                found.add(pid)
+                grew = True
+    return found
+
+
+def server_cpu_seconds(data_dir: Path) -> tuple[float, float]:
+    """CPU seconds used so far by (the web server: every process under this one, this one
+    excepted; the bench's PostgreSQL: its postmaster and backends). Unlike latency, CPU per
+    request hardly changes when other work competes for the cores."""
+    processes = _processes()
+    web = _descendants(processes, os.getpid()) - {os.getpid()}
+    database: set[int] = set()
+    pid_file = data_dir / "postgres" / "postmaster.pid"
+    if pid_file.exists():
+        database = _descendants(processes, int(pid_file.read_text().split()[0]))
+    return (
+        sum(processes[pid][1] for pid in web),
+        sum(processes[pid][1] for pid in database if pid in processes),
+    )
+
+
 class MachineWatch:
     """CPU time that processes other than this benchmark's used during a section.
 

@@ -28,6 +28,7 @@ from bench._search.common import (
     WARM_UP_QUERIES,
     MachineWatch,
     Measured,
+    server_cpu_seconds,
 )
 from bench._search.data import Dataset
 
@@ -88,7 +89,7 @@ def encoder_breakdown(model_dir: Path, args: argparse.Namespace) -> list[Measure
     for index, vector in enumerate(vectors):
         started = time.perf_counter()
         page = images_search_by_vector(user=anonymous, model_id=MODEL_ID, vector=vector, k=API_K)
-        [[c.text for c in hit.image.captions.all()] for hit in page.hits]
+        [list(hit.captions) for hit in page.hits]
         if index >= WARM_UP_QUERIES:
             search_seconds.append(time.perf_counter() - started)
     hnsw_seconds = []
@@ -258,7 +259,9 @@ def end_to_end(dataset: Dataset, args: argparse.Namespace, data_dir: Path) -> We
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     sequential = list(itertools.islice(texts, args.e2e_queries))
     seconds, cached, failures = [], [], 0
+    cpu_per_request: list[tuple[float, float]] = []
     for times in (seconds, cached):
+        cpu_before = server_cpu_seconds(data_dir)
         for text in sequential:
             started = time.perf_counter()
             conn.request("GET", search_path(text))
@@ -267,6 +270,12 @@ def end_to_end(dataset: Dataset, args: argparse.Namespace, data_dir: Path) -> We
             times.append(time.perf_counter() - started)
             if response.status != 200 or len(json.loads(body)["results"]) != API_K:
                 failures += 1
+        cpu_after = server_cpu_seconds(data_dir)
+        (web_before, db_before), (web_after, db_after) = cpu_before, cpu_after
+        count = len(sequential)
+        cpu_per_request.append(
+            ((web_after - web_before) * 1000 / count, (db_after - db_before) * 1000 / count)
+        )
     conn.close()
     e2e = Measured(f"GET /api/search (gunicorn, {args.web_workers} workers, sequential)", seconds)
     hit = Measured("  same texts again: query cache hit, no encoder", cached)
@@ -285,6 +294,12 @@ def end_to_end(dataset: Dataset, args: argparse.Namespace, data_dir: Path) -> We
         print(
             f"{row.label:<58}{row.pct(50):>9.2f}{row.pct(95):>9.2f}"
             f"{np.mean(row.seconds) * 1000:>9.2f}"
+        )
+    labels = ("distinct", "cache hit")
+    for label, (web_cpu, database_cpu) in zip(labels, cpu_per_request, strict=True):
+        print(
+            f"server CPU per request, {label}: gunicorn {web_cpu:.2f} ms + PostgreSQL "
+            f"{database_cpu:.2f} ms (unlike latency, hardly moved by other load)"
         )
     rest = hit.pct(50) - breakdown[2].pct(50)
     print(

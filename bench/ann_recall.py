@@ -39,7 +39,8 @@ the planner has one choice), built with ``maintenance_work_mem = --build-memory`
   rerank, the join to the images; the captions' prefetch left out) reading 11 rows, through
   Django on the product's connection settings (``hnsw.iterative_scan=strict_order``). One row
   per N in ``--rerank`` (``search.selectors.RERANK_CANDIDATES`` set to it) and per
-  ``--product-ef-search``.
+  ``--product-ef-search``, each twice: the page through Django (ORM included), then the
+  same SQL statements (compiled before timing) on the same connection, the database's share.
 
 Each row: recall@10, p50/p95 of one query at a time on one connection (psycopg, prepared
 statements, binary vectors; no Django, no join to the images), the build's seconds and the
@@ -54,6 +55,7 @@ ef_search it changes nothing); the product variant has the product's ``strict_or
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -496,6 +498,35 @@ def product_rows(
         assert not exact
         return [row.image_id for row in ranked.prefetch_related(None)[: TOP_K + 1]][:TOP_K]
 
+    def statements(queries: np.ndarray) -> list[tuple[str, object]]:
+        # The SQL and parameters Django sends for each query, built before timing: the
+        # database's share of a page (no ORM compile, no model instances).
+        compiled = []
+        for query in queries:
+            ranked, _ = selectors.images_search_queryset(
+                user=anonymous, model_id=MODEL_ID, vector=query, depth=TOP_K + 1
+            )
+            sliced = ranked.prefetch_related(None).values_list("image_id")[: TOP_K + 1]
+            compiled.append(sliced.query.sql_with_params())
+        return compiled
+
+    def measured(run_one) -> tuple[list[float], list[list[int]]]:
+        for index in range(len(queries)):  # untimed: caches
+            run_one(index)
+        seconds, results = [], []
+        for index in range(len(queries)):
+            started = time.perf_counter()
+            ids = run_one(index)
+            if index >= WARM_UP:
+                seconds.append(time.perf_counter() - started)
+                results.append(ids)
+        return seconds, results
+
+    def sql_page(compiled: list[tuple[str, object]], index: int) -> list[int]:
+        with connection.cursor() as cursor:
+            cursor.execute(*compiled[index])
+            return [row[0] for row in cursor.fetchall()][:TOP_K]
+
     rows = []
     default = selectors.RERANK_CANDIDATES
     try:
@@ -513,23 +544,20 @@ def product_rows(
                 if n == args.rerank[0] and ef == args.product_ef_search[0]:
                     nodes = [line.strip().split("  (")[0] for line in plan.splitlines()]
                     print("  plan: " + " / ".join(x for x in nodes if "->" in x or x == nodes[0]))
-                for query in queries:  # untimed: caches
-                    page(query)
-                seconds, results = [], []
-                for index, query in enumerate(queries):
-                    started = time.perf_counter()
-                    ids = page(query)
-                    if index >= WARM_UP:
-                        seconds.append(time.perf_counter() - started)
-                        results.append(ids)
-                ms = np.array(seconds) * 1000
-                row = Row(
-                    generator, variant, f"top {n} + rerank, ef {ef}",
-                    recall(results, truth[WARM_UP:]), float(np.percentile(ms, 50)),
-                    float(np.percentile(ms, 95)), build_s, size / 2**20,
-                )  # fmt: skip
-                rows.append(row)
-                print(row.line(), flush=True)
+                compiled = statements(queries)
+                for mode, run_one in (
+                    (f"top {n} + rerank, ef {ef}", lambda i: page(queries[i])),
+                    ("  same, SQL only", functools.partial(sql_page, compiled)),
+                ):
+                    seconds, results = measured(run_one)
+                    ms = np.array(seconds) * 1000
+                    row = Row(
+                        generator, variant, mode, recall(results, truth[WARM_UP:]),
+                        float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), build_s,
+                        size / 2**20,
+                    )  # fmt: skip
+                    rows.append(row)
+                    print(row.line(), flush=True)
     finally:
         selectors.RERANK_CANDIDATES = default
         with connection.cursor() as cursor:

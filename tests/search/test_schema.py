@@ -93,8 +93,8 @@ def test_build_memory_holds_the_graph_within_a_share_of_memory() -> None:
     million = hnsw_build_memory(rows=1_000_000, dim=512)
     assert small == 64 * 2**20  # the floor
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    # 2 bytes a dimension (halfvec), 2*m neighbours of 8 bytes, bookkeeping, 25 % upper layers
-    assert million == min(int(1_000_000 * (1024 + 512 + 128) * 1.25), physical // 2)
+    # 2 bytes a dimension (halfvec), 2*m neighbours of 16 bytes, bookkeeping, 25 % upper layers
+    assert million == min(int(1_000_000 * (1024 + 1024 + 128) * 1.25), physical // 2)
     assert million > 2**30  # more than the old fixed 1GB, which a 1M graph overflowed
 
 

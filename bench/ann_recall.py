@@ -29,7 +29,18 @@ the planner has one choice), built with ``maintenance_work_mem = --build-memory`
   queried for the nearest N by halfvec distance (N in ``--rerank``, ef_search = N; and with no
   rerank, LIMIT 10 at each ``--ef-search``), then ranked again exactly on the full vectors:
   ``SELECT id FROM (... ORDER BY embedding::halfvec(512) <=> q::halfvec(512) LIMIT N) c
-  ORDER BY embedding <=> q LIMIT 10``.
+  ORDER BY embedding <=> q LIMIT 10``;
+- ``product`` (``product:32:128``, the m and ef_construction of ``search.indexes``, which
+  the variant checks): the product itself. The generator's rows are copied into the product's
+  tables (as public Flickr30k images of clip-vit-base-patch32, image id = row id), the index
+  is built by ``search.indexes.embedding_indexes_ensure`` (its name, expression, parameters
+  and build memory), and each query is the search page's own:
+  ``search.selectors.images_search_queryset`` (visibility filter, halfvec candidates, exact
+  rerank, the join to the images; the captions' prefetch left out) reading 11 rows, through
+  Django on the product's connection settings (``hnsw.iterative_scan=strict_order``). One row
+  per N in ``--rerank`` (``search.selectors.RERANK_CANDIDATES`` set to it) and per
+  ``--product-ef-search``, each twice: the page through Django (ORM included), then the
+  same SQL statements (compiled before timing) on the same connection, the database's share.
 
 Each row: recall@10, p50/p95 of one query at a time on one connection (psycopg, prepared
 statements, binary vectors; no Django, no join to the images), the build's seconds and the
@@ -37,12 +48,14 @@ index's size (``pg_relation_size``). The index files are read once before timing
 page cache, as a busy server has) and the queries run once untimed first, so what they touch
 is in shared_buffers as far as it holds (``--shared-buffers``, default the embedded server's
 128 MB; bigger restarts the bench's server with it).
-``hnsw.iterative_scan`` stays off: with no filter it changes nothing.
+``hnsw.iterative_scan`` stays off for the plain-table variants (with no filter and LIMIT <=
+ef_search it changes nothing); the product variant has the product's ``strict_order``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -75,8 +88,8 @@ class Variant:
     @classmethod
     def parse(cls, text: str) -> Variant:
         kind, m, efc = text.split(":")
-        if kind not in ("vector", "halfvec"):
-            raise SystemExit(f"--variants: unknown kind {kind!r} (vector or halfvec)")
+        if kind not in ("vector", "halfvec", "product"):
+            raise SystemExit(f"--variants: unknown kind {kind!r} (vector, halfvec or product)")
         return cls(kind, int(m), int(efc))
 
     def __str__(self) -> str:
@@ -118,6 +131,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--halfvec-ef-search", default="", help="ef_search values without rerank (halfvec)"
     )
+    parser.add_argument(
+        "--product-ef-search", default="40", help="hnsw.ef_search values for the product variant"
+    )
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--points-per-cluster", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
@@ -146,6 +162,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.ef_search = [int(v) for v in args.ef_search.split(",") if v]
     args.rerank = [int(v) for v in args.rerank.split(",") if v]
     args.halfvec_ef_search = [int(v) for v in args.halfvec_ef_search.split(",") if v]
+    args.product_ef_search = [int(v) for v in args.product_ef_search.split(",") if v]
     return args
 
 
@@ -385,6 +402,169 @@ def variant_rows(
     return rows
 
 
+def product_load(raw, generator: str, variant: Variant, data_dir: Path) -> tuple[float, int]:
+    """The generator's rows as the product's images and embeddings, with the product's index
+    built by ``embedding_indexes_ensure``; seconds of the build and the index's bytes. Kept for
+    the next run while the generator, size and index name are the same."""
+    from django.db import connection
+
+    from bench._search.common import MODEL_ID
+    from search.indexes import (
+        HNSW_EF_CONSTRUCTION,
+        HNSW_M,
+        embedding_indexes_ensure,
+        hnsw_index_name,
+    )
+    from search.models import ImageEmbedding
+
+    if (variant.m, variant.ef_construction) != (HNSW_M, HNSW_EF_CONSTRUCTION):
+        raise SystemExit(
+            f"--variants product:{variant.m}:{variant.ef_construction}: the product builds "
+            f"m={HNSW_M}, ef_construction={HNSW_EF_CONSTRUCTION} (search.indexes)"
+        )
+    table, name = f"bench_ann_{generator}", hnsw_index_name(MODEL_ID)
+    with raw.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {table}")
+        (size,) = cursor.fetchone()
+    record = data_dir / "product.json"
+    wanted = {"table": table, "size": size, "index": name}
+    stored = ImageEmbedding.objects.filter(model_id=MODEL_ID).count()
+    if record.exists() and json.loads(record.read_text())["key"] == wanted and stored == size:
+        seconds = json.loads(record.read_text())["build_s"]
+        print(f"  product tables hold {table} (index built in {seconds:.0f} s earlier)")
+    else:
+        record.unlink(missing_ok=True)
+        started = time.perf_counter()
+        _harness.fake_images_replace(size)  # image id i = bench row id i; embeddings cascade
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP INDEX IF EXISTS "{name}"')
+            cursor.execute(
+                f"INSERT INTO {ImageEmbedding._meta.db_table} (image_id, model_id, vector, "
+                f"created_at) SELECT id, %s, embedding, now() FROM {table}",
+                [MODEL_ID],
+            )
+            cursor.execute("VACUUM (ANALYZE) gallery_image")
+            cursor.execute(f"VACUUM (ANALYZE) {ImageEmbedding._meta.db_table}")
+            print(f"  {size:,} rows into the product's tables in "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
+            cursor.execute("SET max_parallel_maintenance_workers = 1")  # leader + 1 = 2 cores
+            started = time.perf_counter()
+            embedding_indexes_ensure(model_ids=[MODEL_ID])
+            seconds = time.perf_counter() - started
+            cursor.execute("RESET max_parallel_maintenance_workers")
+            cursor.execute("CHECKPOINT")
+        record.write_text(json.dumps({"key": wanted, "build_s": seconds}))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_relation_size(%s::regclass), current_setting('data_directory'), "
+            "pg_relation_filepath(%s::regclass)",
+            [f'"{name}"', f'"{name}"'],
+        )
+        size_bytes, data_directory, relative = cursor.fetchone()
+    first = Path(data_directory) / relative
+    for path in [first, *sorted(first.parent.glob(first.name + ".*"))]:  # warm the OS cache
+        with path.open("rb") as segment:
+            while segment.read(1 << 24):
+                pass
+    return seconds, size_bytes
+
+
+def product_rows(
+    raw,
+    generator: str,
+    variant: Variant,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    args: argparse.Namespace,
+    data_dir: Path,
+) -> list[Row]:
+    """The product's search query (``images_search_queryset``, page of 10 + 1) at each N."""
+    from django.contrib.auth.models import AnonymousUser
+    from django.db import connection
+
+    from bench._search.common import MODEL_ID
+    from search import selectors
+    from search.indexes import hnsw_index_name
+
+    print("  product tables and index (search.indexes) ...", flush=True)
+    build_s, size = product_load(raw, generator, variant, data_dir)
+    print(f"  built in {build_s:.0f} s, {size / 2**20:,.0f} MB", flush=True)
+    anonymous = AnonymousUser()
+
+    def page(query: np.ndarray) -> list[int]:
+        ranked, exact = selectors.images_search_queryset(
+            user=anonymous, model_id=MODEL_ID, vector=query, depth=TOP_K + 1
+        )
+        assert not exact
+        return [row.image_id for row in ranked.prefetch_related(None)[: TOP_K + 1]][:TOP_K]
+
+    def statements(queries: np.ndarray) -> list[tuple[str, object]]:
+        # The SQL and parameters Django sends for each query, built before timing: the
+        # database's share of a page (no ORM compile, no model instances).
+        compiled = []
+        for query in queries:
+            ranked, _ = selectors.images_search_queryset(
+                user=anonymous, model_id=MODEL_ID, vector=query, depth=TOP_K + 1
+            )
+            sliced = ranked.prefetch_related(None).values_list("image_id")[: TOP_K + 1]
+            compiled.append(sliced.query.sql_with_params())
+        return compiled
+
+    def measured(run_one) -> tuple[list[float], list[list[int]]]:
+        for index in range(len(queries)):  # untimed: caches
+            run_one(index)
+        seconds, results = [], []
+        for index in range(len(queries)):
+            started = time.perf_counter()
+            ids = run_one(index)
+            if index >= WARM_UP:
+                seconds.append(time.perf_counter() - started)
+                results.append(ids)
+        return seconds, results
+
+    def sql_page(compiled: list[tuple[str, object]], index: int) -> list[int]:
+        with connection.cursor() as cursor:
+            cursor.execute(*compiled[index])
+            return [row[0] for row in cursor.fetchall()][:TOP_K]
+
+    rows = []
+    default = selectors.RERANK_CANDIDATES
+    try:
+        for n in args.rerank:
+            selectors.RERANK_CANDIDATES = n
+            for ef in args.product_ef_search:
+                with connection.cursor() as cursor:
+                    cursor.execute(f"SET hnsw.ef_search = {int(ef)}")
+                ranked, _ = selectors.images_search_queryset(
+                    user=anonymous, model_id=MODEL_ID, vector=queries[0], depth=TOP_K + 1
+                )
+                plan = ranked.prefetch_related(None)[: TOP_K + 1].explain()
+                if hnsw_index_name(MODEL_ID) not in plan:
+                    print(f"  WARNING: the product query does not use the index:\n{plan}")
+                if n == args.rerank[0] and ef == args.product_ef_search[0]:
+                    nodes = [line.strip().split("  (")[0] for line in plan.splitlines()]
+                    print("  plan: " + " / ".join(x for x in nodes if "->" in x or x == nodes[0]))
+                compiled = statements(queries)
+                for mode, run_one in (
+                    (f"top {n} + rerank, ef {ef}", lambda i: page(queries[i])),
+                    ("  same, SQL only", functools.partial(sql_page, compiled)),
+                ):
+                    seconds, results = measured(run_one)
+                    ms = np.array(seconds) * 1000
+                    row = Row(
+                        generator, variant, mode, recall(results, truth[WARM_UP:]),
+                        float(np.percentile(ms, 50)), float(np.percentile(ms, 95)), build_s,
+                        size / 2**20,
+                    )  # fmt: skip
+                    rows.append(row)
+                    print(row.line(), flush=True)
+    finally:
+        selectors.RERANK_CANDIDATES = default
+        with connection.cursor() as cursor:
+            cursor.execute("RESET hnsw.ef_search")
+    return rows
+
+
 def shared_buffers_ensure(size: str, data_dir: Path, *, external: bool) -> None:
     """Give the bench's server ``size`` of shared_buffers (a restart: it is fixed at start)."""
     from django.db import connection, connections
@@ -441,7 +621,8 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
             del matrix
             print(HEADER)
             for variant in args.variants:
-                rows += variant_rows(raw, generator, variant, queries, truth, args, data_dir)
+                measure = product_rows if variant.kind == "product" else variant_rows
+                rows += measure(raw, generator, variant, queries, truth, args, data_dir)
             if not args.keep_index:
                 with raw.cursor() as cursor:
                     cursor.execute(

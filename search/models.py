@@ -3,15 +3,19 @@
 One table holds the vectors of all models, in an un-dimensioned ``vector`` column, with one
 partial expression HNSW index per model::
 
-    CREATE INDEX ... USING hnsw ((vector::vector(512)) vector_cosine_ops)
+    CREATE INDEX ... USING hnsw ((vector::halfvec(512)) halfvec_cosine_ops)
     WHERE model_id = 'clip-vit-base-patch32'
+
+(half-precision copies in the index, half its size; search ranks the index's candidates again
+on the full-precision column, see ``search.selectors.embeddings_ranked``).
 
 Why one table rather than one per model: enabling a model (or adding SigLIP) needs no new
 table, migration or model class; status, backfill and fusion queries stay one join; and the
 partial index keeps each model's ANN search as fast as a table of its own. The index's cast to
-``vector(dim)`` also makes PostgreSQL itself reject a vector of the wrong dimension for its model
-(the services check first, to give a readable error). ``search.indexes.embedding_indexes_ensure``
-creates the indexes from the registry after every migrate.
+``halfvec(dim)`` also makes PostgreSQL itself reject a vector of the wrong dimension for its
+model (the services check first, to give a readable error).
+``search.indexes.embedding_indexes_ensure`` creates the indexes from the registry after every
+migrate.
 """
 
 from __future__ import annotations

@@ -84,11 +84,11 @@ class AnnRanks:
 
 
 def _target_distance(model_id: str, vector: np.ndarray, image_id: int) -> float | None:
-    # The expression the index orders by, so the value is bit for bit the one the scan returns.
-    dim = model_spec(model_id).dim
+    # The expression the search ranks its candidates by (the full vector's exact cosine), so
+    # the value is bit for bit the one the search returns.
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT vector::vector({dim}) <=> %s::vector({dim}) "
+            f"SELECT vector <=> %s::vector "
             f"FROM {ImageEmbedding._meta.db_table} WHERE model_id = %s AND image_id = %s",
             [vector_literal(vector), model_id, image_id],
         )
@@ -102,8 +102,9 @@ def text_to_image_ranks_ann(
     """Each query's rank of its image among the top ``k`` that the HNSW index returns.
 
     The query is search's own (``embeddings_ranked`` restricted to the gallery's images, as
-    search restricts to the visible ones), one statement per query, so the numbers are what
-    search delivers, iterative index scans and ``hnsw.ef_search`` included. Sorting is priced
+    search restricts to the visible ones: the halfvec index's nearest candidates ranked again
+    exactly), one statement per query, so the numbers are what search delivers, iterative
+    index scans, ``hnsw.ef_search`` and the rerank included. Sorting is priced
     out for these statements: on a small table PostgreSQL would rather scan and sort exactly,
     and then "ann" figures would silently be exact ones. The plan is checked all the same.
 
@@ -117,8 +118,10 @@ def text_to_image_ranks_ann(
         images = images.filter(split=split)
 
     def top_k(vector: np.ndarray):
-        ranked = embeddings_ranked(model_id=model_id, vector=vector.tolist(), exact=False)
-        return ranked.filter(image__in=images).values_list("image_id", "distance")[:k]
+        ranked = embeddings_ranked(
+            model_id=model_id, vector=vector.tolist(), exact=False, images=images, depth=k
+        )
+        return ranked.values_list("image_id", "distance")[:k]
 
     ranks = np.full(len(queries), np.inf)
     with transaction.atomic(), connection.cursor() as cursor:

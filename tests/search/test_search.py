@@ -16,15 +16,19 @@ from PIL import Image as PILImage
 from gallery.models import Image
 from gallery.services import api_token_create
 from search import encoding
-from search.indexes import hnsw_index_name
+from search.models import ImageEmbedding
 from search.selectors import (
+    DATE_SORT_CANDIDATES,
+    RERANK_CANDIDATES,
     SearchFilters,
+    _candidates,
     embeddings_ranked,
     images_search_by_vector,
     images_search_queryset,
 )
 from search.services import embeddings_store
 from tests.factories import ImageFactory, UserFactory, jpeg_bytes
+from tests.search.test_schema import assert_reranked_from_index
 
 pytestmark = pytest.mark.django_db
 CLIP = "clip-vit-base-patch32"
@@ -37,6 +41,10 @@ def clustered(n: int, dim: int = 512, clusters: int = 40, seed: int = 0) -> np.n
     centres = rng.normal(size=(clusters, dim))
     rows = centres[rng.integers(0, clusters, n)] + 0.35 * rng.normal(size=(n, dim))
     return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=-1, keepdims=True)).astype(np.float32)
 
 
 def dataset(n: int, vectors: np.ndarray | None = None, **fields) -> tuple[list[Image], np.ndarray]:
@@ -98,7 +106,95 @@ def test_unfiltered_search_uses_the_models_hnsw_index() -> None:
     for who in (ANON, user):
         queryset, exact = images_search_queryset(user=who, model_id=CLIP, vector=clustered(1)[0])
         assert not exact
-        assert f"Index Scan using {hnsw_index_name(CLIP)}" in plan_of(queryset[:20])
+        assert_reranked_from_index(plan_of(queryset[:20]), CLIP)
+
+
+def stored_vectors(image_ids: list[int]) -> dict[int, np.ndarray]:
+    rows = ImageEmbedding.objects.filter(model_id=CLIP, image_id__in=image_ids)
+    return {row.image_id: np.asarray(row.vector, dtype=np.float64) for row in rows}
+
+
+def test_scores_are_the_exact_cosine_of_the_full_vectors() -> None:
+    """The index ranks half-precision copies; the scores a search returns are still the cosine
+    of the stored float32 vectors, not of their halfvec roundings."""
+    dataset(3000)
+    query = clustered(1, seed=11)[0]
+    page = images_search_by_vector(user=ANON, model_id=CLIP, vector=query, k=50)
+    assert not page.exact and len(page.hits) == 50
+    stored = stored_vectors([hit.image.pk for hit in page.hits])
+    q = query.astype(np.float64)
+    exact = np.array(
+        [stored[h.image.pk] @ q / np.linalg.norm(stored[h.image.pk]) for h in page.hits]
+    )
+    q16 = query.astype(np.float16).astype(np.float64)
+    rounded = np.array(
+        [
+            (v16 := stored[h.image.pk].astype(np.float16).astype(np.float64))
+            @ q16
+            / (np.linalg.norm(v16) * np.linalg.norm(q16))
+            for h in page.hits
+        ]
+    )
+    scores = np.array([hit.score for hit in page.hits])
+    assert np.max(np.abs(scores - exact)) < 2e-6
+    assert np.max(np.abs(scores - rounded)) > 1e-5  # the test tells the two apart
+    # Ranked by those exact scores.
+    assert list(scores) == sorted(scores, reverse=True)
+
+
+def test_private_images_nearest_to_the_query_do_not_empty_the_index_page() -> None:
+    """More of another user's private images lie nearest to the query than the index hands the
+    rerank: visibility is applied inside the candidate query (the iterative scan skips them),
+    so the index path itself fills the page with the nearest visible images."""
+    rng = np.random.default_rng(31337)
+    query = clustered(1, seed=12)[0]
+    block = 5 * RERANK_CANDIDATES
+    private = uploads(UserFactory(), block, unit(query + 0.02 * rng.normal(size=(block, 512))))
+    public, vectors = dataset(3000)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE gallery_image; ANALYZE search_imageembedding")
+    ranked, exact = images_search_queryset(user=ANON, model_id=CLIP, vector=query, depth=21)
+    assert not exact
+    assert_reranked_from_index(plan_of(ranked[:21]), CLIP)
+    page = images_search_by_vector(user=ANON, model_id=CLIP, vector=query, k=20)
+    assert not page.exact and len(page.hits) == 20 and page.has_more
+    got = [hit.image.pk for hit in page.hits]
+    assert not set(got) & {i.pk for i in private}
+    best = [public[i].pk for i in np.argsort(-(vectors @ query), kind="stable")[:20]]
+    assert len(set(got) & set(best)) >= 18  # approximate, but the nearest visible ones
+
+
+def spaced(n: int, query: np.ndarray, seed: int) -> np.ndarray:
+    """``n`` unit vectors whose cosines to ``query`` fall evenly from 0.99 to -0.5: row i is
+    the query's (i + 1)-th nearest, each 1.4e-3 apart (far more than halfvec rounding)."""
+    rng = np.random.default_rng(seed)
+    cosines = np.linspace(0.99, -0.5, n)
+    noise = rng.normal(size=(n, len(query)))
+    noise -= np.outer(noise @ query, query)  # orthogonal to the query
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    rows = cosines[:, None] * query[None, :] + np.sqrt(1 - cosines**2)[:, None] * noise
+    return unit(rows)
+
+
+def test_a_deep_page_comes_from_the_index_with_the_right_rows() -> None:
+    """offset 1000: the index hands the rerank offset + k + 1 candidates, not only
+    RERANK_CANDIDATES, so the page is served by the index path and holds ranks 1001-1020."""
+    query = unit(np.random.default_rng(5).normal(size=512))
+    images, vectors = dataset(1100, vectors=spaced(1100, query, seed=6))
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE gallery_image; ANALYZE search_imageembedding")
+    page = images_search_by_vector(user=ANON, model_id=CLIP, vector=query, k=20, offset=1000)
+    assert not page.exact
+    assert [hit.image.pk for hit in page.hits] == [i.pk for i in images[1000:1020]]
+    assert page.has_more
+    scores = np.array([hit.score for hit in page.hits])
+    assert np.max(np.abs(scores - vectors[1000:1020] @ query)) < 2e-6
+    # The date sort's DATE_SORT_CANDIDATES (500) come from the index too.
+    found, exact = _candidates(
+        model_id=CLIP, vector=query, depth=DATE_SORT_CANDIDATES, user=ANON, filters=None,
+        exclude_image_id=None,
+    )  # fmt: skip
+    assert not exact and set(found) == {i.pk for i in images[:DATE_SORT_CANDIDATES]}
 
 
 def test_a_filter_matching_one_percent_still_returns_k_results() -> None:

@@ -17,10 +17,9 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.contrib.postgres.expressions import ArraySubquery
 from django.core.files.uploadedfile import UploadedFile
 from django.db import connection
-from django.db.models import Exists, F, OuterRef, QuerySet, Window
+from django.db.models import Exists, F, OuterRef, QuerySet, Value, Window
 from django.db.models.functions import Cast, RowNumber
 from django.utils import timezone
-from pgvector import HalfVector
 from pgvector.django import CosineDistance, HalfVectorField
 from PIL.Image import Image as PILImage
 
@@ -117,18 +116,22 @@ def embeddings_ranked(
     embeddings = ImageEmbedding.objects.filter(model_id=model_id)
     if images is not None:
         embeddings = embeddings.filter(image__in=images)
+    # One literal serves both distances: PostgreSQL reads it as a halfvec beside the halfvec
+    # cast and as a vector beside the column (what pgvector's own Value(to_text()) relies on),
+    # and writing out 512 floats is the costliest part of building the statement.
+    query = Value(_vector_text(vector))
     if not exact:
         half = Cast("vector", HalfVectorField(dimensions=model_spec(model_id).dim))
-        nearest = embeddings.order_by(CosineDistance(half, HalfVector(_floats(vector))))
+        nearest = embeddings.order_by(CosineDistance(half, query))
         candidates = nearest.values("pk")[: max(RERANK_CANDIDATES, depth)]
         embeddings = ImageEmbedding.objects.filter(pk__in=candidates)
-    return embeddings.annotate(distance=CosineDistance("vector", _floats(vector))).order_by(
-        "distance"
-    )
+    return embeddings.annotate(distance=CosineDistance("vector", query)).order_by("distance")
 
 
-def _floats(vector: QueryVector) -> list[float]:
-    return [float(value) for value in vector]
+def _vector_text(vector: QueryVector) -> str:
+    """pgvector's text form of a query vector, '[x,y,...]'."""
+    values = np.asarray(vector, dtype=np.float64).ravel().tolist()
+    return "[" + ",".join(map(repr, values)) + "]"
 
 
 def embeddings_nearest(

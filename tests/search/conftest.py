@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 import pytest
+from django.db import connection
 
 from tests.factories import CaptionFactory, ImageFactory
+
+
+@pytest.fixture
+def fresh_embedding_files(db) -> None:
+    """An embedding table, and HNSW indexes, whose files hold no earlier test's rows.
+
+    A rolled-back test leaves its rows dead in the table and in the HNSW graphs (only a VACUUM
+    removes them), so a test that judges the index itself (recall, the planner's choice) would
+    depend on which tests ran before it: dead entries crowd the candidates, and the planner
+    prices the bloated files. TRUNCATE gives the table and its indexes new, empty files for
+    the rest of the test (rolled back with it).
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE search_imageembedding")
 
 
 @pytest.fixture

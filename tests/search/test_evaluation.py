@@ -10,7 +10,6 @@ import statistics
 import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
 
 from gallery.models import Caption, Image
 from search.evaluation import (
@@ -164,16 +163,12 @@ def test_only_the_gallery_is_ranked() -> None:
     assert ranks.tolist() == [1]
 
 
-def test_hnsw_ranks_use_the_index_and_match_exact_within_k() -> None:
+def test_hnsw_ranks_use_the_index_and_match_exact_within_k(fresh_embedding_files) -> None:
     images = dataset_images(12)
     others = dataset_images(5, split="train")
     gallery = basis(17, 512)
     embeddings_store(model_id=CLIP, image_ids=[i.pk for i in images + others], vectors=gallery)
     queries, targets = queries_with_ranks(gallery[:12], WANTED)
-    with connection.cursor() as cursor:
-        # Earlier tests' rolled-back inserts leave dead entries in the HNSW graph until a vacuum;
-        # a candidate list longer than all of them keeps this search exhaustive.
-        cursor.execute("SET LOCAL hnsw.ef_search = 1000")  # until the test's transaction ends
 
     found = text_to_image_ranks_ann(
         model_id=CLIP,

@@ -135,13 +135,8 @@ def test_top_k_query_of_each_model_can_use_its_index(model_id: str) -> None:
     assert_reranked_from_index(plan_of(query), model_id)
 
 
-def test_planner_chooses_the_index_on_its_own_at_realistic_size() -> None:
+def test_planner_chooses_the_index_on_its_own_at_realistic_size(fresh_embedding_files) -> None:
     model_id = "clip-vit-base-patch32"
-    with connection.cursor() as cursor:
-        # Earlier tests' rolled-back rows stay in the table's and index's files (a rollback
-        # does not shrink them) and the planner prices scans by pages: start from the files a
-        # site holding only these 3,000 rows has (the TRUNCATE is rolled back with the test).
-        cursor.execute("TRUNCATE search_imageembedding")
     images = ImageFactory.build_batch(3000, dataset=True, file="x.jpg")
     Image.objects.bulk_create(images)
     embeddings_store(

@@ -79,9 +79,7 @@ def test_exact_ranking_equals_numpy_brute_force() -> None:
     assert got == expected
 
 
-def test_hnsw_recall_at_10_against_exact_on_clustered_vectors() -> None:
-    # A seed no other test uses: rolled-back rows of earlier tests stay in the HNSW graph
-    # until a VACUUM, and identical dead copies of these vectors would crowd the candidates.
+def test_hnsw_recall_at_10_against_exact_on_clustered_vectors(fresh_embedding_files) -> None:
     # Queries come from the same clusters as the data, as text queries land near the images
     # they describe.
     both = clustered(3040, seed=4242)

@@ -85,10 +85,12 @@ logger = logging.getLogger(__name__)
 
 # How many candidates an approximate ranking takes from a model's halfvec HNSW index before
 # ranking them exactly on the full vectors (at least the rows a page needs). The index's
-# half-precision distances misorder near-ties; ranking its nearest 100 exactly lifts recall@10
-# at 1M vectors from 0.953 to 0.966 (blobs) and from 0.966 to 0.996 (skewed) for 1-2 ms
-# (bench/README.md, ann_recall.py), and every score is the full-precision cosine.
-RERANK_CANDIDATES = 100
+# half-precision distances misorder near-ties, and the scores must be full-precision cosines.
+# Recall is set by hnsw.ef_search, not by this depth: 50, 100 and 200 candidates gave the same
+# recall@10 at 100k (both generators), and 21 to 100 the same at 31,783 (0.988), while each
+# candidate costs a read of its full vector: a page of 20 took 5.9 ms with 40, 7.4 ms with 100
+# (bench/README.md). 40 is pgvector's default ef_search, what one pass of the index holds.
+RERANK_CANDIDATES = 40
 
 
 def embeddings_ranked(

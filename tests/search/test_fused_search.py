@@ -42,8 +42,9 @@ def store(images: list[Image], query: np.ndarray, model_id: str, scores: list[fl
 
 
 @pytest.fixture
-def gallery(tiny_models) -> dict[str, object]:
-    """Twenty-one public images where each model alone misses the target in its top 5:
+def gallery(tiny_models, fresh_embedding_files) -> dict[str, object]:
+    """Twenty-one public images where each model alone misses the target in its top 5 (on
+    fresh index files, where a search of 22 rows is exhaustive):
 
     - CLIP ranks five "clip decoys" first, the target 6th, ten fillers next, and five
       "align decoys" last; ALIGN the other way round (its decoys first, CLIP's last).

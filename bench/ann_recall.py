@@ -46,8 +46,9 @@ Each row: recall@10, p50/p95 of one query at a time on one connection (psycopg, 
 statements, binary vectors; no Django, no join to the images), the build's seconds and the
 index's size (``pg_relation_size``). The index files are read once before timing (a warm OS
 page cache, as a busy server has) and the queries run once untimed first, so what they touch
-is in shared_buffers as far as it holds (``--shared-buffers``, default the embedded server's
-128 MB; bigger restarts the bench's server with it).
+is in shared_buffers as far as it holds (``--shared-buffers``, default what the embedded
+server starts with, ``config.embedded.postgres_shared_buffers()``: 1GB, or a quarter of the
+memory if less; another size restarts the bench's server with it).
 ``hnsw.iterative_scan`` stays off for the plain-table variants (with no filter and LIMIT <=
 ef_search it changes nothing); the product variant has the product's ``strict_order``.
 """
@@ -141,9 +142,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--build-workers", type=int, default=1)
     parser.add_argument(
         "--shared-buffers",
-        default="128MB",
+        default=None,
         help="the bench server's shared_buffers (set, and the server restarted, when it differs; "
-        "128MB is the embedded server's and docker-compose's default)",
+        "default: the embedded server's, 1GB or a quarter of the memory, as docker-compose's)",
     )
     parser.add_argument("--reload", action="store_true")
     parser.add_argument("--keep-index", action="store_true", help="leave the last index")
@@ -596,7 +597,10 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
         flush=True,
     )
     rows: list[Row] = []
-    shared_buffers_ensure(args.shared_buffers, data_dir, external=bool(args.database_url))
+    from config.embedded import postgres_shared_buffers
+
+    size = args.shared_buffers or postgres_shared_buffers()
+    shared_buffers_ensure(size, data_dir, external=bool(args.database_url))
     with _harness._raw_connection() as raw:
         raw.autocommit = True
         with raw.cursor() as cursor:

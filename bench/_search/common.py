@@ -41,8 +41,9 @@ def _processes() -> dict[int, tuple[int, float]]:
     return found
 
 
-def _descendants(processes: dict[int, tuple[int, float]], root: int) -> set[int]:
-    found, grew = {root}, True
+def _descendants(processes: dict[int, tuple[int, float]], *roots: int) -> set[int]:
+    """``roots`` and every process under them."""
+    found, grew = set(roots), True
     while grew:
         grew = False
         for pid, (parent, _) in processes.items():
@@ -82,18 +83,11 @@ class MachineWatch:
         self.before = _processes()
 
     def _ours(self, processes: dict[int, tuple[int, float]]) -> set[int]:
-        roots = {os.getpid()}
+        roots = [os.getpid()]
         pid_file = self.data_dir / "postgres" / "postmaster.pid"
         if pid_file.exists():
-            roots.add(int(pid_file.read_text().split()[0]))
-        ours, grew = set(roots), True
-        while grew:
-            grew = False
-            for pid, (parent, _) in processes.items():
-                if parent in ours and pid not in ours:
-                    ours.add(pid)
-                    grew = True
-        return ours
+            roots.append(int(pid_file.read_text().split()[0]))
+        return _descendants(processes, *roots)
 
     def report(self, section: str) -> None:
         after = _processes()

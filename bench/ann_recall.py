@@ -305,21 +305,26 @@ def index_build(
             cursor.execute("RESET max_parallel_maintenance_workers")
             cursor.execute("CHECKPOINT")
             record.write_text(json.dumps({"build_s": seconds}))
-        cursor.execute("SELECT pg_relation_size(%s::regclass)", [f'"{name}"'])
-        (size,) = cursor.fetchone()
-        cursor.execute(
-            "SELECT current_setting('data_directory'), pg_relation_filepath(%s::regclass)",
-            [f'"{name}"'],
-        )
-        data_directory, relative = cursor.fetchone()
+        size = index_size_read_into_cache(cursor, name)
     for note in notices:
         print(f"  notice: {note}", flush=True)
+    return seconds, size
+
+
+def index_size_read_into_cache(cursor, name: str) -> int:
+    """The index's bytes, after reading its files once (a warm OS cache, as a busy server has)."""
+    cursor.execute(
+        "SELECT pg_relation_size(%s::regclass), current_setting('data_directory'), "
+        "pg_relation_filepath(%s::regclass)",
+        [f'"{name}"', f'"{name}"'],
+    )
+    size, data_directory, relative = cursor.fetchone()
     first = Path(data_directory) / relative
-    for path in [first, *sorted(first.parent.glob(first.name + ".*"))]:  # warm the OS cache
+    for path in [first, *sorted(first.parent.glob(first.name + ".*"))]:
         with path.open("rb") as segment:
             while segment.read(1 << 24):
                 pass
-    return seconds, size
+    return size
 
 
 def timed(
@@ -410,12 +415,8 @@ def product_load(raw, generator: str, variant: Variant, data_dir: Path) -> tuple
     from django.db import connection
 
     from bench._search.common import MODEL_ID
-    from search.indexes import (
-        HNSW_EF_CONSTRUCTION,
-        HNSW_M,
-        embedding_indexes_ensure,
-        hnsw_index_name,
-    )
+    from bench._search.data import product_index_build
+    from search.indexes import HNSW_EF_CONSTRUCTION, HNSW_M, hnsw_index_name
     from search.models import ImageEmbedding
 
     if (variant.m, variant.ef_construction) != (HNSW_M, HNSW_EF_CONSTRUCTION):
@@ -448,26 +449,10 @@ def product_load(raw, generator: str, variant: Variant, data_dir: Path) -> tuple
             cursor.execute(f"VACUUM (ANALYZE) {ImageEmbedding._meta.db_table}")
             print(f"  {size:,} rows into the product's tables in "
                   f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
-            cursor.execute("SET max_parallel_maintenance_workers = 1")  # leader + 1 = 2 cores
-            started = time.perf_counter()
-            embedding_indexes_ensure(model_ids=[MODEL_ID])
-            seconds = time.perf_counter() - started
-            cursor.execute("RESET max_parallel_maintenance_workers")
-            cursor.execute("CHECKPOINT")
+        seconds = product_index_build()
         record.write_text(json.dumps({"key": wanted, "build_s": seconds}))
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_relation_size(%s::regclass), current_setting('data_directory'), "
-            "pg_relation_filepath(%s::regclass)",
-            [f'"{name}"', f'"{name}"'],
-        )
-        size_bytes, data_directory, relative = cursor.fetchone()
-    first = Path(data_directory) / relative
-    for path in [first, *sorted(first.parent.glob(first.name + ".*"))]:  # warm the OS cache
-        with path.open("rb") as segment:
-            while segment.read(1 << 24):
-                pass
-    return seconds, size_bytes
+        return seconds, index_size_read_into_cache(cursor, name)
 
 
 def product_rows(

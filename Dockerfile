@@ -41,10 +41,10 @@ RUN useradd --create-home --uid 1000 --user-group app \
 COPY . .
 
 # Static files are baked into the image (WhiteNoise serves them). The key is thrown away and
-# the database URL is never connected to: it only stops settings from starting the embedded
-# PostgreSQL that they use when DATABASE_URL is unset.
+# the URLs are never connected to: production settings refuse to start without them.
 RUN SECRET_KEY=collectstatic-build-only \
     DATABASE_URL=postgresql://x@localhost/x \
+    CELERY_BROKER_URL=redis://localhost:6379/0 \
     python manage.py collectstatic --noinput --verbosity 0
 
 USER app

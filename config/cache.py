@@ -2,8 +2,9 @@
 
 It holds the rate-limit counters (django-ratelimit), which every web process must share.
 Losing Redis must not take sign-up or image search down with it: while the cache is
-unreachable the counters read as absent (django-ratelimit with RATELIMIT_FAIL_OPEN then lets
-requests through), and a warning says so once a minute.
+unreachable, reads find nothing, writes are dropped (django-ratelimit with RATELIMIT_FAIL_OPEN
+then lets requests through), and a warning says so once a minute. ``ping`` is the one call
+that does not fail open: the health check and the launcher's start-up check use it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ _WARN_EVERY_SECONDS = 60.0
 
 
 class FailOpenRedisCache(RedisCache):
-    """RedisCache whose reads and counter updates survive an unreachable server."""
+    """RedisCache whose every call survives an unreachable server."""
 
     _last_warning = 0.0
 
@@ -30,6 +31,10 @@ class FailOpenRedisCache(RedisCache):
         if now - FailOpenRedisCache._last_warning >= _WARN_EVERY_SECONDS:
             FailOpenRedisCache._last_warning = now
             logger.warning("cache unavailable, rate limits are not enforced: %s", error)
+
+    def ping(self) -> None:
+        """Raise RedisError unless the server answers (never fails open)."""
+        self._cache.get_client(write=True).ping()
 
     def add(self, key: Any, value: Any, timeout: Any = None, version: int | None = None) -> bool:
         try:
@@ -44,6 +49,53 @@ class FailOpenRedisCache(RedisCache):
         except RedisError as error:
             self._unavailable(error)
             return default
+
+    def set(self, key: Any, value: Any, timeout: Any = None, version: int | None = None) -> None:
+        try:
+            super().set(key, value, timeout, version)
+        except RedisError as error:
+            self._unavailable(error)
+
+    def touch(self, key: Any, timeout: Any = None, version: int | None = None) -> bool:
+        try:
+            return super().touch(key, timeout, version)
+        except RedisError as error:
+            self._unavailable(error)
+            return False
+
+    def delete(self, key: Any, version: int | None = None) -> bool:
+        try:
+            return super().delete(key, version)
+        except RedisError as error:
+            self._unavailable(error)
+            return False
+
+    def get_many(self, keys: Any, version: int | None = None) -> dict[Any, Any]:
+        try:
+            return super().get_many(keys, version)
+        except RedisError as error:
+            self._unavailable(error)
+            return {}
+
+    def has_key(self, key: Any, version: int | None = None) -> bool:
+        try:
+            return super().has_key(key, version)
+        except RedisError as error:
+            self._unavailable(error)
+            return False
+
+    def set_many(self, data: Any, timeout: Any = None, version: int | None = None) -> list[Any]:
+        try:
+            return super().set_many(data, timeout, version)
+        except RedisError as error:
+            self._unavailable(error)
+            return list(data)
+
+    def delete_many(self, keys: Any, version: int | None = None) -> None:
+        try:
+            super().delete_many(keys, version)
+        except RedisError as error:
+            self._unavailable(error)
 
     def incr(self, key: Any, delta: int = 1, version: int | None = None) -> int:
         try:

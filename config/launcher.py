@@ -20,6 +20,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +38,9 @@ STOP_GRACE_SECONDS = 15
 HEALTHY_AFTER_SECONDS = 60
 MAX_BACKOFF_SECONDS = 30
 WORKER_READY_TIMEOUT = 90
+# A web worker that answers but keeps failing its self-check (database or cache unreachable)
+# this long after the start is a failed start.
+SELF_CHECK_TIMEOUT = 30
 # Addresses that mean "every interface": the site is reached on loopback from here.
 ANY_ADDRESS = {"0.0.0.0", "::", ""}  # noqa: S104 - recognising them, not binding
 
@@ -231,14 +236,20 @@ class Launcher:
                 child.ready.set()
 
     def wait_until_ready(self) -> None:
-        """Wait for the web server to listen and the worker to say it is ready.
+        """Wait until the site answers its self-check and the worker says it is ready.
 
-        A child that exits while starting is a failed start (a bad setting, a broken install):
-        restarting it would only repeat the error, so the launch stops and shows its output.
+        "Ready" means a web worker answered ``/health/`` with 200: it loaded its models and
+        reached the database and the cache. (A listening port said less: gunicorn's master
+        accepts connections while its workers still load models, so the first request after
+        "ready" could wait seconds on a busy machine, and a cache URL redis-py cannot open
+        went unnoticed until sign-up failed.) A child that exits while starting is a failed
+        start (a bad setting, a broken install): restarting it would only repeat the error, so
+        the launch stops and shows its output; so does a self-check that keeps failing.
         """
         start = time.monotonic()
         web = next(c for c in self.children if c.name == "web")
         worker = next(c for c in self.children if c.name == "worker")
+        health = ""
         while not (web.ready.is_set() and worker.ready.is_set()):
             for child in self.children:
                 if not child.alive():
@@ -247,11 +258,18 @@ class Launcher:
                     raise LaunchError(
                         f"{child.name} exited while starting ({describe_exit(code or 0)}):\n{last}"
                     )
-            if not web.ready.is_set() and self.web_listening():
-                web.ready.set()
             waited = time.monotonic() - start
-            if not web.ready.is_set() and waited > 120:
-                raise LaunchError(f"web server did not listen on port {self.port} within 120s")
+            if not web.ready.is_set():
+                status, health = self.web_health()
+                if status == 200:
+                    web.ready.set()
+                elif status and waited > SELF_CHECK_TIMEOUT:
+                    raise LaunchError(f"the site's self-check (/health/) failed: {health}")
+                elif waited > 120:
+                    raise LaunchError(
+                        f"web server did not answer on port {self.port} within 120s"
+                        + (f" ({health})" if health else "")
+                    )
             if web.ready.is_set() and waited > WORKER_READY_TIMEOUT:
                 log("the worker is not ready yet; the site serves meanwhile")
                 break
@@ -268,11 +286,23 @@ class Launcher:
                 flush=True,
             )
 
-    def web_listening(self) -> bool:
+    def web_health(self) -> tuple[int, str]:
+        """GET /health/ on loopback: (status, what it said); (0, why) when nothing answered."""
         host = {"::": "::1", "0.0.0.0": "127.0.0.1", "": "127.0.0.1"}.get(self.host, self.host)  # noqa: S104
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.settimeout(0.5)
-            return probe.connect_ex((host, self.port)) == 0
+        netloc = f"[{host}]" if ":" in host else host
+        # As a name the site answers to: ALLOWED_HOSTS may be set without loopback's.
+        allowed = self.env["ALLOWED_HOSTS"].split(",")[0].strip().lstrip(".")
+        request = urllib.request.Request(
+            f"http://{netloc}:{self.port}/health/",
+            headers={"Host": allowed.replace("*", "localhost") or "localhost"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback
+                return response.status, response.read(2000).decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read(2000).decode(errors="replace")
+        except OSError as exc:
+            return 0, str(exc)
 
     # --- supervise -----------------------------------------------------------------------
     def watch(self) -> None:

@@ -1,10 +1,12 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from config.views import health
 from gallery.views import accounts
 from search.api import api
 
 urlpatterns = [
+    path("health/", health, name="health"),
     path("admin/", admin.site.urls),
     # Ahead of Django's own route of the same name: the same view, rate-limited.
     path("accounts/password_reset/", accounts.password_reset, name="password_reset"),

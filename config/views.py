@@ -22,6 +22,7 @@ DATABASE_DOWN = (
     "again as soon as it is back. Please try again in a minute."
 )
 RETRY_AFTER_SECONDS = 30
+LOOPBACK = {"127.0.0.1", "::1"}
 # Rate-limit windows are a minute or an hour: a minute is an honest first wait.
 RATE_LIMIT_RETRY_AFTER_SECONDS = 60
 
@@ -99,3 +100,34 @@ def client_address(request: HttpRequest) -> str | None:
     """AXES_CLIENT_IP_CALLABLE: the client's address as django-ratelimit reads it, so that the
     sign-in lock-out and the rate limits agree behind a proxy (RATELIMIT_IP_META_KEY)."""
     return request.META.get(settings.RATELIMIT_IP_META_KEY or "REMOTE_ADDR")
+
+
+def health(request: HttpRequest) -> JsonResponse:
+    """``/health/``: 200 when this process reaches the database and the cache, else 503 naming
+    what failed. The launcher waits for it before saying "ready", and probes use it: a
+    listening port alone said nothing about a worker still loading models or a bad cache URL.
+    """
+    from django.core.cache import cache
+    from django.db import connection
+
+    failed: dict[str, str] = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except DATABASE_ERRORS as exc:
+        failed["database"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    ping = getattr(cache, "ping", None)
+    if ping is not None:
+        try:
+            ping()
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the cache is the answer
+            failed["cache"] = f"{type(exc).__name__}: {exc}"
+    status = 503 if failed else 200
+    body: dict[str, object] = {
+        "database": "ok" if "database" not in failed else "unavailable",
+        "cache": "ok" if "cache" not in failed else "unavailable",
+    }
+    if failed and (settings.DEBUG or request.META.get("REMOTE_ADDR") in LOOPBACK):
+        # The reasons name internal hosts and paths: only for this machine's own probes.
+        body["errors"] = failed
+    return JsonResponse(body, status=status, headers={"Cache-Control": "no-store"})

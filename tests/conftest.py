@@ -33,8 +33,9 @@ def _media_root(settings, tmp_path: Path) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _rate_limits_reset() -> None:
-    """Each test starts with no rate-limit counts (django-ratelimit keeps them in the cache)."""
+def _rate_limits_reset(redis_url: str) -> None:
+    """Each test starts with an empty cache: no rate-limit counts carried over. The cache is the
+    Redis that ./run uses too (the session's test Redis, database 1), so it must be up."""
     from django.core.cache import cache
 
     cache.clear()

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from config import embedded  # names only: nothing here starts a server
 
@@ -306,27 +307,50 @@ LOGGING = {
 
 
 def cache_url_from_broker(url: str) -> str:
-    """The broker's Redis, database 1 (Celery's queues are in 0); "" for another broker."""
+    """The broker's Redis, database 1 (Celery's queues are in 0), as a URL redis-py opens;
+    "" for another broker.
+
+    kombu spells a unix socket ``redis+socket:///path``; redis-py wants ``unix:///path``
+    (``unix:/path``, what urlunsplit makes of an empty host, raises ValueError in redis-py).
+    """
     parts = urlsplit(url)
-    if parts.scheme == "redis+socket":  # kombu's name for a unix socket
-        return urlunsplit(("unix", "", parts.path, "db=1", ""))
+    if parts.scheme == "redis+socket":
+        return f"unix://{parts.netloc}{parts.path}?db=1"
     if parts.scheme in ("redis", "rediss"):
         return urlunsplit((parts.scheme, parts.netloc, "/1", parts.query, ""))
     return ""
 
 
+def caches_for(url: str) -> dict[str, dict[str, Any]]:
+    """CACHES for a Redis URL (failing open), or a per-process cache without one.
+
+    A URL redis-py cannot open is refused here, at start-up, in every process: found only at
+    the first cache call, it was a 500 on sign-up and every other rate-limited form.
+    """
+    if not url:
+        return {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    from redis.connection import parse_url
+
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise ImproperlyConfigured(
+            f"the cache URL {url!r} (CACHE_URL, else made from the broker URL) is not one "
+            f"redis-py opens: {exc}"
+        ) from exc
+    return {
+        "default": {
+            "BACKEND": "config.cache.FailOpenRedisCache",
+            "LOCATION": url,
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
+    }
+
+
 # The rate-limit counters must be shared by every web process, so the cache is Redis: CACHE_URL,
 # else the broker's server. It fails open: with Redis down, limits lapse rather than the site.
 CACHE_URL = os.environ.get("CACHE_URL") or cache_url_from_broker(CELERY_BROKER_URL)
-CACHES = {
-    "default": {
-        "BACKEND": "config.cache.FailOpenRedisCache",
-        "LOCATION": CACHE_URL,
-        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
-    }
-    if CACHE_URL
-    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
-}
+CACHES = caches_for(CACHE_URL)
 RATELIMIT_USE_CACHE = "default"
 RATELIMIT_FAIL_OPEN = True
 RATELIMIT_VIEW = "config.views.rate_limited"

@@ -1,5 +1,7 @@
 """Production settings: the base, plus refusals to start in an unsafe configuration."""
 
+import os
+
 from django.core.exceptions import ImproperlyConfigured
 
 from config.settings.base import *  # noqa: F403
@@ -18,6 +20,14 @@ if not DATABASE_URL:
     raise ImproperlyConfigured(
         "Production settings need DATABASE_URL (PostgreSQL with pgvector >= 0.8), e.g. "
         "postgresql://user:password@db:5432/imagesearch; the embedded database is for ./run only."
+    )
+
+if not (os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL")):
+    # Without one, processes would look for ./run's embedded Redis socket under the code's
+    # folder: every upload's job and the rate-limit cache would quietly go nowhere.
+    raise ImproperlyConfigured(
+        "Production settings need CELERY_BROKER_URL (or REDIS_URL), e.g. redis://redis:6379/0; "
+        "the embedded Redis is for ./run only."
     )
 
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)

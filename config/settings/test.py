@@ -1,11 +1,17 @@
-"""Test settings: the base with a separate embedded Redis and fast password hashing."""
+"""Test settings: the base with its own embedded Redis and fast password hashing."""
 
 import os
 from pathlib import Path
 
 from config import embedded
 from config.settings.base import *  # noqa: F403
-from config.settings.base import DATA_DIR, DATABASE_URL, database_from_url
+from config.settings.base import (
+    DATA_DIR,
+    DATABASE_URL,
+    cache_url_from_broker,
+    caches_for,
+    database_from_url,
+)
 
 if not DATABASE_URL:
     # The tests' own database lives on the embedded server (pytest-django adds "test_").
@@ -25,11 +31,11 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
-# Rate-limit counters in this process's memory: the live server runs in a thread of the test
-# process, so it shares them, and tests/conftest.py empties them before each test (Redis would
-# carry counts across tests and runs). django-ratelimit's check refuses an unshared cache.
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-SILENCED_SYSTEM_CHECKS = ["django_ratelimit.W001", "django_ratelimit.E003"]
+# The same cache ./run builds: Redis over the broker's socket, database 1 (a LocMemCache here
+# once hid a sign-up 500 that every ./run user met). tests/conftest.py starts that Redis for
+# the session and empties the cache before each test, so rate-limit counts never carry over.
+CACHE_URL = os.environ.get("CACHE_URL") or cache_url_from_broker(CELERY_BROKER_URL)
+CACHES = caches_for(CACHE_URL)
 # Tests never run collectstatic: serve static files from the apps' folders.
 WHITENOISE_AUTOREFRESH = True
 WHITENOISE_USE_FINDERS = True

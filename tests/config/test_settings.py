@@ -13,7 +13,11 @@ CHECK = "import django; django.setup(); print('started')"
 
 def start_with(**env: str) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEBUG"}}
-    full.update(DJANGO_SETTINGS_MODULE="config.settings.production", **env)
+    full.update(
+        DJANGO_SETTINGS_MODULE="config.settings.production",
+        CELERY_BROKER_URL="redis://redis.invalid:6379/0",
+        **env,
+    )
     return subprocess.run(
         [sys.executable, "-c", CHECK],
         env=full,

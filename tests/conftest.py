@@ -4,13 +4,22 @@ an embedded Redis started here unless CELERY_BROKER_URL points at one."""
 from __future__ import annotations
 
 import os
+import secrets
+import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from django.conf import settings
 
 from config import embedded
+
+# Every process the tests start inherits this variable (pg_ctl's server and a daemon too), so
+# the end of the session can find any of them still alive, wherever it was re-parented.
+RUN_MARKER = "IMAGESEARCH_TEST_RUN"
+os.environ[RUN_MARKER] = f"{os.getpid()}-{secrets.token_hex(4)}"
 
 
 @pytest.fixture(scope="session")
@@ -78,3 +87,55 @@ def browser_type_launch_args(browser_type_launch_args: dict) -> dict:
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
         ],
     }  # fmt: skip
+
+
+# --- Nothing outlives the run ---------------------------------------------------------------
+def _session_database_server() -> set[int]:
+    """The test database's own server (./run test stops it after pytest) and its backends."""
+    pid_file = embedded.postgres_dir(Path(settings.DATA_DIR)) / "postmaster.pid"
+    try:
+        postmaster = psutil.Process(int(pid_file.read_text().split()[0]))
+        return {postmaster.pid, *(c.pid for c in postmaster.children(recursive=True))}
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return set()
+
+
+def processes_left_behind() -> list[psutil.Process]:
+    """Processes this run started (they carry its marker) that are still alive."""
+    marker = os.environ[RUN_MARKER]
+    keep = {os.getpid(), *_session_database_server()}
+    left = []
+    for process in psutil.process_iter():
+        if process.pid in keep:
+            continue
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if process.environ().get(RUN_MARKER) == marker:
+                left.append(process)
+        except psutil.Error:
+            continue
+    return left
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a test left a process running (after every fixture's teardown), and
+    kill it, so a failed test can never leave a server behind on the machine."""
+    left = processes_left_behind()
+    if not left:
+        return
+    lines = []
+    for process in left:
+        try:
+            lines.append(f"  pid {process.pid}: {' '.join(process.cmdline())[:200]}")
+            process.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            continue
+    psutil.wait_procs(left, timeout=10)
+    print(
+        "\nFAILED: processes started by the tests were still running at the end of the run "
+        "(now killed):\n" + "\n".join(lines),
+        file=sys.stderr,
+    )
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

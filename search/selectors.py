@@ -7,6 +7,7 @@ import itertools
 import logging
 import re
 import threading
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -501,7 +502,10 @@ def _model_resolve(model_id: str | None, models: dict[str, _EnabledModel]) -> st
 
 
 def search_validate_text(text: str | None) -> str:
-    text = (text or "").strip()
+    """The query as searched: in Unicode NFC (as captions are stored, so composed and
+    decomposed forms of one query are one query and one cached vector), stripped and checked.
+    The page and the API both take their query text through here."""
+    text = unicodedata.normalize("NFC", text or "").strip()
     if not text:
         raise InvalidInput("the query is empty; type what you are looking for")
     if len(text) > MAX_QUERY_CHARS:

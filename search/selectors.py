@@ -221,6 +221,17 @@ def embedding_models_enabled() -> list[str]:
     return list(EmbeddingModel.objects.filter(enabled=True).values_list("model_id", flat=True))
 
 
+def embedding_model_enable_hint(*, model_id: str) -> str:
+    """How to enable ``model_id`` now, for messages that must name steps that work: settings
+    only create a model's row, so one disabled in the admin is enabled there or not at all."""
+    if EmbeddingModel.objects.filter(model_id=model_id).exists():
+        return "enable it in the admin (Embedding models: select it, action Enable)"
+    return (
+        "enable it in the admin (Embedding models: Add) or add it to EMBEDDING_MODELS and run "
+        "`manage.py migrate`"
+    )
+
+
 def embedding_model_default() -> str | None:
     return EmbeddingModel.objects.filter(is_default=True).values_list("model_id", flat=True).first()
 

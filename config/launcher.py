@@ -465,9 +465,19 @@ def manage(argv: list[str]) -> int:
             if started:
                 embedded.postgres_stop(data_dir)
             return 1
+    # The command runs where `./run manage` was typed (`run` records it, then changes to the
+    # repository), so `import_captions ../x.csv` reads the file the person means. A relative
+    # MEDIA_ROOT stays the repository's, where the site resolves it; DATA_DIR is absolute.
+    cwd = env.pop("RUN_CALLER_DIR", "")
+    if env.get("MEDIA_ROOT"):
+        env["MEDIA_ROOT"] = str((BASE_DIR / env["MEDIA_ROOT"]).resolve())
     # Ctrl-C reaches the command (same terminal); the launcher only waits and tidies up.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    code = subprocess.call([PYTHON, str(BASE_DIR / "manage.py"), *argv], env=env)
+    code = subprocess.call(
+        [PYTHON, str(BASE_DIR / "manage.py"), *argv],
+        env=env,
+        cwd=cwd if cwd and Path(cwd).is_dir() else None,
+    )
     site = read_pid(data_dir / "run.pid")
     if started and not (site and psutil.pid_exists(site)):
         embedded.postgres_stop(data_dir)

@@ -39,17 +39,25 @@ class _Family:
     # Longest text the family was trained on, in tokens (ALIGN: 64 as in AlignProcessor;
     # its BERT would accept 512 positions, but nothing longer was seen in training).
     max_text_tokens: int
+    # SigLIP and SigLIP 2 were trained on lowercased text, and the reference implementation
+    # (big_vision) lowercases what it embeds; uncased, SigLIP 2 B/16 lost ~7 points of Flickr30k
+    # text->image R@1 (google-research/big_vision#166). Done here rather than trusted to the
+    # tokenizer: the Gemma tokenizer SigLIP 2's fixed-resolution checkpoints ship with keeps
+    # case. Lowercasing twice is harmless where the tokenizer also does it (SiglipTokenizer).
+    lowercase_text: bool = False
 
 
 _FAMILIES = {
     "clip": _Family({"clip": "CLIPModel"}, True, 77),
     "align": _Family({"align": "AlignModel"}, True, 64),
-    "siglip": _Family({"siglip": "SiglipModel"}, "max_length", 64),
+    "siglip": _Family({"siglip": "SiglipModel"}, "max_length", 64, lowercase_text=True),
     # SigLIP 2's fixed-resolution checkpoints (siglip2-base-patch16-256, so400m-patch14-384)
     # are published as SigLIP architectures with a Gemma tokenizer; only the NaFlex variants
     # declare "siglip2" (Siglip2Model, which also takes a patch mask and each image's patch
     # grid). Both are trained on texts padded to 64 tokens.
-    "siglip2": _Family({"siglip2": "Siglip2Model", "siglip": "SiglipModel"}, "max_length", 64),
+    "siglip2": _Family(
+        {"siglip2": "Siglip2Model", "siglip": "SiglipModel"}, "max_length", 64, lowercase_text=True
+    ),
 }
 
 
@@ -78,6 +86,7 @@ class ProcessorEncoder:
         self._tokenizer = processor.tokenizer
         self._image_processor = processor.image_processor
         self._text_padding = _FAMILIES[family].text_padding
+        self._lowercase_text = _FAMILIES[family].lowercase_text
         self.dim = _embedding_dim(config, family)
         self.max_text_tokens = _max_text_tokens(config, self._tokenizer, family)
 
@@ -107,11 +116,16 @@ class ProcessorEncoder:
             self._image_processor(images=[to_rgb(image) for image in images], return_tensors="np")
         )
 
+    def texts_prepared(self, texts: Sequence[str]) -> list[str]:
+        """``texts`` as the model reads them (SigLIP and SigLIP 2: lowercased), before the
+        tokenizer: queries and evaluation captions alike go through here."""
+        return [text.lower() for text in texts] if self._lowercase_text else list(texts)
+
     def text_inputs(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """The tokenizer's arrays for ``texts``: what the text tower takes."""
         return dict(
             self._tokenizer(
-                list(texts),
+                self.texts_prepared(texts),
                 padding=self._text_padding,
                 truncation=True,
                 max_length=self.max_text_tokens,

@@ -19,7 +19,8 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Iterator
+import unicodedata
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,9 +128,10 @@ def _entry(
         raise Flickr30kFormatError(f"{where}: unknown split {split!r}")
     if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
         raise Flickr30kFormatError(f"{where}: captions must be a list of strings")
-    # Kept verbatim apart from surrounding whitespace: the tokenizer does any normalising, as
-    # it did in the papers' evaluations.
-    cleaned = tuple(c.strip() for c in captions if c.strip())
+    # Kept verbatim apart from surrounding whitespace and Unicode composition (NFC, as every
+    # caption is stored): the tokenizer does any other normalising, as in the papers'
+    # evaluations.
+    cleaned = tuple(text for text in map(_caption_text, captions) if text)
     if not cleaned:
         raise Flickr30kFormatError(f"{where}: no captions")
     name = Path(str(filename).strip()).name
@@ -197,58 +199,116 @@ def karpathy_split_difference(counts: dict[str, int]) -> str | None:
 # --- Translated captions (manage.py import_captions) -------------------------------------------
 
 LANG_PATTERN = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
-_KEY_FIELDS = ("image_id", "filename", "file_name", "image")
+# How a captions file may name an image: by the file name it was imported from, or by its
+# Flickr30k id (the annotations' img_id). A bare "image_id" could be either that id or this
+# site's own image number, which silently matched another image; it is refused.
+_FILENAME_FIELDS = ("filename", "file_name", "image")
+_FLICKR30K_ID_FIELDS = ("flickr30k_id", "img_id")
+_AMBIGUOUS_FIELDS = ("image_id",)
 _TEXT_FIELDS = ("caption", "text")
+KEYS_HELP = (
+    "name each image by its file name (column 'filename', e.g. 1000092795.jpg) or by its "
+    "Flickr30k id (column 'flickr30k_id', the annotations' img_id)"
+)
 
 
 @dataclass(frozen=True)
 class CaptionRow:
-    """One caption of a captions file: ``image`` is an image id (int) or a file name (str)."""
+    """One caption of a captions file and the data-set image it belongs to: named by the file
+    name it was imported from, or by its Flickr30k id (exactly one of the two is set)."""
 
-    image: int | str
     text: str
     where: str
+    filename: str = ""
+    flickr30k_id: int | None = None
+
+    @property
+    def image(self) -> str:
+        """The image as the file named it, for messages."""
+        return self.filename or f"flickr30k_id {self.flickr30k_id}"
 
 
 def caption_rows_read(*, path: str | Path) -> list[CaptionRow]:
-    """The rows of a captions file, in file order.
+    """The rows of a captions file, in file order; texts in Unicode NFC.
 
-    ``.jsonl``: one object per line with the image (``image_id``, or ``filename`` /
-    ``file_name`` / ``image``) and ``caption`` (or ``text``). Anything else is CSV: two columns,
-    image then caption, with or without a header row. An image is an id when it is a whole
-    number and a file name otherwise (compared without any folder part).
+    ``.jsonl``: one object per line with the image (``filename``, ``file_name`` or ``image``;
+    or ``flickr30k_id`` / ``img_id``) and ``caption`` (or ``text``). Anything else is CSV: a
+    header row naming the columns the same way, or no header and two columns, file name then
+    caption. File names are compared without any folder part. A whole number where a file
+    name belongs, or an ``image_id`` column, is refused (``Flickr30kFormatError``): it could be
+    a Flickr30k id or this site's image number.
     """
     path = Path(path)
     reader = _caption_rows_jsonl if path.suffix.lower() == ".jsonl" else _caption_rows_csv
     return [row for row in reader(path) if row.text]
 
 
-def _caption_key(where: str, value: object) -> int | str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    text = str(value).strip() if value is not None else ""
-    if text.isdigit():
-        return int(text)
-    name = text.replace("\\", "/").rsplit("/", 1)[-1]
+def _caption_text(value: str) -> str:
+    # NFC once, here: the same caption typed in composed and decomposed form is one caption
+    # (a rerun finds it present) and one text for the tokenizer.
+    return unicodedata.normalize("NFC", value).strip()
+
+
+def _key_field(where: str, fields: Iterable[str]) -> str:
+    """Which of ``fields`` names the image: a file name column, else a Flickr30k id column."""
+    present = {str(f).strip().lower(): str(f) for f in fields}
+    for candidates in (_FILENAME_FIELDS, _FLICKR30K_ID_FIELDS):
+        for name in candidates:
+            if name in present:
+                return present[name]
+    ambiguous = [present[f] for f in _AMBIGUOUS_FIELDS if f in present]
+    if ambiguous:
+        raise Flickr30kFormatError(
+            f"{where}: {ambiguous[0]!r} is ambiguous (a Flickr30k id, or this site's image "
+            f"number?); {KEYS_HELP}"
+        )
+    raise Flickr30kFormatError(f"{where}: no image to match; {KEYS_HELP}")
+
+
+def _caption_row(where: str, field: str, value: object, text: str) -> CaptionRow:
+    raw = value if isinstance(value, int) and not isinstance(value, bool) else None
+    string = "" if value is None else str(value).strip()
+    if field.strip().lower() in _FLICKR30K_ID_FIELDS:
+        if raw is None and not (string.isascii() and string.isdigit()):
+            raise Flickr30kFormatError(f"{where}: {field} {string!r} is not a whole number")
+        return CaptionRow(_caption_text(text), where, flickr30k_id=int(string))
+    if raw is not None or (string.isascii() and string.isdigit()):
+        raise Flickr30kFormatError(
+            f"{where}: {string!r} is a number where a file name belongs (a Flickr30k id, or "
+            f"this site's image number?); {KEYS_HELP}"
+        )
+    name = string.replace("\\", "/").rsplit("/", 1)[-1]
     if not name:
-        raise Flickr30kFormatError(f"{where}: no image id or file name")
-    return name
+        raise Flickr30kFormatError(f"{where}: no file name")
+    return CaptionRow(_caption_text(text), where, filename=name)
 
 
 def _caption_rows_csv(path: Path) -> Iterator[CaptionRow]:
     with path.open(newline="", encoding="utf-8-sig") as handle:
+        header: list[str] | None = None
+        key = "filename"  # without a header: file name, caption
         for line, cells in enumerate(csv.reader(handle), start=1):
             if not cells or not any(c.strip() for c in cells):
                 continue
             where = f"{path.name} line {line}"
-            if line == 1 and cells[-1].strip().lower() in _TEXT_FIELDS:
-                continue  # the header
-            if len(cells) != 2:
+            if line == 1 and any(c.strip().lower() in _TEXT_FIELDS for c in cells):
+                header = [c.strip().lower() for c in cells]
+                key = _key_field(where, header)
+                continue
+            if header is None:
+                if len(cells) != 2:
+                    raise Flickr30kFormatError(
+                        f"{where}: expected 2 columns (file name, caption), got {len(cells)}"
+                    )
+                yield _caption_row(where, key, cells[0], cells[1])
+                continue
+            if len(cells) != len(header):
                 raise Flickr30kFormatError(
-                    f"{where}: expected 2 columns (image id or file name, caption), "
-                    f"got {len(cells)}"
+                    f"{where}: expected {len(header)} columns as in the header, got {len(cells)}"
                 )
-            yield CaptionRow(_caption_key(where, cells[0]), cells[1].strip(), where)
+            record = dict(zip(header, cells, strict=True))
+            text = next(record[f] for f in _TEXT_FIELDS if f in record)
+            yield _caption_row(where, key, record[key], text)
 
 
 def _caption_rows_jsonl(path: Path) -> Iterator[CaptionRow]:
@@ -263,10 +323,8 @@ def _caption_rows_jsonl(path: Path) -> Iterator[CaptionRow]:
                 raise Flickr30kFormatError(f"{where}: not JSON: {exc}") from exc
             if not isinstance(record, dict):
                 raise Flickr30kFormatError(f"{where}: expected a JSON object")
-            key = next((record[f] for f in _KEY_FIELDS if f in record), None)
             text = next((record[f] for f in _TEXT_FIELDS if f in record), None)
-            if key is None or not isinstance(text, str):
-                raise Flickr30kFormatError(
-                    f"{where}: needs an image ({', '.join(_KEY_FIELDS)}) and a caption string"
-                )
-            yield CaptionRow(_caption_key(where, key), text.strip(), where)
+            if not isinstance(text, str):
+                raise Flickr30kFormatError(f"{where}: needs a caption string ('caption')")
+            key = _key_field(where, record)
+            yield _caption_row(where, key, record[key], text)

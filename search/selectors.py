@@ -7,6 +7,7 @@ import itertools
 import logging
 import re
 import threading
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -218,6 +219,17 @@ def embedding_model_unavailable_reason(*, model_id: str) -> str:
 
 def embedding_models_enabled() -> list[str]:
     return list(EmbeddingModel.objects.filter(enabled=True).values_list("model_id", flat=True))
+
+
+def embedding_model_enable_hint(*, model_id: str) -> str:
+    """How to enable ``model_id`` now, for messages that must name steps that work: settings
+    only create a model's row, so one disabled in the admin is enabled there or not at all."""
+    if EmbeddingModel.objects.filter(model_id=model_id).exists():
+        return "enable it in the admin (Embedding models: select it, action Enable)"
+    return (
+        "enable it in the admin (Embedding models: Add) or add it to EMBEDDING_MODELS and run "
+        "`manage.py migrate`"
+    )
 
 
 def embedding_model_default() -> str | None:
@@ -501,7 +513,10 @@ def _model_resolve(model_id: str | None, models: dict[str, _EnabledModel]) -> st
 
 
 def search_validate_text(text: str | None) -> str:
-    text = (text or "").strip()
+    """The query as searched: in Unicode NFC (as captions are stored, so composed and
+    decomposed forms of one query are one query and one cached vector), stripped and checked.
+    The page and the API both take their query text through here."""
+    text = unicodedata.normalize("NFC", text or "").strip()
     if not text:
         raise InvalidInput("the query is empty; type what you are looking for")
     if len(text) > MAX_QUERY_CHARS:

@@ -28,24 +28,77 @@ SWEEP_TASK = "workers.tasks.embeddings_sweep_task"
 logger = logging.getLogger(__name__)
 
 
-class EmbeddingDimensionError(ValueError):
+class EmbeddingVectorsError(ValueError):
+    """Vectors that cannot be stored as they are; nothing was stored. The message names the
+    first bad row."""
+
+
+class EmbeddingDimensionError(EmbeddingVectorsError):
     """A vector's length does not match the dimension of the model it is stored for."""
 
 
-def _normalised_rows(model_id: str, vectors: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+# A row further than this from unit length after normalising had a length float64 could not
+# compute: its squares overflowed, or underflowed to zero or to imprecise subnormals.
+_UNIT_TOLERANCE = 1e-6
+
+
+def embedding_rows_normalised(
+    *,
+    model_id: str,
+    vectors: Sequence[Sequence[float]] | np.ndarray,
+    names: Sequence[str] | None = None,
+) -> np.ndarray:
+    """``vectors`` as float32 rows of unit length for ``model_id``, or ``EmbeddingVectorsError``.
+
+    The one check every stored vector passes: a 2-D array of numbers with the model's
+    dimension, at least one row, every value finite and every row with a direction. Rows are
+    normalised in float64: in float32 the squares of values near 1e20 overflow (the row became
+    all zeros) and those of values near 1e-20 underflow. A row whose length float64 cannot
+    represent either is refused. ``names`` label rows in messages (row i is ``names[i]``).
+    """
     dim = model_spec(model_id).dim
-    matrix = np.asarray(vectors, dtype=np.float32)
-    if matrix.ndim != 2 or matrix.shape[1] != dim:
-        got = matrix.shape[1] if matrix.ndim == 2 else matrix.shape
-        raise EmbeddingDimensionError(
-            f"model {model_id!r} stores {dim}-dimensional vectors; got {got}"
+    matrix = np.asarray(vectors)
+    if matrix.ndim != 2:
+        raise EmbeddingVectorsError(
+            f"embeddings must be a 2-D array (one row per image); got shape {matrix.shape}"
         )
-    if not np.isfinite(matrix).all():
-        raise EmbeddingDimensionError(f"vectors for model {model_id!r} contain NaN or infinity")
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise EmbeddingDimensionError(f"vectors for model {model_id!r} include an all-zero row")
-    return matrix / norms
+    if matrix.shape[1] != dim:
+        raise EmbeddingDimensionError(
+            f"dimension mismatch: {model_id} stores {dim}-dimensional vectors; got "
+            f"{matrix.shape[1]} values per row (embeddings of another model?)"
+        )
+    if matrix.shape[0] == 0:
+        raise EmbeddingVectorsError(f"the embeddings array has no rows (shape {matrix.shape})")
+    if not (np.issubdtype(matrix.dtype, np.floating) or np.issubdtype(matrix.dtype, np.integer)):
+        raise EmbeddingVectorsError(f"embeddings must be numbers; got dtype {matrix.dtype}")
+
+    def row(index: int) -> str:
+        return f"row {index}, {names[index]}" if names is not None else f"row {index}"
+
+    rows = matrix.astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+    if len(bad):
+        raise EmbeddingVectorsError(
+            f"{len(bad)} rows contain NaN or infinity (the first: {row(bad[0])})"
+        )
+    zero = np.flatnonzero(~rows.any(axis=1))
+    if len(zero):
+        raise EmbeddingVectorsError(
+            f"{len(zero)} rows are all zeros and have no direction (the first: {row(zero[0])})"
+        )
+    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+        unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        # NaN compares False: a length that overflowed or underflowed fails this too.
+        exact = np.abs(np.linalg.norm(unit, axis=1) - 1.0) <= _UNIT_TOLERANCE
+    off = np.flatnonzero(~exact)
+    if len(off):
+        largest = float(np.abs(rows[off[0]]).max())
+        size = "large" if largest > 1 else "small"
+        raise EmbeddingVectorsError(
+            f"{len(off)} rows have values too {size} to normalise in float64 (the first: "
+            f"{row(off[0])}, largest value {largest:.3g})"
+        )
+    return unit.astype(np.float32)
 
 
 def embeddings_store(
@@ -65,7 +118,7 @@ def embeddings_store(
         raise ValueError(f"{len(image_ids)} image ids but {len(vectors)} vectors")
     if not image_ids:
         return 0
-    matrix = _normalised_rows(model_id, vectors)
+    matrix = embedding_rows_normalised(model_id=model_id, vectors=vectors)
     rows = [
         ImageEmbedding(image_id=image_id, model_id=model_id, vector=vector)
         for image_id, vector in zip(image_ids, matrix, strict=True)
@@ -435,7 +488,7 @@ def embedding_model_mark_available(*, model_id: str) -> bool:
     )
 
 
-class EmbeddingsImportError(ValueError):
+class EmbeddingsImportError(EmbeddingVectorsError):
     """Precomputed embeddings that cannot be imported as they are; nothing was stored."""
 
 
@@ -463,37 +516,13 @@ def embeddings_import(
     their original file name; names with no image are reported, not an error. Images that
     already have an embedding for the model keep it, so importing twice adds nothing.
     """
-    dim = model_spec(model_id).dim
     names = [_file_name(name) for name in filenames]
     matrix = np.asarray(vectors)
-    if matrix.ndim != 2:
-        raise EmbeddingsImportError(
-            f"embeddings must be a 2-D array (one row per image); got shape {matrix.shape}"
-        )
-    if matrix.shape[0] != len(names):
+    if matrix.ndim == 2 and matrix.shape[0] != len(names):
         raise EmbeddingsImportError(
             f"row count mismatch: {matrix.shape[0]} rows of embeddings but {len(names)} file names"
         )
-    if matrix.shape[1] != dim:
-        raise EmbeddingsImportError(
-            f"dimension mismatch: {model_id} stores {dim}-dimensional vectors but the rows have "
-            f"{matrix.shape[1]} (embeddings of another model?)"
-        )
-    if not (np.issubdtype(matrix.dtype, np.floating) or np.issubdtype(matrix.dtype, np.integer)):
-        raise EmbeddingsImportError(f"embeddings must be numbers; got dtype {matrix.dtype}")
-    # Checked after the cast: a float64 beyond float32's range would become infinity.
-    matrix = matrix.astype(np.float32)
-    bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
-    if len(bad):
-        raise EmbeddingsImportError(
-            f"{len(bad)} rows contain NaN or infinity (the first: row {bad[0]}, {names[bad[0]]})"
-        )
-    zero = np.flatnonzero(~matrix.any(axis=1))
-    if len(zero):
-        raise EmbeddingsImportError(
-            f"{len(zero)} rows are all zeros and have no direction (the first: row {zero[0]}, "
-            f"{names[zero[0]]})"
-        )
+    matrix = embedding_rows_normalised(model_id=model_id, vectors=matrix, names=names)
     if len(set(names)) != len(names):
         seen: set[str] = set()
         for name in names:

@@ -173,9 +173,7 @@ def build_tiny_siglip(directory: str | Path) -> Path:
     return directory
 
 
-def _siglip2_tokenizer(model_max_length: int):
-    from transformers import Siglip2Tokenizer
-
+def _gemma_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     # Gemma-style byte-fallback BPE: the specials at Gemma's ids, every byte as <0xNN> (so any
     # script, e.g. a Vietnamese query, still tokenises), single characters, and merges that
     # build "▁word" for the common words (the normaliser turns spaces into "▁").
@@ -193,7 +191,61 @@ def _siglip2_tokenizer(model_max_length: int):
                 merges.append((left, ch))
                 vocab[merged] = len(vocab)
             left = merged
+    return vocab, merges
+
+
+def _siglip2_tokenizer(model_max_length: int):
+    from transformers import Siglip2Tokenizer
+
+    vocab, merges = _gemma_vocab()
     return Siglip2Tokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def build_tiny_siglip2_fixed(directory: str | Path) -> Path:
+    """Save a tiny SigLIP 2 as its fixed-resolution checkpoints (siglip2-base-patch16-256) are
+    published: a ``SiglipModel`` with Gemma's tokenizer, which does not lowercase (the model was
+    trained on lowercased text: the encoder must do it)."""
+    from transformers import (
+        GemmaTokenizer,
+        SiglipConfig,
+        SiglipImageProcessorPil,
+        SiglipModel,
+        SiglipProcessor,
+    )
+
+    directory = Path(directory)
+    vocab, merges = _gemma_vocab()
+    tokenizer = GemmaTokenizer(vocab=vocab, merges=merges, model_max_length=64)
+    dim = MODELS["siglip2-base-patch16-256"].dim
+    config = SiglipConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": LAYERS,
+            "num_attention_heads": HEADS,
+            "max_position_embeddings": 64,
+            "projection_size": dim,
+            "bos_token_id": tokenizer.bos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        vision_config={
+            "hidden_size": dim,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": LAYERS,
+            "num_attention_heads": HEADS,
+            "image_size": IMAGE_SIZE,
+            "patch_size": PATCH,
+        },
+    )
+    torch.manual_seed(SEED)
+    model = SiglipModel(config)
+    image_processor = SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    processor = SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
 
 
 def build_tiny_siglip2(directory: str | Path) -> Path:

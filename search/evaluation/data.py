@@ -14,6 +14,7 @@ from encoders import model_spec
 from gallery.flickr30k import KARPATHY_SPLIT_SIZES, karpathy_split_difference
 from gallery.models import Caption, Image
 from search.models import CaptionEmbedding, ImageEmbedding
+from search.selectors import embedding_model_enable_hint, embedding_models_enabled
 
 GALLERIES = ("split", "all")
 
@@ -181,9 +182,16 @@ def caption_embeddings_stored(
 
 
 def missing_message(model_id: str, missing: int, total: int) -> str:
+    """Which images lack ``model_id``'s vectors and commands that make them as things stand:
+    ``embed`` refuses a model that is not enabled, ``import_embeddings`` does not."""
+    embed = f"`manage.py embed --model {model_id} --missing --sync` (or queue them without --sync)"
+    if model_id not in embedding_models_enabled():
+        embed = (
+            f"{embed} once the model is enabled ({model_id} is not, and `embed` refuses it: "
+            f"{embedding_model_enable_hint(model_id=model_id)})"
+        )
     return (
         f"{model_id}: {missing} of the {total} images to evaluate have no embedding. Make them "
-        f"with `manage.py embed --model {model_id} --missing --sync` (or queue them without "
-        f"--sync), or load published vectors with `manage.py import_embeddings --model "
+        f"with {embed}, or load published vectors with `manage.py import_embeddings --model "
         f"{model_id} --embeddings image_embeddings.npy --filenames image_filenames.npy`"
     )

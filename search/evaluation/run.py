@@ -96,9 +96,13 @@ def caption_vectors(
 ) -> CaptionVectors:
     """Each caption's vector under ``model_id``: stored ones read back, the rest encoded (each
     distinct text once) and stored, so a second evaluation encodes no caption."""
-    variant = encoder_variant(encoder_for(model_id))
+    encoder = encoder_for(model_id)
+    variant = encoder_variant(encoder)
     embedded = [prompt + text.strip() for text in texts]
-    hashes = [hashlib.sha256(text.encode()).hexdigest() for text in embedded]
+    # Hashed as the model reads it (SigLIP's lowercased): a vector stored before the encoder
+    # prepared texts this way does not match, and the caption is encoded again.
+    read_as = getattr(encoder, "texts_prepared", list)(embedded)
+    hashes = [hashlib.sha256(text.encode()).hexdigest() for text in read_as]
     stored = caption_embeddings_stored(
         model_id=model_id, encoder=variant, caption_ids=caption_ids, text_hashes=hashes
     )

@@ -210,3 +210,33 @@ def test_run_refuses_a_taken_port_and_says_which(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert f"port {port}" in result.stdout and "taken" in result.stdout
     assert not processes_of(tmp_path / "data")
+
+
+def test_run_manage_takes_relative_paths_from_where_it_was_typed(tmp_path: Path) -> None:
+    # `run` changes to the repository; the command must still read ../x.csv from here.
+    here = tmp_path / "work" / "here"
+    here.mkdir(parents=True)
+    (tmp_path / "work" / "x.csv").write_text("100.jpg,one,two\n", encoding="utf-8")
+    env = run_env(tmp_path / "data", free_port())
+    # A database is named (so the launcher starts none) but never reached: the command stops
+    # at the file's contents, before any query.
+    env["DATABASE_URL"] = "postgres://nobody@127.0.0.1:9/none"
+
+    result = subprocess.run(
+        [str(RUN), "manage", "import_captions", "--lang", "vi", "../x.csv"],
+        cwd=here, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+    assert "x.csv line 1: expected 2 columns" in result.stderr, result.stdout + result.stderr
+    assert result.returncode == 1
+
+    # The data still lives in the repository's .data unless DATA_DIR says otherwise.
+    del env["DATA_DIR"]
+    shown = subprocess.run(
+        [str(RUN), "manage", "shell", "-c",
+         "import os; from django.conf import settings; print(settings.DATA_DIR, os.getcwd())"],
+        cwd=here, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    last_line = shown.stdout.strip().splitlines()[-1]
+    assert last_line.split() == [str(Path(settings.BASE_DIR) / ".data"), str(here)]

@@ -34,6 +34,7 @@ from tests.tiny_models import (
     build_tiny_clip,
     build_tiny_siglip,
     build_tiny_siglip2,
+    build_tiny_siglip2_fixed,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -137,6 +138,44 @@ def test_texts_longer_than_the_context_are_truncated(family, tiny_dirs):
     # Only the shared prefix fits in the context, so the different endings are cut off.
     np.testing.assert_allclose(embeddings[0], embeddings[1], atol=1e-6)
     assert embeddings[0] @ encoder.embed_texts(["a red car"])[0] < 0.999
+
+
+CASED, LOWER = "A Red CAR on the Beach", "a red car on the beach"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_siglip_families_read_texts_lowercased_as_trained_and_the_others_as_given(
+    family, tiny_dirs
+):
+    encoder = load_encoder(FAMILIES[family][0], source=str(tiny_dirs[family]), device="cpu")
+    lowercased = family.startswith("siglip")
+
+    assert encoder.texts_prepared([CASED]) == [LOWER if lowercased else CASED]
+    if lowercased:
+        np.testing.assert_array_equal(
+            encoder.text_inputs([CASED])["input_ids"], encoder.text_inputs([LOWER])["input_ids"]
+        )
+
+
+def test_siglip2_as_published_lowercases_what_its_gemma_tokenizer_keeps(tmp_path):
+    # siglip2-base-patch16-256 ships as a SiglipModel with Gemma's tokenizer, which keeps case:
+    # only the encoder's lowercasing gives the token ids of the lowercased text it was trained on.
+    directory = build_tiny_siglip2_fixed(tmp_path / "siglip2-fixed")
+    encoder = load_encoder(
+        "siglip2-base-patch16-256", source=str(directory), device="cpu", backend="torch"
+    )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+
+    def ids(text: str) -> np.ndarray:
+        return tokenizer(
+            [text], padding="max_length", max_length=64, truncation=True, return_tensors="np"
+        )["input_ids"]
+
+    assert not np.array_equal(ids(CASED), ids(LOWER))  # the tokenizer alone keeps case
+    np.testing.assert_array_equal(encoder.text_inputs([CASED])["input_ids"], ids(LOWER))
+    np.testing.assert_allclose(
+        encoder.embed_texts([CASED]), encoder.embed_texts([LOWER]), atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,17 @@ def test_download_without_a_network_says_it_needs_internet(monkeypatch, tmp_path
     monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
     with pytest.raises(CommandError, match="needs internet.*Name or service not known"):
         call_command("download_flickr30k", "--dest", str(tmp_path), stdout=io.StringIO())
+
+
+def test_annotation_captions_are_read_in_nfc(tmp_path: Path) -> None:
+    nfc = "Một con chó chạy trên cỏ"
+    path = tmp_path / "annotations.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["raw", "sentids", "split", "filename", "img_id"])
+        raw = json.dumps([unicodedata.normalize("NFD", nfc), nfc], ensure_ascii=False)
+        writer.writerow([raw, "[0, 1]", "test", "1.jpg", "1"])
+
+    (entry,) = flickr30k_annotations_read(path=path)
+
+    assert entry.captions == (nfc, nfc)

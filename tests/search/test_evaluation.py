@@ -9,6 +9,7 @@ import statistics
 
 import numpy as np
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
 
 from gallery.models import Caption, Image
@@ -20,8 +21,8 @@ from search.evaluation import (
     text_to_image_ranks_ann,
     text_to_image_ranks_exact,
 )
-from search.models import EvaluationRun, ImageEmbedding
-from search.services import embeddings_store
+from search.models import EmbeddingModel, EvaluationRun, ImageEmbedding
+from search.services import embedding_model_enable, embeddings_store
 from tests.factories import ImageFactory, evaluate
 from workers.loading import encoder_for
 from workers.pipeline import images_embed_batch
@@ -366,6 +367,35 @@ def test_missing_embeddings_say_which_model_and_how_to_make_them(
     assert f"manage.py embed --model {CLIP} --missing --sync" in message
     assert "import_embeddings" in message
     assert not EvaluationRun.objects.exists()
+
+
+@pytest.mark.parametrize("state", ["disabled", "no-row"])
+def test_missing_embeddings_of_a_model_not_enabled_name_steps_that_work(
+    tiny_models, flickr_test_split, state
+) -> None:
+    # `embed` refuses a model that is not enabled: the hint must say to enable it first, in a
+    # way that works for this model (settings never re-enable one disabled in the admin).
+    models = EmbeddingModel.objects.filter(model_id=CLIP)
+    if state == "disabled":
+        models.update(enabled=False, is_default=False)
+    else:
+        models.delete()
+    with pytest.raises(CommandError) as error:
+        evaluate("--model", CLIP)
+    message = str(error.value)
+    assert "`embed` refuses it: enable it in the admin (Embedding models" in message
+    assert ("EMBEDDING_MODELS" in message) == (state == "no-row")
+    with pytest.raises(CommandError, match="is not enabled; enable it in the admin"):
+        call_command("embed", "--model", CLIP, "--sync", "--missing", stdout=io.StringIO())
+
+    # Doing what it says, then the command it names, works.
+    if state == "disabled":
+        embedding_model_enable(model_id=CLIP)
+    else:
+        assert CLIP in settings.EMBEDDING_MODELS
+        call_command("migrate", "--verbosity", "0")
+    call_command("embed", "--model", CLIP, "--sync", "--missing", stdout=io.StringIO())
+    assert "4 images" in evaluate("--model", CLIP, "--no-save")
 
 
 def test_no_data_set_says_to_import_it() -> None:

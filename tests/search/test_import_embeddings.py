@@ -110,6 +110,48 @@ def test_one_bad_row_among_many_stores_nothing(tmp_path, flickr_images) -> None:
     assert not ImageEmbedding.objects.exists()
 
 
+@pytest.mark.parametrize("scale", [1e30, 1e-30, 1e39], ids=["1e30", "1e-30", "beyond-float32"])
+def test_rows_of_extreme_but_finite_values_keep_their_direction(
+    tmp_path, flickr_images, scale
+) -> None:
+    # In float32 the squares of 1e30 overflow and those of 1e-30 underflow: such rows used to
+    # be stored as all zeros (every distance NaN) or to end in a traceback.
+    vectors = raw_vectors(3)
+    vectors[1] *= scale
+    assert "stored 3" in run(*write_arrays(tmp_path, vectors, NAMES))
+    stored = np.asarray(ImageEmbedding.objects.get(image=flickr_images[1]).vector)
+    np.testing.assert_allclose(stored, vectors[1] / np.linalg.norm(vectors[1]), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("scale", "message"),
+    [
+        (1e200, r"1 rows have values too large to normalise in float64 \(the first: row 1, "),
+        (1e-200, r"1 rows have values too small to normalise in float64 \(the first: row 1, "),
+    ],
+    ids=["overflow", "underflow"],
+)
+def test_rows_whose_length_float64_cannot_hold_are_refused_by_row(
+    tmp_path, flickr_images, scale, message
+) -> None:
+    vectors = raw_vectors(3)
+    vectors[1] *= scale
+    with pytest.raises(CommandError, match=f"nothing imported: {message}10002456\\.jpg"):
+        run(*write_arrays(tmp_path, vectors, NAMES))
+    assert not ImageEmbedding.objects.exists()
+
+
+def test_empty_arrays_and_empty_files_are_refused_plainly(tmp_path, flickr_images) -> None:
+    paths = write_arrays(tmp_path, np.zeros((0, 512)), np.array([], dtype=str))
+    with pytest.raises(CommandError, match=r"nothing imported: .* no rows \(shape \(0, 512\)\)"):
+        run(*paths)
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    with pytest.raises(CommandError, match="empty.npy is empty: it holds no array"):
+        run(str(empty), paths[1])
+    assert not ImageEmbedding.objects.exists()
+
+
 def test_pickled_arrays_need_explicit_trust(tmp_path, flickr_images) -> None:
     embeddings = tmp_path / "e.npy"
     filenames = tmp_path / "f.npy"

@@ -15,7 +15,7 @@ from gallery.models import Image
 from search.indexes import embedding_indexes_ensure, hnsw_build_memory, hnsw_index_name
 from search.models import EmbeddingJob, ImageEmbedding
 from search.selectors import embeddings_nearest
-from search.services import EmbeddingDimensionError, embeddings_store
+from search.services import EmbeddingDimensionError, EmbeddingVectorsError, embeddings_store
 from tests.factories import ImageFactory
 
 pytestmark = pytest.mark.django_db
@@ -216,5 +216,5 @@ def test_non_finite_vectors_are_rejected() -> None:
     image = ImageFactory(dataset=True)
     bad = unit_rows(1, 512)
     bad[0, 3] = np.nan
-    with pytest.raises(EmbeddingDimensionError, match="NaN"):
+    with pytest.raises(EmbeddingVectorsError, match="NaN"):
         embeddings_store(model_id="clip-vit-base-patch32", image_ids=[image.pk], vectors=bad)

@@ -1,7 +1,8 @@
-"""manage.py import_captions --lang vi FILE (CSV or JSONL: image id or file name, caption)"""
+"""manage.py import_captions --lang vi FILE (CSV or JSONL: file name or flickr30k_id, caption)"""
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,32 +32,34 @@ class CaptionsImportResult:
 def captions_import(*, rows: Sequence[CaptionRow], lang: str) -> CaptionsImportResult:
     """Add ``rows`` as ``lang`` captions of the data-set images they name.
 
-    Only Flickr30k images are matched (by id, or by the file name they were imported from),
-    never people's uploads. A caption the image already has in ``lang`` is not added again, so
-    a rerun adds nothing; new ones are numbered after the image's existing ``lang`` captions.
+    Only Flickr30k images are matched (by the file name they were imported from, or by their
+    Flickr30k id), never people's uploads. A caption the image already has in ``lang`` is not
+    added again (compared in NFC, as rows are read), so a rerun adds nothing; new ones are
+    numbered after the image's existing ``lang`` captions.
     """
     result = CaptionsImportResult()
     dataset = Image.objects.filter(source=Image.Source.FLICKR30K)
-    ids = {row.image for row in rows if isinstance(row.image, int)}
-    names = {row.image for row in rows if isinstance(row.image, str)}
-    known_ids = set(dataset.filter(pk__in=ids).values_list("pk", flat=True))
+    ids = {row.flickr30k_id for row in rows if row.flickr30k_id is not None}
+    names = {row.filename for row in rows if row.filename}
+    by_id = dict(dataset.filter(flickr30k_id__in=ids).values_list("flickr30k_id", "pk"))
     by_name = dict(
         dataset.filter(original_filename__in=names).values_list("original_filename", "pk")
     )
 
     def image_of(row: CaptionRow) -> int | None:
-        if isinstance(row.image, int):
-            return row.image if row.image in known_ids else None
-        return by_name.get(row.image)
+        if row.flickr30k_id is not None:
+            return by_id.get(row.flickr30k_id)
+        return by_name.get(row.filename)
 
     with transaction.atomic():
         resolved = [(row, image_of(row)) for row in rows]
         image_ids = {image_id for _, image_id in resolved if image_id is not None}
-        present = set(
-            Caption.objects.filter(image_id__in=image_ids, lang=lang).values_list(
-                "image_id", "text"
-            )
-        )
+        present = {
+            (image_id, unicodedata.normalize("NFC", text))
+            for image_id, text in Caption.objects.filter(
+                image_id__in=image_ids, lang=lang
+            ).values_list("image_id", "text")
+        }
         next_position = dict(
             Caption.objects.filter(image_id__in=image_ids, lang=lang)
             .order_by()
@@ -84,9 +87,12 @@ class Command(BaseCommand):
     help = (
         "Add captions in another language to imported Flickr30k images, e.g. Vietnamese or "
         "Multi30k's German, French or Czech ones, so `evaluate --lang` can query with them. "
-        "FILE is CSV (image id or file name, caption; a header row is optional) or JSONL "
-        '({"filename": "1000092795.jpg", "caption": "..."} or "image_id"). Rows whose image is '
-        "not imported are listed and skipped; a rerun adds nothing."
+        "FILE is CSV (columns filename or flickr30k_id, and caption; without a header row: "
+        'file name, caption) or JSONL ({"filename": "1000092795.jpg", "caption": "..."}, or '
+        '"flickr30k_id", the img_id of the annotations). An "image_id" is refused: it could be '
+        "a Flickr30k id or this site's image number. Rows whose image is not imported are "
+        "listed and skipped; a rerun adds nothing. Relative paths are from where you run the "
+        "command."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from encoders import EncoderError, model_spec
 from search.selectors import embedding_models_enabled
-from search.services import EmbeddingsImportError, embeddings_import
+from search.services import EmbeddingVectorsError, embeddings_import
 
 LISTED = 10
 
@@ -48,7 +48,7 @@ class Command(BaseCommand):
             result = embeddings_import(
                 model_id=model_id, vectors=vectors, filenames=filenames.tolist()
             )
-        except EmbeddingsImportError as exc:
+        except EmbeddingVectorsError as exc:
             raise CommandError(f"nothing imported: {exc}") from exc
         if result.stored + result.already_present == 0:
             raise CommandError(
@@ -76,6 +76,8 @@ def _load(path: Path, allow_pickle: bool) -> np.ndarray:
         loaded = np.load(path, allow_pickle=allow_pickle)
     except FileNotFoundError:
         raise CommandError(f"no such file: {path}") from None
+    except EOFError:
+        raise CommandError(f"{path} is empty: it holds no array") from None
     except ValueError as exc:
         if "allow_pickle" in str(exc):
             raise CommandError(

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from encoders import EncoderError, model_spec
 from gallery.models import Image
 from search.models import ImageEmbedding
-from search.selectors import embedding_models_enabled
+from search.selectors import embedding_model_enable_hint, embedding_models_enabled
 from workers import pipeline, queueing
 from workers.loading import encoder_for
 
@@ -41,8 +41,8 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         if model_id not in embedding_models_enabled():
             raise CommandError(
-                f"{model_id!r} is not enabled; enable it in the admin (Embedding models) or add "
-                f"it to EMBEDDING_MODELS and run migrate"
+                f"{model_id!r} is not enabled; {embedding_model_enable_hint(model_id=model_id)}, "
+                f"then run this again"
             )
         batch_size = cast("int | None", options["batch_size"])
         if options["sync"]:

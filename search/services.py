@@ -87,9 +87,10 @@ def embedding_rows_normalised(
             f"{len(zero)} rows are all zeros and have no direction (the first: {row(zero[0])})"
         )
     with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
-        unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        # einsum: the squared lengths without np.linalg.norm's temporary array of squares.
+        unit = rows / np.sqrt(np.einsum("ij,ij->i", rows, rows))[:, None]
         # NaN compares False: a length that overflowed or underflowed fails this too.
-        exact = np.abs(np.linalg.norm(unit, axis=1) - 1.0) <= _UNIT_TOLERANCE
+        exact = np.abs(np.sqrt(np.einsum("ij,ij->i", unit, unit)) - 1.0) <= _UNIT_TOLERANCE
     off = np.flatnonzero(~exact)
     if len(off):
         largest = float(np.abs(rows[off[0]]).max())

@@ -401,3 +401,38 @@ def test_missing_embeddings_of_a_model_not_enabled_name_steps_that_work(
 def test_no_data_set_says_to_import_it() -> None:
     with pytest.raises(CommandError, match="import_flickr30k"):
         evaluate("--model", CLIP)
+
+
+def test_siglip_caption_vectors_stored_before_lowercasing_are_encoded_again(
+    settings, tmp_path
+) -> None:
+    # A vector stored under the hash of the cased text was made from the cased text: reusing
+    # it would keep an evaluation's SigLIP captions uncased. Keyed by the text as the model
+    # reads it, it no longer matches.
+    import hashlib
+
+    from search.evaluation import caption_vectors
+    from search.evaluation.run import encoder_variant
+    from search.models import CaptionEmbedding
+    from tests.tiny_models import build_tiny_siglip
+
+    siglip = "siglip-base-patch16-224"
+    settings.EMBEDDING_MODEL_SOURCES = {siglip: str(build_tiny_siglip(tmp_path / "siglip"))}
+    settings.EMBEDDING_DEVICE = "cpu"
+    caption = Caption.objects.create(image=ImageFactory(dataset=True), text="A Dog on a Beach")
+    stale = np.zeros(768, dtype=np.float32)
+    stale[0] = 1.0
+    encoder = encoder_for(siglip)
+    CaptionEmbedding.objects.create(
+        caption=caption, model_id=siglip, encoder=encoder_variant(encoder), vector=stale,
+        text_sha256=hashlib.sha256(caption.text.encode()).hexdigest(),
+    )  # fmt: skip
+    ids = np.array([caption.pk])
+
+    first = caption_vectors(model_id=siglip, caption_ids=ids, texts=[caption.text])
+    again = caption_vectors(model_id=siglip, caption_ids=ids, texts=[caption.text])
+
+    assert (first.encoded, first.reused, again.encoded, again.reused) == (1, 0, 0, 1)
+    expected = encoder.embed_texts(["a dog on a beach"])
+    np.testing.assert_allclose(first.vectors, expected, atol=1e-6)
+    np.testing.assert_allclose(again.vectors, expected, atol=1e-6)

@@ -47,7 +47,8 @@ class RequestBodyLimitMiddleware:
                 413,
                 "Too large",
                 f"The request body is {length / 1e6:.1f} MB; the limit is "
-                f"{settings.UPLOAD_MAX_BYTES / 1e6:.0f} MB per image.",
+                f"{settings.UPLOAD_MAX_BYTES / 1e6:.0f} MB per image. Choosing several files "
+                "without JavaScript sends them in one request: send fewer or smaller ones.",
             )
         return self.get_response(request)
 

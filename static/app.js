@@ -93,6 +93,14 @@
       row.append(preview, body);
       list.append(row);
 
+      var maxBytes = Number(zone.getAttribute("data-max-bytes")) || 0;
+      var tooLarge = file.name + " is " + (file.size / 1e6).toFixed(1) + " MB; the limit is " +
+        zone.getAttribute("data-limit") + " per image";
+      if (maxBytes && file.size > maxBytes) {
+        // Refused here: sending it would only be answered 413 after the whole upload.
+        refuse(row, status, bar, tooLarge);
+        return;
+      }
       var data = new FormData();
       data.append("file", file);
       data.append("visibility", form.querySelector("[name=visibility]").value);
@@ -105,13 +113,10 @@
       });
       xhr.addEventListener("load", function () {
         var answer = {};
-        try { answer = JSON.parse(xhr.responseText); } catch (e) { answer = { error: "the server answered " + xhr.status }; }
+        try { answer = JSON.parse(xhr.responseText); } catch (e) { answer = { error: answerReason(xhr.status, tooLarge) }; }
         bar.value = 100;
         if (xhr.status >= 400 || answer.error) {
-          row.classList.add("refused");
-          status.className = "status error";
-          status.textContent = answer.error || "refused";
-          bar.remove();
+          refuse(row, status, bar, answer.error || "refused");
           return;
         }
         status.className = "status";
@@ -127,6 +132,21 @@
         status.textContent = "the upload failed: the connection was lost";
       });
       xhr.send(data);
+    }
+
+    function refuse(row, status, bar, reason) {
+      row.classList.add("refused");
+      status.className = "status error";
+      status.textContent = reason;
+      bar.remove();
+    }
+
+    // A status without a JSON body (a proxy in front of the site answered) in plain words.
+    function answerReason(code, tooLarge) {
+      if (code === 413) return tooLarge;
+      if (code === 429) return "too many uploads in a short time; wait a minute and try again";
+      if (code >= 500) return "the server failed (" + code + "); try again in a minute";
+      return "the server answered " + code;
     }
 
     function poll(url, status, bar) {

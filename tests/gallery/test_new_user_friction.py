@@ -86,3 +86,37 @@ def test_upload_over_the_limit_names_the_limit(
         expect(other.locator("main")).to_contain_text("the limit is 2 MB per image")
     finally:
         no_js.close()
+
+
+def test_pages_for_a_signed_in_person_are_not_stored(client: Client) -> None:
+    owner = UserFactory()
+    image = ImageFactory(owner=owner, visibility="public")
+    anonymous = client.get(f"/images/{image.pk}/")
+    assert "no-store" not in anonymous.get("Cache-Control", "")
+    client.force_login(owner)
+    for path in ["/", f"/images/{image.pk}/", "/collections/", "/accounts/"]:
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert "no-store" in response["Cache-Control"], path
+        assert "private" in response["Cache-Control"], path
+    # Files keep their own (private, cached) policy.
+    thumb = client.get(f"/images/{image.pk}/thumb")
+    assert thumb["Cache-Control"] == "private, max-age=86400"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_back_after_deleting_an_image_does_not_show_it_again(live_server, page: Page) -> None:
+    owner = UserFactory()
+    image = ImageFactory(owner=owner, original_filename="cat.jpg")
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("#id_username", owner.username)
+    page.fill("#id_password", PASSWORD)
+    page.click("main button[type=submit]")
+    page.goto(f"{live_server.url}/images/{image.pk}/")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete").click()
+    expect(page.locator(".messages")).to_contain_text("Deleted cat.jpg")
+    response = page.go_back()
+    # The browser asked the server again rather than showing its stored copy.
+    assert response is not None and response.status == 404
+    expect(page.get_by_role("button", name="Delete")).to_have_count(0)

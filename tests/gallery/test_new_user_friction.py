@@ -120,3 +120,21 @@ def test_back_after_deleting_an_image_does_not_show_it_again(live_server, page: 
     # The browser asked the server again rather than showing its stored copy.
     assert response is not None and response.status == 404
     expect(page.get_by_role("button", name="Delete")).to_have_count(0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_very_long_query_keeps_its_heading_short_on_a_phone(live_server, page: Page) -> None:
+    from search.selectors import MAX_QUERY_CHARS
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{live_server.url}/")
+    field = page.locator("#top-q")
+    assert field.get_attribute("maxlength") == str(MAX_QUERY_CHARS)
+    field.fill("a dog on a beach " * 80)  # 1,360 characters typed, the field keeps the limit
+    assert len(field.input_value()) == MAX_QUERY_CHARS
+    for query in ["a dog on a beach " * 70, "x" * 1199]:
+        page.goto(f"{live_server.url}/search/?q={query}")
+        heading = page.locator("h1")
+        expect(heading).to_have_attribute("title", query.strip())
+        line = float(heading.evaluate("h => parseFloat(getComputedStyle(h).lineHeight)"))
+        assert heading.bounding_box()["height"] <= 2 * line + 1, query[:20]

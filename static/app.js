@@ -159,8 +159,11 @@
           .then(function (s) {
             badge.textContent = s.label;
             badge.className = "badge " + s.state;
-            if (s.state === "pending") setTimeout(tick, 1500);
-            else bar.remove();
+            badge.title = s.reason || "";
+            if (s.state === "pending") { setTimeout(tick, 1500); return; }
+            bar.remove();
+            // Waiting for the model can end (an admin provides the weights): keep asking, slower.
+            if (s.state === "blocked") setTimeout(tick, 10000);
           })
           .catch(function () { setTimeout(tick, 5000); });
       };

@@ -238,6 +238,10 @@ def upload(request: AuthenticatedHttpRequest) -> HttpResponse:
         image, message = _upload_one(request, form)
         if image is None:
             return JsonResponse({"error": message}, status=400)
+        if not image.duplicate:
+            # The row's badge follows the index state live (indexing, waiting for the model,
+            # indexed); a sentence about it here would contradict the badge once it changes.
+            message = f"Uploaded {image.original_filename}"
         return JsonResponse(
             {
                 "id": image.pk,

@@ -138,3 +138,29 @@ def test_a_very_long_query_keeps_its_heading_short_on_a_phone(live_server, page:
         expect(heading).to_have_attribute("title", query.strip())
         line = float(heading.evaluate("h => parseFloat(getComputedStyle(h).lineHeight)"))
         assert heading.bounding_box()["height"] <= 2 * line + 1, query[:20]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_upload_rows_never_say_indexing_beside_waiting_for_the_model(
+    live_server, page: Page, tmp_path: Path
+) -> None:
+    from search.models import EmbeddingModel
+
+    photo = tmp_path / "dog.jpg"
+    photo.write_bytes(jpeg_bytes(color=(30, 120, 200), size=(80, 60)))
+    UserFactory(username="alice")
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", PASSWORD)
+    page.click("main button[type=submit]")
+    page.goto(f"{live_server.url}/upload/")
+    page.set_input_files("#id_file", str(photo))
+    row = page.locator("#upload-rows li").first
+    expect(row.locator(".badge")).to_have_text("indexing…")
+    # The worker then finds it cannot load the model.
+    models = EmbeddingModel.objects.filter(is_default=True)
+    models.update(unavailable_reason="no weights in /models/clip")
+    expect(row.locator(".badge")).to_have_text("waiting for the model")
+    expect(row.locator(".badge")).to_have_attribute("title", "no weights in /models/clip")
+    expect(row).to_contain_text("Uploaded dog.jpg")
+    expect(row).not_to_contain_text("being indexed")

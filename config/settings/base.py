@@ -163,8 +163,9 @@ LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "home"
 
 # --- E-mail (password reset) ------------------------------------------------------------------
-# Without EMAIL_HOST, mail is printed on the web process's console: a site run on one machine
-# still resets passwords (the operator reads the link there). With it, mail goes out by SMTP.
+# Without EMAIL_HOST, mail is printed on the worker's console (gallery.tasks sends it): a site
+# run on one machine still resets passwords (the operator reads the link there). With it, mail
+# goes out by SMTP.
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "")
 EMAIL_BACKEND = (
     "django.core.mail.backends.smtp.EmailBackend"
@@ -177,7 +178,7 @@ EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
 # STARTTLS (port 587) by default; EMAIL_USE_SSL is implicit TLS (port 465). Django refuses both.
 EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", not EMAIL_USE_SSL)
-# The reset form sends while the request waits: a mail server that hangs must not hang it.
+# A mail server that hangs must not hang the worker (or the request, when the broker is away).
 EMAIL_TIMEOUT = int(os.environ.get("EMAIL_TIMEOUT") or 10)
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL") or "webmaster@localhost"
 

@@ -273,6 +273,26 @@
     refresh();
   }
 
+  // Collection page: a move or a removal redraws every card (the server sends the new order),
+  // so a note still being typed on another card would be lost; it is carried over, unsaved.
+  var unsavedNotes = null;
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var target = event.detail.target;
+    if (!target || target.id !== "collection-items") return;
+    unsavedNotes = {};
+    target.querySelectorAll("textarea[name=note]").forEach(function (box) {
+      if (box.value !== box.defaultValue) unsavedNotes[box.id] = box.value;
+    });
+  });
+  document.addEventListener("htmx:afterSettle", function () {
+    if (!unsavedNotes) return;
+    Object.keys(unsavedNotes).forEach(function (id) {
+      var box = document.getElementById(id);
+      if (box) box.value = unsavedNotes[id];
+    });
+    unsavedNotes = null;
+  });
+
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-dropzone]").forEach(uploadInit);
     document.querySelectorAll("[data-selection-bar]").forEach(selectionInit);

@@ -129,7 +129,7 @@ class Child:
 class Launcher:
     def __init__(self) -> None:
         self.host = os.environ.get("HOST", "127.0.0.1")
-        self.port = int(os.environ.get("PORT", "8000"))
+        self.port = port_from_env()
         self.data_dir = data_dir_from_env()
         self.env = site_env(self.data_dir)
         self.env.setdefault("ALLOWED_HOSTS", allowed_hosts_for(self.host))
@@ -399,6 +399,14 @@ def read_pid(path: Path) -> int | None:
         return None
 
 
+def port_from_env() -> int:
+    """PORT as a TCP port number, or a LaunchError saying what is wrong with it."""
+    value = os.environ.get("PORT", "8000").strip()
+    if not value.isascii() or not value.isdigit() or not 0 < int(value) < 65536:
+        raise LaunchError(f"PORT={value!r} is not a port number (1-65535), e.g. PORT=8000")
+    return int(value)
+
+
 def data_dir_from_env() -> Path:
     return Path(os.environ.get("DATA_DIR") or BASE_DIR / ".data").resolve()
 
@@ -437,9 +445,22 @@ def start_postgres_checked(data_dir: Path) -> str:
 
 
 def run_manage(env: dict[str, str], *args: str) -> None:
-    result = subprocess.run([PYTHON, str(BASE_DIR / "manage.py"), *args], env=env)
-    if result.returncode != 0:
-        raise LaunchError(f"manage.py {' '.join(args)} failed ({describe_exit(result.returncode)})")
+    """Run a set-up command (migrate, collectstatic), its output prefixed like the parts'."""
+    with subprocess.Popen(
+        [PYTHON, str(BASE_DIR / "manage.py"), *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            print(f"{'setup':<6} | {line.rstrip()}", flush=True)
+    if process.returncode != 0:
+        failed = describe_exit(process.returncode)
+        raise LaunchError(f"manage.py {' '.join(args)} failed ({failed})")
 
 
 def manage(argv: list[str]) -> int:
@@ -495,7 +516,11 @@ def _stop_requested(signum: int, frame: object) -> None:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["manage"]:
         return manage(argv[1:])
-    launcher = Launcher()
+    try:
+        launcher = Launcher()
+    except LaunchError as exc:
+        log(f"error: {exc}")
+        return 1
     signal.signal(signal.SIGTERM, _stop_requested)
     signal.signal(signal.SIGINT, _stop_requested)
     code = 0

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django.utils.cache import add_never_cache_headers, patch_vary_headers
 
 from config.views import DATABASE_ERRORS, database_unavailable, error_response
 
@@ -47,7 +48,8 @@ class RequestBodyLimitMiddleware:
                 413,
                 "Too large",
                 f"The request body is {length / 1e6:.1f} MB; the limit is "
-                f"{settings.UPLOAD_MAX_BYTES / 1e6:.0f} MB per image.",
+                f"{settings.UPLOAD_MAX_BYTES / 1e6:.0f} MB per image. Choosing several files "
+                "without JavaScript sends them in one request: send fewer or smaller ones.",
             )
         return self.get_response(request)
 
@@ -71,3 +73,24 @@ class DatabaseUnavailableMiddleware:
         if isinstance(exception, DATABASE_ERRORS):
             return database_unavailable(request, exception)
         return None
+
+
+class PrivatePagesNotStoredMiddleware:
+    """A response made for a signed-in person is stored by no cache: not a shared proxy's, and
+    not the browser's either, so Back after deleting an image asks the server again (a 404)
+    instead of showing the deleted page with a live Delete button.
+
+    Responses that chose their own caching (thumbnails and files: ``private, max-age``) keep
+    it. Sits after the authentication middleware, which sets ``request.user``.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated and not response.has_header("Cache-Control"):
+            add_never_cache_headers(response)
+            patch_vary_headers(response, ["Cookie"])
+        return response

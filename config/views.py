@@ -28,7 +28,8 @@ RATE_LIMIT_RETRY_AFTER_SECONDS = 60
 
 
 def error_response(request: HttpRequest, status: int, title: str, message: str) -> HttpResponse:
-    if request.path.startswith("/api/"):
+    # The pages' own scripts (one upload per request) ask for JSON to show the reason in place.
+    if request.path.startswith("/api/") or "application/json" in request.headers.get("Accept", ""):
         return JsonResponse({"error": message}, status=status)
     html = render_to_string("error.html", {"title": title, "message": message})
     return HttpResponse(html, status=status)

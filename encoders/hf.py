@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import urllib.request
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -211,9 +214,10 @@ class HFCheckpoint:
     model_class: Any
     processor: Any
     local_only: dict[str, bool]
+    unreachable: str = ""
 
     def load_model(self, dtype: str, device: str) -> Any:
-        with _weights_errors(self.spec, self.source):
+        with _weights_errors(self.spec, self.source, unreachable=self.unreachable):
             model = self.model_class.from_pretrained(
                 self.source, config=self.config, dtype=getattr(torch, dtype), **self.local_only
             )
@@ -225,8 +229,12 @@ def hf_checkpoint(spec: ModelSpec, *, source: str) -> HFCheckpoint:
     source = _check_source(spec, source)
     # When offline is requested, say so to transformers explicitly: huggingface_hub reads
     # HF_HUB_OFFLINE only once, at import, so a later change would otherwise be ignored.
-    local_only = {"local_files_only": True} if _hub_offline() else {}
-    with _weights_errors(spec, source):
+    offline = _hub_offline()
+    # Without a network, huggingface_hub retries each file five times with backoff (~25 s and
+    # a "Retrying" warning each): one short attempt tells, and the local cache is all there is.
+    unreachable = "" if offline or Path(source).is_dir() else _hub_unreachable()
+    local_only = {"local_files_only": True} if offline or unreachable else {}
+    with _weights_errors(spec, source, unreachable=unreachable):
         # The config first: it is the smallest file, so a missing model fails fast, and it lets
         # us refuse a checkpoint of another family before loading weights into the wrong class.
         config = transformers.AutoConfig.from_pretrained(source, **local_only)
@@ -234,7 +242,7 @@ def hf_checkpoint(spec: ModelSpec, *, source: str) -> HFCheckpoint:
         processor = transformers.AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
             source, **local_only
         )
-    return HFCheckpoint(spec, source, config, model_class, processor, local_only)
+    return HFCheckpoint(spec, source, config, model_class, processor, local_only, unreachable)
 
 
 def load_hf_encoder(checkpoint: HFCheckpoint, *, device: str, dtype: str) -> ProcessorEncoder:
@@ -261,13 +269,14 @@ def load_hf_encoder(checkpoint: HFCheckpoint, *, device: str, dtype: str) -> Pro
 
 
 @contextlib.contextmanager
-def _weights_errors(spec: ModelSpec, source: str) -> Iterator[None]:
+def _weights_errors(spec: ModelSpec, source: str, *, unreachable: str = "") -> Iterator[None]:
     try:
         yield
     except (OSError, ValueError) as exc:
         # transformers reports "not cached and offline", "no such repo", "no config.json in
         # this directory" and malformed repo ids as OSError/ValueError subclasses.
-        raise WeightsUnavailableError(spec.model_id, source, _first_line(exc)) from exc
+        reason = f"{unreachable}, and they are not in the local cache" if unreachable else ""
+        raise WeightsUnavailableError(spec.model_id, source, reason or _first_line(exc)) from exc
     except ImportError as exc:
         # e.g. SigLIP's sentencepiece tokenizer without the sentencepiece/protobuf packages.
         raise EncoderError(
@@ -312,6 +321,32 @@ def _check_source(spec: ModelSpec, source: str) -> str:
     if source.startswith(("/", "~", ".")) or source.count("/") > 1 or "\\" in source:
         raise WeightsUnavailableError(spec.model_id, source, "no such directory")
     return source
+
+
+# Long enough for a slow link to answer a TCP handshake, short enough for a worker's sweep.
+HUB_PROBE_TIMEOUT_SECONDS = 3.0
+
+
+def _hub_unreachable() -> str:
+    """Why the Hugging Face hub (or the proxy to it) cannot be reached, or "" when it answers.
+
+    One TCP connection with a short timeout: no HTTP, so none of huggingface_hub's retries.
+    """
+    from huggingface_hub import constants
+
+    endpoint = urlsplit(constants.ENDPOINT)
+    target = endpoint
+    proxy = urllib.request.getproxies().get(endpoint.scheme)
+    if proxy and not urllib.request.proxy_bypass(endpoint.hostname or ""):
+        target = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        with socket.create_connection((target.hostname, port), timeout=HUB_PROBE_TIMEOUT_SECONDS):
+            return ""
+    except OSError as exc:
+        why = exc.strerror or str(exc) or type(exc).__name__
+        via = f" through the proxy {target.hostname}:{port}" if target is not endpoint else ""
+        return f"the Hugging Face hub ({constants.ENDPOINT}) is not reachable{via} ({why})"
 
 
 def _hub_offline() -> bool:

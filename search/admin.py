@@ -195,6 +195,9 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
         if not obj.enabled:
             return "disabled"
         text = f"{progress.percent:.1f}%"
+        if progress.unavailable and progress.remaining:
+            # No rate or time left: nothing moves until the model loads.
+            return f"{text}, model unavailable: {progress.unavailable}"
         if progress.rate_per_minute:
             rate = progress.rate_per_minute
             # A slow start (a CPU worker, a probe batch) is still movement, not "0 images/min".

@@ -163,6 +163,9 @@ class EmbeddingProgress:
     reason: str = ""
     # Embeddings stored per minute over the last PROGRESS_RATE_WINDOW.
     rate_per_minute: float = 0.0
+    # Why workers cannot load the model now ("" when nothing is known against it): then no
+    # time left can be promised, whatever the rate was a minute ago.
+    unavailable: str = ""
 
     @property
     def remaining(self) -> int:
@@ -174,8 +177,9 @@ class EmbeddingProgress:
 
     @property
     def seconds_left(self) -> float | None:
-        """At the current rate; None when nothing is moving (or nothing is left)."""
-        if not self.remaining or not self.rate_per_minute:
+        """At the current rate; None when nothing is moving, nothing is left, or the model
+        cannot load."""
+        if not self.remaining or not self.rate_per_minute or self.unavailable:
             return None
         return 60.0 * self.remaining / self.rate_per_minute
 
@@ -193,18 +197,24 @@ def embedding_progress(*, model_id: str) -> EmbeddingProgress:
     """Where a model's embeddings stand: done, pending, failed, blocked (with why), and speed."""
     total = Image.objects.count()
     embeddings = ImageEmbedding.objects.filter(model_id=model_id)
-    done = embeddings.count()
     jobs = EmbeddingJob.objects.filter(model_id=model_id)
+    # An image whose re-embed waits is not done yet, though its older vector still serves.
+    done = images_with_embedding_status(
+        images=Image.objects.all(), model_id=model_id, status="done"
+    ).count()
     failed = jobs.filter(status=EmbeddingJob.Status.FAILED).count()
     waiting = jobs.filter(status=EmbeddingJob.Status.PENDING).exclude(error="")
     blocked = waiting.count()
-    reason = embedding_model_unavailable_reason(model_id=model_id) or (
+    unavailable = embedding_model_unavailable_reason(model_id=model_id)
+    reason = unavailable or (
         waiting.order_by("-updated_at").values_list("error", flat=True).first() or ""
     )
     recent = embeddings.filter(created_at__gte=timezone.now() - PROGRESS_RATE_WINDOW).count()
     rate = recent / (PROGRESS_RATE_WINDOW.total_seconds() / 60)
     pending = max(total - done - failed - blocked, 0)
-    return EmbeddingProgress(model_id, total, done, failed, pending, blocked, reason, rate)
+    return EmbeddingProgress(
+        model_id, total, done, failed, pending, blocked, reason, rate, unavailable
+    )
 
 
 def embedding_model_unavailable_reason(*, model_id: str) -> str:
@@ -253,7 +263,7 @@ def images_with_embedding_status(
 ) -> QuerySet[Image]:
     """The images of ``images`` whose embedding with ``model_id`` is in ``status``:
 
-    - done: it has an embedding;
+    - done: it has an embedding and no job waiting to make it anew;
     - pending: its job waits for a worker (new, queued, blocked, or a re-embed of a done one);
     - failed: its job failed (an image being re-embedded may keep an older vector);
     - missing: no embedding, and no job waiting or failed (e.g. the model was just enabled).
@@ -265,7 +275,7 @@ def images_with_embedding_status(
     embedded = Exists(ImageEmbedding.objects.filter(image_id=OuterRef("pk"), model_id=model_id))
     jobs = EmbeddingJob.objects.filter(image_id=OuterRef("pk"), model_id=model_id)
     if status == "done":
-        return images.filter(embedded)
+        return images.filter(embedded, ~Exists(jobs.filter(status=EmbeddingJob.Status.PENDING)))
     if status in ("pending", "failed"):
         return images.filter(Exists(jobs.filter(status=status)))
     waiting = jobs.filter(status__in=[EmbeddingJob.Status.PENDING, EmbeddingJob.Status.FAILED])

@@ -93,6 +93,14 @@
       row.append(preview, body);
       list.append(row);
 
+      var maxBytes = Number(zone.getAttribute("data-max-bytes")) || 0;
+      var tooLarge = file.name + " is " + (file.size / 1e6).toFixed(1) + " MB; the limit is " +
+        zone.getAttribute("data-limit") + " per image";
+      if (maxBytes && file.size > maxBytes) {
+        // Refused here: sending it would only be answered 413 after the whole upload.
+        refuse(row, status, bar, tooLarge);
+        return;
+      }
       var data = new FormData();
       data.append("file", file);
       data.append("visibility", form.querySelector("[name=visibility]").value);
@@ -105,13 +113,10 @@
       });
       xhr.addEventListener("load", function () {
         var answer = {};
-        try { answer = JSON.parse(xhr.responseText); } catch (e) { answer = { error: "the server answered " + xhr.status }; }
+        try { answer = JSON.parse(xhr.responseText); } catch (e) { answer = { error: answerReason(xhr.status, tooLarge) }; }
         bar.value = 100;
         if (xhr.status >= 400 || answer.error) {
-          row.classList.add("refused");
-          status.className = "status error";
-          status.textContent = answer.error || "refused";
-          bar.remove();
+          refuse(row, status, bar, answer.error || "refused");
           return;
         }
         status.className = "status";
@@ -129,6 +134,21 @@
       xhr.send(data);
     }
 
+    function refuse(row, status, bar, reason) {
+      row.classList.add("refused");
+      status.className = "status error";
+      status.textContent = reason;
+      bar.remove();
+    }
+
+    // A status without a JSON body (a proxy in front of the site answered) in plain words.
+    function answerReason(code, tooLarge) {
+      if (code === 413) return tooLarge;
+      if (code === 429) return "too many uploads in a short time; wait a minute and try again";
+      if (code >= 500) return "the server failed (" + code + "); try again in a minute";
+      return "the server answered " + code;
+    }
+
     function poll(url, status, bar) {
       var badge = document.createElement("span");
       badge.className = "badge";
@@ -139,8 +159,11 @@
           .then(function (s) {
             badge.textContent = s.label;
             badge.className = "badge " + s.state;
-            if (s.state === "pending") setTimeout(tick, 1500);
-            else bar.remove();
+            badge.title = s.reason || "";
+            if (s.state === "pending") { setTimeout(tick, 1500); return; }
+            bar.remove();
+            // Waiting for the model can end (an admin provides the weights): keep asking, slower.
+            if (s.state === "blocked") setTimeout(tick, 10000);
           })
           .catch(function () { setTimeout(tick, 5000); });
       };
@@ -249,6 +272,26 @@
     // Boxes the browser ticked again on back/forward show the bar at once.
     refresh();
   }
+
+  // Collection page: a move or a removal redraws every card (the server sends the new order),
+  // so a note still being typed on another card would be lost; it is carried over, unsaved.
+  var unsavedNotes = null;
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var target = event.detail.target;
+    if (!target || target.id !== "collection-items") return;
+    unsavedNotes = {};
+    target.querySelectorAll("textarea[name=note]").forEach(function (box) {
+      if (box.value !== box.defaultValue) unsavedNotes[box.id] = box.value;
+    });
+  });
+  document.addEventListener("htmx:afterSettle", function () {
+    if (!unsavedNotes) return;
+    Object.keys(unsavedNotes).forEach(function (id) {
+      var box = document.getElementById(id);
+      if (box) box.value = unsavedNotes[id];
+    });
+    unsavedNotes = null;
+  });
 
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-dropzone]").forEach(uploadInit);

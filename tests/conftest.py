@@ -50,6 +50,19 @@ def _rate_limits_reset(redis_url: str) -> None:
     cache.clear()
 
 
+@pytest.fixture
+def celery_eager() -> Iterator[None]:
+    """Tasks sent with apply_async run at once in this process, as the worker would run them
+    (what a worker process sends, e.g. mail, lands in this process's django.core.mail.outbox)."""
+    from config.celery import app
+
+    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
+    try:
+        yield
+    finally:
+        app.conf.task_always_eager, app.conf.task_eager_propagates = False, False
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny CLIP and ALIGN checkpoints on disk, standing in for the hub download (no internet

@@ -21,6 +21,7 @@ from PIL import Image as PILImage
 from encoders import Encoder, EncoderError, ImageDecodeError, open_image
 from gallery.models import Image
 from search.models import EmbeddingJob, ImageEmbedding
+from search.selectors import embedding_model_unavailable_reason
 from search.services import (
     embedding_jobs_create_missing,
     embedding_jobs_mark_failed,
@@ -187,7 +188,12 @@ def embedding_batch_run(*, model_id: str, image_ids: Sequence[int]) -> dict[str,
     try:
         result = images_embed_batch(model_id=model_id, image_ids=image_ids)
     except ModelUnavailableError as exc:
-        logger.error("%s", exc.reason)
+        # One line when the model becomes unavailable (or for a new reason), not one per probe
+        # batch of every sweep while it stays so: the admin and the jobs keep the reason.
+        if embedding_model_unavailable_reason(model_id=model_id) != exc.reason[:2000]:
+            logger.error("%s", exc.reason)
+        else:
+            logger.debug("%s is still unavailable", model_id)
         embedding_model_mark_unavailable(model_id=model_id, reason=exc.reason)
         embedding_jobs_note_blocked(model_id=model_id, image_ids=image_ids, reason=exc.reason)
         return {"embedded": 0, "unavailable": exc.reason}

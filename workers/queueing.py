@@ -20,9 +20,8 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 from kombu.exceptions import ChannelError
-from kombu.exceptions import OperationalError as KombuOperationalError
-from redis.exceptions import ConnectionError as RedisConnectionError
 
+from config.celery import BROKER_ERRORS
 from config.celery import app as celery_app
 from search.selectors import embedding_model_unavailable, embedding_models_enabled
 from search.services import (
@@ -34,7 +33,6 @@ from search.services import (
 
 logger = logging.getLogger(__name__)
 
-BROKER_ERRORS = (KombuOperationalError, RedisConnectionError, ConnectionError, OSError)
 EMBED_TASK = "workers.tasks.embed_images_task"
 
 

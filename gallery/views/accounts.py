@@ -3,11 +3,14 @@ password pages themselves are Django's views with this site's templates)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import PasswordResetForm
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
@@ -26,10 +29,12 @@ from gallery.selectors import (
     api_tokens_of,
 )
 from gallery.services import (
+    PasswordResetMail,
     api_token_create,
     api_token_revoke,
     user_email_set,
 )
+from gallery.tasks import password_reset_mail_queue
 from gallery.views._common import AuthenticatedHttpRequest
 
 
@@ -94,12 +99,35 @@ def _reset_address(group: str, request: HttpRequest) -> str:
     return request.POST.get("email", "").strip().lower()
 
 
+class QueuedPasswordResetForm(PasswordResetForm):
+    """Django's reset form, its mail handed to a worker instead of sent during the request."""
+
+    def send_mail(  # type: ignore[override]
+        self,
+        subject_template_name: str,
+        email_template_name: str,
+        context: dict[str, Any],
+        from_email: str | None,
+        to_email: str,
+        html_email_template_name: str | None = None,
+    ) -> None:
+        # The token is made again by the worker: no live reset link waits in the broker.
+        mail = PasswordResetMail(
+            user_id=context["user"].pk,
+            email=to_email,
+            domain=context["domain"],
+            site_name=context["site_name"],
+            use_https=context["protocol"] == "https",
+        )
+        password_reset_mail_queue(mail=mail)
+
+
 # Django's view, which answers the same whether or not an account has the address. Limited per
 # client address and per e-mail address asked for, so the form cannot be used to send floods of
 # mail (a 429 is the same for every address, so it tells nothing either).
 password_reset = ratelimit(group="password-reset", key="ip", rate=_mail_rate, method="POST")(
     ratelimit(group="password-reset-to", key=_reset_address, rate=_mail_rate, method="POST")(
-        auth_views.PasswordResetView.as_view()
+        auth_views.PasswordResetView.as_view(form_class=QueuedPasswordResetForm)
     )
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
@@ -237,6 +238,10 @@ def upload(request: AuthenticatedHttpRequest) -> HttpResponse:
         image, message = _upload_one(request, form)
         if image is None:
             return JsonResponse({"error": message}, status=400)
+        if not image.duplicate:
+            # The row's badge follows the index state live (indexing, waiting for the model,
+            # indexed); a sentence about it here would contradict the badge once it changes.
+            message = f"Uploaded {image.original_filename}"
         return JsonResponse(
             {
                 "id": image.pk,
@@ -262,4 +267,7 @@ def upload(request: AuthenticatedHttpRequest) -> HttpResponse:
         if stored and not form.errors:
             return redirect(reverse("home") + "?show=mine")
     status = 400 if form.errors else 200
-    return render(request, "gallery/upload.html", {"form": form}, status=status)
+    # The limit in the words of the server's own refusal (gallery.forms.image_file_size_check).
+    limit = f"{settings.UPLOAD_MAX_BYTES / 1e6:.0f} MB"
+    context = {"form": form, "max_bytes": settings.UPLOAD_MAX_BYTES, "limit": limit}
+    return render(request, "gallery/upload.html", context, status=status)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django import template
 
 from gallery.templatetags.gallery_ui import image_display_name
-from search.selectors import SearchHit, search_model_choices
+from search.selectors import MAX_QUERY_CHARS, SearchHit, search_model_choices
 
 register = template.Library()
 
@@ -15,6 +15,12 @@ def search_models() -> list[str]:
     """The models the header's picker offers: enabled ones with embeddings, default first, then
     fused pairs ("A+B") of those whose embeddings are complete."""
     return search_model_choices()
+
+
+@register.simple_tag
+def query_max_chars() -> int:
+    """The longest text query the server answers: the search field's ``maxlength``."""
+    return MAX_QUERY_CHARS
 
 
 @register.filter

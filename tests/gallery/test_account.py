@@ -195,7 +195,8 @@ def test_the_login_page_links_to_password_reset() -> None:
     assert 'href="/accounts/password_reset/">Forgot your password?' in page
 
 
-def test_password_reset_by_email_sets_a_new_password() -> None:
+@pytest.mark.django_db(transaction=True)
+def test_password_reset_by_email_sets_a_new_password(celery_eager) -> None:
     user = UserFactory(email="walker@example.com")
     other = UserFactory(email="someone@example.com")
     client = Client()
@@ -225,7 +226,64 @@ def test_password_reset_by_email_sets_a_new_password() -> None:
     assert "This link no longer works" in again
 
 
-def test_reset_for_an_unknown_address_looks_the_same_and_sends_nothing() -> None:
+def test_reset_mail_is_left_to_a_worker_and_the_request_answers_at_once(
+    django_capture_on_commit_callbacks, celery_eager
+) -> None:
+    from config.celery import app
+
+    user = UserFactory(email="patient@example.com")
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        response = Client().post("/accounts/password_reset/", {"email": "patient@example.com"})
+    assert response.status_code == 302
+    assert mail.outbox == []  # nothing sent during the request
+    assert len(queued) == 1  # the task is sent once the request's transaction commits
+    # What the worker runs: the task, with only ids and addresses (no reset token) to carry.
+    sent: list[dict] = []
+    task = app.tasks["gallery.tasks.password_reset_mail_send_task"]
+    real = task.apply_async
+    task.apply_async = lambda *a, **k: sent.append(k["kwargs"]) or real(*a, **k)
+    try:
+        queued[0]()
+    finally:
+        del task.apply_async
+    assert sent == [
+        {"mail": {"user_id": user.pk, "email": "patient@example.com", "domain": "testserver",
+                  "site_name": "testserver", "use_https": False}}
+    ]  # fmt: skip
+    assert len(mail.outbox) == 1 and mail.outbox[0].to == ["patient@example.com"]
+    link = LINK.search(mail.outbox[0].body)
+    assert link and Client().get(link[1]).status_code == 302  # a valid token
+
+
+def test_a_queued_reset_mail_is_not_sent_to_an_address_changed_meanwhile() -> None:
+    from gallery.services import PasswordResetMail, user_password_reset_mail_send
+
+    user = UserFactory(email="old@example.com")
+    queued = PasswordResetMail(user.pk, "old@example.com", "testserver", "testserver", False)
+    user.email = "new@example.com"
+    user.save()
+    assert user_password_reset_mail_send(mail=queued) is False
+    assert mail.outbox == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_the_broker_away_the_reset_mail_is_sent_in_the_request(monkeypatch) -> None:
+    from kombu.exceptions import OperationalError
+
+    from gallery.tasks import password_reset_mail_send_task
+
+    def broker_down(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to redis")
+
+    monkeypatch.setattr(password_reset_mail_send_task, "apply_async", broker_down)
+    UserFactory(email="hurried@example.com")
+    response = Client().post("/accounts/password_reset/", {"email": "hurried@example.com"})
+    assert response.status_code == 302
+    assert len(mail.outbox) == 1 and mail.outbox[0].to == ["hurried@example.com"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reset_for_an_unknown_address_looks_the_same_and_sends_nothing(celery_eager) -> None:
     UserFactory(email="known@example.com")
     known = Client().post("/accounts/password_reset/", {"email": "known@example.com"})
     assert len(mail.outbox) == 1
@@ -238,7 +296,10 @@ def test_reset_for_an_unknown_address_looks_the_same_and_sends_nothing() -> None
     assert "If an account has that e-mail address" in done
 
 
-def test_reset_with_the_mail_server_down_still_tells_nothing(settings, caplog) -> None:
+@pytest.mark.django_db(transaction=True)
+def test_reset_with_the_mail_server_down_still_tells_nothing(
+    celery_eager, settings, caplog
+) -> None:
     # A real SMTP connection to a closed port: refused at once.
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_USE_TLS = "127.0.0.1", 9, False
@@ -250,7 +311,8 @@ def test_reset_with_the_mail_server_down_still_tells_nothing(settings, caplog) -
     assert f"Failed to send password reset email to {user.pk}" in caplog.text
 
 
-def test_reset_mail_is_limited_per_client_and_per_address(settings) -> None:
+@pytest.mark.django_db(transaction=True)
+def test_reset_mail_is_limited_per_client_and_per_address(celery_eager, settings) -> None:
     settings.RATELIMIT_PASSWORD_RESET = "2/h"
     UserFactory(email="target@example.com")
     client = Client(REMOTE_ADDR="203.0.113.20")
@@ -302,7 +364,9 @@ def test_mail_is_printed_unless_an_smtp_server_is_set(monkeypatch, settings) -> 
 # --- Over real HTTP ------------------------------------------------------------------------
 
 
-def test_password_reset_over_http_with_the_csrf_check(live_server, transactional_db) -> None:
+def test_password_reset_over_http_with_the_csrf_check(
+    celery_eager, live_server, transactional_db
+) -> None:
     user = UserFactory(email="remote@example.com")
     browser = HttpSession(live_server.url)
 
@@ -336,7 +400,9 @@ def test_password_reset_over_http_with_the_csrf_check(live_server, transactional
     assert status == 200 and "remote@example.com" in body
 
 
-def test_forgotten_password_in_the_browser(live_server, transactional_db, page: Page) -> None:
+def test_forgotten_password_in_the_browser(
+    celery_eager, live_server, transactional_db, page: Page
+) -> None:
     """From the login page's link to the account page, as a person does it."""
     user = UserFactory(username="forgetful", email="forgetful@example.com")
     page.goto(f"{live_server.url}/accounts/login/")

@@ -132,7 +132,8 @@ def statuses() -> dict[str, Image]:
 def test_embedding_status_filter_per_model(admin: Client, statuses) -> None:
     ids = {name: image.pk for name, image in statuses.items()}
     expected = {
-        f"{CLIP}:done": {ids["done"], ids["again"]},
+        # Being re-embedded is not done yet (it keeps its older vector meanwhile).
+        f"{CLIP}:done": {ids["done"]},
         f"{CLIP}:pending": {ids["pending"], ids["blocked"], ids["again"]},
         f"{CLIP}:failed": {ids["failed"]},
         f"{CLIP}:missing": {ids["missing"]},

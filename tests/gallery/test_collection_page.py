@@ -11,7 +11,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Browser, Page, expect
 
 from config.errors import InvalidInput, NotFound
 from gallery.models import Collection, CollectionItem, Image
@@ -417,3 +417,30 @@ def test_move_and_remove_without_a_reload_on_a_phone(live_server, browser: Brows
     page.reload()
     assert order() == [third.pk, first.pk]
     context.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_note_being_typed_survives_a_move_of_another_card(live_server, page: Page) -> None:
+    owner = UserFactory(username="alice")
+    collection = CollectionFactory(owner=owner, name="Trip")
+    images = [ImageFactory(owner=owner, title=f"Photo {n}") for n in (1, 2, 3)]
+    for image in images:
+        CollectionItemFactory(collection=collection, image=image)
+    third, second, first = images[2], images[1], images[0]  # shown newest first
+    CollectionItem.objects.filter(collection=collection, image=second).update(note="stored")
+
+    sign_in(page, live_server.url)
+    page.goto(f"{live_server.url}/collections/{collection.pk}/")
+    page.locator(f"#item-{third.pk}").get_by_label("Note").fill("half a thought")
+    page.locator(f"#item-{second.pk}").get_by_label("Note").fill("stored, then edited")
+    page.locator(f"#item-{first.pk}").get_by_role("button", name="Move earlier").click()
+    expect(page.locator("#collection-status")).to_have_text("Moved to place 2 of 3.")
+    # Redrawn in the new order, with both unsaved texts still in their boxes.
+    expect(page.locator("figure.result").nth(1)).to_have_id(f"item-{first.pk}")
+    expect(page.locator(f"#item-{third.pk}").get_by_label("Note")).to_have_value("half a thought")
+    expect(page.locator(f"#item-{second.pk}").get_by_label("Note")).to_have_value(
+        "stored, then edited"
+    )
+    # Unsaved still: nothing was stored by the move.
+    assert collection.items.get(image=third).note == ""
+    assert collection.items.get(image=second).note == "stored"

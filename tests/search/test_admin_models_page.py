@@ -115,3 +115,31 @@ def test_counts_link_to_the_images_behind_them_and_backfill_shows_its_rate(
 
     failed = admin.get(images_list, {"embedding": f"{CLIP}:failed"})
     assert [i.pk for i in failed.context["cl"].result_list] == [images[2].pk]
+
+
+def test_a_model_that_cannot_load_shows_why_instead_of_time_left(admin: Client) -> None:
+    from search.services import embedding_model_mark_unavailable
+
+    images = ImageFactory.create_batch(4, dataset=True)
+    embeddings_store(model_id=CLIP, image_ids=[i.pk for i in images[:3]], vectors=np.ones((3, 512)))
+    embedding_model_mark_unavailable(model_id=CLIP, reason="no weights at /models/clip")
+    content = admin.get(CHANGELIST).content.decode()
+    assert "75.0%, model unavailable: no weights at /models/clip" in content
+    assert "left" not in content.split("75.0%")[1].split("</td>")[0]
+
+
+def test_an_image_whose_re_embed_waits_is_not_counted_done(admin: Client) -> None:
+    from search.selectors import embedding_progress
+    from search.services import embedding_jobs_request
+
+    images = ImageFactory.create_batch(2, dataset=True)
+    embeddings_store(model_id=CLIP, image_ids=[i.pk for i in images], vectors=np.ones((2, 512)))
+    # What staff's "re-embed" asks: a pending job beside the vector the image keeps.
+    assert embedding_jobs_request(model_id=CLIP, image_ids=[images[0].pk]) == 1
+    progress = embedding_progress(model_id=CLIP)
+    assert (progress.done, progress.pending, progress.percent) == (1, 1, 50.0)
+    content = admin.get(CHANGELIST).content.decode()
+    images_list = reverse("admin:gallery_image_changelist")
+    assert f'<a href="{images_list}?embedding={CLIP}%3Adone">1</a>' in content
+    done = admin.get(images_list, {"embedding": f"{CLIP}:done"})
+    assert [i.pk for i in done.context["cl"].result_list] == [images[1].pk]

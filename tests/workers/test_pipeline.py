@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 from django.core.files.base import ContentFile
@@ -134,3 +136,19 @@ def test_replace_re_embeds_existing_rows(tiny_models) -> None:
     assert result.embedded == 1
     stored = np.asarray(ImageEmbedding.objects.get(image=image).vector)
     assert not np.allclose(stored, np.ones(512) / np.sqrt(512))
+
+
+def test_a_model_that_stays_unavailable_is_logged_once_per_change(
+    settings, tmp_path, caplog
+) -> None:
+    images = photos(2)
+    ids = [i.pk for i in images]
+    settings.EMBEDDING_MODEL_SOURCES = {CLIP: str(tmp_path / "no-such-weights")}
+    with caplog.at_level(logging.DEBUG, logger="workers.pipeline"):
+        for _ in range(3):  # three sweeps' probe batches
+            assert "unavailable" in embed_images_task(CLIP, ids)
+        settings.EMBEDDING_MODEL_SOURCES = {CLIP: str(tmp_path / "other-weights")}
+        embed_images_task(CLIP, ids)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(errors) == 2, errors
+    assert "no-such-weights" in errors[0] and "other-weights" in errors[1]

@@ -20,6 +20,9 @@ from config import embedded
 # the end of the session can find any of them still alive, wherever it was re-parented.
 RUN_MARKER = "IMAGESEARCH_TEST_RUN"
 os.environ[RUN_MARKER] = f"{os.getpid()}-{secrets.token_hex(4)}"
+# No test may reach past this machine: a hub id loads from the local cache only (the test of
+# an unreachable hub unsets this and points the hub at a closed loopback port).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.urls import URLPattern, URLResolver, reverse
 from django_ratelimit.exceptions import Ratelimited
 from ninja import Field, File, NinjaAPI, Query, Schema
@@ -252,6 +253,19 @@ def suspicious_request(request: HttpRequest, exc: SuspiciousOperation) -> HttpRe
     if isinstance(exc, RequestDataTooBig):
         return api.create_response(request, {"error": "the request body is too large"}, status=413)
     return api.create_response(request, {"error": "malformed request"}, status=400)
+
+
+@api.exception_handler(MultiPartParserError)
+def malformed_multipart(request: HttpRequest, exc: MultiPartParserError) -> HttpResponse:
+    # Django's own handler makes this a 400 for pages; the API's catch-all would make it a 500.
+    message = f"the multipart/form-data body cannot be read: {exc}"
+    if "boundary" in str(exc):
+        message = (
+            "the multipart/form-data body cannot be read: its Content-Type needs a boundary "
+            "(multipart/form-data; boundary=X) that separates the parts; send the image as "
+            'a file field named "image"'
+        )
+    return api.create_response(request, {"error": message}, status=400)
 
 
 @api.exception_handler(Exception)

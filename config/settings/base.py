@@ -318,7 +318,7 @@ def cache_url_from_broker(url: str) -> str:
 # The rate-limit counters must be shared by every web process, so the cache is Redis: CACHE_URL,
 # else the broker's server. It fails open: with Redis down, limits lapse rather than the site.
 CACHE_URL = os.environ.get("CACHE_URL") or cache_url_from_broker(CELERY_BROKER_URL)
-CACHES = {
+CACHES: dict[str, dict[str, Any]] = {
     "default": {
         "BACKEND": "config.cache.FailOpenRedisCache",
         "LOCATION": CACHE_URL,
@@ -326,6 +326,17 @@ CACHES = {
     }
     if CACHE_URL
     else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+}
+# Query images behind search-by-image URLs (search.query_images), ~7 KB each, kept in their own
+# store with eviction: a table in PostgreSQL (made by search's migration 0006), so every web
+# process shares it, never the broker's Redis (no memory limit, every write persisted). Beyond
+# QUERY_IMAGE_MAX_ENTRIES a quarter of the entries are dropped; the oldest links then expire.
+QUERY_IMAGE_MAX_ENTRIES = int(os.environ.get("QUERY_IMAGE_MAX_ENTRIES", 10_000))
+CACHES["query_images"] = {
+    "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+    "LOCATION": "search_query_image_cache",
+    "TIMEOUT": 60 * 60 * 24,
+    "OPTIONS": {"MAX_ENTRIES": QUERY_IMAGE_MAX_ENTRIES, "CULL_FREQUENCY": 4},
 }
 RATELIMIT_USE_CACHE = "default"
 RATELIMIT_FAIL_OPEN = True

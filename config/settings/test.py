@@ -5,6 +5,7 @@ from pathlib import Path
 
 from config import embedded
 from config.settings.base import *  # noqa: F403
+from config.settings.base import CACHES as BASE_CACHES
 from config.settings.base import DATA_DIR, DATABASE_URL, database_from_url
 
 if not DATABASE_URL:
@@ -29,6 +30,7 @@ STORAGES = {
 # process, so it shares them, and tests/conftest.py empties them before each test (Redis would
 # carry counts across tests and runs). django-ratelimit's check refuses an unshared cache.
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+CACHES["query_images"] = BASE_CACHES["query_images"]  # the same PostgreSQL table as everywhere
 SILENCED_SYSTEM_CHECKS = ["django_ratelimit.W001", "django_ratelimit.E003"]
 # Tests never run collectstatic: serve static files from the apps' folders.
 WHITENOISE_AUTOREFRESH = True

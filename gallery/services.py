@@ -42,6 +42,7 @@ from gallery.models import (
     CollectionItem,
     Image,
     image_upload_path,
+    new_share_token,
 )
 from gallery.selectors import user_email_taken
 from search.selectors import embedding_models_enabled
@@ -581,6 +582,16 @@ COLLECTION_DESCRIPTION_MAX = 5000  # the forms' bound; the column is unbounded t
 COLLECTION_NOTE_MAX = CollectionItem._meta.get_field("note").max_length or 2000
 
 
+def _collection_owned(*, user: User, collection_id: int) -> Collection:
+    """One of ``user``'s collections; anyone else's is the NotFound of a missing one."""
+    collection = None
+    if user.is_authenticated:
+        collection = Collection.objects.filter(owner=user, pk=collection_id).first()
+    if collection is None:
+        raise NotFound("no such collection")
+    return collection
+
+
 def collection_update(
     *,
     user: User,
@@ -591,13 +602,13 @@ def collection_update(
 ) -> Collection:
     """Change one of ``user``'s collections; an argument left None stays as it is. A name must
     be non-empty and not another of the owner's collections' (Conflict)."""
-    collection = None
-    if user.is_authenticated:
-        collection = Collection.objects.filter(owner=user, pk=collection_id).first()
-    if collection is None:
-        raise NotFound("no such collection")
+    collection = _collection_owned(user=user, collection_id=collection_id)
     if visibility is not None:
         _visibility_check(visibility)
+        if collection.visibility == Collection.Visibility.PRIVATE != visibility:
+            # Making a collection private revokes the links handed out; sharing it again must
+            # not bring them back, so it gets a link no one has seen.
+            collection.share_token = new_share_token()
         collection.visibility = visibility
     if description is not None:
         collection.description = _text_bounded(
@@ -615,6 +626,15 @@ def collection_update(
             collection.save()
     except IntegrityError as exc:  # the name, taken by a concurrent request meanwhile
         raise Conflict(f"you already have a collection called {collection.name!r}") from exc
+    return collection
+
+
+def collection_share_link_rotate(*, user: User, collection_id: int) -> Collection:
+    """Give one of ``user``'s collections a new share link; the old one stops opening it at
+    once (for everyone it was handed to). Anyone else's collection is NotFound."""
+    collection = _collection_owned(user=user, collection_id=collection_id)
+    collection.share_token = new_share_token()
+    collection.save(update_fields=["share_token"])
     return collection
 
 

@@ -118,6 +118,10 @@ class ReembedForm(forms.Form):
 
 @admin.register(Image)
 class ImageAdmin(admin.ModelAdmin):
+    class Media:
+        # The preview column's size (a sheet, not style="...": the CSP allows no inline style).
+        css = {"all": ["gallery_admin.css"]}
+
     list_display = (
         "thumbnail",
         "id",
@@ -320,7 +324,7 @@ class ImageAdmin(admin.ModelAdmin):
         if not obj.pk:
             return "-"
         url = reverse("admin:gallery_image_thumb", args=[obj.pk, 128])
-        return format_html('<img src="{}" alt="" style="max-height:64px;max-width:96px">', url)
+        return format_html('<img src="{}" alt="" class="admin-thumb">', url)
 
     @admin.display(description="File")
     def original(self, obj: Image) -> str:

@@ -71,6 +71,8 @@ MIDDLEWARE = [
     # First: refuses an oversized body before anything (the CSRF check) reads it.
     "config.middleware.RequestBodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # The Content-Security-Policy header on every response (CONTENT_SECURITY_POLICY below).
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -84,6 +86,24 @@ MIDDLEWARE = [
     # Last, so it sees the views' exceptions first: an unreachable database is a 503.
     "config.middleware.DatabaseUnavailableMiddleware",
 ]
+
+# Content-Security-Policy (django-csp): the site's own scripts, styles and connections only, no
+# inline script or style (templates keep theirs in static/; htmx's indicator style is in app.css),
+# no plugins, no framing. Images may also be data: URLs (the search-by-image preview) and blob:
+# URLs (the upload page's previews). /api/docs (Swagger UI from ninja's static files) needs
+# nothing more: its settings are a JSON data block, not a script.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:", "blob:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"

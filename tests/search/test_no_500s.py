@@ -106,3 +106,15 @@ def test_page_image_search_without_a_boundary_is_a_400(client: Client) -> None:
     )
     assert response.status_code == 400
     assert "could not be understood" in response.content.decode()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", ["k", "offset"])
+@pytest.mark.parametrize("value", ["①", "²", "9" * 5000, "1e3", "-1"])
+def test_odd_paging_numbers_are_a_400_on_pages_and_api(client: Client, name: str, value: str):
+    page = client.get("/search/", {"q": "red", name: value})
+    assert page.status_code == 400, (name, value)
+    api = client.get("/api/search", {"q": "red", name: value})
+    assert api.status_code == 400 and api.json()["error"], (name, value)
+    similar = client.get("/api/images/1/similar", {name: value})
+    assert similar.status_code == 400, (name, value)

@@ -8,8 +8,9 @@ image itself is never stored.
 The store is ``caches["query_images"]``, a table in PostgreSQL with a bound on its entries
 (QUERY_IMAGE_MAX_ENTRIES; settings say why not Redis). It keeps the preview as well as the
 vector because the results page shows what was searched with; keeping only the vector would
-save about 4 of the 7 KB and lose that. A store that cannot be reached or written costs only
-the shareable URL: the results are shown all the same.
+save the preview's part of an entry (a 160 px JPEG, up to ~6 KB of its ~15 KB as stored) and
+lose that. A store that cannot be reached or written costs only the shareable URL: the results
+are shown all the same.
 """
 
 from __future__ import annotations

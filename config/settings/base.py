@@ -349,10 +349,11 @@ CACHES: dict[str, dict[str, Any]] = {
     if CACHE_URL
     else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
 }
-# Query images behind search-by-image URLs (search.query_images), ~7 KB each, kept in their own
+# Query images behind search-by-image URLs (search.query_images), <= ~15 KB each, in their own
 # store with eviction: a table in PostgreSQL (made by search's migration 0006), so every web
 # process shares it, never the broker's Redis (no memory limit, every write persisted). Beyond
-# QUERY_IMAGE_MAX_ENTRIES a quarter of the entries are dropped; the oldest links then expire.
+# QUERY_IMAGE_MAX_ENTRIES the expired entries go, then a quarter of the rest (DatabaseCache's
+# cull: by key, and keys are random, so any of them); their links say "expired".
 QUERY_IMAGE_MAX_ENTRIES = int(os.environ.get("QUERY_IMAGE_MAX_ENTRIES", 10_000))
 CACHES["query_images"] = {
     "BACKEND": "django.core.cache.backends.db.DatabaseCache",

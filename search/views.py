@@ -150,9 +150,7 @@ def _shown(request: HttpRequest) -> int | None:
     raw = request.GET.get("shown", "")
     if not raw:
         return None
-    return int_param(
-        raw, name="shown (the number of results listed)", low=1, high=MAX_OFFSET + MAX_K
-    )
+    return int_param(raw, name="shown", low=1, high=MAX_OFFSET + MAX_K)
 
 
 def _results_up_to(run: Run, first: SearchPage, shown: int) -> SearchPage:

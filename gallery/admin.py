@@ -15,7 +15,8 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
-from config.errors import ApplicationError
+from config.errors import ApplicationError, InvalidInput
+from config.params import int_param
 from gallery.models import Caption, Collection, CollectionItem, Image
 from gallery.services import (
     images_embeddings_retry_failed,
@@ -51,8 +52,12 @@ class OwnerFilter(admin.SimpleListFilter):
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple]:
         choices: list[tuple] = [(self.NONE, "No owner (data set)")]
         value = self.value()
-        if value and value.isdigit():
-            user = get_user_model().objects.filter(pk=int(value)).first()
+        if value and value != self.NONE:
+            try:
+                user_id = int_param(value, name="owner", low=1, high=2**31 - 1)
+            except InvalidInput:
+                return choices
+            user = get_user_model().objects.filter(pk=user_id).first()
             if user is not None:
                 choices.append((value, user.get_username()))
         return choices
@@ -63,9 +68,11 @@ class OwnerFilter(admin.SimpleListFilter):
             return queryset
         if value == self.NONE:
             return queryset.filter(owner__isnull=True)
-        if not value.isdigit():
-            raise IncorrectLookupParameters(f"owner must be a user id or {self.NONE!r}")
-        return queryset.filter(owner_id=int(value))
+        try:
+            owner_id = int_param(value, name="owner", low=1, high=2**31 - 1)
+        except InvalidInput:
+            raise IncorrectLookupParameters(f"owner must be a user id or {self.NONE!r}") from None
+        return queryset.filter(owner_id=owner_id)
 
 
 class EmbeddingStatusFilter(admin.SimpleListFilter):
@@ -111,6 +118,10 @@ class ReembedForm(forms.Form):
 
 @admin.register(Image)
 class ImageAdmin(admin.ModelAdmin):
+    class Media:
+        # The preview column's size (a sheet, not style="...": the CSP allows no inline style).
+        css = {"all": ["gallery_admin.css"]}
+
     list_display = (
         "thumbnail",
         "id",
@@ -313,7 +324,7 @@ class ImageAdmin(admin.ModelAdmin):
         if not obj.pk:
             return "-"
         url = reverse("admin:gallery_image_thumb", args=[obj.pk, 128])
-        return format_html('<img src="{}" alt="" style="max-height:64px;max-width:96px">', url)
+        return format_html('<img src="{}" alt="" class="admin-thumb">', url)
 
     @admin.display(description="File")
     def original(self, obj: Image) -> str:

@@ -48,6 +48,8 @@ class Image(models.Model):
     width = models.PositiveIntegerField(default=0)
     height = models.PositiveIntegerField(default=0)
     sha256 = models.CharField(max_length=64, db_index=True)
+    # Bytes of the stored file: what an upload counts against its owner's UPLOAD_QUOTA_BYTES.
+    file_size = models.PositiveBigIntegerField(default=0, db_default=0)
     original_filename = models.CharField(max_length=255, blank=True)
     # Set by the owner on the image page; the title is the alt text and the name shown.
     # Database defaults too, so bulk COPY loads (imports, benches) need not name them.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
@@ -66,6 +67,10 @@ def collections_of(*, user: User) -> QuerySet[Collection]:
     return Collection.objects.filter(owner=user).annotate(item_total=Count("items"))
 
 
+# What gallery.models.new_share_token makes: URL-safe base64, within the column's length.
+SHARE_TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 def collection_get_viewable(
     *,
     user: User | AnonymousUser,
@@ -74,6 +79,9 @@ def collection_get_viewable(
 ) -> Collection | None:
     """A collection the user may open: their own, a public one, or any shared by its link."""
     if share_token is not None:
+        if not SHARE_TOKEN_PATTERN.fullmatch(share_token):
+            # Never a valid token (a NUL, for one, is more than PostgreSQL text can hold).
+            return None
         return (
             Collection.objects.filter(share_token=share_token)
             .exclude(visibility=Collection.Visibility.PRIVATE)

@@ -23,15 +23,16 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.core.validators import validate_email
-from django.db import IntegrityError, transaction
-from django.db.models import QuerySet
+from django.db import IntegrityError, connection, transaction
+from django.db.models import QuerySet, Sum
+from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 from PIL import Image as PILImage
 from PIL import ImageOps
 
-from config.errors import Conflict, InvalidInput, NotFound
+from config.errors import Conflict, InvalidInput, NotFound, TooLarge
 from gallery.flickr30k import Flickr30kEntry, Flickr30kFile, flickr30k_file_check
 from gallery.forms import (  # noqa: F401 - callers catch services.UploadRejected
     UploadRejected,
@@ -45,6 +46,7 @@ from gallery.models import (
     CollectionItem,
     Image,
     image_upload_path,
+    new_share_token,
 )
 from gallery.selectors import user_email_taken
 from search.selectors import embedding_models_enabled
@@ -58,6 +60,10 @@ from workers.queueing import embeddings_sweep, image_enqueue_embedding
 T = TypeVar("T")
 
 THUMBNAIL_SIZES = (128, 256, 512)
+
+
+class QuotaExceeded(TooLarge):
+    """An upload that would take its owner past UPLOAD_QUOTA_BYTES."""
 
 
 def image_thumbnail_path(*, image: Image, size: int) -> Path:
@@ -84,9 +90,11 @@ def image_upload(
     """Store an uploaded image for ``owner`` and queue its embedding once committed.
 
     Refuses files over UPLOAD_MAX_BYTES or UPLOAD_MAX_PIXELS and anything that does not decode
-    completely, with a readable reason; nothing is stored then. Uploading the same bytes again
-    returns the image already stored. The returned image's ``duplicate`` attribute says which
-    (True: it was already there), so the caller can say "already in your library".
+    completely, with a readable reason; nothing is stored then, and so is an upload past the
+    owner's UPLOAD_QUOTA_BYTES (``QuotaExceeded``). Uploading the same bytes again, even
+    several times at once, returns the image already stored and writes no second file. The
+    returned image's ``duplicate`` attribute says which (True: it was already there), so the
+    caller can say "already in your library".
     """
     if visibility not in Image.Visibility.values:
         raise InvalidInput(f"visibility must be one of {', '.join(Image.Visibility.values)}")
@@ -95,9 +103,8 @@ def image_upload(
     for chunk in file.chunks():
         digest.update(chunk)
     sha256 = digest.hexdigest()
-    existing = Image.objects.filter(source=Image.Source.UPLOAD, owner=owner, sha256=sha256).first()
+    existing = _upload_existing(owner=owner, sha256=sha256)
     if existing is not None:
-        existing.duplicate = True
         return existing
 
     checked = image_file_decode(file=file, label=file.name or "the file")
@@ -112,20 +119,68 @@ def image_upload(
         original_filename=Path((file.name or "upload").replace("\x00", "")).name[:255],
         width=decoded.width,
         height=decoded.height,
+        file_size=file.size or 0,
     )
     with transaction.atomic():
+        # One upload of this person's at a time from here to the commit: the same bytes sent
+        # six times at once then write one file (the others find the row), and the quota
+        # counts every earlier upload. Decoding, the slow part, stays outside the lock.
+        _uploads_lock(owner=owner)
+        existing = _upload_existing(owner=owner, sha256=sha256)
+        if existing is not None:
+            return existing
+        _upload_quota_check(owner=owner, size=image.file_size, label=image.original_filename)
         image.file.save(f"upload.{image_format.lower()}", file, save=False)
+        stored = image.file.name or ""
         try:
-            with transaction.atomic():
-                image.save()
-        except IntegrityError:
-            # The same person sent the same bytes twice at once: keep the first.
-            first = Image.objects.get(source=Image.Source.UPLOAD, owner=owner, sha256=sha256)
-            first.duplicate = True
-            return first
-        image_enqueue_embedding(image_id=image.pk)
+            image.save()
+            image_enqueue_embedding(image_id=image.pk)
+        except BaseException:
+            # The row did not make it: the file it would have named goes too.
+            default_storage.delete(stored)
+            raise
     image.duplicate = False
     return image
+
+
+def _upload_existing(*, owner: User, sha256: str) -> Image | None:
+    existing = Image.objects.filter(source=Image.Source.UPLOAD, owner=owner, sha256=sha256).first()
+    if existing is not None:
+        existing.duplicate = True
+    return existing
+
+
+# pg_advisory_xact_lock(key, user id): this number marks the upload lock among the site's locks.
+_UPLOADS_LOCK_KEY = 0x5550_4C44  # "UPLD"
+
+
+def _uploads_lock(*, owner: User) -> None:
+    """Hold the owner's upload lock until the surrounding transaction ends."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_UPLOADS_LOCK_KEY, owner.pk])
+
+
+def _upload_quota_check(*, owner: User, size: int, label: str) -> None:
+    """Refuse an upload that would take ``owner`` past UPLOAD_QUOTA_BYTES (0: no limit)."""
+    quota = settings.UPLOAD_QUOTA_BYTES
+    if not quota:
+        return
+    used = (
+        Image.objects.filter(source=Image.Source.UPLOAD, owner=owner).aggregate(
+            used=Sum("file_size")
+        )["used"]
+        or 0
+    )
+    if used + size > quota:
+        raise QuotaExceeded(
+            f"{label} was not stored: your uploads use {_size_text(used)} of your "
+            f"{_size_text(quota)} storage, and this file needs {_size_text(size)} more. "
+            "Delete images you no longer need to make room."
+        )
+
+
+def _size_text(size: int) -> str:
+    return filesizeformat(size).replace("\xa0", " ")  # "9.8 KB", "10.0 GB"
 
 
 def _image_owned(*, user: User, image_id: int) -> Image:
@@ -531,6 +586,16 @@ COLLECTION_DESCRIPTION_MAX = 5000  # the forms' bound; the column is unbounded t
 COLLECTION_NOTE_MAX = CollectionItem._meta.get_field("note").max_length or 2000
 
 
+def _collection_owned(*, user: User, collection_id: int) -> Collection:
+    """One of ``user``'s collections; anyone else's is the NotFound of a missing one."""
+    collection = None
+    if user.is_authenticated:
+        collection = Collection.objects.filter(owner=user, pk=collection_id).first()
+    if collection is None:
+        raise NotFound("no such collection")
+    return collection
+
+
 def collection_update(
     *,
     user: User,
@@ -541,13 +606,13 @@ def collection_update(
 ) -> Collection:
     """Change one of ``user``'s collections; an argument left None stays as it is. A name must
     be non-empty and not another of the owner's collections' (Conflict)."""
-    collection = None
-    if user.is_authenticated:
-        collection = Collection.objects.filter(owner=user, pk=collection_id).first()
-    if collection is None:
-        raise NotFound("no such collection")
+    collection = _collection_owned(user=user, collection_id=collection_id)
     if visibility is not None:
         _visibility_check(visibility)
+        if collection.visibility == Collection.Visibility.PRIVATE != visibility:
+            # Making a collection private revokes the links handed out; sharing it again must
+            # not bring them back, so it gets a link no one has seen.
+            collection.share_token = new_share_token()
         collection.visibility = visibility
     if description is not None:
         collection.description = _text_bounded(
@@ -565,6 +630,15 @@ def collection_update(
             collection.save()
     except IntegrityError as exc:  # the name, taken by a concurrent request meanwhile
         raise Conflict(f"you already have a collection called {collection.name!r}") from exc
+    return collection
+
+
+def collection_share_link_rotate(*, user: User, collection_id: int) -> Collection:
+    """Give one of ``user``'s collections a new share link; the old one stops opening it at
+    once (for everyone it was handed to). Anyone else's collection is NotFound."""
+    collection = _collection_owned(user=user, collection_id=collection_id)
+    collection.share_token = new_share_token()
+    collection.save(update_fields=["share_token"])
     return collection
 
 

@@ -49,6 +49,11 @@ urlpatterns = [
         collections.collection_item_remove_view,
         name="collection-item-remove",
     ),
+    path(
+        "collections/<int:collection_id>/share-link",
+        collections.collection_share_rotate,
+        name="collection-share-rotate",
+    ),
     path("c/<str:share_token>/", collections.collection_shared, name="collection-shared"),
     path("selection/save", selection.selection_save, name="selection-save"),
     path("selection/delete", selection.selection_delete, name="selection-delete"),

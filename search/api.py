@@ -19,6 +19,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.urls import URLPattern, URLResolver, reverse
 from django_ratelimit.exceptions import Ratelimited
 from ninja import Field, File, NinjaAPI, Query, Schema
@@ -254,6 +255,19 @@ def suspicious_request(request: HttpRequest, exc: SuspiciousOperation) -> HttpRe
     return api.create_response(request, {"error": "malformed request"}, status=400)
 
 
+@api.exception_handler(MultiPartParserError)
+def malformed_multipart(request: HttpRequest, exc: MultiPartParserError) -> HttpResponse:
+    # Django's own handler makes this a 400 for pages; the API's catch-all would make it a 500.
+    message = f"the multipart/form-data body cannot be read: {exc}"
+    if "boundary" in str(exc):
+        message = (
+            "the multipart/form-data body cannot be read: its Content-Type needs a boundary "
+            "(multipart/form-data; boundary=X) that separates the parts; send the image as "
+            'a file field named "image"'
+        )
+    return api.create_response(request, {"error": message}, status=400)
+
+
 @api.exception_handler(Exception)
 def server_error(request: HttpRequest, exc: Exception) -> HttpResponse:
     if isinstance(exc, DatabaseError):
@@ -392,14 +406,42 @@ class PageQuery(Schema):
         }
 
 
+def _regex_class(chars: str) -> str:
+    """``chars`` as the inside of a regex character class, as \\uXXXX escapes and ranges that
+    ECMA-262 (JSON Schema's dialect) and Python's ``re`` read alike."""
+    codes = sorted(map(ord, chars))
+    runs: list[list[int]] = []
+    for code in codes:
+        if runs and code == runs[-1][1] + 1:
+            runs[-1][1] = code
+        else:
+            runs.append([code, code])
+    return "".join(
+        f"\\u{low:04x}" + (f"-\\u{high:04x}" if high > low else "") for low, high in runs
+    )
+
+
+# The characters the selectors trim from a query's ends (Python's ``str.strip``): a query of
+# these alone is empty. Spelled out rather than ``\s``, whose meaning differs between regex
+# dialects: Python's counts the separator controls U+001C-U+001F and U+0085, ECMA-262's does
+# not (and counts U+FEFF, which Python does not trim).
+QUERY_WHITESPACE = "".join(c for c in map(chr, range(0x110000)) if c.isspace())
+QUERY_PATTERN = f"^[^\\u0000]*[^\\u0000{_regex_class(QUERY_WHITESPACE)}][^\\u0000]*$"
+
+
 class TextQuery(PageQuery):
     q: str = Field(
-        description="What to look for, in words.",
+        description=(
+            "What to look for, in words. Whitespace at either end is ignored, including the "
+            "separator control characters U+001C-U+001F and U+0085; a query of nothing else "
+            "is empty (400), as is one with a NUL character. Other control characters are "
+            "kept as part of the query."
+        ),
         json_schema_extra={
             "minLength": 1,
             "maxLength": MAX_QUERY_CHARS,
-            # Something besides whitespace, and no NUL character (both a 400).
-            "pattern": r"^[^\u0000]*\S[^\u0000]*$",
+            # Something besides the whitespace the API trims, and no NUL character.
+            "pattern": QUERY_PATTERN,
         },
     )
 

@@ -2,23 +2,38 @@
 
 A search by image is a POST (the file), but its results must have a URL people can reload,
 share and come back to. The POST keeps the query's embedding (and a small preview for the
-page) in the cache under a random key for QUERY_IMAGE_TTL and redirects to a GET carrying the
-key; the image itself is never stored.
+page) under a random key for QUERY_IMAGE_TTL and redirects to a GET carrying the key; the
+image itself is never stored.
+
+The store is ``caches["query_images"]``, a table in PostgreSQL with a bound on its entries
+(QUERY_IMAGE_MAX_ENTRIES; settings say why not Redis). It keeps the preview as well as the
+vector because the results page shows what was searched with; keeping only the vector would
+save the preview's part of an entry (a 160 px JPEG, up to ~6 KB of its ~15 KB as stored) and
+lose that. A store that cannot be reached or written costs only the shareable URL: the results
+are shown all the same.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import logging
+import re
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
-from django.core.cache import cache
+from django.core.cache import caches
+from django.db import DatabaseError, transaction
 from PIL import Image as PILImage
 
+logger = logging.getLogger(__name__)
+
 QUERY_IMAGE_TTL = 60 * 60 * 24  # a day: long enough to share a link, short enough to forget
+STORE = "query_images"  # the alias in settings.CACHES
 PREVIEW_SIZE = 160
 _PREFIX = "query-image:"
+_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")  # secrets.token_urlsafe's alphabet
 
 
 @dataclass(frozen=True)
@@ -46,16 +61,26 @@ def query_image_remember(
         preview=preview,
     )
     entry = {"model_id": model_id, "vector": query.vector, "preview": preview}
-    cache.set(_PREFIX + query.key, entry, QUERY_IMAGE_TTL)
-    # The site's cache fails open (Redis down answers nothing): check it really kept it.
-    return query if cache.get(_PREFIX + query.key) is not None else None
+    try:
+        # A savepoint: a failed write must not break the request's transaction.
+        with transaction.atomic():
+            caches[STORE].set(_PREFIX + query.key, entry, QUERY_IMAGE_TTL)
+    except DatabaseError as error:
+        logger.warning("query image not kept (no shareable URL for this search): %s", error)
+        return None
+    return query
 
 
 def query_image_recall(*, key: str) -> QueryImage | None:
     """The query image kept under ``key``, or None once it has expired (or never existed)."""
-    if not key or len(key) > 64:
+    if not _KEY.fullmatch(key):  # never one we made (a NUL would reach PostgreSQL)
         return None
-    entry = cache.get(_PREFIX + key)
+    entry: Any = None
+    try:
+        with transaction.atomic():
+            entry = caches[STORE].get(_PREFIX + key)
+    except DatabaseError as error:
+        logger.warning("query image store unavailable: %s", error)
     if not isinstance(entry, dict):
         return None
     return QueryImage(

@@ -17,6 +17,7 @@ from django_ratelimit.core import is_ratelimited
 from django_ratelimit.exceptions import Ratelimited
 
 from config.errors import ApplicationError, InvalidInput, NotFound
+from config.params import int_param
 from config.views import error_response
 from gallery.selectors import collections_of
 from search.forms import ImageQueryForm, SearchForm
@@ -149,10 +150,7 @@ def _shown(request: HttpRequest) -> int | None:
     raw = request.GET.get("shown", "")
     if not raw:
         return None
-    limit = MAX_OFFSET + MAX_K
-    if not raw.isdigit() or not 1 <= int(raw) <= limit:
-        raise InvalidInput(f"shown must be a number of results between 1 and {limit}")
-    return int(raw)
+    return int_param(raw, name="shown", low=1, high=MAX_OFFSET + MAX_K)
 
 
 def _results_up_to(run: Run, first: SearchPage, shown: int) -> SearchPage:

@@ -29,6 +29,14 @@
     if (link) { window.location = link.href; }
   });
 
+  // Close buttons: <button data-close=".picker"> removes its closest such element (an
+  // attribute and not onclick="...": the CSP allows no inline script).
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("[data-close]");
+    var target = button && button.closest(button.getAttribute("data-close"));
+    if (target) target.remove();
+  });
+
   // Copy-link buttons: <button data-copy="#input-id">.
   document.addEventListener("click", function (event) {
     var button = event.target.closest("[data-copy]");

@@ -48,6 +48,7 @@ EXPECTED: dict[str, tuple[int, int, int, int]] = {
     "collection-item-note": (LOGIN, 405, 405, 405),
     "collection-item-move": (LOGIN, 405, 405, 405),
     "collection-item-remove": (LOGIN, 405, 405, 405),
+    "collection-share-rotate": (LOGIN, 405, 405, 405),  # POST only (test_share_links.py)
     "collection-shared": (404, 404, 404, 404),  # a private collection's link opens nothing
     "selection-save": (LOGIN, 405, 405, 405),  # POST only, every id checked (test_selection.py)
     "selection-delete": (LOGIN, 405, 405, 405),

@@ -72,6 +72,8 @@ MIDDLEWARE = [
     # First: refuses an oversized body before anything (the CSRF check) reads it.
     "config.middleware.RequestBodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # The Content-Security-Policy header on every response (CONTENT_SECURITY_POLICY below).
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -87,6 +89,24 @@ MIDDLEWARE = [
     # Last, so it sees the views' exceptions first: an unreachable database is a 503.
     "config.middleware.DatabaseUnavailableMiddleware",
 ]
+
+# Content-Security-Policy (django-csp): the site's own scripts, styles and connections only, no
+# inline script or style (templates keep theirs in static/; htmx's indicator style is in app.css),
+# no plugins, no framing. Images may also be data: URLs (the search-by-image preview) and blob:
+# URLs (the upload page's previews). /api/docs (Swagger UI from ninja's static files) needs
+# nothing more: its settings are a JSON data block, not a script.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:", "blob:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
@@ -201,6 +221,8 @@ STORAGES = {
 }
 UPLOAD_MAX_BYTES = int(os.environ.get("UPLOAD_MAX_BYTES", 25 * 1024 * 1024))
 UPLOAD_MAX_PIXELS = int(os.environ.get("UPLOAD_MAX_PIXELS", 80_000_000))
+# Bytes of uploads each person may keep (gallery.services.image_upload); 0: no limit.
+UPLOAD_QUOTA_BYTES = int(os.environ.get("UPLOAD_QUOTA_BYTES", 10 * 1024**3))
 # A request body holds one image of UPLOAD_MAX_BYTES and its form at most: above that,
 # config.middleware.RequestBodyLimitMiddleware answers 413 before reading it.
 # Uploaded files above this spool to a temporary file instead of memory.
@@ -366,6 +388,18 @@ def caches_for(url: str) -> dict[str, dict[str, Any]]:
 # else the broker's server. It fails open: with Redis down, limits lapse rather than the site.
 CACHE_URL = os.environ.get("CACHE_URL") or cache_url_from_broker(CELERY_BROKER_URL)
 CACHES = caches_for(CACHE_URL)
+# Query images behind search-by-image URLs (search.query_images), <= ~15 KB each, in their own
+# store with eviction: a table in PostgreSQL (made by search's migration 0006), so every web
+# process shares it, never the broker's Redis (no memory limit, every write persisted). Beyond
+# QUERY_IMAGE_MAX_ENTRIES the expired entries go, then a quarter of the rest (DatabaseCache's
+# cull: by key, and keys are random, so any of them); their links say "expired".
+QUERY_IMAGE_MAX_ENTRIES = int(os.environ.get("QUERY_IMAGE_MAX_ENTRIES", 10_000))
+CACHES["query_images"] = {
+    "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+    "LOCATION": "search_query_image_cache",
+    "TIMEOUT": 60 * 60 * 24,
+    "OPTIONS": {"MAX_ENTRIES": QUERY_IMAGE_MAX_ENTRIES, "CULL_FREQUENCY": 4},
+}
 RATELIMIT_USE_CACHE = "default"
 RATELIMIT_FAIL_OPEN = True
 RATELIMIT_VIEW = "config.views.rate_limited"

@@ -5,7 +5,12 @@ import os
 from django.core.exceptions import ImproperlyConfigured
 
 from config.settings.base import *  # noqa: F403
-from config.settings.base import DATABASE_URL, DEFAULT_SECRET_KEY, env_bool
+from config.settings.base import (
+    DATABASE_URL,
+    DEFAULT_SECRET_KEY,
+    SILENCED_SYSTEM_CHECKS,
+    env_bool,
+)
 
 DEBUG = env_bool("DEBUG", False)
 if DEBUG:
@@ -34,3 +39,19 @@ SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# HTTPS only, as the Secure cookies above already assume: plain HTTP is redirected, and browsers
+# are told to use HTTPS for a year (HSTS, subdomains included). Behind a TLS proxy that sets
+# X-Forwarded-Proto (SECURE_PROXY_SSL_HEADER) nothing else is needed; a plain-HTTP trial sets
+# SECURE_SSL_REDIRECT=false and SECURE_HSTS_SECONDS=0 (with the cookie settings false).
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", 60 * 60 * 24 * 365))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+# Preloading is the domain owner's decision (it binds every subdomain of the registrable domain,
+# and anyone may submit a domain that sends the directive), so it is off unless asked for, and
+# check --deploy's reminder about it (W021) is silenced rather than answered by default.
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SILENCED_SYSTEM_CHECKS = [
+    *SILENCED_SYSTEM_CHECKS,
+    *([] if SECURE_HSTS_PRELOAD else ["security.W021"]),
+]

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from config import embedded
 from config.settings.base import *  # noqa: F403
+from config.settings.base import CACHES as BASE_CACHES
 from config.settings.base import (
     DATA_DIR,
     DATABASE_URL,
@@ -36,6 +37,7 @@ STORAGES = {
 # the session and empties the cache before each test, so rate-limit counts never carry over.
 CACHE_URL = os.environ.get("CACHE_URL") or cache_url_from_broker(CELERY_BROKER_URL)
 CACHES = caches_for(CACHE_URL)
+CACHES["query_images"] = BASE_CACHES["query_images"]  # the same PostgreSQL table as everywhere
 # Tests never run collectstatic: serve static files from the apps' folders.
 WHITENOISE_AUTOREFRESH = True
 WHITENOISE_USE_FINDERS = True

@@ -38,6 +38,7 @@ from gallery.services import (
     collection_item_note_set,
     collection_item_remove,
     collection_save_into,
+    collection_share_link_rotate,
     collection_update,
 )
 from gallery.templatetags.gallery_ui import image_name
@@ -135,13 +136,10 @@ def _render_collection(
 ) -> HttpResponse:
     if collection is None:
         raise Http404("No such collection.")
-    share_url = request.build_absolute_uri(
-        reverse("collection-shared", args=[collection.share_token])
-    )
     context = _collection_context(
         request,
         collection,
-        share_url=share_url,
+        share_url=_share_url(request, collection),
         details_form=details_form or _details_form(collection),
         editing=details_form is not None,
     )
@@ -154,6 +152,10 @@ def _render_collection(
                 # Read by the template only; the stubs know no such attribute on a model.
                 item.note_error = error  # type: ignore[attr-defined]
     return render(request, "gallery/collection.html", context, status=status)
+
+
+def _share_url(request: HttpRequest, collection: Collection) -> str:
+    return request.build_absolute_uri(reverse("collection-shared", args=[collection.share_token]))
 
 
 def _details_form(collection: Collection) -> CollectionDetailsForm:
@@ -243,6 +245,26 @@ def collection_edit(request: AuthenticatedHttpRequest, collection_id: int) -> Ht
         messages.error(request, exc.message)
         return _render_collection(request, collection, status=exc.status)
     return redirect("collection", collection_id=collection_id)
+
+
+@login_required
+@require_http_methods(["POST"])
+def collection_share_rotate(request: AuthenticatedHttpRequest, collection_id: int) -> HttpResponse:
+    """The owner replaces the collection's share link; the old link stops working."""
+    try:
+        collection = collection_share_link_rotate(user=request.user, collection_id=collection_id)
+    except ApplicationError as exc:
+        raise Http404("No such collection.") from exc
+    message = "New link made: the old one no longer opens this collection."
+    if not request.headers.get("HX-Request"):
+        messages.success(request, message)
+        return redirect("collection", collection_id=collection_id)
+    context = {
+        "collection": collection,
+        "share_url": _share_url(request, collection),
+        "share_message": message,
+    }
+    return render(request, "gallery/_collection_share.html", context)
 
 
 @login_required

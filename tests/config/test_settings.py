@@ -69,3 +69,39 @@ def test_default_database_is_the_embedded_postgres() -> None:
         return  # an external database was configured on purpose
     host = settings.DATABASES["default"]["HOST"]
     assert host.startswith(str(settings.DATA_DIR))
+
+
+def check_deploy(**env: str) -> subprocess.CompletedProcess[str]:
+    # What a deployment has: none of the test run's own variables (DJANGO_ALLOW_ASYNC_UNSAFE is
+    # an error under --deploy).
+    full = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "TMPDIR"}}
+    full.update(
+        DJANGO_SETTINGS_MODULE="config.settings.production",
+        SECRET_KEY="k" * 50 + "-not-the-default",
+        DATABASE_URL="postgresql://u@db.invalid:5432/x",
+        CELERY_BROKER_URL="redis://redis.invalid:6379/0",
+        **env,
+    )
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        env=full,
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_check_deploy_is_clean_with_production_settings() -> None:
+    result = check_deploy()
+    assert result.returncode == 0, result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+def test_https_settings_come_from_the_environment() -> None:
+    # A plain-HTTP trial turns them off, and check --deploy then says what that gives up.
+    result = check_deploy(SECURE_SSL_REDIRECT="false", SECURE_HSTS_SECONDS="0")
+    assert result.returncode != 0
+    assert "security.W004" in result.stderr and "security.W008" in result.stderr
+    preload = check_deploy(SECURE_HSTS_PRELOAD="true")
+    assert preload.returncode == 0, preload.stderr

@@ -94,4 +94,4 @@ def test_a_long_list_is_fetched_in_pages_and_stays_private(client: Client, ranke
 def test_a_bad_shown_is_a_400_with_the_reason(client: Client, ranked, shown: str) -> None:
     response = client.get("/search/", {"q": "a kite", "shown": shown})
     assert response.status_code == 400
-    assert "shown must be a number of results between 1 and 1100" in response.content.decode()
+    assert "shown must be a whole number between 1 and 1100" in response.content.decode()

@@ -183,7 +183,7 @@ def test_web_waits_for_migrations_and_has_an_http_healthcheck(config: dict[str, 
     assert web["depends_on"]["redis"]["condition"] == "service_healthy"
     assert "gunicorn config.wsgi" in command_text(web)
     assert "0.0.0.0:8000" in command_text(web)
-    assert "http://127.0.0.1:8000/" in healthcheck_text(web)
+    assert "http://127.0.0.1:8000/health/" in healthcheck_text(web)
 
 
 def test_workers_run_celery_on_the_gpu_queue(config: dict[str, Any]) -> None:

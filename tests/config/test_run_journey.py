@@ -23,7 +23,7 @@ SITE_POST_ROUTES = {
     "account", "api-tokens", "upload", "search-image", "image-visibility", "image-details",
     "image-delete", "collection-add", "collections", "collection-edit", "collection-details",
     "collection-item-note", "collection-item-move", "collection-item-remove", "selection-save",
-    "selection-delete",
+    "selection-delete", "collection-share-rotate",
 }  # fmt: skip
 
 # Odd input that once answered 500 somewhere; each must be a 4xx (or a page) now.
@@ -160,6 +160,12 @@ def test_a_new_person_uses_the_whole_site_under_run(
         assert person.submit(move, button="later").status_code == 200
         shared = re.search(r"/c/([A-Za-z0-9_\-]+)/", person.get(page).text)
         assert shared and anonymous.get(shared[0]).status_code == 200
+        rotate = person.form(page, "collection-share-rotate")
+        assert person.submit(rotate).status_code == 200
+        fresh = re.search(r"/c/([A-Za-z0-9_\-]+)/", person.get(page).text)
+        assert fresh and fresh[0] != shared[0]
+        assert anonymous.get(shared[0]).status_code == 404
+        assert anonymous.get(fresh[0]).status_code == 200
         remove = person.form(page, "collection-item-remove")
         assert person.submit(remove).status_code == 200
 

@@ -208,6 +208,13 @@ DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
 # Every form takes one image; a few spare for the admin's inline forms.
 DATA_UPLOAD_MAX_NUMBER_FILES = 10
 
+# --- Bounds on one request's CPU, memory and time ---------------------------------------------
+# Query images (search by image) that cannot be decoded at reduced scale (all but single-scan
+# JPEGs) are refused above this many pixels (a quarter of it for WebP): each is decoded whole,
+# at up to 4 bytes a pixel (6 for a progressive JPEG), before it is reduced to the size the
+# models need (gallery.forms.image_query_decode). Default 4096 x 4096.
+QUERY_IMAGE_MAX_PIXELS = int(os.environ.get("QUERY_IMAGE_MAX_PIXELS", 16_777_216))
+
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = (
     os.environ.get("CELERY_BROKER_URL")

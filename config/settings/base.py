@@ -70,6 +70,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: refuses an oversized body before anything (the CSRF check) reads it.
     "config.middleware.RequestBodyLimitMiddleware",
+    # Next: a database call that never returns is cut after DATABASE_STALL_SECONDS (a 503).
+    "config.middleware.DatabaseStallMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -214,6 +216,10 @@ DATA_UPLOAD_MAX_NUMBER_FILES = 10
 # at up to 4 bytes a pixel (6 for a progressive JPEG), before it is reduced to the size the
 # models need (gallery.forms.image_query_decode). Default 4096 x 4096.
 QUERY_IMAGE_MAX_PIXELS = int(os.environ.get("QUERY_IMAGE_MAX_PIXELS", 16_777_216))
+# A web request's database call that gets no answer for this long (a frozen or cut-off server)
+# has its connection cut and the request answers 503 (config.database_watchdog); 0 disables.
+# New connections give up after DATABASE_CONNECT_TIMEOUT instead.
+DATABASE_STALL_SECONDS = float(os.environ.get("DATABASE_STALL_SECONDS", 10))
 
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = (

@@ -1,0 +1,98 @@
+"""A database that stops answering on a connection already open (its backend frozen, as on a
+stalled disk or network) gives a 503 after DATABASE_STALL_SECONDS instead of a request that
+never ends. Over real HTTP: the live server's connection is frozen with SIGSTOP right after it
+opens, so only the watchdog can end the request's wait; that backend alone is stopped, and
+always continued again."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+from django.db.backends.signals import connection_created
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+STALL_SECONDS = 2.0
+# Without the watchdog these requests never answer; the client gives up on them after this long.
+# A hang detector, not a speed threshold.
+HANG_SECONDS = 60
+
+
+def fetch(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=HANG_SECONDS) as response:  # noqa: S310
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], error.read().decode()
+
+
+class Freezer:
+    """Stops (SIGSTOP) the backend of every connection the live server opens, as soon as it is
+    made; ``thaw`` stops doing so and continues (SIGCONT) every one of them."""
+
+    def __init__(self) -> None:
+        self.pids: list[int] = []
+        connection_created.connect(self.freeze)
+
+    def freeze(self, sender, connection, **kwargs) -> None:
+        if threading.current_thread() is threading.main_thread():
+            return  # the test's own connection (and teardown's) stays live
+        pid = connection.connection.info.backend_pid
+        self.pids.append(pid)
+        os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        connection_created.disconnect(self.freeze)
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+@pytest.fixture
+def freezer():
+    freezer = Freezer()
+    try:
+        yield freezer
+    finally:
+        freezer.thaw()
+
+
+def test_a_frozen_database_connection_answers_503_then_the_site_recovers(
+    live_server, settings, freezer, caplog
+) -> None:
+    settings.DATABASE_STALL_SECONDS = STALL_SECONDS
+    caplog.set_level(logging.WARNING, logger="config.database_watchdog")
+
+    status, kind, body = fetch(f"{live_server.url}/")
+    assert status == 503 and kind.startswith("text/html"), body
+    assert "database is not reachable" in body and "Traceback" not in body
+
+    status, kind, body = fetch(f"{live_server.url}/api/search?q=two+dogs")
+    assert status == 503 and kind == "application/json", body
+    assert "database is not reachable" in json.loads(body)["error"]
+
+    # One frozen backend per request, and the watchdog cut each (no other path can end a wait
+    # on a stopped backend: connect_timeout only bounds opening a connection).
+    assert len(freezer.pids) == 2
+    assert len([r for r in caplog.records if "connection cut" in r.getMessage()]) == 2
+
+    freezer.thaw()  # the database answers again: the next request opens a fresh connection
+    status, _, _ = fetch(f"{live_server.url}/")
+    assert status == 200
+
+
+def test_requests_that_get_answers_are_never_cut(live_server, settings, caplog) -> None:
+    settings.DATABASE_STALL_SECONDS = STALL_SECONDS
+    caplog.set_level(logging.WARNING, logger="config.database_watchdog")
+    for url in ("/", "/api/models", "/api/search?q=two+dogs"):
+        status, _, _ = fetch(f"{live_server.url}{url}")
+        assert status in (200, 409), url  # 409: no embeddings to search yet
+    assert not [r for r in caplog.records if "connection cut" in r.getMessage()]

@@ -58,7 +58,9 @@ class DatabaseStallMiddleware:
     """A database that stops answering on a connection already open answers 503 after
     DATABASE_STALL_SECONDS (plus a quarter second) rather than never (``config.database_watchdog``
     cuts the connection; DatabaseUnavailableMiddleware turns the error into the 503). New
-    connections are bounded by DATABASE_CONNECT_TIMEOUT instead.
+    connections are bounded by DATABASE_CONNECT_TIMEOUT instead; so the worst case, a kept
+    connection whose health check is cut and whose replacement cannot connect, is the sum of
+    the two (10 + 0.25 + 5 s by default).
 
     Outermost but for the body limit, so the session, authentication and rate-limit queries are
     watched as well as the view's. Web requests only: workers and management commands run long

@@ -16,7 +16,9 @@ import urllib.error
 import urllib.request
 
 import pytest
+from django.db import connection
 from django.db.backends.signals import connection_created
+from django.test import Client
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -96,3 +98,29 @@ def test_requests_that_get_answers_are_never_cut(live_server, settings, caplog) 
         status, _, _ = fetch(f"{live_server.url}{url}")
         assert status in (200, 409), url  # 409: no embeddings to search yet
     assert not [r for r in caplog.records if "connection cut" in r.getMessage()]
+
+
+def test_a_frozen_connection_kept_from_an_earlier_request_is_replaced(settings, caplog) -> None:
+    """A persistent connection (CONN_MAX_AGE) is health-checked with a ``SELECT 1`` that Django
+    sends without an execute wrapper: frozen, it is cut just the same, and the request goes on
+    with a new connection (here, to a server that answers; to a frozen one it is a 503 after
+    DATABASE_CONNECT_TIMEOUT more)."""
+    settings.DATABASE_STALL_SECONDS = STALL_SECONDS
+    caplog.set_level(logging.WARNING, logger="config.database_watchdog")
+    client = Client()
+    assert client.get("/api/models").status_code == 200  # the connection is open now
+    pid = connection.connection.info.backend_pid
+    connection.health_check_done = False  # as at the start of the next request
+    os.kill(pid, signal.SIGSTOP)
+    # The hang detector: without the watchdog, the backend is continued after HANG_SECONDS and
+    # the request ends on the old connection, which the assertions below refuse.
+    thaw = threading.Timer(HANG_SECONDS, os.kill, (pid, signal.SIGCONT))
+    thaw.start()
+    try:
+        response = client.get("/api/models")
+    finally:
+        thaw.cancel()
+        os.kill(pid, signal.SIGCONT)
+    assert response.status_code == 200
+    assert connection.connection.info.backend_pid != pid
+    assert len([r for r in caplog.records if "connection cut" in r.getMessage()]) == 1

@@ -174,8 +174,9 @@ def _corpus() -> dict[str, Callable[[Path], None]]:
     }
 
 
-def measure(path: Path) -> dict[str, object]:
-    """In this (fresh) process: decode ``path`` as a query image; peak RSS and CPU."""
+def measure(path: Path, *, upload: bool) -> dict[str, object]:
+    """In this (fresh) process: decode ``path`` as a query image (or as an upload); peak RSS
+    and CPU."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
     sys.path.insert(0, str(REPO_ROOT))
     import django
@@ -184,14 +185,17 @@ def measure(path: Path) -> dict[str, object]:
     from django.core.files.uploadedfile import UploadedFile
 
     from config.errors import ApplicationError
-    from gallery.forms import image_query_decode
+    from gallery.forms import image_file_decode, image_query_decode
 
     before_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with open(path, "rb") as handle:
         file = UploadedFile(handle, name=path.name, size=path.stat().st_size)
         start = os.times()
         try:
-            picture = image_query_decode(file=file, label="the query image")
+            if upload:
+                picture = image_file_decode(file=file, label="the upload").image
+            else:
+                picture = image_query_decode(file=file, label="the query image")
             outcome = f"decoded {picture.width}x{picture.height}"
         except ApplicationError as exc:
             outcome = f"{exc.status} {exc.message}"
@@ -209,11 +213,17 @@ def main() -> int:
     parser.add_argument("--max-rss-mb", type=float, default=300.0)
     parser.add_argument("--max-cpu", type=float, default=0.5, help="seconds")
     parser.add_argument("--only", default="", help="files whose name contains this")
+    parser.add_argument(
+        "--upload",
+        action="store_true",
+        help="decode as an upload (gallery.forms.image_file_decode: the upload limits only) "
+        "instead of as a query image; the figures are the query path's goal, not the upload's",
+    )
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure)))
+        print(json.dumps(measure(args.measure, upload=args.upload)))
         return 0
 
     if args.build:
@@ -232,7 +242,8 @@ def main() -> int:
         for path in sorted(Path(tmp).iterdir()):
             name = path.name.split(" ", 1)[1]
             child = subprocess.run(
-                [sys.executable, __file__, "--measure", str(path)],
+                [sys.executable, __file__, "--measure", str(path)]
+                + (["--upload"] if args.upload else []),
                 capture_output=True,
                 text=True,
                 cwd=REPO_ROOT,

@@ -20,6 +20,8 @@ DEFAULT_MAX_PIXELS = 80_000_000
 
 # Modes Image.reduce averages correctly ("1", "P" and "PA" hold palette indices or bits).
 _REDUCIBLE_MODES = {"L", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F"}
+# Rows of reduced output converted at once from the modes that are not.
+_BAND_BLOCKS = 64
 
 # EXIF orientation -> the transpose that shows the picture upright (as ImageOps.exif_transpose).
 _ORIENTATION_TRANSPOSE = {
@@ -126,12 +128,18 @@ def _reduction(width: int, height: int, min_side: int) -> float:
 
 def _reduced(image: Image.Image, factor: int) -> Image.Image:
     """``image`` box-averaged by ``factor``, in the smallest mode that averages correctly."""
-    if image.mode == "1":
-        image = image.convert("L")  # 1 byte a pixel, as "1" already takes
-    elif image.mode not in _REDUCIBLE_MODES:
-        # Not to_rgb: compositing onto white would take a third full-size copy.
-        image = image.convert("RGBA" if image.has_transparency_data else "RGB")
-    return image.reduce(factor)
+    if image.mode in _REDUCIBLE_MODES:
+        return image.reduce(factor)
+    # Bits, palette indices and 16-bit pixels cannot be averaged as they are: converted a band
+    # of rows at a time (RGBA keeps any transparency), so no converted copy is made at full size.
+    mode = "L" if image.mode == "1" else "RGBA" if image.has_transparency_data else "RGB"
+    width, height = image.size
+    reduced = Image.new(mode, (-(-width // factor), -(-height // factor)))
+    band = factor * _BAND_BLOCKS
+    for top in range(0, height, band):
+        rows = image.crop((0, top, width, min(top + band, height))).convert(mode)
+        reduced.paste(rows.reduce(factor), (0, top // factor))
+    return reduced
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

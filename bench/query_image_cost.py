@@ -26,7 +26,8 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageFile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +54,14 @@ def _noise(mode: str, size: tuple[int, int]) -> Image.Image:
     return Image.frombytes(mode, size, os.urandom(size[0] * size[1] * bands))
 
 
+def _pattern(size: tuple[int, int]) -> Image.Image:
+    """RGBA that compresses, but only after PNG's costliest row filters."""
+    x = np.arange(size[0], dtype=np.uint32)
+    y = np.arange(size[1], dtype=np.uint32)[:, None]
+    bands = [(x * y) % 251, (x + y) % 256, (x ^ y) % 256, (x * 3 + y * 7) % 256]
+    return Image.fromarray(np.stack(bands, -1).astype(np.uint8), "RGBA")
+
+
 def _save(image: Image.Image, path: Path, fmt: str, **params: object) -> None:
     image.save(path, fmt, **params)
 
@@ -61,11 +70,12 @@ def _frames(mode: str, size: tuple[int, int], n: int) -> list[Image.Image]:
     return [Image.new(mode, size, color=i * 40) for i in range(n)]
 
 
-# name -> writer(path). Sizes: 80,000,000 pixels is the upload limit (10000 x 8000); 4096 x 4096
-# the query limit for what cannot be decoded at reduced scale (a quarter of it for WebP).
+# name -> writer(path). Sizes: 80,000,000 pixels is the upload limit (10000 x 8000); 4000 x 3000
+# the query limit for what cannot be decoded at reduced scale (a quarter of it for WebP and
+# progressive JPEGs).
 GIANT = (10000, 8000)
-AT_QUERY_LIMIT = (4096, 4096)
-WEBP_AT_QUERY_LIMIT = (2048, 2048)
+AT_QUERY_LIMIT = (4000, 3000)
+WEBP_AT_QUERY_LIMIT = (2000, 1500)  # and progressive JPEG's
 
 
 def _corpus() -> dict[str, Callable[[Path], None]]:
@@ -85,7 +95,7 @@ def _corpus() -> dict[str, Callable[[Path], None]]:
         )
 
     def bmp_rle8(path: Path) -> None:
-        # Pillow writes no RLE: a 4096x4096 8-bit BMP whose pixels are runs of 255 (RLE8).
+        # Pillow writes no RLE: a 4000x3000 8-bit BMP whose pixels are runs of 255 (RLE8).
         width, height = AT_QUERY_LIMIT
         row = b"\xff\x00" * (width // 255) + bytes([width % 255, 0]) + b"\x00\x00"
         pixels = row * height + b"\x00\x01"
@@ -99,18 +109,19 @@ def _corpus() -> dict[str, Callable[[Path], None]]:
 
     return {
         "png 1-bit 10000x8000": lambda p: _save(Image.new("1", GIANT), p, "PNG"),
-        "png 1-bit 4096x4096": lambda p: _save(Image.new("1", AT_QUERY_LIMIT), p, "PNG"),
-        "png 1-bit 4096x4096 exif-rotated": lambda p: _save(
+        "png 1-bit 4000x3000": lambda p: _save(Image.new("1", AT_QUERY_LIMIT), p, "PNG"),
+        "png 1-bit 4000x3000 exif-rotated": lambda p: _save(
             Image.new("1", AT_QUERY_LIMIT), p, "PNG", exif=_exif_rotated()
         ),
         "png palette 10000x8000": lambda p: _save(palette_giant(GIANT), p, "PNG"),
-        "png palette 4096x4096": lambda p: _save(palette_giant(AT_QUERY_LIMIT), p, "PNG"),
-        "png palette+transparency 4096x4096": lambda p: _save(
+        "png palette 4000x3000": lambda p: _save(palette_giant(AT_QUERY_LIMIT), p, "PNG"),
+        "png palette+transparency 4000x3000": lambda p: _save(
             palette_giant(AT_QUERY_LIMIT), p, "PNG", transparency=0
         ),
-        "png 16-bit gray 4096x4096": lambda p: _save(Image.new("I;16", AT_QUERY_LIMIT), p, "PNG"),
-        "png RGBA 4096x4096": lambda p: _save(Image.new("RGBA", AT_QUERY_LIMIT), p, "PNG"),
-        "png RGB interlaced 4096x4096": lambda p: _save(
+        "png 16-bit gray 4000x3000": lambda p: _save(Image.new("I;16", AT_QUERY_LIMIT), p, "PNG"),
+        "png RGBA 4000x3000": lambda p: _save(Image.new("RGBA", AT_QUERY_LIMIT), p, "PNG"),
+        "png RGBA pattern 4000x3000 (paeth)": lambda p: _save(_pattern(AT_QUERY_LIMIT), p, "PNG"),
+        "png RGB interlaced 4000x3000": lambda p: _save(
             Image.new("RGB", AT_QUERY_LIMIT), p, "PNG", interlace=1
         ),
         "png RGB noise 2800x2800 (23 MB)": lambda p: _save(
@@ -121,32 +132,42 @@ def _corpus() -> dict[str, Callable[[Path], None]]:
         "tiff 1-bit g4 10000x8000": lambda p: _save(
             Image.new("1", GIANT), p, "TIFF", compression="group4"
         ),
-        "tiff 1-bit g4 4096x4096": lambda p: _save(
+        "tiff 1-bit g4 4000x3000": lambda p: _save(
             Image.new("1", AT_QUERY_LIMIT), p, "TIFF", compression="group4"
         ),
-        "tiff float 4096x4096": lambda p: _save(
+        "tiff float 4000x3000": lambda p: _save(
             Image.new("F", AT_QUERY_LIMIT), p, "TIFF", compression="tiff_adobe_deflate"
         ),
-        "tiff CMYK 4096x4096": lambda p: _save(
+        "tiff CMYK 4000x3000": lambda p: _save(
             Image.new("CMYK", AT_QUERY_LIMIT), p, "TIFF", compression="tiff_adobe_deflate"
         ),
-        "tiff jpeg-compressed 4096x4096": lambda p: _save(
+        "tiff jpeg-compressed 4000x3000": lambda p: _save(
             Image.new("RGB", AT_QUERY_LIMIT), p, "TIFF", compression="jpeg"
         ),
-        "tiff 3 frames 4096x4096": multi_frame_tiff,
+        "tiff 3 frames 4000x3000": multi_frame_tiff,
         "gif 10000x8000": lambda p: _save(palette_giant(GIANT), p, "GIF"),
-        "gif 3 frames 4096x4096": multi_frame_gif,
-        "webp lossless 4096x4096": lambda p: _save(
+        "gif 3 frames 4000x3000": multi_frame_gif,
+        "webp lossless 4000x3000": lambda p: _save(
             Image.new("RGB", AT_QUERY_LIMIT), p, "WEBP", lossless=True
         ),
-        "webp lossless RGBA 2048x2048": lambda p: _save(
+        "webp lossless RGBA 2000x1500": lambda p: _save(
             Image.new("RGBA", WEBP_AT_QUERY_LIMIT), p, "WEBP", lossless=True
         ),
-        "webp noise 2048x2048": lambda p: _save(_noise("RGB", WEBP_AT_QUERY_LIMIT), p, "WEBP"),
-        "webp 16383x256": lambda p: _save(Image.new("RGB", (16383, 256)), p, "WEBP"),
-        "png RGB 16000x1000 strip": lambda p: _save(Image.new("RGB", (16000, 1000)), p, "PNG"),
+        "webp noise 2000x1500": lambda p: _save(_noise("RGB", WEBP_AT_QUERY_LIMIT), p, "WEBP"),
+        "webp noise 2000x1500 q100": lambda p: _save(
+            _noise("RGB", WEBP_AT_QUERY_LIMIT), p, "WEBP", quality=100
+        ),
+        "webp lossless noise 2000x1500": lambda p: _save(
+            _noise("RGB", WEBP_AT_QUERY_LIMIT), p, "WEBP", lossless=True, quality=0
+        ),
+        "gif noise 4000x3000": lambda p: _save(_noise("L", AT_QUERY_LIMIT), p, "GIF"),
+        "tiff jpeg noise 4000x3000": lambda p: _save(
+            _noise("RGB", AT_QUERY_LIMIT), p, "TIFF", compression="jpeg", quality=60
+        ),
+        "webp 16383x180": lambda p: _save(Image.new("RGB", (16383, 180)), p, "WEBP"),
+        "png RGB 13000x900 strip": lambda p: _save(Image.new("RGB", (13000, 900)), p, "PNG"),
         "bmp 1-bit 10000x8000": lambda p: _save(Image.new("1", GIANT), p, "BMP"),
-        "bmp rle8 4096x4096": bmp_rle8,
+        "bmp rle8 4000x3000": bmp_rle8,
         "bmp 24-bit noise 2900x2900 (25 MB)": lambda p: _save(
             _noise("RGB", (2900, 2900)), p, "BMP"
         ),
@@ -165,12 +186,20 @@ def _corpus() -> dict[str, Callable[[Path], None]]:
         "jpeg progressive 10000x8000": lambda p: _save(
             Image.new("RGB", GIANT), p, "JPEG", progressive=True
         ),
-        "jpeg progressive 4:4:4 4096x4096": lambda p: _save(
-            Image.new("RGB", AT_QUERY_LIMIT), p, "JPEG", progressive=True, subsampling=0
+        "jpeg progressive 4:4:4 2000x1500": lambda p: _save(
+            Image.new("RGB", WEBP_AT_QUERY_LIMIT), p, "JPEG", progressive=True, subsampling=0
         ),
         "jpeg progressive noise 4000x3000": lambda p: _save(
             _noise("RGB", (4000, 3000)), p, "JPEG", progressive=True, quality=90
         ),
+        "jpeg progressive noise 2000x1500 q100": lambda p: _save(
+            _noise("RGB", WEBP_AT_QUERY_LIMIT),
+            p,
+            "JPEG",
+            progressive=True,
+            quality=100,
+            subsampling=0,
+        ),  # fmt: skip
     }
 
 
@@ -227,6 +256,8 @@ def main() -> int:
         return 0
 
     if args.build:
+        # Pillow encodes a progressive JPEG in one buffer; noise at quality 95 needs a big one.
+        ImageFile.MAXBLOCK = 64 * 1024 * 1024
         for n, (name, write) in enumerate(_corpus().items()):
             if args.only in name:
                 write(args.build / f"{n:02d} {name}")

@@ -83,20 +83,25 @@ def image_query_decode(*, file: UploadedFile, label: str) -> PILImage.Image:
     that cannot be decoded at reduced scale: only a single-scan JPEG can (libjpeg scales it by
     1/8 while decoding, in a few rows of memory). Everything else (PNG, TIFF, GIF, WebP, BMP, a
     progressive JPEG, whose every coefficient is held at once) is decoded whole first, at up to
-    4 bytes a pixel (6 for a progressive JPEG's coefficients, ~15 for WebP, which gets a
-    quarter of the limit), so a 12 KB 1-bit PNG of 80 megapixels would cost a request ~1 GB
-    and seconds of CPU. Refused from the header, before any pixel is decoded, with a message
-    saying what to send instead.
+    4 bytes a pixel (6 for a progressive JPEG's coefficients, ~15 for WebP; these two decode
+    slowest and get a quarter of the limit), so a 12 KB 1-bit PNG of 80 megapixels would cost
+    a request ~1 GB and seconds of CPU. Refused from the header, before any pixel is decoded,
+    with a message saying what to send instead.
     """
     image_format, width, height = _image_file_header_check(file=file, label=label)
+    kind = image_format
+    if image_format == "JPEG":
+        kind = "JPEG" if _jpeg_single_scan(file) else "progressive JPEG"
     limit = settings.QUERY_IMAGE_MAX_PIXELS
-    if image_format == "WEBP":
-        limit //= 4  # libwebp decodes into a buffer of its own that Pillow copies: ~15 B a pixel
-    if width * height > limit and not (image_format == "JPEG" and _jpeg_single_scan(file)):
+    # A quarter for the slow ones: libwebp decodes into a buffer of its own that Pillow copies
+    # (~15 bytes a pixel), and every scan of a progressive JPEG re-reads all its coefficients.
+    if kind in ("WEBP", "progressive JPEG"):
+        limit //= 4
+    if kind != "JPEG" and width * height > limit:
         raise UploadRejected(
             f"{label}: image too large to search with: {width}x{height} is "
             f"{width * height / 1e6:.1f} megapixels and the limit is {limit / 1e6:.1f} "
-            f"for {image_format} (a smaller copy finds the same matches)"
+            f"for {kind} (a smaller copy finds the same matches)"
         )
     try:
         file.seek(0)

@@ -221,3 +221,18 @@ def test_a_giant_query_over_real_http_is_a_400_with_its_reason(
         "the query image: image too large to search with: 1100x1000 is 1.1 megapixels and the "
         "limit is 1.0 for PNG (a smaller copy finds the same matches)"
     )
+
+
+@pytest.mark.django_db
+def test_the_worker_decodes_a_stored_upload_as_the_query_path_decodes_the_same_file() -> None:
+    """Searching with the very file that was uploaded must give its stored vector: both paths
+    reduce the same way (and neither keeps a full-size copy of an 80-megapixel upload)."""
+    from workers.pipeline import _decode
+
+    content = encoded(PILImage.effect_noise((3200, 2400), 60).convert("RGB"), "PNG")
+    image = ImageFactory(content=content, original_filename="big.png")
+    _, stored, reason = _decode(image)
+    queried = image_query_decode(file=upload(content, "big.png"), label="the query image")
+    assert reason == "" and stored is not None
+    assert stored.size == queried.size == (1067, 800)
+    assert stored.tobytes() == queried.tobytes()

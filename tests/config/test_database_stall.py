@@ -11,14 +11,18 @@ import json
 import logging
 import os
 import signal
+import socket
 import threading
 import urllib.error
 import urllib.request
 
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection
 from django.db.backends.signals import connection_created
+from django.db.utils import ConnectionHandler
 from django.test import Client
+
+from config.settings.base import database_from_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -124,3 +128,29 @@ def test_a_frozen_connection_kept_from_an_earlier_request_is_replaced(settings, 
     assert response.status_code == 200
     assert connection.connection.info.backend_pid != pid
     assert len([r for r in caplog.records if "connection cut" in r.getMessage()]) == 1
+
+
+def test_a_new_connection_to_a_silent_server_gives_up_after_the_connect_timeout(
+    tmp_path, monkeypatch
+) -> None:
+    """The other half of the bound: opening a connection to a server that accepts but never
+    answers (a frozen postmaster) fails after DATABASE_CONNECT_TIMEOUT, over a unix socket too,
+    with the options every process uses."""
+    monkeypatch.setenv("DATABASE_CONNECT_TIMEOUT", "2")  # libpq's smallest
+    silent = socket.socket(socket.AF_UNIX)
+    silent.bind(str(tmp_path / ".s.PGSQL.5432"))
+    silent.listen()  # the kernel accepts into the backlog; nothing ever answers
+    # Hang detector: closing the socket ends the wait with another error than a timeout.
+    closer = threading.Timer(HANG_SECONDS, silent.close)
+    closer.start()
+    handler = ConnectionHandler(
+        {"default": database_from_url(f"postgresql://u@/db?host={tmp_path}")}
+    )
+    try:
+        with pytest.raises(OperationalError) as failed:
+            handler["default"].ensure_connection()
+    finally:
+        closer.cancel()
+        silent.close()
+        handler.close_all()
+    assert "timeout expired" in str(failed.value)

@@ -12,6 +12,12 @@ graceful_timeout = 10
 # than gunicorn's 30 s default for a worker to report in.
 timeout = int(os.environ.get("WEB_TIMEOUT", "120"))
 accesslog = "-"
+# Each worker is replaced after this many requests (plus a random 0..jitter, so the workers do
+# not all restart at once): memory that one request's peak took (a decoded image, numpy
+# buffers) stays with the process otherwise, as the allocator seldom returns it. A worker
+# finishes the requests it holds before it goes; 0 turns recycling off.
+max_requests = int(os.environ.get("WEB_MAX_REQUESTS", "1000"))
+max_requests_jitter = int(os.environ.get("WEB_MAX_REQUESTS_JITTER", "100"))
 # Bounded request heads. The line holds a text query of up to 1,000 characters (search.selectors
 # MAX_QUERY_CHARS) percent-encoded, so it gets gunicorn's largest limit rather than its 4 KB
 # default; headers keep gunicorn's defaults, stated so they are not loosened by accident.
@@ -28,17 +34,17 @@ def post_worker_init(worker: Any) -> None:  # gunicorn's hook signature
     # with embeddings already: after a first import the first query would pay for the load).
     # Skipped: models the workers found unloadable, and weights not on this machine yet (a
     # download, or an offline hub's retries, must not hold up a worker's start).
-    from django.conf import settings
-
-    from encoders import weights_on_disk
-    from search.encoding import warm_up
-    from search.selectors import (
-        embedding_model_default,
-        embedding_model_unavailable,
-        embedding_models_enabled,
-    )
-
     try:
+        from django.conf import settings
+
+        from encoders import weights_on_disk
+        from search.encoding import warm_up
+        from search.selectors import (
+            embedding_model_default,
+            embedding_model_unavailable,
+            embedding_models_enabled,
+        )
+
         default = embedding_model_default()
         models = []
         for model_id in embedding_models_enabled():

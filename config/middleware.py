@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from django.conf import settings
+from django.db import connections
 from django.http import HttpRequest, HttpResponse
 from django.utils.cache import add_never_cache_headers, patch_vary_headers
 
+from config.database_watchdog import watchdog
 from config.views import DATABASE_ERRORS, database_unavailable, error_response
 
 # Room for the multipart framing and the other form fields around one image.
@@ -52,6 +54,30 @@ class RequestBodyLimitMiddleware:
                 "without JavaScript sends them in one request: send fewer or smaller ones.",
             )
         return self.get_response(request)
+
+
+class DatabaseStallMiddleware:
+    """A database that stops answering on a connection already open answers 503 after
+    DATABASE_STALL_SECONDS (plus a quarter second) rather than never (``config.database_watchdog``
+    cuts the connection; DatabaseUnavailableMiddleware turns the error into the 503). New
+    connections are bounded by DATABASE_CONNECT_TIMEOUT instead; so the worst case, a kept
+    connection whose health check is cut and whose replacement cannot connect, is the sum of
+    the two (10 + 0.25 + 5 s by default).
+
+    Outermost but for the body limit, so the session, authentication and rate-limit queries are
+    watched as well as the view's. Web requests only: workers and management commands run long
+    statements on purpose.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        stall_seconds = settings.DATABASE_STALL_SECONDS
+        if not stall_seconds:
+            return self.get_response(request)
+        with watchdog.watching(connections["default"], stall_seconds=stall_seconds):
+            return self.get_response(request)
 
 
 class DatabaseUnavailableMiddleware:

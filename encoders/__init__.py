@@ -11,7 +11,7 @@ from .base import (
     UnknownModelError,
     WeightsUnavailableError,
 )
-from .images import DEFAULT_MAX_PIXELS, open_image, to_rgb
+from .images import DEFAULT_MAX_PIXELS, DecodedPicture, decode_image, open_image, to_rgb
 from .registry import MODELS, clear_encoder_cache, load_encoder, model_spec, weights_on_disk
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "MODELS",
     "Encoder",
     "EncoderError",
+    "DecodedPicture",
     "ImageDecodeError",
     "ModelSpec",
     "UnknownModelError",
@@ -26,6 +27,7 @@ __all__ = [
     "clear_encoder_cache",
     "load_encoder",
     "model_spec",
+    "decode_image",
     "open_image",
     "to_rgb",
     "weights_on_disk",

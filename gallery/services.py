@@ -29,10 +29,9 @@ from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
-from PIL import Image as PILImage
-from PIL import ImageOps
 
 from config.errors import Conflict, InvalidInput, NotFound, TooLarge
+from encoders import open_image
 from gallery.flickr30k import Flickr30kEntry, Flickr30kFile, flickr30k_file_check
 from gallery.forms import (  # noqa: F401 - callers catch services.UploadRejected
     UploadRejected,
@@ -74,8 +73,10 @@ def image_thumbnail_path(*, image: Image, size: int) -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    with image.file.open("rb") as source, PILImage.open(source) as picture:
-        thumb = ImageOps.exif_transpose(picture).convert("RGB")
+    with image.file.open("rb") as source:
+        # Decoded at reduced scale, so an 80-megapixel upload's thumbnail does not take a
+        # full-size RGB copy (320 MB) and a rotated one besides.
+        thumb = open_image(source, max_pixels=settings.UPLOAD_MAX_PIXELS, min_side=size)
         thumb.thumbnail((size, size))
         # Write to a temporary name and rename, so a concurrent reader never sees half a file.
         partial = path.with_suffix(f".{id(thumb)}.part")
@@ -108,7 +109,7 @@ def image_upload(
         return existing
 
     checked = image_file_decode(file=file, label=file.name or "the file")
-    decoded, image_format = checked.image, checked.format
+    image_format = checked.format
 
     image = Image(
         source=Image.Source.UPLOAD,
@@ -117,8 +118,8 @@ def image_upload(
         sha256=sha256,
         # PostgreSQL text cannot hold NUL; a name is only shown, so drop them rather than refuse.
         original_filename=Path((file.name or "upload").replace("\x00", "")).name[:255],
-        width=decoded.width,
-        height=decoded.height,
+        width=checked.width,
+        height=checked.height,
         file_size=file.size or 0,
     )
     with transaction.atomic():

@@ -34,7 +34,7 @@ from config.errors import (
 )
 from encoders import EncoderError, UnknownModelError, WeightsUnavailableError
 from encoders.registry import model_spec
-from gallery.forms import image_file_decode
+from gallery.forms import image_query_decode
 from gallery.models import Caption, Image
 from gallery.selectors import collections_visible_to, image_get_visible, images_visible_to
 from search import encoding
@@ -652,7 +652,7 @@ def _image_query_vectors(
     if not _image_query_slots.acquire(timeout=IMAGE_QUERY_WAIT_SECONDS):
         raise TooManyRequests("too many image searches at once; try again in a moment")
     try:
-        picture = image_file_decode(file=file, label="the query image").image
+        picture = image_query_decode(file=file, label="the query image")
         vectors = [
             _query_vector(m, functools.partial(encoding.image_embedding, model_id=m, image=picture))
             for m in model_ids

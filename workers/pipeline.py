@@ -19,6 +19,7 @@ from django.db.models import Exists, OuterRef
 from PIL import Image as PILImage
 
 from encoders import Encoder, EncoderError, ImageDecodeError, open_image
+from gallery.forms import DECODE_MIN_SIDE
 from gallery.models import Image
 from search.models import EmbeddingJob, ImageEmbedding
 from search.selectors import embedding_model_unavailable_reason
@@ -72,9 +73,14 @@ Decoded = tuple[int, "PILImage.Image | None", str]  # image id, image or None, f
 
 
 def _decode(image: Image) -> Decoded:
+    # Reduced as query images are (gallery.forms): a batch of full-size 80-megapixel RGB copies
+    # would take gigabytes, and the same file searched with must give the same vector.
     try:
         with image.file.open("rb") as handle:
-            return image.pk, open_image(handle, max_pixels=settings.UPLOAD_MAX_PIXELS), ""
+            picture = open_image(
+                handle, max_pixels=settings.UPLOAD_MAX_PIXELS, min_side=DECODE_MIN_SIDE
+            )
+            return image.pk, picture, ""
     except ImageDecodeError as exc:
         return image.pk, None, str(exc)
     except OSError as exc:

@@ -71,6 +71,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: refuses an oversized body before anything (the CSRF check) reads it.
     "config.middleware.RequestBodyLimitMiddleware",
+    # Next: a database call that never returns is cut after DATABASE_STALL_SECONDS (a 503).
+    "config.middleware.DatabaseStallMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # The Content-Security-Policy header on every response (CONTENT_SECURITY_POLICY below).
     "csp.middleware.CSPMiddleware",
@@ -233,6 +235,18 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
 # Every form takes one image; a few spare for the admin's inline forms.
 DATA_UPLOAD_MAX_NUMBER_FILES = 10
+
+# --- Bounds on one request's CPU, memory and time ---------------------------------------------
+# Query images (search by image) that cannot be decoded at reduced scale (all but single-scan
+# JPEGs) are refused above this many pixels (a quarter of it for WebP and progressive JPEGs,
+# which decode slowest): each is decoded whole,
+# at up to 4 bytes a pixel (6 for a progressive JPEG), before it is reduced to the size the
+# models need (gallery.forms.image_query_decode). Default 12 megapixels (4000 x 3000).
+QUERY_IMAGE_MAX_PIXELS = int(os.environ.get("QUERY_IMAGE_MAX_PIXELS", 12_000_000))
+# A web request's database call that gets no answer for this long (a frozen or cut-off server)
+# has its connection cut and the request answers 503 (config.database_watchdog); 0 disables.
+# New connections give up after DATABASE_CONNECT_TIMEOUT instead.
+DATABASE_STALL_SECONDS = float(os.environ.get("DATABASE_STALL_SECONDS", 10))
 
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = (

@@ -22,7 +22,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MEDIA_ROOT=/data/media \
     HF_HOME=/models/hf-cache \
     DJANGO_SETTINGS_MODULE=config.settings.production \
-    WEB_CONCURRENCY=2
+    WEB_WORKERS=2
 
 WORKDIR /app
 
@@ -50,6 +50,6 @@ RUN SECRET_KEY=collectstatic-build-only \
 USER app
 EXPOSE 8000
 
-# Workers per container come from WEB_CONCURRENCY (gunicorn reads it).
-CMD ["gunicorn", "config.wsgi", "--bind", "0.0.0.0:8000", "--threads", "4", \
-     "--access-logfile", "-", "--graceful-timeout", "10"]
+# The same gunicorn settings as compose and ./run (workers, threads, timeouts, worker recycling
+# and the model warm-up), all from environment variables: WEB_WORKERS, WEB_MAX_REQUESTS, ...
+CMD ["gunicorn", "config.wsgi", "--config=config/gunicorn.py", "--bind=0.0.0.0:8000"]

@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from config import embedded
 from config.cache import FailOpenRedisCache
 from config.settings.base import cache_url_from_broker, caches_for
-from tests.config.test_run_command import free_port
+from tests.run_site import free_port
 
 
 def cache_from(url: str) -> RedisCache:

@@ -17,7 +17,7 @@ from pathlib import Path
 from django.conf import settings
 
 from config import gunicorn
-from tests.config.test_run_command import free_port
+from tests.run_site import free_port
 
 # A WSGI app that answers with the pid of the worker that served the request.
 PID_APP = """

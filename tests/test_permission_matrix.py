@@ -24,6 +24,7 @@ LOGIN = 302  # a redirect to a sign-in page
 # the private image and private collection as arguments.
 EXPECTED: dict[str, tuple[int, int, int, int]] = {
     "home": (200, 200, 200, 200),
+    "health": (200, 200, 200, 200),  # database and cache reached (tests/config/test_cache.py)
     "/favicon.ico": (301, 301, 301, 301),  # to the static icon
     "image": (404, 200, 404, 404),
     "image-status": (404, 200, 404, 404),

@@ -25,7 +25,7 @@ def test_the_admin_is_branded_with_the_site_name(staff: Client) -> None:
     html = staff.get(reverse("admin:index")).content.decode()
     assert '<a href="/admin/">Image search administration</a>' in html
     assert "<title>Images, collections and models | Image search admin</title>" in html
-    assert "Django" not in html
+    assert "Django" not in html and "{#" not in html
     login = Client().get(reverse("admin:login")).content.decode()
     assert "Image search administration" in login and "Django administration" not in login
 
@@ -44,3 +44,14 @@ def test_model_ids_in_admin_messages_keep_their_case(staff: Client) -> None:
     html = staff.get(reverse("admin:search_embeddingmodel_changelist")).content.decode()
     assert "align-base is not available: no weights" in html
     assert "Align-base" not in html
+
+
+def test_the_api_docs_link_back_to_the_site(client: Client) -> None:
+    html = client.get("/api/docs").content.decode()
+    assert '<html lang="en">' in html
+    assert re.search(r'<a class="docs-home" href="/">.*Back to the site</a>', html)
+    assert "/static/api_docs.css" in html and "/static/api_docs.js" in html
+    assert "{#" not in html and "{%" not in html
+    # And the site links to the docs (the API tokens page, where a person gets a token).
+    client.force_login(UserFactory())
+    assert 'href="/api/docs"' in client.get(reverse("api-tokens")).content.decode()

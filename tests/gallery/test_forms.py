@@ -84,6 +84,7 @@ def test_sign_up_errors_sit_under_their_fields_and_help_text_under_the_input(
     page = elements(html)
     assert position(page, id="id_email_helptext") > position(page, id="id_email")
     assert 'class="errorlist"' not in html  # none of Django's bullet lists away from the fields
+    assert "{#" not in html and "{%" not in html  # the templates' comments stay comments
     # One primary button, and the way to the neighbouring forms.
     assert html.count('class="primary"') == 2  # the header's Search button and this one
     assert '<button type="submit" class="primary">Create account</button>' in html
@@ -99,7 +100,7 @@ def test_sign_in_error_is_one_alert_above_the_fields(client: Client) -> None:
     page = elements(html)
     alert = position(page, **{"class": "form-alert", "role": "alert"})
     assert alert < position(page, id="id_username")
-    assert html.count('role="alert"') == 1
+    assert html.count('role="alert"') == 1 and "{#" not in html
     assert "Please enter a correct username and password" in html
     assert '<button type="submit" class="primary">Sign in</button>' in html
     assert f'href="{reverse("signup")}">Sign up</a>' in html
@@ -139,7 +140,7 @@ def test_the_lockout_page_links_to_the_password_reset(settings) -> None:
     assert response.status_code == 429
     html = response.content.decode()
     assert f'<a href="{reverse("password_reset")}">Reset your password</a>' in html
-    assert "administrator" not in html
+    assert "administrator" not in html and "{#" not in html
     # The link leads to the working form, which this client may use while locked out.
     assert client.get(reverse("password_reset")).status_code == 200
 

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
+from django.urls import reverse
 
 logger = logging.getLogger(__name__)
 
@@ -27,11 +28,20 @@ LOOPBACK = {"127.0.0.1", "::1"}
 RATE_LIMIT_RETRY_AFTER_SECONDS = 60
 
 
-def error_response(request: HttpRequest, status: int, title: str, message: str) -> HttpResponse:
+def error_response(
+    request: HttpRequest,
+    status: int,
+    title: str,
+    message: str,
+    *,
+    next_step: tuple[str, str] | None = None,
+) -> HttpResponse:
+    """``next_step`` is (URL, link text): what a person can do about it, linked on the page."""
     # The pages' own scripts (one upload per request) ask for JSON to show the reason in place.
     if request.path.startswith("/api/") or "application/json" in request.headers.get("Accept", ""):
         return JsonResponse({"error": message}, status=status)
-    html = render_to_string("error.html", {"title": title, "message": message})
+    context = {"title": title, "message": message, "next_step": next_step}
+    html = render_to_string("error.html", context)
     return HttpResponse(html, status=status)
 
 
@@ -91,7 +101,9 @@ def signin_locked_out(
         429,
         "Too many sign-in attempts",
         f"Too many wrong passwords for this account from your address. Signing in is blocked "
-        f"for {minutes} minutes; then try again, or reset your password with an administrator.",
+        f"for {minutes} minutes; then try again, or reset your password now (a link is sent to "
+        "your account's e-mail address).",
+        next_step=(reverse("password_reset"), "Reset your password"),
     )
     locked["Retry-After"] = str(int(settings.AXES_COOLOFF_TIME.total_seconds()))
     return locked

@@ -24,6 +24,7 @@ from gallery.services import (
     images_staff_delete,
     images_staff_visibility_set,
 )
+from gallery.templatetags.gallery_ui import image_display_name
 from gallery.views.images import image_file_response, image_thumbnail_response
 from search.selectors import (
     EMBEDDING_STATUSES,
@@ -33,6 +34,12 @@ from search.selectors import (
 
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations
+
+
+# The admin carries the site's name, not "Django administration".
+admin.site.site_header = "Image search administration"
+admin.site.site_title = "Image search admin"
+admin.site.index_title = "Images, collections and models"
 
 
 class CaptionInline(admin.TabularInline):
@@ -324,7 +331,9 @@ class ImageAdmin(admin.ModelAdmin):
         if not obj.pk:
             return "-"
         url = reverse("admin:gallery_image_thumb", args=[obj.pk, 128])
-        return format_html('<img src="{}" alt="" class="admin-thumb">', url)
+        # The list links the preview to the image's page: its alt text is the link's name.
+        name = image_display_name(obj, first_caption="")
+        return format_html('<img src="{}" alt="{}" class="admin-thumb">', url, name)
 
     @admin.display(description="File")
     def original(self, obj: Image) -> str:

@@ -332,3 +332,40 @@
     next.scrollIntoView({ block: "nearest" });
   });
 })();
+
+// === Issue 23, items 5-8: copy a text element (the new API token) ===========================
+// <button data-copy-text="#element-id"> copies the element's text and says "Copied" on the
+// button and in its status line; without clipboard access the text is selected instead.
+(function () {
+  "use strict";
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("[data-copy-text]");
+    if (!button) return;
+    var source = document.querySelector(button.getAttribute("data-copy-text"));
+    if (!source) return;
+    var status = document.getElementById(button.getAttribute("aria-describedby") || "");
+    var select = function () {
+      var range = document.createRange();
+      range.selectNodeContents(source);
+      var selection = window.getSelection();
+      selection.removeAllRanges();
+      selection.addRange(range);
+    };
+    var done = function () {
+      button.textContent = "Copied";
+      if (status) status.textContent = "Copied to the clipboard.";
+    };
+    var fallback = function () {
+      select();
+      try {
+        if (document.execCommand("copy")) { done(); return; }
+      } catch (e) { /* left selected for the person to copy */ }
+      if (status) status.textContent = "Selected: press Ctrl+C (⌘C) to copy.";
+    };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(source.textContent.trim()).then(done, fallback);
+    } else {
+      fallback();
+    }
+  });
+})();

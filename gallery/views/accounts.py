@@ -59,12 +59,19 @@ def signup(request: HttpRequest) -> HttpResponse:
     return render(request, "registration/signup.html", {"form": form})
 
 
+# Where a new token waits between the POST that made it and the page that shows it (once).
+NEW_TOKEN_SESSION_KEY = "api_token_new"  # noqa: S105 - the name of a session key
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 @ratelimit(group="token-create", key="user", rate=_token_create_rate, method="POST")
 def api_tokens(request: AuthenticatedHttpRequest) -> HttpResponse:
-    """List, create and revoke the signed-in user's API tokens; a new token is shown once."""
-    new_token = None
+    """List, create and revoke the signed-in user's API tokens; a new token is shown once.
+
+    Both POSTs redirect (a reload must not make another token): the new token rides in the
+    session to the next GET, which takes it out, so it is shown exactly once.
+    """
     status = 200
     if request.method == "POST":
         if "revoke" in request.POST:
@@ -79,10 +86,12 @@ def api_tokens(request: AuthenticatedHttpRequest) -> HttpResponse:
             create = TokenCreateForm(request.POST)
             if create.is_valid():
                 name = create.cleaned_data["name"] or "API token"
-                _, new_token = api_token_create(user=request.user, name=name)
-            else:
-                messages.error(request, form_error_message(create))
-                status = 400
+                _, raw = api_token_create(user=request.user, name=name)
+                request.session[NEW_TOKEN_SESSION_KEY] = raw
+                return redirect("api-tokens")
+            messages.error(request, form_error_message(create))
+            status = 400
+    new_token = request.session.pop(NEW_TOKEN_SESSION_KEY, None) if status == 200 else None
     return render(
         request,
         "gallery/api_tokens.html",

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.django_db
 def test_token_is_shown_once_and_stored_hashed(client: Client) -> None:
     user = UserFactory()
     client.force_login(user)
-    response = client.post(reverse("api-tokens"), {"name": "laptop"})
+    response = client.post(reverse("api-tokens"), {"name": "laptop"}, follow=True)
     raw = response.context["new_token"]
     assert raw in response.content.decode()
     token = ApiToken.objects.get(user=user)

@@ -150,3 +150,68 @@ def test_every_page_fits_the_screen_and_passes_axe(
         check(page, "search-image" + suffix, size)
         context.close()
     assert Image.objects.count() == 11 and Collection.objects.count() == 2
+
+
+@pytest.fixture
+def staff(site: dict) -> dict:
+    """A superuser, a second model enabled with evaluation runs beside the published figures,
+    and a model that cannot load: the admin pages as an operator meets them."""
+    from search.models import EvaluationRun
+    from search.services import embedding_model_enable, embedding_model_mark_unavailable
+
+    admin_user = UserFactory(username="operator", is_staff=True, is_superuser=True)
+    embedding_model_enable(model_id="align-base")
+    embedding_model_mark_unavailable(model_id="align-base", reason="no weights at /models/align")
+    for models, r1 in ((CLIP, 58.2), ("align-base", 70.4)):
+        EvaluationRun.objects.create(
+            models=models, fusion="", split="test", gallery="split", n_images=1000,
+            n_queries=5000, t2i_r1=r1, t2i_r5=r1 + 20, t2i_r10=r1 + 30, i2t_r1=0, i2t_r5=0,
+            i2t_r10=0, duration_seconds=1.0,
+        )  # fmt: skip
+    return {"user": admin_user}
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_the_admin_and_the_api_docs_fit_the_screen_and_pass_axe(
+    site: dict, staff: dict, live_server, browser: Browser, size: str
+) -> None:
+    width, height = SIZES[size]
+    url = live_server.url
+    pages = {
+        "admin": "/admin/",
+        "admin-images": "/admin/gallery/image/",
+        "admin-image": f"/admin/gallery/image/{site['mine'].pk}/change/",
+        "admin-models": "/admin/search/embeddingmodel/",
+        "admin-collections": "/admin/gallery/collection/",
+    }
+    for scheme in ("light", "dark"):
+        context = browser.new_context(
+            viewport={"width": width, "height": height}, color_scheme=scheme
+        )
+        page = context.new_page()
+        suffix = "" if scheme == "light" else "-dark"
+        page.goto(f"{url}/api/docs")
+        page.locator(".swagger-ui .opblock").first.wait_for()
+        # One operation opened too: its parameters and "Try it out" are what people read.
+        page.locator(".opblock-summary").first.click()
+        page.locator(".opblock-body").first.wait_for()
+        # Its deep link is in the address though the link inside the button lost its href.
+        assert "#/default/" in page.url
+        check(page, "api-docs" + suffix, size)
+        back = page.get_by_role("link", name="Back to the site")
+        assert back.get_attribute("href") == "/"
+
+        page.goto(f"{url}/admin/login/")
+        check(page, "admin-login" + suffix, size)
+        page.fill("#id_username", "operator")
+        page.fill("#id_password", PASSWORD)
+        page.click("input[type=submit]")
+        page.wait_for_url(f"{url}/admin/")
+        assert page.locator("#site-name").inner_text() == "Image search administration"
+        for name, path in pages.items():
+            page.goto(url + path)
+            check(page, name + suffix, size)
+        # The model that cannot load is named as written, not capitalised by the admin.
+        page.goto(url + pages["admin-models"])
+        assert "align-base is not available" in page.locator(".messagelist").inner_text()
+        context.close()

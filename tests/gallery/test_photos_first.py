@@ -249,3 +249,33 @@ def test_upload_says_choose_photos_on_a_touch_screen(
     expect(zone.get_by_text("Choose photos")).to_be_visible()
     expect(zone.get_by_text("Drop photos here or choose")).to_be_hidden()
     context.close()
+
+
+def test_without_javascript_the_plain_forms_upload_and_search_by_image(
+    site: dict,  # noqa: F811
+    live_server,
+    browser: Browser,
+    tmp_path: Path,
+) -> None:
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    sign_in(page, live_server.url)
+    photo = tmp_path / "plain.jpg"
+    photo.write_bytes(jpeg_bytes(color=(10, 200, 90), size=(64, 48)))
+
+    page.goto(f"{live_server.url}/upload/")
+    expect(page.locator("[data-dropzone]")).to_be_hidden()  # it needs the script
+    page.get_by_label("Visibility").select_option("public")
+    page.get_by_label("Photos").set_input_files(str(photo))
+    page.get_by_role("button", name="Upload").click()
+    expect(page).to_have_url(re.compile(r"/\?show=mine$"))
+    assert Image.objects.get(original_filename="plain.jpg").visibility == "public"
+
+    # The search bar's camera button needs the script; the search page's plain form does not.
+    page.goto(f"{live_server.url}/search/?q=a+dog")
+    expect(page.locator("header").get_by_role("button", name="Search with an image")).to_be_hidden()
+    page.locator("main").get_by_label("Search with an image").set_input_files(str(photo))
+    page.get_by_role("button", name="Find similar").click()
+    expect(page).to_have_url(re.compile(r"/search/image/\?key=\w+"))
+    expect(page.locator("img.query-preview")).to_be_visible()
+    context.close()

@@ -263,7 +263,10 @@
       box.addEventListener(name, function () { box.classList.remove("dragover"); });
     });
     box.addEventListener("drop", function (event) {
-      if (event.dataTransfer && sendFiles(event.dataTransfer.files)) event.preventDefault();
+      if (!event.dataTransfer || !event.dataTransfer.files.length) return;  // dropped text
+      // A file that is not an image is ignored rather than opened in place of the site.
+      event.preventDefault();
+      sendFiles(event.dataTransfer.files);
     });
     field.addEventListener("paste", function (event) {
       if (event.clipboardData && sendFiles(event.clipboardData.files)) event.preventDefault();

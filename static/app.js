@@ -52,12 +52,15 @@
     }
   });
 
-  // Upload: a drop zone that also takes a click; each file one row with a preview, a progress
-  // bar (XHR upload events), then the server's answer and live indexing status.
+  // Upload: one pick-or-drop area; each file one row with a preview, a progress bar (XHR upload
+  // events), then the server's answer and live indexing status; one line above the rows counts
+  // the batch ("3 of 45 indexed"), and indexed rows shrink to a line.
   function uploadInit(zone) {
     var input = document.getElementById(zone.getAttribute("data-input"));
     var list = document.getElementById(zone.getAttribute("data-list"));
+    var progress = document.getElementById(zone.getAttribute("data-progress"));
     var form = input.form;
+    var counts = { sent: 0, indexed: 0, refused: 0, waiting: 0 };
     zone.addEventListener("click", function () { input.click(); });
     zone.addEventListener("keydown", function (event) {
       if (event.key === "Enter" || event.key === " ") { event.preventDefault(); input.click(); }
@@ -77,9 +80,17 @@
       input.value = "";
     });
     form.addEventListener("submit", function (event) {
-      // With JS the files went already; the button stays for those without it.
+      // With JS the files went already; the plain form is for those without it.
       if (!input.files.length) event.preventDefault();
     });
+
+    function count() {
+      var parts = [counts.indexed + " of " + counts.sent + " indexed"];
+      if (counts.waiting) parts.push(counts.waiting + " waiting for the model");
+      if (counts.refused) parts.push(counts.refused + " refused");
+      progress.textContent = parts.join(" · ");
+      progress.hidden = false;
+    }
 
     function send(file) {
       var row = document.createElement("li");
@@ -95,11 +106,12 @@
       bar.setAttribute("aria-label", "Uploading " + file.name);
       var status = document.createElement("div");
       status.className = "status muted";
-      status.setAttribute("role", "status");
       status.textContent = "uploading…";
       body.append(name, bar, status);
       row.append(preview, body);
       list.append(row);
+      counts.sent += 1;
+      count();
 
       var maxBytes = Number(zone.getAttribute("data-max-bytes")) || 0;
       var tooLarge = file.name + " is " + (file.size / 1e6).toFixed(1) + " MB; the limit is " +
@@ -133,11 +145,10 @@
         link.href = answer.url;
         link.textContent = answer.message;
         status.append(link);
-        if (answer.status_url) poll(answer.status_url, status, bar);
+        if (answer.status_url) poll(answer.status_url, row, status, bar);
       });
       xhr.addEventListener("error", function () {
-        status.className = "status error";
-        status.textContent = "the upload failed: the connection was lost";
+        refuse(row, status, bar, "the upload failed: the connection was lost");
       });
       xhr.send(data);
     }
@@ -147,6 +158,9 @@
       status.className = "status error";
       status.textContent = reason;
       bar.remove();
+      counts.sent -= 1;
+      counts.refused += 1;
+      count();
     }
 
     // A status without a JSON body (a proxy in front of the site answered) in plain words.
@@ -157,7 +171,20 @@
       return "the server answered " + code;
     }
 
-    function poll(url, status, bar) {
+    // Each row's last known state, so the batch line counts every file once.
+    function settle(row, state) {
+      var before = row.getAttribute("data-state");
+      if (before === state) return;
+      if (before === "ready") counts.indexed -= 1;
+      if (before === "blocked") counts.waiting -= 1;
+      if (state === "ready") counts.indexed += 1;
+      if (state === "blocked") counts.waiting += 1;
+      row.setAttribute("data-state", state);
+      row.classList.toggle("done", state === "ready");
+      count();
+    }
+
+    function poll(url, row, status, bar) {
       var badge = document.createElement("span");
       badge.className = "badge";
       status.append(" ", badge);
@@ -168,6 +195,7 @@
             badge.textContent = s.label;
             badge.className = "badge " + s.state;
             badge.title = s.reason || "";
+            settle(row, s.state);
             if (s.state === "pending") { setTimeout(tick, 1500); return; }
             bar.remove();
             // Waiting for the model can end (an admin provides the weights): keep asking, slower.
@@ -178,6 +206,87 @@
       tick();
     }
   }
+
+  // A <select data-remember="key"> keeps its last choice in this browser (the upload's
+  // visibility: chosen once, not before every batch).
+  function rememberInit(select) {
+    var key = "remember:" + select.getAttribute("data-remember");
+    try {
+      var kept = window.localStorage.getItem(key);
+      if (kept && select.querySelector("option[value='" + kept + "']")) select.value = kept;
+    } catch (e) { /* storage refused (private mode): the default stands */ }
+    select.addEventListener("change", function () {
+      try { window.localStorage.setItem(key, select.value); } catch (e) { /* not kept */ }
+    });
+  }
+
+  // Search with an image from the search bar: the camera button picks a file, and an image
+  // dropped or pasted on the search field is sent the same way, through the bar's image form
+  // (a plain POST to the search-by-image page, which redirects to its results).
+  function imageQueryInit(form) {
+    var input = form.querySelector("input[type=file]");
+    var field = document.querySelector("[data-slash-focus]");
+    var pick = document.querySelector("[data-image-pick]");
+    function isImage(file) { return file && file.type.indexOf("image/") === 0; }
+    function go() {
+      var model = document.getElementById("top-model");
+      if (model) {
+        var action = new URL(form.action, window.location.href);
+        action.searchParams.set("model", model.value);
+        form.action = action.toString();
+      }
+      if (pick) pick.classList.add("busy");
+      form.submit();
+    }
+    function sendFiles(files) {
+      var file = Array.prototype.find.call(files || [], isImage);
+      if (!file) return false;
+      var transfer = new DataTransfer();
+      transfer.items.add(file);
+      input.files = transfer.files;
+      go();
+      return true;
+    }
+    if (pick) pick.addEventListener("click", function () { input.click(); });
+    input.addEventListener("change", function () { if (input.files.length) go(); });
+    if (!field) return;
+    var box = field.closest("form") || field;
+    ["dragenter", "dragover"].forEach(function (name) {
+      box.addEventListener(name, function (event) {
+        if (event.dataTransfer && Array.prototype.indexOf.call(event.dataTransfer.types, "Files") >= 0) {
+          event.preventDefault();
+          box.classList.add("dragover");
+        }
+      });
+    });
+    ["dragleave", "drop"].forEach(function (name) {
+      box.addEventListener(name, function () { box.classList.remove("dragover"); });
+    });
+    box.addEventListener("drop", function (event) {
+      if (!event.dataTransfer || !event.dataTransfer.files.length) return;  // dropped text
+      // A file that is not an image is ignored rather than opened in place of the site.
+      event.preventDefault();
+      sendFiles(event.dataTransfer.files);
+    });
+    field.addEventListener("paste", function (event) {
+      if (event.clipboardData && sendFiles(event.clipboardData.files)) event.preventDefault();
+    });
+  }
+
+  // <select data-autosubmit> sends its form when changed (its Apply button is for no-JS only).
+  document.addEventListener("change", function (event) {
+    var select = event.target.closest && event.target.closest("select[data-autosubmit]");
+    if (select && select.form) select.form.requestSubmit();
+  });
+
+  // A save picker that would run past the right edge of the screen opens leftwards instead.
+  document.addEventListener("htmx:afterSettle", function () {
+    document.querySelectorAll(".picker:not(.picker-end)").forEach(function (picker) {
+      if (picker.getBoundingClientRect().right > document.documentElement.clientWidth - 4) {
+        picker.classList.add("picker-end");
+      }
+    });
+  });
 
   // Selection mode: a checkbox per card (signed in), shift-click ticks a range, and a bar that
   // saves the selection to a collection or deletes it, one POST each. The checkboxes belong to
@@ -302,7 +411,9 @@
   });
 
   document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("[data-remember]").forEach(rememberInit);
     document.querySelectorAll("[data-dropzone]").forEach(uploadInit);
+    document.querySelectorAll("form#image-search").forEach(imageQueryInit);
     document.querySelectorAll("[data-selection-bar]").forEach(selectionInit);
   });
   // Result and browse grids: arrow keys move the focus between thumbnails (up and down by the

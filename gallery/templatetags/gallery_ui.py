@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django import template
 
 from gallery.models import Image
@@ -25,3 +27,11 @@ def image_name(image: Image) -> str:
 def image_display_name(image: Image, *, first_caption: str) -> str:
     """``image_name`` for an image whose first caption is already at hand (search hits)."""
     return image.title or first_caption or image.original_filename or UNTITLED
+
+
+@register.filter
+def image_when(image: Image) -> datetime:
+    """When a card says its image is from: when the photo was taken where that is known (a
+    ``taken_at`` the upload read from EXIF), else when it was uploaded."""
+    taken = getattr(image, "taken_at", None)
+    return taken or image.created_at

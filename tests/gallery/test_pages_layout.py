@@ -141,11 +141,11 @@ def test_every_page_fits_the_screen_and_passes_axe(
         page.locator("figure.result").first.get_by_role("button", name="Save").click()
         page.locator(".picker").wait_for()
         check(page, "search-picker" + suffix, size)
-        # Search by image lands on a results page with the query image's preview.
+        # Search by image (the search bar's camera button) lands on a results page with the
+        # query image's preview.
         probe = tmp_path / "probe.jpg"
         probe.write_bytes(jpeg_bytes(color=(200, 60, 40), size=(80, 60)))
-        page.set_input_files("input[name=image]", str(probe))
-        page.get_by_role("button", name="Find similar").click()
+        page.set_input_files("#top-image", str(probe))
         page.locator("img.query-preview").wait_for()
         check(page, "search-image" + suffix, size)
         context.close()

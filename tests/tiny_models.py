@@ -132,13 +132,13 @@ def _siglip_tokenizer(directory: Path, model_max_length: int):
     return SiglipTokenizer(vocab_file=str(spm_path), model_max_length=model_max_length)
 
 
-def build_tiny_siglip(directory: str | Path) -> Path:
-    """Save a tiny SigLIP model + processor (sentencepiece tokenizer) into ``directory``."""
+def _save_tiny_siglip(directory: Path, tokenizer, *, dim: int, bos_token_id: int | None) -> Path:
+    """A tiny ``SiglipModel`` with ``tokenizer``, saved with its processor into ``directory``.
+
+    SigLIP's image embedding is the vision tower's width: it gets the published ``dim`` (still
+    only 2 layers on 16 patches) and texts are projected to the same size."""
     from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipProcessor
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = _siglip_tokenizer(directory, model_max_length=64)
     config = SiglipConfig(
         text_config={
             "vocab_size": len(tokenizer),
@@ -147,16 +147,13 @@ def build_tiny_siglip(directory: str | Path) -> Path:
             "num_hidden_layers": LAYERS,
             "num_attention_heads": HEADS,
             "max_position_embeddings": 64,
-            "projection_size": MODELS["siglip-base-patch16-224"].dim,
-            # The real checkpoint has no <s>: keep every special id inside the tiny vocab.
-            "bos_token_id": None,
+            "projection_size": dim,
+            "bos_token_id": bos_token_id,
             "pad_token_id": tokenizer.pad_token_id,
             "eos_token_id": tokenizer.eos_token_id,
         },
-        # SigLIP's image embedding is the vision tower's width: give it the published 768
-        # (still only 2 layers on 16 patches) and project texts to the same size.
         vision_config={
-            "hidden_size": MODELS["siglip-base-patch16-224"].dim,
+            "hidden_size": dim,
             "intermediate_size": INTERMEDIATE,
             "num_hidden_layers": LAYERS,
             "num_attention_heads": HEADS,
@@ -171,6 +168,16 @@ def build_tiny_siglip(directory: str | Path) -> Path:
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
+
+
+def build_tiny_siglip(directory: str | Path) -> Path:
+    """Save a tiny SigLIP model + processor (sentencepiece tokenizer) into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = _siglip_tokenizer(directory, model_max_length=64)
+    # The real checkpoint has no <s>: keep every special id inside the tiny vocab.
+    dim = MODELS["siglip-base-patch16-224"].dim
+    return _save_tiny_siglip(directory, tokenizer, dim=dim, bos_token_id=None)
 
 
 def _gemma_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -205,47 +212,14 @@ def build_tiny_siglip2_fixed(directory: str | Path) -> Path:
     """Save a tiny SigLIP 2 as its fixed-resolution checkpoints (siglip2-base-patch16-256) are
     published: a ``SiglipModel`` with Gemma's tokenizer, which does not lowercase (the model was
     trained on lowercased text: the encoder must do it)."""
-    from transformers import (
-        GemmaTokenizer,
-        SiglipConfig,
-        SiglipImageProcessorPil,
-        SiglipModel,
-        SiglipProcessor,
-    )
+    from transformers import GemmaTokenizer
 
-    directory = Path(directory)
     vocab, merges = _gemma_vocab()
     tokenizer = GemmaTokenizer(vocab=vocab, merges=merges, model_max_length=64)
     dim = MODELS["siglip2-base-patch16-256"].dim
-    config = SiglipConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": HIDDEN,
-            "intermediate_size": INTERMEDIATE,
-            "num_hidden_layers": LAYERS,
-            "num_attention_heads": HEADS,
-            "max_position_embeddings": 64,
-            "projection_size": dim,
-            "bos_token_id": tokenizer.bos_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-        },
-        vision_config={
-            "hidden_size": dim,
-            "intermediate_size": INTERMEDIATE,
-            "num_hidden_layers": LAYERS,
-            "num_attention_heads": HEADS,
-            "image_size": IMAGE_SIZE,
-            "patch_size": PATCH,
-        },
+    return _save_tiny_siglip(
+        Path(directory), tokenizer, dim=dim, bos_token_id=tokenizer.bos_token_id
     )
-    torch.manual_seed(SEED)
-    model = SiglipModel(config)
-    image_processor = SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    processor = SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return directory
 
 
 def build_tiny_siglip2(directory: str | Path) -> Path:

@@ -108,35 +108,36 @@ def test_the_tcp_urls_compose_and_production_use_open_as_a_cache(tcp_redis: int)
         assert url.split("?")[0].endswith("/1")
 
 
+def django_setup(**env: str) -> subprocess.CompletedProcess[str]:
+    """Start Django in a new process with ``env`` over this one's (less the cache and broker)."""
+    kept = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"CELERY_BROKER_URL", "REDIS_URL", "CACHE_URL", "DEBUG"}
+    }
+    return subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        env=kept | env, cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
 def test_a_cache_url_redis_py_cannot_open_is_refused_at_start_up() -> None:
     with pytest.raises(ImproperlyConfigured, match="not one redis-py opens"):
         caches_for("unix:/srv/site/.data/redis/redis.sock?db=1")
     # The whole process refuses to start, with the reason, rather than 500 on sign-up.
-    env = dict(os.environ, CACHE_URL="unix:/x/redis.sock?db=1")
-    env["DJANGO_SETTINGS_MODULE"] = "config.settings.base"
-    result = subprocess.run(
-        [sys.executable, "-c", "import django; django.setup()"],
-        env=env, cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    result = django_setup(
+        CACHE_URL="unix:/x/redis.sock?db=1", DJANGO_SETTINGS_MODULE="config.settings.base"
+    )
     assert result.returncode != 0
     assert "not one redis-py opens" in result.stderr
 
 
 def test_production_refuses_to_start_without_a_broker_url() -> None:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"CELERY_BROKER_URL", "REDIS_URL", "CACHE_URL", "DEBUG"}
-    }
-    env.update(
+    result = django_setup(
         DJANGO_SETTINGS_MODULE="config.settings.production",
         SECRET_KEY="x" * 50,
         DATABASE_URL="postgresql://u@db.invalid:5432/x",
     )
-    result = subprocess.run(
-        [sys.executable, "-c", "import django; django.setup()"],
-        env=env, cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
     assert result.returncode != 0
     assert "CELERY_BROKER_URL" in result.stderr
 

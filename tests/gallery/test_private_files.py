@@ -73,5 +73,8 @@ def test_staff_open_private_files_through_the_admin() -> None:
 def test_the_upload_form_says_who_sees_private_images(client: Client) -> None:
     client.force_login(UserFactory())
     page = client.get(reverse("upload")).content.decode()
-    assert "by you alone on this site" in page
-    assert "administrators can open them in its admin" in page
+    assert "Private photos are yours alone" in page
+    assert (
+        "(and the site&#x27;s administrators&#x27;)" in page
+        or "(and the site's administrators')" in page
+    )

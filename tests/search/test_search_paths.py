@@ -153,7 +153,10 @@ def test_coverage_is_reported_while_a_model_backfills(client: Client, monkeypatc
         EmbeddingJob.objects.create(image=image, model_id=CLIP)
     data = client.get("/api/search", {"q": "dogs"}).json()
     assert (data["indexed"], data["total"]) == (5, 8)  # the private upload is not counted
-    assert "5 of 8 images are searchable" in client.get("/search/", {"q": "dogs"}).content.decode()
+    assert (
+        "still indexing: 5 of 8 searchable"
+        in client.get("/search/", {"q": "dogs"}).content.decode()
+    )
     client.force_login(someones_private.owner)
     assert client.get("/api/search", {"q": "dogs"}).json()["total"] == 9
 

@@ -38,7 +38,7 @@ def post_worker_init(worker: Any) -> None:  # gunicorn's hook signature
         from django.conf import settings
 
         from encoders import weights_on_disk
-        from search.encoding import warm_up
+        from search.query_encoder import warm_up
         from search.selectors import (
             embedding_model_default,
             embedding_model_unavailable,

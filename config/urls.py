@@ -11,9 +11,9 @@ urlpatterns = [
     # Ahead of Django's own route of the same name: the same view, rate-limited.
     path("accounts/password_reset/", accounts.password_reset, name="password_reset"),
     path("accounts/", include("django.contrib.auth.urls")),
-    path("api/", include("search.urls")),
+    path("api/", include("search.api_urls")),
     path("api/", api.urls),
-    path("search/", include("search.page_urls")),
+    path("search/", include("search.urls")),
     path("", include("gallery.urls")),
 ]
 

@@ -37,7 +37,7 @@ from encoders.registry import model_spec
 from gallery.forms import image_query_decode
 from gallery.models import Caption, Image
 from gallery.selectors import collections_visible_to, image_get_visible, images_visible_to
-from search import encoding
+from search import query_encoder
 from search.fusion import FUSE, RRF_K
 from search.models import EmbeddingJob, EmbeddingModel, EvaluationRun, ImageEmbedding
 
@@ -585,7 +585,7 @@ def images_search_by_text(
     model_ids = _models_resolve(model_id, models)
     if len(model_ids) > 1:
         vectors = [
-            _query_vector(m, functools.partial(encoding.text_embedding, model_id=m, text=text))
+            _query_vector(m, functools.partial(query_encoder.text_embedding, model_id=m, text=text))
             for m in model_ids
         ]
         return images_search_fused(
@@ -593,7 +593,9 @@ def images_search_by_text(
             min_score=min_score, sort=sort,
         )  # fmt: skip
     model_id = model_ids[0]
-    vector = _query_vector(model_id, lambda: encoding.text_embedding(model_id=model_id, text=text))
+    vector = _query_vector(
+        model_id, lambda: query_encoder.text_embedding(model_id=model_id, text=text)
+    )
     return images_search_by_vector(
         user=user, model_id=model_id, vector=vector, k=k, offset=offset, filters=filters,
         min_score=min_score, sort=sort, pending=models[model_id].has_pending,
@@ -654,7 +656,9 @@ def _image_query_vectors(
     try:
         picture = image_query_decode(file=file, label="the query image")
         vectors = [
-            _query_vector(m, functools.partial(encoding.image_embedding, model_id=m, image=picture))
+            _query_vector(
+                m, functools.partial(query_encoder.image_embedding, model_id=m, image=picture)
+            )
             for m in model_ids
         ]
     finally:

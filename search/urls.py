@@ -3,5 +3,7 @@ from django.urls import path
 from search import views
 
 urlpatterns = [
-    path("embeddings/progress", views.embedding_progress_json, name="embedding-progress"),
+    path("", views.search_page, name="search"),
+    path("image/", views.search_by_image_page, name="search-image"),
+    path("similar/<int:image_id>/", views.similar_page, name="similar"),
 ]

@@ -29,7 +29,9 @@ def test_warm_up_loads_every_enabled_available_model_default_first(
         embedding_model_enable(model_id=LARGE)
     embedding_model_mark_unavailable(model_id=SIGLIP, reason="weights missing")
     warmed: list[str] = []
-    monkeypatch.setattr("search.encoding.warm_up", lambda *, model_ids: warmed.extend(model_ids))
+    monkeypatch.setattr(
+        "search.query_encoder.warm_up", lambda *, model_ids: warmed.extend(model_ids)
+    )
 
     gunicorn.post_worker_init(Worker())
 

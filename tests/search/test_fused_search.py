@@ -14,7 +14,7 @@ import pytest
 from django.test import Client
 
 from gallery.models import Image
-from search import encoding
+from search import query_encoder
 from search.fusion import fuse_rrf
 from search.models import EmbeddingModel, ImageEmbedding
 from search.selectors import embedding_progress
@@ -53,8 +53,8 @@ def gallery(tiny_models, fresh_embedding_files) -> dict[str, object]:
     Plus another user's private upload that is the query itself for both models.
     """
     EmbeddingModel.objects.update_or_create(model_id=ALIGN, defaults={"enabled": True})
-    clip_query = encoding.text_embedding(model_id=CLIP, text=QUERY).astype(np.float64)
-    align_query = encoding.text_embedding(model_id=ALIGN, text=QUERY).astype(np.float64)
+    clip_query = query_encoder.text_embedding(model_id=CLIP, text=QUERY).astype(np.float64)
+    align_query = query_encoder.text_embedding(model_id=ALIGN, text=QUERY).astype(np.float64)
     public = Image.objects.bulk_create(ImageFactory.build_batch(21, dataset=True, file="x.jpg"))
     clip_decoys, target, fillers, align_decoys = public[:5], public[5], public[6:16], public[16:]
     order = [*clip_decoys, target, *fillers, *align_decoys]
@@ -114,7 +114,7 @@ def test_the_fused_order_is_the_evaluations_rrf_over_the_whole_gallery(
     )
     scores = []
     for model_id in (CLIP, ALIGN):
-        query = encoding.text_embedding(model_id=model_id, text=QUERY)
+        query = query_encoder.text_embedding(model_id=model_id, text=QUERY)
         rows = dict(
             ImageEmbedding.objects.filter(model_id=model_id).values_list("image_id", "vector")
         )

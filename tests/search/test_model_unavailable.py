@@ -11,7 +11,7 @@ from django.test import Client
 from PIL import Image as PILImage
 
 from gallery.models import Image
-from search import encoding
+from search import query_encoder
 from search.models import EmbeddingModel
 from search.services import embeddings_store
 from tests.factories import ImageFactory
@@ -87,7 +87,7 @@ def test_a_failed_load_is_remembered_for_a_minute(
 ) -> None:
     public_images(3)
     attempts = []
-    load = encoding.encoder_for
+    load = query_encoder.encoder_for
 
     def counting_encoder_for(model_id, **kwargs):
         attempts.append(model_id)
@@ -95,12 +95,12 @@ def test_a_failed_load_is_remembered_for_a_minute(
 
     now = [1000.0]
     monkeypatch.setattr(encoding, "encoder_for", counting_encoder_for)
-    monkeypatch.setattr(encoding.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(query_encoder.time, "monotonic", lambda: now[0])
     for query in ("dogs", "cats", "birds"):  # new texts: the query cache cannot answer them
         assert client.get("/api/search", {"q": query}).status_code == 503
     assert client.post("/api/search/image", {"image": query_png()}).status_code == 503
     assert attempts == [CLIP]
-    now[0] += encoding.LOAD_FAILURE_TTL_SECONDS + 1
+    now[0] += query_encoder.LOAD_FAILURE_TTL_SECONDS + 1
     assert client.get("/api/search", {"q": "fish"}).status_code == 503
     assert attempts == [CLIP, CLIP]
 

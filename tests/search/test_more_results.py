@@ -36,7 +36,7 @@ def ranked(tiny_models, monkeypatch) -> dict:
     secret = ImageFactory(owner=UserFactory())
     vectors = np.stack([scored(0.9 - 0.005 * i, 1 + i) for i in range(TOTAL)] + [QUERY])
     embeddings_store(model_id=CLIP, image_ids=[i.pk for i in [*photos, secret]], vectors=vectors)
-    monkeypatch.setattr("search.encoding.text_embedding", lambda **kwargs: QUERY)
+    monkeypatch.setattr("search.query_encoder.text_embedding", lambda **kwargs: QUERY)
     return {"order": [p.pk for p in photos], "secret": secret}
 
 

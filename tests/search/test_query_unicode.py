@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from django.test import Client
 
-from search import encoding
+from search import query_encoder
 from search.selectors import MAX_QUERY_CHARS
 from search.services import embeddings_store
 from tests.factories import ImageFactory
@@ -28,7 +28,7 @@ def encoded_texts(tiny_models, monkeypatch) -> list[str]:
     vectors = np.random.default_rng(3).normal(size=(3, 512))
     embeddings_store(model_id=CLIP, image_ids=[i.pk for i in images], vectors=vectors)
     seen: list[str] = []
-    real = encoding.text_embedding
+    real = query_encoder.text_embedding
 
     def recording(*, model_id: str, text: str) -> np.ndarray:
         seen.append(text)

@@ -15,7 +15,7 @@ from PIL import Image as PILImage
 
 from gallery.models import Image
 from gallery.services import api_token_create
-from search import encoding
+from search import query_encoder
 from search.models import ImageEmbedding
 from search.selectors import (
     DATE_SORT_CANDIDATES,
@@ -265,7 +265,7 @@ def planted(tiny_models):
     """Another user's private upload planted as the exact nearest vector to the query."""
     owner = UserFactory()
     dataset(50)
-    query = encoding.text_embedding(model_id=CLIP, text="two dogs on a beach")
+    query = query_encoder.text_embedding(model_id=CLIP, text="two dogs on a beach")
     secret = uploads(owner, 1, query[None, :])[0]
     return owner, secret
 
@@ -385,8 +385,8 @@ def test_openapi_schema_is_served(client: Client) -> None:
 
 
 def test_query_embeddings_are_cached(tiny_models) -> None:
-    first = encoding.text_embedding(model_id=CLIP, text="a red bicycle")
-    assert encoding.text_embedding(model_id=CLIP, text=" a red bicycle ") is first
+    first = query_encoder.text_embedding(model_id=CLIP, text="a red bicycle")
+    assert query_encoder.text_embedding(model_id=CLIP, text=" a red bicycle ") is first
     with pytest.raises(ValueError):
         first[0] = 0.0  # shared between requests: read-only
 
@@ -431,9 +431,9 @@ def test_search_by_image_page(client: Client, tiny_models) -> None:
 def test_quantised_query_encoder_serves_the_same_api(client: Client, settings, tiny_models) -> None:
     settings.SEARCH_QUERY_DTYPE = "int8"
     images, _ = dataset(4)
-    assert encoding._query_encoder(CLIP).quantization == "int8-dynamic"
-    fp32 = encoding.encoder_for(CLIP).embed_texts(["a quantised query"])[0]
-    int8 = encoding.text_embedding(model_id=CLIP, text="a quantised query")
+    assert query_encoder.query_encoder_for(CLIP).quantization == "int8-dynamic"
+    fp32 = query_encoder.encoder_for(CLIP).embed_texts(["a quantised query"])[0]
+    int8 = query_encoder.text_embedding(model_id=CLIP, text="a quantised query")
     assert float(fp32 @ int8) > 0.99
     data = client.get("/api/search", {"q": "a quantised query", "k": 4}).json()
     assert {r["id"] for r in data["results"]} == {i.pk for i in images}

@@ -119,7 +119,7 @@ def test_api_and_page_return_the_visible_matches_behind_a_private_block(
     client: Client, private_block_nearest, monkeypatch
 ) -> None:
     query, *_ = private_block_nearest
-    monkeypatch.setattr("search.encoding.text_embedding", lambda **kwargs: query)
+    monkeypatch.setattr("search.query_encoder.text_embedding", lambda **kwargs: query)
     data = client.get("/api/search", {"q": "red car", "k": 3}).json()
     assert len(data["results"]) == 3
     html = client.get("/search/", {"q": "red car", "k": 3}).content.decode()
@@ -132,7 +132,7 @@ def test_api_and_page_return_the_visible_matches_behind_a_private_block(
 def test_no_next_offset_when_exactly_k_match(client: Client, monkeypatch) -> None:
     vectors = unit(np.random.default_rng(5).normal(size=(10, 512)))
     public_images(10, vectors)
-    monkeypatch.setattr("search.encoding.text_embedding", lambda **kwargs: vectors[0])
+    monkeypatch.setattr("search.query_encoder.text_embedding", lambda **kwargs: vectors[0])
     assert client.get("/api/search", {"q": "dogs", "k": 10}).json()["next_offset"] is None
     assert client.get("/api/search", {"q": "dogs", "k": 5}).json()["next_offset"] == 5
     last = client.get("/api/search", {"q": "dogs", "k": 5, "offset": 5}).json()
@@ -144,7 +144,7 @@ def test_no_next_offset_when_exactly_k_match(client: Client, monkeypatch) -> Non
 def test_coverage_is_reported_while_a_model_backfills(client: Client, monkeypatch) -> None:
     vectors = unit(np.random.default_rng(6).normal(size=(5, 512)))
     public_images(5, vectors)
-    monkeypatch.setattr("search.encoding.text_embedding", lambda **kwargs: vectors[0])
+    monkeypatch.setattr("search.query_encoder.text_embedding", lambda **kwargs: vectors[0])
     complete = client.get("/api/search", {"q": "dogs"}).json()
     assert complete["indexed"] is None and complete["total"] is None
     waiting = ImageFactory.create_batch(3, dataset=True)

@@ -121,7 +121,7 @@ def test_private_images_only_for_their_owner_in_either_order(world) -> None:
 
 
 def test_api_sorts_and_reports_the_cut_off(client: Client, world, monkeypatch) -> None:
-    monkeypatch.setattr("search.encoding.text_embedding", lambda **kwargs: QUERY)
+    monkeypatch.setattr("search.query_encoder.text_embedding", lambda **kwargs: QUERY)
     good = [image.pk for image in world["good"]]
     data = client.get("/api/search", {"q": "a dog", "sort": "date"}).json()
     assert [hit["id"] for hit in data["results"]] == [*good, world["best"].pk]
@@ -145,7 +145,7 @@ def test_api_sorts_and_reports_the_cut_off(client: Client, world, monkeypatch) -
 def test_page_offers_the_sort_control_and_keeps_it_in_more_links(
     client: Client, world, monkeypatch
 ) -> None:
-    monkeypatch.setattr("search.encoding.text_embedding", lambda **kwargs: QUERY)
+    monkeypatch.setattr("search.query_encoder.text_embedding", lambda **kwargs: QUERY)
     html = client.get("/search/", {"q": "a dog"}).content.decode()
     assert 'aria-label="Sort"' in html and "sort=date" in html and ">newest</a>" in html
     page = client.get("/search/", {"q": "a dog", "sort": "date", "k": 2}).content.decode()
@@ -178,7 +178,7 @@ def test_fused_search_sorts_by_date_within_its_relevant_ranks(
     embeddings_store(model_id=CLIP, image_ids=everything[-1:], vectors=clip_rows[-1:])
     embeddings_store(model_id=align, image_ids=everything, vectors=align_rows)
     query = {CLIP: QUERY, align: align_rows[-1]}
-    monkeypatch.setattr("search.encoding.text_embedding", lambda **kw: query[kw["model_id"]])
+    monkeypatch.setattr("search.query_encoder.text_embedding", lambda **kw: query[kw["model_id"]])
     params = {"q": "kite", "model": f"{CLIP}+{align}", "sort": "date", "k": 100}
     data = client.get("/api/search", params).json()
     created = dict(Image.objects.values_list("pk", "created_at"))

@@ -33,7 +33,7 @@ _load_failures: dict[_LoadKey, tuple[float, WeightsUnavailableError]] = {}
 _load_failures_lock = threading.Lock()
 
 
-def _query_encoder(model_id: str) -> Encoder:
+def query_encoder_for(model_id: str) -> Encoder:
     """The web process's encoder for ``model_id``; a failed load is remembered for a while.
 
     Raises ``WeightsUnavailableError`` (the remembered one within LOAD_FAILURE_TTL_SECONDS of
@@ -71,7 +71,7 @@ def load_failures_forget() -> None:
 
 @functools.lru_cache(maxsize=QUERY_CACHE_SIZE)
 def _cached_text_vector(model_id: str, source: str | None, dtype: str, text: str) -> np.ndarray:
-    vector = _query_encoder(model_id).embed_texts([text])[0]
+    vector = query_encoder_for(model_id).embed_texts([text])[0]
     vector.setflags(write=False)  # shared between requests: nobody may modify it
     return vector
 
@@ -89,7 +89,7 @@ def text_embedding(*, model_id: str, text: str) -> np.ndarray:
 
 def image_embedding(*, model_id: str, image: PILImage.Image) -> np.ndarray:
     """The embedding of a query image; computed on the fly, never stored."""
-    return _query_encoder(model_id).embed_images([image])[0]
+    return query_encoder_for(model_id).embed_images([image])[0]
 
 
 def warm_up(*, model_ids: list[str]) -> None:
@@ -99,6 +99,6 @@ def warm_up(*, model_ids: list[str]) -> None:
     """
     for model_id in model_ids:
         try:
-            _query_encoder(model_id).embed_texts(["warm-up query"])
+            query_encoder_for(model_id).embed_texts(["warm-up query"])
         except EncoderError as exc:
             logger.error("search model %s not loaded: %s", model_id, exc)

@@ -1,6 +1,7 @@
 from django import forms
 
-from search.selectors import MAX_K, MAX_OFFSET, MAX_QUERY_CHARS
+from search.ranking import MAX_K, MAX_OFFSET
+from search.selectors import MAX_QUERY_CHARS
 
 
 class SearchForm(forms.Form):

@@ -1,8 +1,9 @@
-"""Fusion of several models' similarity scores, in plain numpy: no database, no model.
+"""Fusion of several models' similarity scores, and fused search ("A+B"), which ranks with it.
 
-Shared by the evaluation (``search.evaluation``, which measures fusions over a whole gallery)
-and by fused search (``search.selectors``, which fuses each model's top candidates), so the
-product ranks with exactly the arithmetic the evaluation measured.
+The arithmetic (first) is plain numpy: no database, no model. It is shared by the evaluation
+(``search.evaluation``, which measures fusions over a whole gallery) and by fused search
+(``images_search_fused``, which fuses each model's top candidates), so the product ranks with
+exactly the arithmetic the evaluation measured.
 
 Scores are (queries x candidates) blocks, one per model, higher is more similar. The tie rule,
 the same as the evaluation's: a candidate's rank within a model is 1 + the number of candidates
@@ -16,6 +17,24 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from django.contrib.auth.models import AnonymousUser, User
+from pgvector.django import CosineDistance
+
+from config.errors import InvalidInput
+from search.model_choice import FUSED_SEPARATOR
+from search.models import ImageEmbedding
+from search.ranking import (
+    QueryVector,
+    SearchHit,
+    SearchPage,
+    SearchRequest,
+    SearchScope,
+    candidates_nearest,
+    images_with_captions,
+    page_by_date,
+    search_validate_page,
+    search_validate_sort,
+)
 
 FUSIONS = ("zsum", "rrf")
 # Reciprocal-rank fusion's constant, as in Cormack et al. (2009) and most systems since.
@@ -65,3 +84,104 @@ FUSE: dict[str, Callable[[Sequence[np.ndarray]], np.ndarray]] = {
     "zsum": fuse_zsum,
     "rrf": fuse_rrf,
 }
+
+
+# --- Fused search ---------------------------------------------------------------------------
+# "A+B" searches with two models at once: each model's HNSW query returns its top
+# FUSION_CANDIDATES, and their ranks are fused (the choice's spelling: ``search.model_choice``).
+
+# Each model's candidates: the fused top k is drawn from their union. A few hundred keeps a
+# good image that one model ranks poorly within reach of the other, at the cost of two index
+# scans of this depth (bench/search_latency.py --fused measures it).
+FUSION_CANDIDATES = 300
+# Reciprocal-rank fusion. The evaluation (search.evaluation, `evaluate --fusion both`)
+# measures z-normalised sum and RRF alike, but no run with real weights is recorded in this
+# repository (none could be downloaded where it was built), so there is no measured winner to
+# follow. RRF, because over candidate lists it is the same arithmetic the evaluation runs over
+# the whole gallery: a candidate's rank within a model's top list is its rank in the gallery,
+# whereas a z-score over the top few hundred (mean and spread of the best matches only) is not
+# the evaluated z-score over every image. It needs no calibration between models either.
+SEARCH_FUSION = "rrf"
+
+
+def _similarities(*, model_id: str, vector: QueryVector, image_ids: set[int]) -> dict[int, float]:
+    """Cosine similarity of ``model_id``'s embeddings of ``image_ids`` to ``vector``."""
+    rows = (
+        ImageEmbedding.objects.filter(model_id=model_id, image_id__in=image_ids)
+        .annotate(distance=CosineDistance("vector", list(vector)))
+        .values_list("image_id", "distance")
+    )
+    return {image_id: 1.0 - float(distance) for image_id, distance in rows}
+
+
+def images_search_fused(
+    *,
+    user: User | AnonymousUser,
+    model_ids: Sequence[str],
+    vectors: Sequence[QueryVector],
+    search: SearchRequest | None = None,
+    exclude_image_id: int | None = None,
+) -> SearchPage:
+    """Images visible to ``user`` ranked by a fusion (SEARCH_FUSION) of several models, each
+    with its own query vector (``vectors[i]`` is ``model_ids[i]``'s).
+
+    Each model contributes its top FUSION_CANDIDATES (or offset + k + 1, if more) in the same
+    scope as a one-model search (visibility, filters, the excluded image). Every candidate of
+    the union is then scored by every model (an exact distance for those a model did not
+    return; an image a model has no embedding of ranks last for it), and the scores are fused
+    with the arithmetic above, the evaluation's own: a candidate's rank within a model counts
+    ties as the evaluation does. Equal fused scores are ordered by image id.
+
+    A hit's ``score`` is the fused score scaled so that 1 means first for every model. It is
+    not a cosine similarity, so ``min_score`` is refused.
+    """
+    search = search or SearchRequest()
+    k, offset = search.k, search.offset
+    search_validate_page(k, offset)
+    sort = search_validate_sort(search.sort)
+    if search.min_score is not None:
+        raise InvalidInput(
+            "min_score is a cosine similarity, and a fused search's scores are not one; "
+            "leave it out or search with one model"
+        )
+    if len(model_ids) != len(vectors) or len(model_ids) < 2:
+        raise ValueError("fused search needs two or more models, each with its query vector")
+    depth = max(FUSION_CANDIDATES, offset + k + 1)
+    scope: SearchScope = {
+        "user": user,
+        "filters": search.filters,
+        "exclude_image_id": exclude_image_id,
+    }
+    lists, exact = [], True
+    for model_id, vector in zip(model_ids, vectors, strict=True):
+        found, list_exact = candidates_nearest(
+            model_id=model_id, vector=vector, depth=depth, **scope
+        )
+        lists.append(found)
+        exact = exact and list_exact
+    union = sorted(set().union(*lists))
+    scores = []
+    for model_id, vector, found in zip(model_ids, vectors, lists, strict=True):
+        missing = set(union) - found.keys()
+        if missing:
+            found = {**found, **_similarities(model_id=model_id, vector=vector, image_ids=missing)}
+        scores.append(np.array([[found.get(i, -np.inf) for i in union]], dtype=np.float64))
+    fused = FUSE[SEARCH_FUSION](scores)[0] if union else np.empty(0)
+    best = len(model_ids) / (RRF_K + 1)  # first for every model
+    if sort == "date":
+        scaled = {i: float(score) / best for i, score in zip(union, fused, strict=True)}
+        return page_by_date(
+            scaled, k=k, offset=offset, min_score=None, model_id=FUSED_SEPARATOR.join(model_ids),
+            exact=exact, fusion=SEARCH_FUSION,
+        )  # fmt: skip
+    order = np.lexsort((np.array(union), -fused))  # fused score descending, then image id
+    chosen = [(union[i], float(fused[i]) / best) for i in order[offset : offset + k]]
+    images = images_with_captions([i for i, _ in chosen])
+    hits = [
+        SearchHit(image=images[i], score=score, captions=tuple(images[i].caption_texts))
+        for i, score in chosen
+    ]
+    return SearchPage(
+        model_id=FUSED_SEPARATOR.join(model_ids), hits=hits, k=k, offset=offset, exact=exact,
+        has_more=len(union) > offset + k, fusion=SEARCH_FUSION,
+    )  # fmt: skip

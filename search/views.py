@@ -1,63 +1,40 @@
 """Search pages: parse the form, call one selector, render. The searches themselves, and every
-message they give, are the API's too (``search.selectors``)."""
+message they give, are the API's too (``search.selectors``, ``search.ranking``)."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 from urllib.parse import urlencode
 
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
-from django_ratelimit.core import is_ratelimited
-from django_ratelimit.exceptions import Ratelimited
 
 from config.errors import ApplicationError, InvalidInput, NotFound
 from config.params import int_param
 from config.views import error_response
 from gallery.selectors import collections_of
 from search.forms import ImageQueryForm, SearchForm
+from search.model_choice import search_models_available
 from search.models import EmbeddingModel
 from search.query_images import QueryImage, query_image_recall, query_image_remember
-from search.selectors import (
+from search.ranking import (
     MAX_K,
     MAX_OFFSET,
     SearchFilters,
     SearchPage,
+    SearchRequest,
+    images_search_by_vector,
+)
+from search.rate_limits import image_search_rate_check
+from search.selectors import (
     embedding_progress,
     image_query_embed,
     images_search_by_text,
-    images_search_by_vector,
     images_similar,
-    search_models_available,
 )
-
-
-def _anonymous_image_search_rate(group: str, request: HttpRequest) -> str | None:
-    # Signed-in users and token clients are accountable and bounded per process already
-    # (search.selectors caps concurrent image queries); anonymous ones are limited per address.
-    return None if request.user.is_authenticated else settings.RATELIMIT_ANONYMOUS_IMAGE_SEARCH
-
-
-def image_search_rate_check(request: HttpRequest) -> None:
-    """Count an image search; raise ``Ratelimited`` (429 on pages and API) over the limit.
-
-    One counter for the page and the API, checked before the image is decoded. Called inside
-    the endpoint rather than as a decorator so that django-ninja still reads the API
-    endpoint's own signature.
-    """
-    if is_ratelimited(
-        request,
-        group="image-search",
-        key="ip",
-        rate=_anonymous_image_search_rate,
-        increment=True,
-    ):
-        raise Ratelimited("too many image searches from this address; try again in a minute")
 
 
 def embedding_progress_json(request: HttpRequest) -> HttpResponse:
@@ -199,22 +176,23 @@ def _sort_links(request: HttpRequest, page: SearchPage) -> list[tuple[str, str, 
 FIELD_NAMES = {"k": "number of results", "min_score": "minimum score", "q": "query"}
 
 
-def _page_args(form: SearchForm) -> dict[str, Any]:
-    """The paging, model and filter arguments every search takes, from a validated form."""
+def _page_args(form: SearchForm) -> tuple[str | None, SearchRequest]:
+    """The model choice, and the paging, filter and order every search takes, from a validated
+    form."""
     if not form.is_valid():
         field, errors = next(iter(form.errors.items()))
         raise InvalidInput(
             f"{FIELD_NAMES.get(field, field)}: {' '.join(str(error) for error in errors)}"
         )
     data = form.cleaned_data
-    return {
-        "model_id": data.get("model") or None,
-        "k": 20 if data.get("k") is None else data["k"],
-        "offset": data.get("offset") or 0,
-        "filters": SearchFilters(source=data.get("source") or None),
-        "min_score": data.get("min_score"),
-        "sort": data.get("sort") or "relevance",
-    }
+    search = SearchRequest(
+        k=20 if data.get("k") is None else data["k"],
+        offset=data.get("offset") or 0,
+        filters=SearchFilters(source=data.get("source") or None),
+        min_score=data.get("min_score"),
+        sort=data.get("sort") or "relevance",
+    )
+    return data.get("model") or None, search
 
 
 def search_page(request: HttpRequest) -> HttpResponse:
@@ -232,8 +210,11 @@ def search_page(request: HttpRequest) -> HttpResponse:
         )
 
     def run(**page: int) -> SearchPage:
-        args = {**_page_args(form), **page}
-        return images_search_by_text(user=request.user, text=form.cleaned_data.get("q"), **args)
+        model_id, search = _page_args(form)
+        return images_search_by_text(
+            user=request.user, text=form.cleaned_data.get("q"), model_id=model_id,
+            search=dataclasses.replace(search, **page),
+        )  # fmt: skip
 
     return _render_results(request, form, run, more_params={"q": request.GET["q"]})
 
@@ -252,9 +233,11 @@ def search_by_image_page(request: HttpRequest) -> HttpResponse:
                     "This image search has expired (they are kept for a day). "
                     "Choose the image again to search with it."
                 )
-            args = {**_page_args(form), **page}
-            args["model_id"] = query.model_id  # the kept vector is this model's
-            return images_search_by_vector(user=request.user, vector=query.vector, **args)
+            _, search = _page_args(form)  # the kept vector is its model's, whatever is asked
+            return images_search_by_vector(
+                user=request.user, model_id=query.model_id, vector=query.vector,
+                search=dataclasses.replace(search, **page),
+            )  # fmt: skip
 
         key = query.key if query else ""
         return _render_results(
@@ -267,16 +250,19 @@ def search_by_image_page(request: HttpRequest) -> HttpResponse:
     kept: list[QueryImage] = []
 
     def run(**page: int) -> SearchPage:
-        args = {**_page_args(form), **page}
+        model_id, search = _page_args(form)
         if not image_form.is_valid():
             raise InvalidInput("choose an image file to search with")
         model_id, vector, picture = image_query_embed(
-            file=image_form.cleaned_data["image"], model_id=args.pop("model_id")
+            file=image_form.cleaned_data["image"], model_id=model_id
         )
         query = query_image_remember(model_id=model_id, vector=list(vector), picture=picture)
         if query is not None:
             kept.append(query)
-        return images_search_by_vector(user=request.user, model_id=model_id, vector=vector, **args)
+        return images_search_by_vector(
+            user=request.user, model_id=model_id, vector=vector,
+            search=dataclasses.replace(search, **page),
+        )  # fmt: skip
 
     response = _render_results(request, form, run, title="Search by image")
     if kept and response.status_code == 200:
@@ -293,6 +279,10 @@ def similar_page(request: HttpRequest, image_id: int) -> HttpResponse:
     form = SearchForm(request.GET)
 
     def run(**page: int) -> SearchPage:
-        return images_similar(user=request.user, image_id=image_id, **{**_page_args(form), **page})
+        model_id, search = _page_args(form)
+        return images_similar(
+            user=request.user, image_id=image_id, model_id=model_id,
+            search=dataclasses.replace(search, **page),
+        )  # fmt: skip
 
     return _render_results(request, form, run, title="Similar images")

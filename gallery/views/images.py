@@ -34,8 +34,9 @@ from gallery.services import (
     image_visibility_set,
 )
 from gallery.views._common import NO_SUCH_IMAGE, AuthenticatedHttpRequest, visible_image
+from search.model_choice import default_model_if_unavailable
+from search.ranking import SearchRequest
 from search.selectors import (
-    embedding_model_default_unavailable,
     image_index_status,
     images_similar,
 )
@@ -55,7 +56,9 @@ def _image_page(
 ) -> HttpResponse:
     is_owner = request.user.is_authenticated and image.owner_id == request.user.pk
     try:
-        similar = images_similar(user=request.user, image_id=image.pk, k=12).hits
+        similar = images_similar(
+            user=request.user, image_id=image.pk, search=SearchRequest(k=12)
+        ).hits
         similar_error = ""
     except ApplicationError as exc:
         similar, similar_error = [], exc.message
@@ -214,7 +217,7 @@ def _upload_one(request: AuthenticatedHttpRequest, form: UploadForm) -> tuple[Im
         return None, exc.message
     if image.duplicate:
         return image, f"{image.original_filename} is already in your library."
-    waiting_for = embedding_model_default_unavailable()
+    waiting_for = default_model_if_unavailable()
     if waiting_for:
         # Indexing cannot start until an admin provides the weights; say so rather than
         # promise progress that will not come.

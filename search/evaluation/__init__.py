@@ -14,7 +14,7 @@ Where each number comes from:
 - image embeddings: read from PostgreSQL, as stored by the pipeline or ``import_embeddings``;
 - text->image of a single model: ranked in PostgreSQL with pgvector's ``<=>``, the operator
   search orders by; exactly (a full scan) by default, or with ``ann`` through the model's HNSW
-  index via ``search.selectors.embeddings_ranked``, the selector search itself uses;
+  index via ``search.ranking.embeddings_ranked``, the ranking search itself uses;
 - image->text: in numpy over the caption vectors (one exact matrix product);
 - fusions: in numpy over each model's vectors read from PostgreSQL once, since a fused score is
   not one pgvector ORDER BY.

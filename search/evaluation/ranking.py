@@ -15,7 +15,7 @@ from gallery.models import Image
 from search.evaluation.data import EvaluationError
 from search.indexes import hnsw_index_name
 from search.models import ImageEmbedding
-from search.selectors import embeddings_ranked
+from search.ranking import embeddings_ranked
 
 
 def vector_literal(row: np.ndarray) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from django import template
 
 from gallery.templatetags.gallery_ui import image_display_name
-from search.selectors import MAX_QUERY_CHARS, SearchHit, search_model_choices
+from search.model_choice import search_model_choices
+from search.ranking import SearchHit
+from search.selectors import MAX_QUERY_CHARS
 
 register = template.Library()
 

@@ -35,10 +35,10 @@ the planner has one choice), built with ``maintenance_work_mem = --build-memory`
   tables (as public Flickr30k images of clip-vit-base-patch32, image id = row id), the index
   is built by ``search.indexes.embedding_indexes_ensure`` (its name, expression, parameters
   and build memory), and each query is the search page's own:
-  ``search.selectors.images_search_queryset`` (visibility filter, halfvec candidates, exact
+  ``search.ranking.images_search_queryset`` (visibility filter, halfvec candidates, exact
   rerank, the join to the images; the captions' prefetch left out) reading 11 rows, through
   Django on the product's connection settings (``hnsw.iterative_scan=strict_order``). One row
-  per N in ``--rerank`` (``search.selectors.RERANK_CANDIDATES`` set to it) and per
+  per N in ``--rerank`` (``search.ranking.RERANK_CANDIDATES`` set to it) and per
   ``--product-ef-search``, each twice: the page through Django (ORM included), then the
   same SQL statements (compiled before timing) on the same connection, the database's share.
 
@@ -469,7 +469,7 @@ def product_rows(
     from django.db import connection
 
     from bench._search.common import MODEL_ID
-    from search import selectors
+    from search import ranking
     from search.indexes import hnsw_index_name
 
     print("  product tables and index (search.indexes) ...", flush=True)
@@ -478,7 +478,7 @@ def product_rows(
     anonymous = AnonymousUser()
 
     def page(query: np.ndarray) -> list[int]:
-        ranked, exact = selectors.images_search_queryset(
+        ranked, exact = ranking.images_search_queryset(
             user=anonymous, model_id=MODEL_ID, vector=query, depth=TOP_K + 1
         )
         assert not exact
@@ -489,7 +489,7 @@ def product_rows(
         # database's share of a page (no ORM compile, no model instances).
         compiled = []
         for query in queries:
-            ranked, _ = selectors.images_search_queryset(
+            ranked, _ = ranking.images_search_queryset(
                 user=anonymous, model_id=MODEL_ID, vector=query, depth=TOP_K + 1
             )
             sliced = ranked.prefetch_related(None).values_list("image_id")[: TOP_K + 1]
@@ -514,14 +514,14 @@ def product_rows(
             return [row[0] for row in cursor.fetchall()][:TOP_K]
 
     rows = []
-    default = selectors.RERANK_CANDIDATES
+    default = ranking.RERANK_CANDIDATES
     try:
         for n in args.rerank:
-            selectors.RERANK_CANDIDATES = n
+            ranking.RERANK_CANDIDATES = n
             for ef in args.product_ef_search:
                 with connection.cursor() as cursor:
                     cursor.execute(f"SET hnsw.ef_search = {int(ef)}")
-                ranked, _ = selectors.images_search_queryset(
+                ranked, _ = ranking.images_search_queryset(
                     user=anonymous, model_id=MODEL_ID, vector=queries[0], depth=TOP_K + 1
                 )
                 plan = ranked.prefetch_related(None)[: TOP_K + 1].explain()
@@ -545,7 +545,7 @@ def product_rows(
                     rows.append(row)
                     print(row.line(), flush=True)
     finally:
-        selectors.RERANK_CANDIDATES = default
+        ranking.RERANK_CANDIDATES = default
         with connection.cursor() as cursor:
             cursor.execute("RESET hnsw.ef_search")
     return rows

@@ -62,6 +62,7 @@ class SearchScope(TypedDict):
 
 class _SearchQuery(SearchScope):
     model_id: str
+    vector: QueryVector
 
 
 # How many candidates an approximate ranking takes from a model's halfvec HNSW index before

@@ -195,6 +195,12 @@ def _page_args(form: SearchForm) -> tuple[str | None, SearchRequest]:
     return data.get("model") or None, search
 
 
+def _paged(search: SearchRequest, page: dict[str, int]) -> SearchRequest:
+    """``search`` with the page a run asks for instead (``k`` and ``offset``, when given)."""
+    k, offset = page.get("k", search.k), page.get("offset", search.offset)
+    return dataclasses.replace(search, k=k, offset=offset)
+
+
 def search_page(request: HttpRequest) -> HttpResponse:
     form = SearchForm(request.GET or None)
     if not request.GET.get("q"):
@@ -213,7 +219,7 @@ def search_page(request: HttpRequest) -> HttpResponse:
         model_id, search = _page_args(form)
         return images_search_by_text(
             user=request.user, text=form.cleaned_data.get("q"), model_id=model_id,
-            search=dataclasses.replace(search, **page),
+            search=_paged(search, page),
         )  # fmt: skip
 
     return _render_results(request, form, run, more_params={"q": request.GET["q"]})
@@ -236,7 +242,7 @@ def search_by_image_page(request: HttpRequest) -> HttpResponse:
             _, search = _page_args(form)  # the kept vector is its model's, whatever is asked
             return images_search_by_vector(
                 user=request.user, model_id=query.model_id, vector=query.vector,
-                search=dataclasses.replace(search, **page),
+                search=_paged(search, page),
             )  # fmt: skip
 
         key = query.key if query else ""
@@ -261,7 +267,7 @@ def search_by_image_page(request: HttpRequest) -> HttpResponse:
             kept.append(query)
         return images_search_by_vector(
             user=request.user, model_id=model_id, vector=vector,
-            search=dataclasses.replace(search, **page),
+            search=_paged(search, page),
         )  # fmt: skip
 
     response = _render_results(request, form, run, title="Search by image")
@@ -282,7 +288,7 @@ def similar_page(request: HttpRequest, image_id: int) -> HttpResponse:
         model_id, search = _page_args(form)
         return images_similar(
             user=request.user, image_id=image_id, model_id=model_id,
-            search=dataclasses.replace(search, **page),
+            search=_paged(search, page),
         )  # fmt: skip
 
     return _render_results(request, form, run, title="Similar images")

@@ -7,7 +7,7 @@ are alike, as real models roughly do), other centres and noise. Then, for the sa
 - one model: ``images_search_by_vector`` (clip-vit-base-patch32, k = API_K), the API's work;
 - fused: ``images_search_fused`` (both models' top FUSION_CANDIDATES through their HNSW
   indexes, the union scored by both, RRF), the same k;
-- the check a fused request runs first: ``search_models_resolve("A+B")`` (both complete);
+- the check a fused request runs first: ``models_choose("A+B")`` (both complete);
 - agreement of the fused top k with RRF computed exactly in numpy over the whole gallery
   (``search.fusion.fuse_rrf``), the ranking fused search approximates with top lists.
 
@@ -71,14 +71,9 @@ def second_model_ensure(dataset: Dataset, args: argparse.Namespace) -> tuple[np.
 def fused_benchmark(dataset: Dataset, args: argparse.Namespace, data_dir: Path) -> None:
     from django.contrib.auth.models import AnonymousUser
 
-    from search.fusion import fuse_rrf
-    from search.selectors import (
-        FUSION_CANDIDATES,
-        SEARCH_FUSION,
-        images_search_by_vector,
-        images_search_fused,
-        search_models_resolve,
-    )
+    from search.fusion import FUSION_CANDIDATES, SEARCH_FUSION, fuse_rrf, images_search_fused
+    from search.model_choice import models_choose
+    from search.ranking import SearchRequest, images_search_by_vector
 
     watch = MachineWatch(data_dir)
     second, note = second_model_ensure(dataset, args)
@@ -96,19 +91,24 @@ def fused_benchmark(dataset: Dataset, args: argparse.Namespace, data_dir: Path) 
 
     def one(i: int) -> list[int]:
         page = images_search_by_vector(
-            user=anonymous, model_id=MODEL_ID, vector=dataset.queries[i], k=API_K
+            user=anonymous,
+            model_id=MODEL_ID,
+            vector=dataset.queries[i],
+            search=SearchRequest(k=API_K),
         )
         return [hit.image.pk for hit in page.hits]
 
     def fused(i: int) -> list[int]:
         page = images_search_fused(
-            user=anonymous, model_ids=(MODEL_ID, SECOND_MODEL),
-            vectors=(dataset.queries[i], second_queries[i]), k=API_K,
-        )  # fmt: skip
+            user=anonymous,
+            model_ids=(MODEL_ID, SECOND_MODEL),
+            vectors=(dataset.queries[i], second_queries[i]),
+            search=SearchRequest(k=API_K),
+        )
         return [hit.image.pk for hit in page.hits]
 
     def resolve(i: int) -> list[int]:
-        search_models_resolve(fused_choice)
+        models_choose(fused_choice)
         return []
 
     rows = []
@@ -117,7 +117,7 @@ def fused_benchmark(dataset: Dataset, args: argparse.Namespace, data_dir: Path) 
     seconds, fused_ids = timed_queries(positions, fused)
     rows.append(Measured(f"fused {SEARCH_FUSION} ({FUSION_CANDIDATES} candidates each)", seconds))
     seconds, _ = timed_queries(positions, resolve)
-    rows.append(Measured('search_models_resolve("A+B"): both complete?', seconds))
+    rows.append(Measured('models_choose("A+B"): both complete?', seconds))
 
     # The same fusion over every image, in numpy: what the top lists approximate.
     exact_ids = []

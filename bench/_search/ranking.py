@@ -59,7 +59,8 @@ def vector_benchmark(dataset: Dataset, args: argparse.Namespace, data_dir: Path)
     from django.contrib.auth.models import AnonymousUser
     from django.db import connection
 
-    from search.selectors import (
+    from search.ranking import (
+        SearchRequest,
         embeddings_ranked,
         images_search_by_vector,
         images_search_queryset,
@@ -108,7 +109,9 @@ def vector_benchmark(dataset: Dataset, args: argparse.Namespace, data_dir: Path)
         anonymous = AnonymousUser()
 
         def api_query(query: np.ndarray) -> list[int]:
-            page = images_search_by_vector(user=anonymous, model_id=MODEL_ID, vector=query, k=API_K)
+            page = images_search_by_vector(
+                user=anonymous, model_id=MODEL_ID, vector=query, search=SearchRequest(k=API_K)
+            )
             # What the API's response reads from each hit (captions were prefetched).
             hits = [(hit.image.pk, list(hit.captions)) for hit in page.hits]
             return [pk for pk, _ in hits]

@@ -61,7 +61,7 @@ def encoder_breakdown(model_dir: Path, args: argparse.Namespace) -> list[Measure
 
     from encoders import load_encoder
     from encoders.registry import clear_encoder_cache
-    from search.selectors import embeddings_ranked, images_search_by_vector
+    from search.ranking import SearchRequest, embeddings_ranked, images_search_by_vector
 
     torch.set_num_threads(1)  # as the web workers (OMP_NUM_THREADS=1)
     encoder = load_encoder(
@@ -88,7 +88,9 @@ def encoder_breakdown(model_dir: Path, args: argparse.Namespace) -> list[Measure
     search_seconds = []
     for index, vector in enumerate(vectors):
         started = time.perf_counter()
-        page = images_search_by_vector(user=anonymous, model_id=MODEL_ID, vector=vector, k=API_K)
+        page = images_search_by_vector(
+            user=anonymous, model_id=MODEL_ID, vector=vector, search=SearchRequest(k=API_K)
+        )
         [list(hit.captions) for hit in page.hits]
         if index >= WARM_UP_QUERIES:
             search_seconds.append(time.perf_counter() - started)

@@ -4,9 +4,9 @@ with plain urllib requests."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-import threading
 import urllib.error
 import urllib.request
 import uuid
@@ -19,6 +19,7 @@ from PIL import Image as PILImage
 
 from gallery.models import Image
 from gallery.services import api_token_create
+from search.selectors import IMAGE_QUERY_CONCURRENCY, image_query_slot
 from search.services import embeddings_store
 from tests.factories import ImageFactory, UserFactory
 
@@ -164,15 +165,17 @@ def test_every_api_error_is_json_with_its_status(
     assert status == 413 and "limit" in message
     settings.UPLOAD_MAX_BYTES = 25 * 1024 * 1024
 
-    monkeypatch.setattr("search.selectors._image_query_slots", threading.Semaphore(0))
     monkeypatch.setattr("search.selectors.IMAGE_QUERY_WAIT_SECONDS", 0)
-    body, headers = multipart_image()
-    assert error("POST", f"{api}/search/image", body=body, headers=headers)[0] == 429
+    with contextlib.ExitStack() as held:
+        for _ in range(IMAGE_QUERY_CONCURRENCY):  # every slot taken: the next one gives up
+            held.enter_context(image_query_slot())
+        body, headers = multipart_image()
+        assert error("POST", f"{api}/search/image", body=body, headers=headers)[0] == 429
 
     def broken() -> list[str]:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("search.api.search_model_choices", broken)
+    monkeypatch.setattr("search.api.endpoints.search_model_choices", broken)
     status, message = error("GET", f"{api}/models")
     assert status == 500 and "a bug" not in message and "Traceback" not in message
 

@@ -94,7 +94,7 @@ def test_a_failed_load_is_remembered_for_a_minute(
         return load(model_id, **kwargs)
 
     now = [1000.0]
-    monkeypatch.setattr(encoding, "encoder_for", counting_encoder_for)
+    monkeypatch.setattr(query_encoder, "encoder_for", counting_encoder_for)
     monkeypatch.setattr(query_encoder.time, "monotonic", lambda: now[0])
     for query in ("dogs", "cats", "birds"):  # new texts: the query cache cannot answer them
         assert client.get("/api/search", {"q": query}).status_code == 503

@@ -34,7 +34,7 @@ def encoded_texts(tiny_models, monkeypatch) -> list[str]:
         seen.append(text)
         return real(model_id=model_id, text=text)
 
-    monkeypatch.setattr(encoding, "text_embedding", recording)
+    monkeypatch.setattr(query_encoder, "text_embedding", recording)
     return seen
 
 

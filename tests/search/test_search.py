@@ -17,11 +17,12 @@ from gallery.models import Image
 from gallery.services import api_token_create
 from search import query_encoder
 from search.models import ImageEmbedding
-from search.selectors import (
+from search.ranking import (
     DATE_SORT_CANDIDATES,
     RERANK_CANDIDATES,
     SearchFilters,
-    _candidates,
+    SearchRequest,
+    candidates_nearest,
     embeddings_ranked,
     images_search_by_vector,
     images_search_queryset,
@@ -90,7 +91,9 @@ def test_hnsw_recall_at_10_against_exact_on_clustered_vectors(fresh_embedding_fi
         exact = {
             e.image_id for e in embeddings_ranked(model_id=CLIP, vector=query, exact=True)[:10]
         }
-        page = images_search_by_vector(user=ANON, model_id=CLIP, vector=query, k=10)
+        page = images_search_by_vector(
+            user=ANON, model_id=CLIP, vector=query, search=SearchRequest(k=10)
+        )
         assert page.exact is False
         recalls.append(len(exact & {hit.image.pk for hit in page.hits}) / 10)
     assert np.mean(recalls) >= 0.95
@@ -117,7 +120,9 @@ def test_scores_are_the_exact_cosine_of_the_full_vectors() -> None:
     of the stored float32 vectors, not of their halfvec roundings."""
     dataset(3000)
     query = clustered(1, seed=11)[0]
-    page = images_search_by_vector(user=ANON, model_id=CLIP, vector=query, k=50)
+    page = images_search_by_vector(
+        user=ANON, model_id=CLIP, vector=query, search=SearchRequest(k=50)
+    )
     assert not page.exact and len(page.hits) == 50
     stored = stored_vectors([hit.image.pk for hit in page.hits])
     q = query.astype(np.float64)
@@ -154,7 +159,9 @@ def test_private_images_nearest_to_the_query_do_not_empty_the_index_page() -> No
     ranked, exact = images_search_queryset(user=ANON, model_id=CLIP, vector=query, depth=21)
     assert not exact
     assert_reranked_from_index(plan_of(ranked[:21]), CLIP)
-    page = images_search_by_vector(user=ANON, model_id=CLIP, vector=query, k=20)
+    page = images_search_by_vector(
+        user=ANON, model_id=CLIP, vector=query, search=SearchRequest(k=20)
+    )
     assert not page.exact and len(page.hits) == 20 and page.has_more
     got = [hit.image.pk for hit in page.hits]
     assert not set(got) & {i.pk for i in private}
@@ -181,14 +188,16 @@ def test_a_deep_page_comes_from_the_index_with_the_right_rows() -> None:
     images, vectors = dataset(1100, vectors=spaced(1100, query, seed=6))
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE gallery_image; ANALYZE search_imageembedding")
-    page = images_search_by_vector(user=ANON, model_id=CLIP, vector=query, k=20, offset=1000)
+    page = images_search_by_vector(
+        user=ANON, model_id=CLIP, vector=query, search=SearchRequest(k=20, offset=1000)
+    )
     assert not page.exact
     assert [hit.image.pk for hit in page.hits] == [i.pk for i in images[1000:1020]]
     assert page.has_more
     scores = np.array([hit.score for hit in page.hits])
     assert np.max(np.abs(scores - vectors[1000:1020] @ query)) < 2e-6
     # The date sort's DATE_SORT_CANDIDATES (500) come from the index too.
-    found, exact = _candidates(
+    found, exact = candidates_nearest(
         model_id=CLIP, vector=query, depth=DATE_SORT_CANDIDATES, user=ANON, filters=None,
         exclude_image_id=None,
     )  # fmt: skip
@@ -201,7 +210,10 @@ def test_a_filter_matching_one_percent_still_returns_k_results() -> None:
     mine = uploads(owner, 30, clustered(30, seed=5))
     query = clustered(1, seed=3)[0]
     page = images_search_by_vector(
-        user=owner, model_id=CLIP, vector=query, k=20, filters=SearchFilters(source="mine")
+        user=owner,
+        model_id=CLIP,
+        vector=query,
+        search=SearchRequest(k=20, filters=SearchFilters(source="mine")),
     )
     assert len(page.hits) == 20 and page.exact
     assert {h.image.pk for h in page.hits} <= {i.pk for i in mine}
@@ -214,14 +226,16 @@ def test_index_path_with_iterative_scan_also_fills_a_selective_filter(
 ) -> None:
     # Force the HNSW path for the 1% filter: pgvector's iterative scan must keep going past
     # the 99% of rows the filter drops instead of returning a short page.
-    monkeypatch.setattr("search.selectors.EXACT_SEARCH_MAX_ROWS", 0)
+    monkeypatch.setattr("search.ranking.EXACT_SEARCH_MAX_ROWS", 0)
     owner = UserFactory()
     dataset(2970)
     uploads(owner, 30, clustered(30, seed=5))
     page = images_search_by_vector(
-        user=owner, model_id=CLIP, vector=clustered(1, seed=3)[0], k=20,
-        filters=SearchFilters(source="mine"),
-    )  # fmt: skip
+        user=owner,
+        model_id=CLIP,
+        vector=clustered(1, seed=3)[0],
+        search=SearchRequest(k=20, filters=SearchFilters(source="mine")),
+    )
     assert not page.exact and len(page.hits) == 20
 
 
@@ -234,11 +248,14 @@ def test_date_and_source_filters() -> None:
     dataset(5, vectors=clustered(5, seed=2))
     recent = SearchFilters(uploaded_after=timezone.now() - timezone.timedelta(days=1))
     page = images_search_by_vector(
-        user=owner, model_id=CLIP, vector=clustered(1)[0], filters=recent
+        user=owner, model_id=CLIP, vector=clustered(1)[0], search=SearchRequest(filters=recent)
     )
     assert len(page.hits) == 5 and not {h.image.pk for h in page.hits} & {i.pk for i in old_images}
     data = images_search_by_vector(
-        user=owner, model_id=CLIP, vector=clustered(1)[0], filters=SearchFilters(source="dataset")
+        user=owner,
+        model_id=CLIP,
+        vector=clustered(1)[0],
+        search=SearchRequest(filters=SearchFilters(source="dataset")),
     )
     assert len(data.hits) == 10
 
@@ -246,13 +263,20 @@ def test_date_and_source_filters() -> None:
 def test_paging_continues_without_overlap_and_min_score_cuts() -> None:
     dataset(300)
     query = clustered(1, seed=11)[0]
-    first = images_search_by_vector(user=ANON, model_id=CLIP, vector=query, k=10)
-    second = images_search_by_vector(user=ANON, model_id=CLIP, vector=query, k=10, offset=10)
+    first = images_search_by_vector(
+        user=ANON, model_id=CLIP, vector=query, search=SearchRequest(k=10)
+    )
+    second = images_search_by_vector(
+        user=ANON, model_id=CLIP, vector=query, search=SearchRequest(k=10, offset=10)
+    )
     assert first.next_offset == 10
     assert not {h.image.pk for h in first.hits} & {h.image.pk for h in second.hits}
     assert first.hits[-1].score >= second.hits[0].score - 1e-6
     cut = images_search_by_vector(
-        user=ANON, model_id=CLIP, vector=query, k=10, min_score=first.hits[4].score
+        user=ANON,
+        model_id=CLIP,
+        vector=query,
+        search=SearchRequest(k=10, min_score=first.hits[4].score),
     )
     assert [h.image.pk for h in cut.hits] == [h.image.pk for h in first.hits[:5]]
 

@@ -3,9 +3,9 @@ image limits, and the same answers (and errors) from both interfaces."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
-import threading
 import zlib
 
 import numpy as np
@@ -18,7 +18,8 @@ from PIL import Image as PILImage
 from gallery.models import Image
 from search.indexes import hnsw_index_name
 from search.models import EmbeddingJob
-from search.selectors import images_search_by_vector, images_search_queryset
+from search.ranking import SearchRequest, images_search_by_vector, images_search_queryset
+from search.selectors import IMAGE_QUERY_CONCURRENCY, image_query_slot
 from search.services import embeddings_store
 from tests.factories import ImageFactory, UserFactory
 
@@ -105,13 +106,19 @@ def test_every_viewer_gets_min_k_visible_results(private_block_nearest) -> None:
     stranger = UserFactory()
     for viewer in (ANON, stranger):
         for k in (1, 2, 3, 10, 20, 59, 60, 61, 100):
-            page = images_search_by_vector(user=viewer, model_id=CLIP, vector=query, k=k)
+            page = images_search_by_vector(
+                user=viewer, model_id=CLIP, vector=query, search=SearchRequest(k=k)
+            )
             assert len(page.hits) == min(k, 60), (viewer, k)
             assert {h.image.pk for h in page.hits} <= {i.pk for i in public}
             assert (page.next_offset is not None) == (k < 60)
-        tail = images_search_by_vector(user=viewer, model_id=CLIP, vector=query, k=20, offset=50)
+        tail = images_search_by_vector(
+            user=viewer, model_id=CLIP, vector=query, search=SearchRequest(k=20, offset=50)
+        )
         assert len(tail.hits) == 10 and tail.next_offset is None
-    mine = images_search_by_vector(user=owner, model_id=CLIP, vector=query, k=100)
+    mine = images_search_by_vector(
+        user=owner, model_id=CLIP, vector=query, search=SearchRequest(k=100)
+    )
     assert len(mine.hits) == 100 and {h.image.pk for h in mine.hits} <= {i.pk for i in block}
 
 
@@ -216,9 +223,11 @@ def test_query_image_in_an_unaccepted_format_is_a_400(client: Client, searchable
 
 
 def test_image_queries_are_bounded_per_process(client: Client, searchable, monkeypatch) -> None:
-    monkeypatch.setattr("search.selectors._image_query_slots", threading.Semaphore(0))
     monkeypatch.setattr("search.selectors.IMAGE_QUERY_WAIT_SECONDS", 0)
-    response = client.post("/api/search/image", {"image": png_file((32, 32))})
+    with contextlib.ExitStack() as held:
+        for _ in range(IMAGE_QUERY_CONCURRENCY):  # every slot taken: the next one gives up
+            held.enter_context(image_query_slot())
+        response = client.post("/api/search/image", {"image": png_file((32, 32))})
     assert response.status_code == 429 and "try again" in response.json()["error"]
 
 

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from gallery.models import Image
 from search.models import EmbeddingModel
-from search.selectors import DATE_SORT_CUTOFF, images_search_by_vector
+from search.ranking import DATE_SORT_CUTOFF, SearchRequest, images_search_by_vector
 from search.services import embeddings_store
 from tests.factories import ImageFactory, UserFactory
 
@@ -73,12 +73,16 @@ def ids(page) -> list[int]:
 
 
 def test_relevance_is_best_first_and_date_is_newest_first_above_the_cut_off(world) -> None:
-    relevance = images_search_by_vector(user=ANON, model_id=CLIP, vector=QUERY, k=20)
+    relevance = images_search_by_vector(
+        user=ANON, model_id=CLIP, vector=QUERY, search=SearchRequest(k=20)
+    )
     assert relevance.sort == "relevance" and relevance.cutoff is None
     scores = [hit.score for hit in relevance.hits]
     assert scores == sorted(scores, reverse=True) and len(scores) == 6
 
-    by_date = images_search_by_vector(user=ANON, model_id=CLIP, vector=QUERY, k=20, sort="date")
+    by_date = images_search_by_vector(
+        user=ANON, model_id=CLIP, vector=QUERY, search=SearchRequest(k=20, sort="date")
+    )
     good = [image.pk for image in world["good"]]
     assert ids(by_date) == [*good, world["best"].pk]
     assert by_date.sort == "date"
@@ -89,14 +93,19 @@ def test_relevance_is_best_first_and_date_is_newest_first_above_the_cut_off(worl
 
 
 def test_date_order_pages_and_min_score_raises_the_cut_off(world) -> None:
-    first = images_search_by_vector(user=ANON, model_id=CLIP, vector=QUERY, k=2, sort="date")
+    first = images_search_by_vector(
+        user=ANON, model_id=CLIP, vector=QUERY, search=SearchRequest(k=2, sort="date")
+    )
     rest = images_search_by_vector(
-        user=ANON, model_id=CLIP, vector=QUERY, k=2, offset=2, sort="date"
+        user=ANON, model_id=CLIP, vector=QUERY, search=SearchRequest(k=2, offset=2, sort="date")
     )
     assert first.next_offset == 2 and rest.next_offset is None
     assert ids(first) + ids(rest) == [*(i.pk for i in world["good"]), world["best"].pk]
     strict = images_search_by_vector(
-        user=ANON, model_id=CLIP, vector=QUERY, k=20, sort="date", min_score=0.44
+        user=ANON,
+        model_id=CLIP,
+        vector=QUERY,
+        search=SearchRequest(k=20, sort="date", min_score=0.44),
     )
     assert ids(strict) == [world["good"][0].pk, world["best"].pk]
 
@@ -106,16 +115,16 @@ def test_private_images_only_for_their_owner_in_either_order(world) -> None:
     for sort in ("relevance", "date"):
         for viewer in (ANON, UserFactory()):
             page = images_search_by_vector(
-                user=viewer, model_id=CLIP, vector=QUERY, k=100, sort=sort
+                user=viewer, model_id=CLIP, vector=QUERY, search=SearchRequest(k=100, sort=sort)
             )
             assert private not in ids(page), (sort, viewer)
         mine = images_search_by_vector(
-            user=world["owner"], model_id=CLIP, vector=QUERY, k=100, sort=sort
+            user=world["owner"], model_id=CLIP, vector=QUERY, search=SearchRequest(k=100, sort=sort)
         )
         assert private in ids(mine)
     # Newest of the relevant ones for its owner.
     mine = images_search_by_vector(
-        user=world["owner"], model_id=CLIP, vector=QUERY, k=100, sort="date"
+        user=world["owner"], model_id=CLIP, vector=QUERY, search=SearchRequest(k=100, sort="date")
     )
     assert ids(mine)[0] == private
 

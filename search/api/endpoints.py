@@ -1,0 +1,88 @@
+"""The JSON API's endpoints (django-ninja): text and image search, similar images, models.
+OpenAPI at /api/openapi.json, interactive docs at /api/docs.
+
+Endpoints parse their input, call one selector and render; ``search.selectors`` holds the
+searches the pages run too. Every error is JSON ``{"error": message}`` with its HTTP status
+(``search.api.errors``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+from ninja import File, Query
+from ninja.files import UploadedFile
+
+from config.errors import NotFound
+from search.api.app import api
+from search.api.rendering import results_json
+from search.api.schemas import ERRORS, ModelOut, PageQuery, Results, TextQuery
+from search.model_choice import search_model_choices
+from search.ranking import SearchPage
+from search.rate_limits import image_search_rate_check
+from search.selectors import (
+    embedding_model_default,
+    images_search_by_image,
+    images_search_by_text,
+    images_similar,
+)
+
+
+def _results(request: HttpRequest, page: SearchPage) -> HttpResponse:
+    return api.create_response(request, results_json(page), status=200)
+
+
+@api.get("/search", response={200: Results, **ERRORS}, summary="Search images by text")
+def search_text(request: HttpRequest, params: Query[TextQuery]) -> HttpResponse:
+    page = images_search_by_text(
+        user=request.user, text=params.q, model_id=params.model, search=params.search_request()
+    )
+    return _results(request, page)
+
+
+@api.post("/search/image", response={200: Results, **ERRORS}, summary="Search by an image")
+def search_image(
+    request: HttpRequest, image: File[UploadedFile], params: Query[PageQuery]
+) -> HttpResponse:
+    """Embeds the posted image on the fly (it is not stored) and returns the nearest images.
+
+    The image is held to the upload limits: a size in bytes (413 above it), an image format
+    the site accepts, and a number of pixels. Anonymous clients may run a limited number of
+    image searches a minute per address (429 above it).
+    """
+    image_search_rate_check(request)
+    page = images_search_by_image(
+        user=request.user, file=image, model_id=params.model, search=params.search_request()
+    )
+    return _results(request, page)
+
+
+@api.get(
+    "/images/{image_id}/similar",
+    response={200: Results, **ERRORS},
+    url_name="image_similar",
+    summary="Images similar to one you can see",
+)
+def image_similar(request: HttpRequest, image_id: int, params: Query[PageQuery]) -> HttpResponse:
+    page = images_similar(
+        user=request.user, image_id=image_id, model_id=params.model, search=params.search_request()
+    )
+    return _results(request, page)
+
+
+@api.get("/models", response={200: list[ModelOut], **ERRORS}, summary="Models you can search with")
+def models(request: HttpRequest) -> list[dict[str, Any]]:
+    default = embedding_model_default()
+    return [{"id": m, "default": m == default} for m in search_model_choices()]
+
+
+@api.api_operation(
+    ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+    "/{path:unknown}",
+    auth=None,
+    include_in_schema=False,
+)
+def unknown_path(request: HttpRequest, unknown: str) -> None:
+    """Any other path under /api/ is a JSON 404, not the site's HTML page."""
+    raise NotFound(f"no API endpoint at /api/{unknown}")

@@ -215,7 +215,7 @@ def end_to_end(dataset: Dataset, args: argparse.Namespace, data_dir: Path) -> We
 
     database_url = None
     if args.persistent_connections:
-        from config import embedded
+        from config.devserver import embedded
 
         # The bench's database: --database-url, else the embedded server's URI.
         database_url = args.database_url or embedded.postgres_start(data_dir)

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from config import embedded  # names only: nothing here starts a server
+from config.devserver import embedded  # names only: nothing here starts a server
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 

@@ -21,7 +21,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import Client
 from redis.exceptions import RedisError
 
-from config import embedded
+from config.devserver import embedded
 from config.settings.base import cache_url_from_broker, caches_for
 from kernel.cache import FailOpenRedisCache
 from tests.run_site import free_port

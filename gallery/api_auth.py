@@ -15,9 +15,9 @@ from django.http import HttpRequest
 from ninja.errors import HttpError
 from ninja.security import APIKeyCookie, APIKeyHeader, HttpBearer
 
-from config.errors import NotAuthenticated
 from gallery.selectors import api_token_find
 from gallery.services import api_token_mark_used
+from kernel.errors import NotAuthenticated
 
 
 def _token_user(request: HttpRequest, raw: str) -> User:

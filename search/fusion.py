@@ -20,7 +20,7 @@ import numpy as np
 from django.contrib.auth.models import AnonymousUser, User
 from pgvector.django import CosineDistance
 
-from config.errors import InvalidInput
+from kernel.errors import InvalidInput
 from search.model_choice import FUSED_SEPARATOR
 from search.models import ImageEmbedding
 from search.ranking import (

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 from django.db import connection
 
-from config.errors import Conflict, InvalidInput, Unavailable
 from encoders import UnknownModelError
 from encoders.registry import model_spec
 from gallery.models import Image
+from kernel.errors import Conflict, InvalidInput, Unavailable
 from search.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
 
 if TYPE_CHECKING:

@@ -19,10 +19,10 @@ from django.db.models import OuterRef, QuerySet, Value
 from django.db.models.functions import Cast
 from pgvector.django import CosineDistance, HalfVectorField
 
-from config.errors import InvalidInput, NotAuthenticated, NotFound
 from encoders.registry import model_spec
 from gallery.models import Caption, Image
 from gallery.selectors import collections_visible_to, images_visible_to
+from kernel.errors import InvalidInput, NotAuthenticated, NotFound
 from search.models import EmbeddingJob, ImageEmbedding
 
 if TYPE_CHECKING:

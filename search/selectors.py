@@ -25,17 +25,17 @@ from django.db.models.functions import RowNumber
 from django.utils import timezone
 from PIL.Image import Image as PILImage
 
-from config.errors import (
+from encoders import EncoderError, WeightsUnavailableError
+from gallery.forms import image_query_decode
+from gallery.models import Image
+from gallery.selectors import image_get_visible
+from kernel.errors import (
     Conflict,
     InvalidInput,
     NotFound,
     TooManyRequests,
     Unavailable,
 )
-from encoders import EncoderError, WeightsUnavailableError
-from gallery.forms import image_query_decode
-from gallery.models import Image
-from gallery.selectors import image_get_visible
 from search import query_encoder
 from search.fusion import images_search_fused
 from search.model_choice import ModelChoice, model_choose, model_unavailable_message, models_choose

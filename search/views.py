@@ -12,10 +12,10 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
-from config.errors import ApplicationError, InvalidInput, NotFound
-from config.params import int_param
-from config.views import error_response
 from gallery.selectors import collections_of
+from kernel.errors import ApplicationError, InvalidInput, NotFound
+from kernel.params import int_param
+from kernel.views import error_response
 from search.forms import ImageQueryForm, SearchForm
 from search.model_choice import search_models_available
 from search.models import EmbeddingModel

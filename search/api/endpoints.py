@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import File, Query
 from ninja.files import UploadedFile
 
-from config.errors import NotFound
+from kernel.errors import NotFound
 from search.api.app import api
 from search.api.rendering import results_json
 from search.api.schemas import ERRORS, ModelOut, PageQuery, Results, TextQuery

@@ -20,9 +20,9 @@ from django_ratelimit.exceptions import Ratelimited
 from ninja import NinjaAPI
 from ninja.errors import HttpError, ValidationError
 
-from config.errors import ApplicationError
-from config.middleware import request_body_max_bytes
-from config.views import RATE_LIMIT_RETRY_AFTER_SECONDS
+from kernel.errors import ApplicationError
+from kernel.middleware import request_body_max_bytes
+from kernel.views import RATE_LIMIT_RETRY_AFTER_SECONDS
 
 logger = logging.getLogger(__name__)
 

@@ -32,12 +32,12 @@ from django.utils.http import urlsafe_base64_encode
 
 from config.errors import Conflict, InvalidInput, NotFound, TooLarge
 from encoders import open_image
-from gallery.flickr30k import Flickr30kEntry, Flickr30kFile, flickr30k_file_check
-from gallery.forms import (  # noqa: F401 - callers catch services.UploadRejected
+from gallery.decoding import (  # noqa: F401 - callers catch services.UploadRejected
     UploadRejected,
     image_file_decode,
     image_file_size_check,
 )
+from gallery.flickr30k import Flickr30kEntry, Flickr30kFile, flickr30k_file_check
 from gallery.models import (
     ApiToken,
     Caption,

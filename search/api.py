@@ -32,7 +32,7 @@ from config.errors import ApplicationError, NotAuthenticated, NotFound
 from config.middleware import request_body_max_bytes
 from config.views import RATE_LIMIT_RETRY_AFTER_SECONDS
 from gallery.selectors import api_token_find
-from gallery.services import api_token_mark_used
+from gallery.services.accounts import api_token_mark_used
 from search.selectors import (
     MAX_K,
     MAX_OFFSET,

@@ -223,7 +223,7 @@ STORAGES = {
 }
 UPLOAD_MAX_BYTES = int(os.environ.get("UPLOAD_MAX_BYTES", 25 * 1024 * 1024))
 UPLOAD_MAX_PIXELS = int(os.environ.get("UPLOAD_MAX_PIXELS", 80_000_000))
-# Bytes of uploads each person may keep (gallery.services.image_upload); 0: no limit.
+# Bytes of uploads each person may keep (gallery.services.images.image_upload); 0: no limit.
 UPLOAD_QUOTA_BYTES = int(os.environ.get("UPLOAD_QUOTA_BYTES", 10 * 1024**3))
 # A request body holds one image of UPLOAD_MAX_BYTES and its form at most: above that,
 # config.middleware.RequestBodyLimitMiddleware answers 413 before reading it.

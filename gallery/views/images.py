@@ -25,7 +25,7 @@ from gallery.selectors import (
     image_get_owned,
     images_visible_to,
 )
-from gallery.services import (
+from gallery.services.images import (
     THUMBNAIL_SIZES,
     image_delete,
     image_details_update,

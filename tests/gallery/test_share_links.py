@@ -8,7 +8,7 @@ from django.test import Client
 
 from config.errors import NotFound
 from gallery.models import Collection
-from gallery.services import collection_share_link_rotate, collection_update
+from gallery.services.collections import collection_share_link_rotate, collection_update
 from tests.clients import HttpSession
 from tests.factories import PASSWORD, CollectionFactory, UserFactory
 

@@ -15,8 +15,6 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
-from config.errors import ApplicationError, InvalidInput
-from config.params import int_param
 from gallery.models import Caption, Collection, CollectionItem, Image
 from gallery.services.images import (
     images_embeddings_retry_failed,
@@ -26,6 +24,8 @@ from gallery.services.images import (
 )
 from gallery.templatetags.gallery_ui import image_display_name
 from gallery.views.images import image_file_response, image_thumbnail_response
+from kernel.errors import ApplicationError, InvalidInput
+from kernel.params import int_param
 from search.selectors import (
     EMBEDDING_STATUSES,
     embedding_models_enabled,

@@ -12,8 +12,8 @@ from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from PIL import Image as PILImage
 
-from config.errors import InvalidInput, TooLarge
 from encoders import ImageDecodeError, decode_image, open_image
+from kernel.errors import InvalidInput, TooLarge
 
 
 class UploadRejected(InvalidInput):

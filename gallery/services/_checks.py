@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from django.db.models import TextChoices
 
-from config.errors import InvalidInput
+from kernel.errors import InvalidInput
 
 # Selection mode acts on at most this many images per request: a few pages of results.
 SELECTION_MAX = 500

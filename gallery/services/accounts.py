@@ -17,9 +17,9 @@ from django.utils import timezone
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 
-from config.errors import Conflict, InvalidInput
 from gallery.models import ApiToken
 from gallery.selectors import user_email_taken
+from kernel.errors import Conflict, InvalidInput
 
 
 def api_token_create(*, user: User, name: str) -> tuple[ApiToken, str]:

@@ -11,10 +11,10 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from config.errors import Conflict, InvalidInput, NotFound
 from gallery.models import Collection, CollectionItem, new_share_token
 from gallery.selectors import image_get_visible, images_visible_to
 from gallery.services._checks import selection_ids, text_bounded, visibility_check
+from kernel.errors import Conflict, InvalidInput, NotFound
 
 T = TypeVar("T")
 

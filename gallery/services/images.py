@@ -17,12 +17,12 @@ from django.db import connection, transaction
 from django.db.models import QuerySet, Sum
 from django.template.defaultfilters import filesizeformat
 
-from config.errors import InvalidInput, NotFound, TooLarge
 from encoders import open_image
 from gallery.decoding import image_file_decode, image_file_size_check
 from gallery.models import Image
 from gallery.selectors import image_get_owned
 from gallery.services._checks import selection_ids, text_bounded, visibility_check
+from kernel.errors import InvalidInput, NotFound, TooLarge
 from search.selectors import embedding_models_enabled
 from search.services import (
     embedding_jobs_request,

@@ -11,8 +11,6 @@ from django.urls import reverse
 from django.utils.datastructures import MultiValueDict
 from django.views.decorators.http import require_http_methods
 
-from config.errors import ApplicationError
-from config.views import error_response
 from gallery.forms import (
     ImageDetailsForm,
     ImageVisibilityForm,
@@ -34,6 +32,8 @@ from gallery.services.images import (
     image_visibility_set,
 )
 from gallery.views._common import NO_SUCH_IMAGE, AuthenticatedHttpRequest, visible_image
+from kernel.errors import ApplicationError
+from kernel.views import error_response
 from search.selectors import (
     embedding_model_default_unavailable,
     image_index_status,

@@ -15,10 +15,10 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from playwright.sync_api import Page, expect
 
-from config.errors import InvalidInput
 from gallery.models import Caption, CollectionItem, Image
 from gallery.services import images as image_services
 from gallery.services.images import image_thumbnail_path
+from kernel.errors import InvalidInput
 from search.models import EmbeddingJob, ImageEmbedding
 from search.selectors import images_with_embedding_status
 from search.services import embedding_model_enable, embeddings_store

@@ -16,7 +16,7 @@ from ninja.errors import HttpError
 from ninja.security import APIKeyCookie, APIKeyHeader, HttpBearer
 
 from gallery.selectors import api_token_find
-from gallery.services import api_token_mark_used
+from gallery.services.accounts import api_token_mark_used
 from kernel.errors import NotAuthenticated
 
 

@@ -26,7 +26,7 @@ from django.utils import timezone
 from PIL.Image import Image as PILImage
 
 from encoders import EncoderError, WeightsUnavailableError
-from gallery.forms import image_query_decode
+from gallery.decoding import image_query_decode
 from gallery.models import Image
 from gallery.selectors import image_get_visible
 from kernel.errors import (

@@ -22,6 +22,8 @@ from PIL import Image as PILImage
 
 from tests.run_site import RUN, RunningSite, free_port, processes_of, run_env
 
+pytestmark = pytest.mark.slow  # starts ./run (PostgreSQL, Redis, Celery, gunicorn) in subprocesses
+
 CLIP = "clip-vit-base-patch32"
 
 

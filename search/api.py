@@ -143,7 +143,7 @@ class SearchAPI(NinjaAPI):
                 pattern.callback = _json_errors(pattern.callback)
         return urls
 
-    def get_openapi_schema(self, *, path_prefix=None, path_params=None):  # noqa: ANN001
+    def get_openapi_schema(self, *, path_prefix=None, path_params=None):
         schema = super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params)
         # Built per request: the models one may search with change as staff enable them, and
         # fused choices ("A+B") come and go as backfills finish.

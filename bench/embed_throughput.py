@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import _harness
 from bench._harness import IMAGE_SIZE  # a typical Flickr30k photo
-from bench._models import build_full_size_clip
+from tests.tiny_models import build_full_size_clip
 
 SCRIPT = "embed_throughput"
 MODEL_ID = "clip-vit-base-patch32"

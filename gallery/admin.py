@@ -15,10 +15,8 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
-from config.errors import ApplicationError, InvalidInput
-from config.params import int_param
 from gallery.models import Caption, Collection, CollectionItem, Image
-from gallery.services import (
+from gallery.services.images import (
     images_embeddings_retry_failed,
     images_reembed,
     images_staff_delete,
@@ -26,6 +24,8 @@ from gallery.services import (
 )
 from gallery.templatetags.gallery_ui import image_display_name
 from gallery.views.images import image_file_response, image_thumbnail_response
+from kernel.errors import ApplicationError, InvalidInput
+from kernel.params import int_param
 from search.selectors import (
     EMBEDDING_STATUSES,
     embedding_models_enabled,
@@ -151,9 +151,9 @@ class ImageAdmin(admin.ModelAdmin):
     inlines = [CaptionInline]
     date_hierarchy = "created_at"
     list_select_related = ("owner",)
-    # Each action below goes through the selection in chunks (gallery.services), so "select all"
-    # on a filter of 100,000 images is fine; Django's own delete would load and list every row
-    # and leave the files behind.
+    # Each action below goes through the selection in chunks (gallery.services.images), so
+    # "select all" on a filter of 100,000 images is fine; Django's own delete would load and list
+    # every row and leave the files behind.
     actions = ["reembed", "retry_failed", "make_public", "make_private", "delete_images"]
 
     def get_actions(self, request: HttpRequest) -> dict:

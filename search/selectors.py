@@ -24,7 +24,12 @@ from django.utils import timezone
 from pgvector.django import CosineDistance, HalfVectorField
 from PIL.Image import Image as PILImage
 
-from config.errors import (
+from encoders import EncoderError, UnknownModelError, WeightsUnavailableError
+from encoders.registry import model_spec
+from gallery.decoding import image_query_decode
+from gallery.models import Caption, Image
+from gallery.selectors import collections_visible_to, image_get_visible, images_visible_to
+from kernel.errors import (
     Conflict,
     InvalidInput,
     NotAuthenticated,
@@ -32,11 +37,6 @@ from config.errors import (
     TooManyRequests,
     Unavailable,
 )
-from encoders import EncoderError, UnknownModelError, WeightsUnavailableError
-from encoders.registry import model_spec
-from gallery.forms import image_query_decode
-from gallery.models import Caption, Image
-from gallery.selectors import collections_visible_to, image_get_visible, images_visible_to
 from search import encoding
 from search.fusion import FUSE, RRF_K
 from search.models import EmbeddingJob, EmbeddingModel, EvaluationRun, ImageEmbedding

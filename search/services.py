@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
+from celery import current_app as celery_app
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Value
@@ -15,7 +16,6 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from config.celery import app as celery_app
 from encoders.registry import model_spec
 from gallery.models import Image
 from search.indexes import embedding_index_drop, embedding_indexes_ensure

@@ -19,7 +19,7 @@ from django.db.models import Exists, OuterRef
 from PIL import Image as PILImage
 
 from encoders import Encoder, EncoderError, ImageDecodeError, open_image
-from gallery.forms import DECODE_MIN_SIDE
+from gallery.decoding import DECODE_MIN_SIDE
 from gallery.models import Image
 from search.models import EmbeddingJob, ImageEmbedding
 from search.selectors import embedding_model_unavailable_reason
@@ -73,7 +73,7 @@ Decoded = tuple[int, "PILImage.Image | None", str]  # image id, image or None, f
 
 
 def _decode(image: Image) -> Decoded:
-    # Reduced as query images are (gallery.forms): a batch of full-size 80-megapixel RGB copies
+    # Reduced as query images are (gallery.decoding): a batch of full-size 80-megapixel RGB copies
     # would take gigabytes, and the same file searched with must give the same vector.
     try:
         with image.file.open("rb") as handle:

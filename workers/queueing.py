@@ -17,12 +17,12 @@ import functools
 import logging
 from datetime import timedelta
 
+from celery import current_app as celery_app
 from django.conf import settings
 from django.db import transaction
 from kombu.exceptions import ChannelError
 
-from config.celery import BROKER_ERRORS
-from config.celery import app as celery_app
+from kernel.broker import BROKER_ERRORS
 from search.selectors import embedding_model_unavailable, embedding_models_enabled
 from search.services import (
     embedding_jobs_claim,

@@ -11,8 +11,6 @@ from django.urls import reverse
 from django.utils.datastructures import MultiValueDict
 from django.views.decorators.http import require_http_methods
 
-from config.errors import ApplicationError
-from config.views import error_response
 from gallery.forms import (
     ImageDetailsForm,
     ImageVisibilityForm,
@@ -25,7 +23,7 @@ from gallery.selectors import (
     image_get_owned,
     images_visible_to,
 )
-from gallery.services import (
+from gallery.services.images import (
     THUMBNAIL_SIZES,
     image_delete,
     image_details_update,
@@ -34,6 +32,8 @@ from gallery.services import (
     image_visibility_set,
 )
 from gallery.views._common import NO_SUCH_IMAGE, AuthenticatedHttpRequest, visible_image
+from kernel.errors import ApplicationError
+from kernel.views import error_response
 from search.selectors import (
     embedding_model_default_unavailable,
     image_index_status,
@@ -267,7 +267,7 @@ def upload(request: AuthenticatedHttpRequest) -> HttpResponse:
         if stored and not form.errors:
             return redirect(reverse("home") + "?show=mine")
     status = 400 if form.errors else 200
-    # The limit in the words of the server's own refusal (gallery.forms.image_file_size_check).
+    # The limit in the words of the server's own refusal (gallery.decoding.image_file_size_check).
     limit = f"{settings.UPLOAD_MAX_BYTES / 1e6:.0f} MB"
     context = {"form": form, "max_bytes": settings.UPLOAD_MAX_BYTES, "limit": limit}
     return render(request, "gallery/upload.html", context, status=status)

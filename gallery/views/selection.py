@@ -9,18 +9,15 @@ from django.shortcuts import redirect
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
-from config.errors import ApplicationError
 from gallery.forms import (
     SelectionDeleteForm,
     SelectionSaveForm,
     form_error_message,
 )
-from gallery.services import (
-    collection_items_add,
-    collection_save_into,
-    images_delete,
-)
+from gallery.services.collections import collection_items_add, collection_save_into
+from gallery.services.images import images_delete
 from gallery.views._common import AuthenticatedHttpRequest, safe_next
+from kernel.errors import ApplicationError
 
 
 def _selection_answer(

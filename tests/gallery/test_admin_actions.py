@@ -15,10 +15,10 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from playwright.sync_api import Page, expect
 
-from config.errors import InvalidInput
-from gallery import services
 from gallery.models import Caption, CollectionItem, Image
-from gallery.services import image_thumbnail_path
+from gallery.services import images as image_services
+from gallery.services.images import image_thumbnail_path
+from kernel.errors import InvalidInput
 from search.models import EmbeddingJob, ImageEmbedding
 from search.selectors import images_with_embedding_status
 from search.services import embedding_model_enable, embeddings_store
@@ -45,7 +45,7 @@ def admin(client: Client) -> Client:
 @pytest.fixture
 def small_batches(monkeypatch) -> None:
     """Two images per chunk, so every selection below spans several chunks."""
-    monkeypatch.setattr(services, "STAFF_BATCH_SIZE", 2)
+    monkeypatch.setattr(image_services, "STAFF_BATCH_SIZE", 2)
 
 
 def embed(model_id: str, *images: Image) -> None:
@@ -230,7 +230,7 @@ def test_reembed_refuses_a_model_that_is_not_enabled(admin: Client) -> None:
     assert "Select a valid choice" in response.content.decode()
     assert not EmbeddingJob.objects.exists()
     with pytest.raises(InvalidInput, match="not an enabled model"):
-        services.images_reembed(images=Image.objects.all(), model_id=ALIGN)
+        image_services.images_reembed(images=Image.objects.all(), model_id=ALIGN)
 
 
 # --- Retry failed ---------------------------------------------------------------------------
@@ -293,7 +293,9 @@ def test_make_private_and_public_skip_dataset_images_and_say_so(admin: Client) -
 
 
 def stored_paths(image: Image) -> list[Path]:
-    thumbs = [image_thumbnail_path(image=image, size=size) for size in services.THUMBNAIL_SIZES]
+    thumbs = [
+        image_thumbnail_path(image=image, size=size) for size in image_services.THUMBNAIL_SIZES
+    ]
     return [Path(image.file.path), *thumbs]
 
 
@@ -364,13 +366,13 @@ def test_select_all_across_pages_works_through_several_batches(
     }
 
     chunks: list[int] = []
-    request = services.embedding_jobs_request
+    request = image_services.embedding_jobs_request
 
     def spy(**kwargs):
         chunks.append(len(kwargs["image_ids"]))
         return request(**kwargs)
 
-    monkeypatch.setattr(services, "embedding_jobs_request", spy)
+    monkeypatch.setattr(image_services, "embedding_jobs_request", spy)
     with django_capture_on_commit_callbacks():
         response = act(admin, "reembed", on_page, "?source=upload", across=True, model_id=CLIP,
                        post="yes", apply="1")  # fmt: skip

@@ -14,7 +14,7 @@ from django.utils import timezone
 from PIL import Image as PILImage
 
 from gallery.models import Image
-from gallery.services import api_token_create
+from gallery.services.accounts import api_token_create
 from search import encoding
 from search.models import ImageEmbedding
 from search.selectors import (

@@ -180,7 +180,7 @@ def test_query_image_over_the_pixel_limit_is_refused_before_decoding(
     def no_decode(*args, **kwargs):
         raise AssertionError("the pixels were decoded")
 
-    monkeypatch.setattr("gallery.forms.open_image", no_decode)
+    monkeypatch.setattr("gallery.decoding.open_image", no_decode)
     response = client.post("/api/search/image", {"image": png_file((2000, 2000), mode="1")})
     assert response.status_code == 400
     assert response.json() == {"error": "the query image: image too large: 2000x2000"}

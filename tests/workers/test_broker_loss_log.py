@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from config import embedded
+from config.devserver import embedded
 
 pytestmark = pytest.mark.slow  # starts a Celery worker in a subprocess
 

@@ -205,7 +205,7 @@ def embedding_batch_run(*, model_id: str, image_ids: Sequence[int]) -> dict[str,
         return {"embedded": 0, "unavailable": exc.reason}
     except TRANSIENT_DB_ERRORS:
         raise
-    except Exception as exc:  # noqa: BLE001 - recorded on the jobs, never lost in a log
+    except Exception as exc:  # recorded on the jobs, never lost in a log
         reason = f"{type(exc).__name__}: {exc}"
         logger.exception("%s: batch of %d images failed", model_id, len(image_ids))
         try:

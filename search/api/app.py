@@ -38,7 +38,7 @@ class SearchAPI(NinjaAPI):
         # clients generated from the schema keep their method names.
         return f"search_api_{operation.view_func.__name__}"
 
-    def get_openapi_schema(self, *, path_prefix=None, path_params=None):  # noqa: ANN001
+    def get_openapi_schema(self, *, path_prefix=None, path_params=None):
         schema = super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params)
         # Built per request: the models one may search with change as staff enable them, and
         # fused choices ("A+B") come and go as backfills finish.

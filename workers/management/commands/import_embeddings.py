@@ -9,8 +9,8 @@ import numpy as np
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from encoders import EncoderError, model_spec
-from search.selectors import embedding_models_enabled
-from search.services import EmbeddingVectorsError, embeddings_import
+from workers.selectors import embedding_models_enabled
+from workers.services import EmbeddingVectorsError, embeddings_import
 
 LISTED = 10
 

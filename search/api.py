@@ -40,13 +40,13 @@ from search.selectors import (
     SEARCH_SORTS,
     SearchFilters,
     SearchPage,
-    embedding_model_default,
     images_search_by_image,
     images_search_by_text,
     images_similar,
     search_model_choices,
 )
 from search.views import image_search_rate_check
+from workers.selectors import embedding_model_default
 
 logger = logging.getLogger(__name__)
 

@@ -21,20 +21,20 @@ from config.params import int_param
 from config.views import error_response
 from gallery.selectors import collections_of
 from search.forms import ImageQueryForm, SearchForm
-from search.models import EmbeddingModel
 from search.query_images import QueryImage, query_image_recall, query_image_remember
 from search.selectors import (
     MAX_K,
     MAX_OFFSET,
     SearchFilters,
     SearchPage,
-    embedding_progress,
     image_query_embed,
     images_search_by_text,
     images_search_by_vector,
     images_similar,
     search_models_available,
 )
+from workers.models import EmbeddingModel
+from workers.selectors import embedding_progress
 
 
 def _anonymous_image_search_rate(group: str, request: HttpRequest) -> str | None:

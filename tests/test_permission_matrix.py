@@ -13,8 +13,8 @@ from django.test import Client
 from django.urls import URLResolver, get_resolver, reverse
 
 from gallery.models import Collection, CollectionItem, Image
-from search.services import embeddings_store
 from tests.factories import ImageFactory, UserFactory
+from workers.services import embeddings_store
 
 pytestmark = pytest.mark.django_db
 ROLES = ("anonymous", "owner", "other", "staff")

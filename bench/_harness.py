@@ -170,7 +170,7 @@ def own_django(
             environ["DATABASE_URL"] = database_url
         if str(REPO_ROOT) not in sys.path:
             sys.path.insert(0, str(REPO_ROOT))
-        from config import embedded
+        from config.devserver import embedded
 
         # A kill should stop the embedded server too: turn SIGTERM into an ordinary exit.
         if threading.current_thread() is threading.main_thread():

@@ -47,8 +47,8 @@ statements, binary vectors; no Django, no join to the images), the build's secon
 index's size (``pg_relation_size``). The index files are read once before timing (a warm OS
 page cache, as a busy server has) and the queries run once untimed first, so what they touch
 is in shared_buffers as far as it holds (``--shared-buffers``, default what the embedded
-server starts with, ``config.embedded.postgres_shared_buffers()``: 1GB, or a quarter of the
-memory if less; another size restarts the bench's server with it).
+server starts with, ``config.devserver.embedded.postgres_shared_buffers()``: 1GB, or a quarter
+of the memory if less; another size restarts the bench's server with it).
 ``hnsw.iterative_scan`` stays off for the plain-table variants (with no filter and LIMIT <=
 ef_search it changes nothing); the product variant has the product's ``strict_order``.
 """
@@ -555,7 +555,7 @@ def shared_buffers_ensure(size: str, data_dir: Path, *, external: bool) -> None:
     """Give the bench's server ``size`` of shared_buffers (a restart: it is fixed at start)."""
     from django.db import connection, connections
 
-    from config import embedded
+    from config.devserver import embedded
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_size_bytes(current_setting('shared_buffers')), pg_size_bytes(%s)",
@@ -582,7 +582,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
         flush=True,
     )
     rows: list[Row] = []
-    from config.embedded import postgres_shared_buffers
+    from config.devserver.embedded import postgres_shared_buffers
 
     size = args.shared_buffers or postgres_shared_buffers()
     shared_buffers_ensure(size, data_dir, external=bool(args.database_url))

@@ -154,7 +154,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
 
     from django.conf import settings
 
-    from bench._models import build_tiny_clip
+    from tests.tiny_models import build_tiny_clip
 
     settings.EMBEDDING_MODEL_SOURCES = {MODEL_ID: str(build_tiny_clip(data_dir / "tiny-clip"))}
     settings.EMBEDDING_DEVICE = "cpu"

@@ -213,8 +213,8 @@ def measure(path: Path, *, upload: bool) -> dict[str, object]:
     django.setup()
     from django.core.files.uploadedfile import UploadedFile
 
-    from config.errors import ApplicationError
     from gallery.forms import image_file_decode, image_query_decode
+    from kernel.errors import ApplicationError
 
     before_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with open(path, "rb") as handle:

@@ -4,17 +4,18 @@ import logging
 import os
 
 from celery import Celery
-from kombu.exceptions import OperationalError as KombuOperationalError
-from redis.exceptions import ConnectionError as RedisConnectionError
+
+from kernel.broker import BROKER_ERRORS
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
 
 app = Celery("imagesearch")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
-
-# What sending a task raises when the broker cannot be reached.
-BROKER_ERRORS = (KombuOperationalError, RedisConnectionError, ConnectionError, OSError)
+# Apps send tasks through celery.current_app, which is per thread: as the default app, this one
+# is current in every thread (request threads, on_commit callbacks), never Celery's blank
+# fallback. Celery's Django fix-up does the same when no default is set; this does not rely on it.
+app.set_default()
 
 
 class BrokerLossOneLine(logging.Filter):

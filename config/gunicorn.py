@@ -21,7 +21,7 @@ max_requests_jitter = int(os.environ.get("WEB_MAX_REQUESTS_JITTER", "100"))
 # Bounded request heads. The line holds a text query of up to 1,000 characters (search.selectors
 # MAX_QUERY_CHARS) percent-encoded, so it gets gunicorn's largest limit rather than its 4 KB
 # default; headers keep gunicorn's defaults, stated so they are not loosened by accident.
-# Bodies gunicorn does not bound: config.middleware.RequestBodyLimitMiddleware does.
+# Bodies gunicorn does not bound: kernel.middleware.RequestBodyLimitMiddleware does.
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190

@@ -1,8 +1,8 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from config.views import health
 from gallery.views import accounts
+from kernel.views import health
 from search.api import api
 
 urlpatterns = [
@@ -18,7 +18,7 @@ urlpatterns = [
 ]
 
 # Whole-site error pages: plain for people, JSON under /api/; they never need the database.
-handler400 = "config.views.bad_request"
-handler403 = "config.views.permission_denied"
-handler404 = "config.views.page_not_found"
-handler500 = "config.views.server_error"
+handler400 = "kernel.views.bad_request"
+handler403 = "kernel.views.permission_denied"
+handler404 = "kernel.views.page_not_found"
+handler500 = "kernel.views.server_error"

@@ -15,12 +15,12 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
-from config.errors import ApplicationError, InvalidInput
-from config.params import int_param
 from gallery.models import Caption, Collection, CollectionItem, Image
 from gallery.services import images_staff_delete, images_staff_visibility_set
 from gallery.templatetags.gallery_ui import image_display_name
 from gallery.views.images import image_file_response, image_thumbnail_response
+from kernel.errors import ApplicationError, InvalidInput
+from kernel.params import int_param
 
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations

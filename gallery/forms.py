@@ -16,10 +16,10 @@ from django.contrib.auth.models import User
 from django.core.files.uploadedfile import UploadedFile
 from PIL import Image as PILImage
 
-from config.errors import InvalidInput, TooLarge
 from encoders import ImageDecodeError, decode_image, open_image
 from gallery.models import ApiToken, Collection, CollectionItem, Image
 from gallery.selectors import user_email_taken
+from kernel.errors import InvalidInput, TooLarge
 
 
 class UploadRejected(InvalidInput):

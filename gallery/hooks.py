@@ -47,7 +47,7 @@ class ImageIndexHooks:
 
 
 # Images similar to one (search's hits, each with ``.image``), as ``user`` may see them; raises
-# config.errors.ApplicationError with a message for the page when it cannot answer.
+# kernel.errors.ApplicationError with a message for the page when it cannot answer.
 SimilarImages = Callable[[User | AnonymousUser, int, int], Sequence[Any]]
 
 _NOT_INDEXED = ImageIndexHooks(

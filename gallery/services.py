@@ -30,7 +30,6 @@ from django.utils import timezone
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 
-from config.errors import Conflict, InvalidInput, NotFound, TooLarge
 from encoders import open_image
 from gallery.flickr30k import Flickr30kEntry, Flickr30kFile, flickr30k_file_check
 from gallery.forms import (  # noqa: F401 - callers catch services.UploadRejected
@@ -49,6 +48,7 @@ from gallery.models import (
 )
 from gallery.selectors import user_email_taken
 from gallery.signals import images_added
+from kernel.errors import Conflict, InvalidInput, NotFound, TooLarge
 
 T = TypeVar("T")
 

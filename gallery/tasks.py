@@ -8,8 +8,8 @@ from dataclasses import asdict
 from celery import shared_task
 from django.db import transaction
 
-from config.celery import BROKER_ERRORS
 from gallery.services import PasswordResetMail, user_password_reset_mail_send
+from kernel.broker import BROKER_ERRORS
 
 logger = logging.getLogger(__name__)
 

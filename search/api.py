@@ -28,11 +28,11 @@ from ninja.files import UploadedFile
 from ninja.security import APIKeyCookie, APIKeyHeader, HttpBearer
 from pydantic import field_validator
 
-from config.errors import ApplicationError, NotAuthenticated, NotFound
-from config.middleware import request_body_max_bytes
-from config.views import RATE_LIMIT_RETRY_AFTER_SECONDS
 from gallery.selectors import api_token_find
 from gallery.services import api_token_mark_used
+from kernel.errors import ApplicationError, NotAuthenticated, NotFound
+from kernel.middleware import request_body_max_bytes
+from kernel.views import RATE_LIMIT_RETRY_AFTER_SECONDS
 from search.selectors import (
     MAX_K,
     MAX_OFFSET,

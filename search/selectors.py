@@ -23,7 +23,12 @@ from django.db.models.functions import Cast, RowNumber
 from pgvector.django import CosineDistance, HalfVectorField
 from PIL.Image import Image as PILImage
 
-from config.errors import (
+from encoders import EncoderError, UnknownModelError, WeightsUnavailableError
+from encoders.registry import model_spec
+from gallery.forms import image_query_decode
+from gallery.models import Caption, Image
+from gallery.selectors import collections_visible_to, image_get_visible, images_visible_to
+from kernel.errors import (
     Conflict,
     InvalidInput,
     NotAuthenticated,
@@ -31,11 +36,6 @@ from config.errors import (
     TooManyRequests,
     Unavailable,
 )
-from encoders import EncoderError, UnknownModelError, WeightsUnavailableError
-from encoders.registry import model_spec
-from gallery.forms import image_query_decode
-from gallery.models import Caption, Image
-from gallery.selectors import collections_visible_to, image_get_visible, images_visible_to
 from search import encoding
 from search.fusion import FUSE, RRF_K
 from search.models import EvaluationRun

@@ -16,10 +16,10 @@ from django.views.decorators.http import require_http_methods
 from django_ratelimit.core import is_ratelimited
 from django_ratelimit.exceptions import Ratelimited
 
-from config.errors import ApplicationError, InvalidInput, NotFound
-from config.params import int_param
-from config.views import error_response
 from gallery.selectors import collections_of
+from kernel.errors import ApplicationError, InvalidInput, NotFound
+from kernel.params import int_param
+from kernel.views import error_response
 from search.forms import ImageQueryForm, SearchForm
 from search.query_images import QueryImage, query_image_recall, query_image_remember
 from search.selectors import (

@@ -14,7 +14,7 @@ import psutil
 import pytest
 from django.conf import settings
 
-from config import embedded
+from config.devserver import embedded
 
 # Every process the tests start inherits this variable (pg_ctl's server and a daemon too), so
 # the end of the session can find any of them still alive, wherever it was re-parented.

@@ -16,7 +16,7 @@ from types import TracebackType
 import psutil
 from django.conf import settings
 
-from config import embedded
+from config.devserver import embedded
 
 RUN = Path(settings.BASE_DIR) / "run"
 

@@ -1,11 +1,15 @@
-"""Build tiny, randomly initialised CLIP / ALIGN / SigLIP checkpoints for tests.
+"""Randomly initialised CLIP / ALIGN / SigLIP checkpoints, built here for the tests and the
+benchmarks (no pretrained weights can be downloaded where they run).
 
-No pretrained weights can be downloaded where the tests run, so each builder creates a model from
-a small config, a tokenizer from a vocabulary made up here, and the family's image processor, then
-``save_pretrained``s all of it into a directory. ``from_pretrained(dir)`` (and so the product's
-``load_encoder(..., source=dir)``) then loads it exactly as it would load a hub checkpoint.
+Each builder creates a model from a config, a tokenizer from a vocabulary made up here, and the
+family's image processor, then ``save_pretrained``s all of it into a directory.
+``from_pretrained(dir)`` (and so the product's ``load_encoder(..., source=dir)``) then loads it
+exactly as it would load a hub checkpoint. The ``build_tiny_*`` models have a few thousand
+weights and run in milliseconds; ``build_full_size_clip`` is the full-size ViT-B/32 architecture,
+for the benchmarks, whose speed depends on the architecture, not on the values.
 
-Models are seeded, so the same builder gives the same weights every run.
+Models are seeded, so the same builder gives the same weights every run. The benchmarks import
+this module from the repository root (``bench/``); nothing in the product does.
 """
 
 from __future__ import annotations
@@ -16,21 +20,125 @@ from pathlib import Path
 
 import torch
 
-# The CLIP builders (tiny and full size), their made-up tokenizer and the tiny sizes live with
-# the benchmarks, which use them too (bench/_models.py); the other families are built here on
-# the same sizes and words.
-from bench._models import (
-    HEADS,
-    HIDDEN,
-    IMAGE_SIZE,
-    INTERMEDIATE,
-    LAYERS,
-    PATCH,
-    SEED,
-    build_tiny_clip,  # noqa: F401  (the tests import it from here)
-)
-from bench._models import TOKENIZER_WORDS as _WORDS
 from encoders.registry import MODELS
+
+# Shared size of every tiny transformer: large enough to exercise every layer type, small enough
+# that a forward pass over a batch takes milliseconds on one CPU thread.
+HIDDEN = 32
+LAYERS = 2
+HEADS = 2
+INTERMEDIATE = 37
+IMAGE_SIZE = 32
+PATCH = 8
+SEED = 0
+
+
+# Words the made-up tokenizers know as whole tokens; anything else falls back to single
+# characters. Bench query texts built from these tokenise to about as many tokens as real CLIP
+# BPE would give a caption of the same words.
+TOKENIZER_WORDS = [
+    "a", "photo", "of", "the", "cat", "dog", "car", "red", "blue", "on", "beach", "tree",
+]  # fmt: skip
+
+
+def clip_tokenizer(model_max_length: int):
+    """A CLIP byte-level BPE tokenizer over a made-up vocabulary (see ``TOKENIZER_WORDS``)."""
+    from transformers import CLIPTokenizer
+
+    # Every lowercase letter/digit both as a word piece and as a word end ("</w>"), plus merges
+    # that build the common words, then the special tokens. Specials go last (as in the real
+    # CLIP vocab) so they are the largest ids.
+    chars = list(string.ascii_lowercase + string.digits + ".,!?'-")
+    vocab: dict[str, int] = {}
+    for ch in chars:
+        vocab.setdefault(ch, len(vocab))
+        vocab.setdefault(ch + "</w>", len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in TOKENIZER_WORDS:
+        if len(word) < 2:
+            continue
+        # Merge left to right: "c a", "ca t</w>" -> "cat</w>".
+        left = word[0]
+        for i, ch in enumerate(word[1:], start=1):
+            right = ch + ("</w>" if i == len(word) - 1 else "")
+            merged = left + right
+            if merged not in vocab:
+                merges.append((left, right))
+                vocab[merged] = len(vocab)
+            left = merged
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def build_tiny_clip(directory: str | Path) -> Path:
+    """Save a tiny CLIP model + processor into ``directory`` and return it."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+
+    directory = Path(directory)
+    tokenizer = clip_tokenizer(model_max_length=77)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": LAYERS,
+            "num_attention_heads": HEADS,
+            "max_position_embeddings": 77,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": LAYERS,
+            "num_attention_heads": HEADS,
+            "image_size": IMAGE_SIZE,
+            "patch_size": PATCH,
+        },
+        # The published dimension, so embeddings fit the model's pgvector index.
+        projection_dim=MODELS["clip-vit-base-patch32"].dim,
+    )
+    torch.manual_seed(SEED)
+    model = CLIPModel(config)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def build_full_size_clip(directory: str | Path) -> Path:
+    """Save a randomly initialised ViT-B/32 CLIP + processor once; later runs reuse it."""
+    directory = Path(directory)
+    if (directory / "config.json").exists():
+        return directory
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+
+    tokenizer = clip_tokenizer(model_max_length=77)
+    # Architecture defaults (ViT-B/32 vision, 12-layer text, 512-d projection, 49408 vocab);
+    # only the special token ids follow the made-up tokenizer, so text pooling finds EOS.
+    config = CLIPConfig(
+        text_config={
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+    )
+    torch.manual_seed(0)
+    model = CLIPModel(config)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
+    )
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
 
 
 def _bert_tokenizer(model_max_length: int):
@@ -38,7 +146,7 @@ def _bert_tokenizer(model_max_length: int):
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     chars = list(string.ascii_lowercase + string.digits + ".,!?'-")
-    tokens = specials + _WORDS + chars + ["##" + ch for ch in chars]
+    tokens = specials + TOKENIZER_WORDS + chars + ["##" + ch for ch in chars]
     vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
     return BertTokenizer(vocab=vocab, model_max_length=model_max_length)
 
@@ -105,7 +213,12 @@ def _sentencepiece_model(vocab_size: int) -> bytes:
     # Train a throwaway unigram model on a few generated sentences. Ids follow the real SigLIP
     # vocabulary: <pad>=0, </s>=1, <unk>=2, and no <s>.
     pangrams = ["the quick brown fox jumps over the lazy dog 0123456789", "zebra, yak & vixen!?"]
-    sentences = pangrams + [f"{a} {b} of the {c}" for a in _WORDS for b in _WORDS for c in _WORDS]
+    sentences = pangrams + [
+        f"{a} {b} of the {c}"
+        for a in TOKENIZER_WORDS
+        for b in TOKENIZER_WORDS
+        for c in TOKENIZER_WORDS
+    ]
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences),
@@ -190,7 +303,7 @@ def _gemma_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     for ch in "▁" + string.ascii_lowercase + string.digits + ".,!?'-":
         vocab.setdefault(ch, len(vocab))
     merges: list[tuple[str, str]] = []
-    for word in _WORDS:
+    for word in TOKENIZER_WORDS:
         left = "▁"
         for ch in word:
             merged = left + ch

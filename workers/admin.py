@@ -19,10 +19,10 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
-from config.errors import ApplicationError
 from encoders.registry import MODELS
 from gallery.admin import ImageAdmin, OwnerFilter, count_text
 from gallery.models import Image
+from kernel.errors import ApplicationError
 from workers.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
 from workers.selectors import (
     EMBEDDING_STATUSES,

@@ -7,8 +7,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from config.celery import BROKER_ERRORS
-from config.celery import app as celery_app
+from celery import current_app as celery_app
+
+from kernel.broker import BROKER_ERRORS
 
 logger = logging.getLogger(__name__)
 

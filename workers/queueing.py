@@ -18,12 +18,12 @@ import logging
 from collections.abc import Sequence
 from datetime import timedelta
 
+from celery import current_app as celery_app
 from django.conf import settings
 from django.db import transaction
 from kombu.exceptions import ChannelError
 
-from config.celery import BROKER_ERRORS
-from config.celery import app as celery_app
+from kernel.broker import BROKER_ERRORS
 from workers.broker import EMBED_TASK, task_send
 from workers.selectors import embedding_model_unavailable, embedding_models_enabled
 from workers.services import (

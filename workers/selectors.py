@@ -9,9 +9,9 @@ from datetime import timedelta
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from config.errors import InvalidInput
 from gallery.hooks import ImagesIndexConditions
 from gallery.models import Image
+from kernel.errors import InvalidInput
 from workers.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
 
 # Backfill speed is measured over this window: long enough to smooth batches, short enough to

@@ -15,10 +15,10 @@ from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from config.errors import InvalidInput
 from encoders.registry import model_spec
 from gallery.models import Image
 from gallery.services import _image_id_chunks
+from kernel.errors import InvalidInput
 from workers.broker import SWEEP_TASK, task_send
 from workers.indexes import embedding_index_drop, embedding_indexes_ensure
 from workers.models import EmbeddingJob, EmbeddingModel, ImageEmbedding

@@ -20,7 +20,6 @@ from urllib.parse import quote
 
 import numpy as np
 
-from bench._models import build_full_size_clip
 from bench._search.common import (
     API_K,
     MODEL_ID,
@@ -31,9 +30,10 @@ from bench._search.common import (
     server_cpu_seconds,
 )
 from bench._search.data import Dataset
+from tests.tiny_models import build_full_size_clip
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# Whole-word tokens of the made-up tokenizer (bench/_models.py), so a query tokenises to
+# Whole-word tokens of the made-up tokenizer (tests/tiny_models.py), so a query tokenises to
 # about as many tokens as real CLIP BPE would give a caption of the same words.
 ADJECTIVES = ["red", "blue"]
 NOUNS = ["cat", "dog", "car", "tree"]
@@ -215,7 +215,7 @@ def end_to_end(dataset: Dataset, args: argparse.Namespace, data_dir: Path) -> We
 
     database_url = None
     if args.persistent_connections:
-        from config import embedded
+        from config.devserver import embedded
 
         # The bench's database: --database-url, else the embedded server's URI.
         database_url = args.database_url or embedded.postgres_start(data_dir)

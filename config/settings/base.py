@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from config import embedded  # names only: nothing here starts a server
+from config.devserver import embedded  # names only: nothing here starts a server
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -70,9 +70,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     # First: refuses an oversized body before anything (the CSRF check) reads it.
-    "config.middleware.RequestBodyLimitMiddleware",
+    "kernel.middleware.RequestBodyLimitMiddleware",
     # Next: a database call that never returns is cut after DATABASE_STALL_SECONDS (a 503).
-    "config.middleware.DatabaseStallMiddleware",
+    "kernel.middleware.DatabaseStallMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # The Content-Security-Policy header on every response (CONTENT_SECURITY_POLICY below).
     "csp.middleware.CSPMiddleware",
@@ -82,14 +82,14 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     # Pages for a signed-in person: Cache-Control no-store, private (Back asks again).
-    "config.middleware.PrivatePagesNotStoredMiddleware",
+    "kernel.middleware.PrivatePagesNotStoredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Rate limits: a locked-out sign-in and a rate-limited view both answer 429.
     "axes.middleware.AxesMiddleware",
     "django_ratelimit.middleware.RatelimitMiddleware",
     # Last, so it sees the views' exceptions first: an unreachable database is a 503.
-    "config.middleware.DatabaseUnavailableMiddleware",
+    "kernel.middleware.DatabaseUnavailableMiddleware",
 ]
 
 # Content-Security-Policy (django-csp): the site's own scripts, styles and connections only, no
@@ -179,8 +179,8 @@ AXES_FAILURE_LIMIT = int(os.environ.get("AXES_FAILURE_LIMIT", 10))
 AXES_COOLOFF_TIME = timedelta(minutes=int(os.environ.get("AXES_COOLOFF_MINUTES", 15)))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
-AXES_LOCKOUT_CALLABLE = "config.views.signin_locked_out"
-AXES_CLIENT_IP_CALLABLE = "config.views.client_address"
+AXES_LOCKOUT_CALLABLE = "kernel.views.signin_locked_out"
+AXES_CLIENT_IP_CALLABLE = "kernel.views.client_address"
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "home"
@@ -226,7 +226,7 @@ UPLOAD_MAX_PIXELS = int(os.environ.get("UPLOAD_MAX_PIXELS", 80_000_000))
 # Bytes of uploads each person may keep (gallery.services.image_upload); 0: no limit.
 UPLOAD_QUOTA_BYTES = int(os.environ.get("UPLOAD_QUOTA_BYTES", 10 * 1024**3))
 # A request body holds one image of UPLOAD_MAX_BYTES and its form at most: above that,
-# config.middleware.RequestBodyLimitMiddleware answers 413 before reading it.
+# kernel.middleware.RequestBodyLimitMiddleware answers 413 before reading it.
 # Uploaded files above this spool to a temporary file instead of memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 # Non-file form data (every form here holds a few short fields; the admin's are the largest).
@@ -244,7 +244,7 @@ DATA_UPLOAD_MAX_NUMBER_FILES = 10
 # models need (gallery.forms.image_query_decode). Default 12 megapixels (4000 x 3000).
 QUERY_IMAGE_MAX_PIXELS = int(os.environ.get("QUERY_IMAGE_MAX_PIXELS", 12_000_000))
 # A web request's database call that gets no answer for this long (a frozen or cut-off server)
-# has its connection cut and the request answers 503 (config.database_watchdog); 0 disables.
+# has its connection cut and the request answers 503 (kernel.database_watchdog); 0 disables.
 # New connections give up after DATABASE_CONNECT_TIMEOUT instead.
 DATABASE_STALL_SECONDS = float(os.environ.get("DATABASE_STALL_SECONDS", 10))
 
@@ -391,7 +391,7 @@ def caches_for(url: str) -> dict[str, dict[str, Any]]:
         ) from exc
     return {
         "default": {
-            "BACKEND": "config.cache.FailOpenRedisCache",
+            "BACKEND": "kernel.cache.FailOpenRedisCache",
             "LOCATION": url,
             "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
         }
@@ -416,7 +416,7 @@ CACHES["query_images"] = {
 }
 RATELIMIT_USE_CACHE = "default"
 RATELIMIT_FAIL_OPEN = True
-RATELIMIT_VIEW = "config.views.rate_limited"
+RATELIMIT_VIEW = "kernel.views.rate_limited"
 # Behind a proxy that sets it, the META key holding the client address (e.g. HTTP_X_REAL_IP).
 RATELIMIT_IP_META_KEY = os.environ.get("RATELIMIT_IP_META_KEY") or None
 # django-ratelimit rates ("N/s", "N/m", "N/h", "N/d"): sign-ups per address, new API tokens per

@@ -5,7 +5,7 @@ embedded servers itself and passes their URLs in; a bare ``python manage.py`` at
 starts) the embedded PostgreSQL in ``DATA_DIR`` so it works with no set-up at all.
 """
 
-from config import embedded
+from config.devserver import embedded
 from config.settings.base import *  # noqa: F403
 from config.settings.base import DATA_DIR, DATABASE_URL, database_from_url
 

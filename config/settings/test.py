@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from config import embedded
+from config.devserver import embedded
 from config.settings.base import *  # noqa: F403
 from config.settings.base import CACHES as BASE_CACHES
 from config.settings.base import (

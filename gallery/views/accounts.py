@@ -16,7 +16,6 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 from django_ratelimit.decorators import ratelimit
 
-from config.errors import ApplicationError
 from gallery.forms import (
     EmailChangeForm,
     SignupForm,
@@ -36,6 +35,7 @@ from gallery.services import (
 )
 from gallery.tasks import password_reset_mail_queue
 from gallery.views._common import AuthenticatedHttpRequest
+from kernel.errors import ApplicationError
 
 
 def _signup_rate(group: str, request: HttpRequest) -> str:

@@ -12,7 +12,6 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
-from config.errors import ApplicationError, InvalidInput
 from gallery.forms import (
     CollectionAddForm,
     CollectionCreateForm,
@@ -43,6 +42,7 @@ from gallery.services import (
 )
 from gallery.templatetags.gallery_ui import image_name
 from gallery.views._common import AuthenticatedHttpRequest, safe_next, visible_image
+from kernel.errors import ApplicationError, InvalidInput
 
 
 @login_required

@@ -11,8 +11,6 @@ from django.urls import reverse
 from django.utils.datastructures import MultiValueDict
 from django.views.decorators.http import require_http_methods
 
-from config.errors import ApplicationError
-from config.views import error_response
 from gallery import hooks
 from gallery.forms import (
     ImageDetailsForm,
@@ -35,6 +33,8 @@ from gallery.services import (
     image_visibility_set,
 )
 from gallery.views._common import NO_SUCH_IMAGE, AuthenticatedHttpRequest, visible_image
+from kernel.errors import ApplicationError
+from kernel.views import error_response
 
 
 def image_detail(request: HttpRequest, image_id: int) -> HttpResponse:

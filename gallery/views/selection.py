@@ -9,7 +9,6 @@ from django.shortcuts import redirect
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
-from config.errors import ApplicationError
 from gallery.forms import (
     SelectionDeleteForm,
     SelectionSaveForm,
@@ -21,6 +20,7 @@ from gallery.services import (
     images_delete,
 )
 from gallery.views._common import AuthenticatedHttpRequest, safe_next
+from kernel.errors import ApplicationError
 
 
 def _selection_answer(

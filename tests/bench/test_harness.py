@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import _harness
-from config import embedded
+from config.devserver import embedded
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

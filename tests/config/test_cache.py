@@ -21,9 +21,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import Client
 from redis.exceptions import RedisError
 
-from config import embedded
-from config.cache import FailOpenRedisCache
+from config.devserver import embedded
 from config.settings.base import cache_url_from_broker, caches_for
+from kernel.cache import FailOpenRedisCache
 from tests.run_site import free_port
 
 
@@ -31,7 +31,7 @@ def cache_from(url: str) -> RedisCache:
     """The site's cache backend for a URL, built from CACHES as Django builds it."""
     params = dict(caches_for(url)["default"])
     backend = params.pop("BACKEND")
-    assert backend == "config.cache.FailOpenRedisCache"
+    assert backend == "kernel.cache.FailOpenRedisCache"
     return FailOpenRedisCache(params.pop("LOCATION"), params)
 
 
@@ -143,7 +143,7 @@ def test_production_refuses_to_start_without_a_broker_url() -> None:
 
 
 def test_the_tests_use_the_redis_cache_run_uses() -> None:
-    assert settings.CACHES["default"]["BACKEND"] == "config.cache.FailOpenRedisCache"
+    assert settings.CACHES["default"]["BACKEND"] == "kernel.cache.FailOpenRedisCache"
     assert settings.CACHES["default"]["LOCATION"] == cache_url_from_broker(
         settings.CELERY_BROKER_URL
     )

@@ -75,7 +75,7 @@ def test_a_frozen_database_connection_answers_503_then_the_site_recovers(
     live_server, settings, freezer, caplog
 ) -> None:
     settings.DATABASE_STALL_SECONDS = STALL_SECONDS
-    caplog.set_level(logging.WARNING, logger="config.database_watchdog")
+    caplog.set_level(logging.WARNING, logger="kernel.database_watchdog")
 
     status, kind, body = fetch(f"{live_server.url}/")
     assert status == 503 and kind.startswith("text/html"), body
@@ -97,7 +97,7 @@ def test_a_frozen_database_connection_answers_503_then_the_site_recovers(
 
 def test_requests_that_get_answers_are_never_cut(live_server, settings, caplog) -> None:
     settings.DATABASE_STALL_SECONDS = STALL_SECONDS
-    caplog.set_level(logging.WARNING, logger="config.database_watchdog")
+    caplog.set_level(logging.WARNING, logger="kernel.database_watchdog")
     for url in ("/", "/api/models", "/api/search?q=two+dogs"):
         status, _, _ = fetch(f"{live_server.url}{url}")
         assert status in (200, 409), url  # 409: no embeddings to search yet
@@ -110,7 +110,7 @@ def test_a_frozen_connection_kept_from_an_earlier_request_is_replaced(settings, 
     with a new connection (here, to a server that answers; to a frozen one it is a 503 after
     DATABASE_CONNECT_TIMEOUT more)."""
     settings.DATABASE_STALL_SECONDS = STALL_SECONDS
-    caplog.set_level(logging.WARNING, logger="config.database_watchdog")
+    caplog.set_level(logging.WARNING, logger="kernel.database_watchdog")
     client = Client()
     assert client.get("/api/models").status_code == 200  # the connection is open now
     pid = connection.connection.info.backend_pid

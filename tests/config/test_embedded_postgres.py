@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from config import embedded
+from config.devserver import embedded
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.test import Client
 from gunicorn.config import Config
 
-from config.middleware import request_body_max_bytes
+from kernel.middleware import request_body_max_bytes
 from search.selectors import MAX_QUERY_CHARS
 from tests.factories import UserFactory
 
@@ -23,7 +23,7 @@ HUGE = str(200 * 1024 * 1024)
 
 
 def test_the_body_limit_runs_before_anything_reads_the_body() -> None:
-    assert settings.MIDDLEWARE[0] == "config.middleware.RequestBodyLimitMiddleware"
+    assert settings.MIDDLEWARE[0] == "kernel.middleware.RequestBodyLimitMiddleware"
     assert settings.MIDDLEWARE.index("django.middleware.csrf.CsrfViewMiddleware") > 0
     # Room for one image and its framing, not for a second one.
     assert settings.UPLOAD_MAX_BYTES < request_body_max_bytes() < 2 * settings.UPLOAD_MAX_BYTES

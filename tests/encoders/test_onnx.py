@@ -13,7 +13,7 @@ import pytest
 import torch
 import transformers
 
-from encoders import EncoderError, clear_encoder_cache, load_encoder, registry
+from encoders import EncoderError, clear_encoder_cache, load_encoder, onnx_export, registry
 from encoders import onnx as onnx_backend
 from encoders.hf import HFEncoder
 from tests.encoders.test_encoders import FAMILIES, TEXTS, noise_images
@@ -105,7 +105,7 @@ def test_export_is_reused_by_a_later_load(tiny_dirs, cache_dir, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("exported again")
 
-    monkeypatch.setattr(onnx_backend, "_export", refuse)
+    monkeypatch.setattr(onnx_export, "export_towers", refuse)
     monkeypatch.setattr(transformers.CLIPModel, "from_pretrained", refuse)
     second = load("clip", tiny_dirs["clip"], onnx_cache_dir=cache_dir)
 
@@ -151,7 +151,7 @@ def test_a_failing_export_falls_back_to_torch_with_a_warning(tiny_dirs, cache_di
     def broken_exporter(*args, **kwargs):
         raise RuntimeError("Exporting the operator 'aten::something' is not supported")
 
-    monkeypatch.setattr(onnx_backend, "_export_tower", broken_exporter)
+    monkeypatch.setattr(torch.onnx, "export", broken_exporter)
 
     with pytest.warns(RuntimeWarning, match="aten::something"):
         encoder = load("siglip", tiny_dirs["siglip"], onnx_cache_dir=cache_dir)
@@ -175,7 +175,7 @@ def test_int8_onnx_is_kept_under_the_cosine_rule_and_cached(tiny_dirs, cache_dir
         assert np.sum(got * expected, axis=1).min() >= onnx_backend.MIN_INT8_COSINE
         assert np.abs(got - expected).max() > 1e-6  # really quantised
     clear_encoder_cache()
-    monkeypatch.setattr(onnx_backend, "_ensure_int8", None)  # not quantised or checked again
+    monkeypatch.setattr(onnx_export, "quantize_int8", None)  # not quantised or checked again
     again = load("clip", tiny_dirs["clip"], dtype="int8", onnx_cache_dir=cache_dir)
     assert again.quantization == "int8-dynamic"
 

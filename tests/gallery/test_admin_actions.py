@@ -15,10 +15,10 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from playwright.sync_api import Page, expect
 
-from config.errors import InvalidInput
 from gallery import services
 from gallery.models import Caption, CollectionItem, Image
 from gallery.services import image_thumbnail_path
+from kernel.errors import InvalidInput
 from tests.factories import (
     PASSWORD,
     CaptionFactory,

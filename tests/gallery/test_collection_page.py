@@ -13,9 +13,9 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from playwright.sync_api import Browser, Page, expect
 
-from config.errors import InvalidInput, NotFound
 from gallery.models import Collection, CollectionItem, Image
 from gallery.services import collection_item_move, collection_item_note_set
+from kernel.errors import InvalidInput, NotFound
 from tests.clients import signed_in
 from tests.factories import CollectionFactory, CollectionItemFactory, ImageFactory, UserFactory
 from tests.gallery.test_pages_layout import check, sign_in

@@ -11,9 +11,9 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from config.errors import InvalidInput, NotFound
 from gallery.models import Image
 from gallery.services import image_details_update
+from kernel.errors import InvalidInput, NotFound
 from tests.clients import HttpSession, signed_in
 from tests.factories import CollectionFactory, CollectionItemFactory, ImageFactory, UserFactory
 from workers.services import embeddings_store

@@ -134,7 +134,7 @@ def test_anonymous_image_searches_are_limited_per_address(settings) -> None:
 def test_limits_lapse_rather_than_the_site_while_the_cache_is_down(settings, tmp_path) -> None:
     settings.CACHES = {
         "default": {
-            "BACKEND": "config.cache.FailOpenRedisCache",
+            "BACKEND": "kernel.cache.FailOpenRedisCache",
             "LOCATION": f"unix://{tmp_path / 'no-redis-here.sock'}?db=1",
         }
     }

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from config.errors import NotFound
 from gallery.models import Collection
 from gallery.services import collection_share_link_rotate, collection_update
+from kernel.errors import NotFound
 from tests.clients import HttpSession
 from tests.factories import PASSWORD, CollectionFactory, UserFactory
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import grimp
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("config", "encoders", "gallery", "search", "workers")
+PACKAGES = ("config", "encoders", "gallery", "kernel", "search", "workers")
 
 
 def import_cycles(graph: grimp.ImportGraph) -> list[list[str]]:

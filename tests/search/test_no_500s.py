@@ -10,8 +10,8 @@ import urllib.parse
 import pytest
 from django.test import Client
 
-from config.errors import InvalidInput
-from config.params import int_param
+from kernel.errors import InvalidInput
+from kernel.params import int_param
 from tests.clients import HttpSession
 from tests.factories import CollectionFactory, UserFactory
 

@@ -19,7 +19,7 @@ from tests.search.test_search import dataset
 pytestmark = pytest.mark.django_db
 
 DEAD_REDIS = {
-    "BACKEND": "config.cache.FailOpenRedisCache",
+    "BACKEND": "kernel.cache.FailOpenRedisCache",
     "LOCATION": "redis://127.0.0.1:1/1",  # nothing listens on port 1
     "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
 }

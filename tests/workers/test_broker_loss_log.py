@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from config import embedded
+from config.devserver import embedded
 
 
 def wait_for_text(log: Path, text: str, timeout: float) -> str:

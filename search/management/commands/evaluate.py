@@ -20,6 +20,7 @@ from search.evaluation import (
     evaluate,
     evaluation_runs_record,
 )
+from workers.cli import model_argument_add, model_option
 
 
 class Command(BaseCommand):
@@ -32,7 +33,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--model", required=True, help="a registered model id")
+        model_argument_add(parser)
         parser.add_argument("--split", choices=SPLITS, default="test", help="the queries' split")
         parser.add_argument("--gallery", choices=GALLERIES, default="split")
         parser.add_argument(
@@ -64,7 +65,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, **options: Any) -> None:
         fused = [m.strip() for m in str(options["fuse"]).split(",") if m.strip()]
-        model_ids = list(dict.fromkeys([str(options["model"]), *fused]))
+        model_ids = list(dict.fromkeys([model_option(options), *fused]))
         if fused and len(model_ids) < 2:
             raise CommandError("--fuse needs a model other than --model")
         fusion = str(options["fusion"])

@@ -9,9 +9,10 @@ from typing import Any, cast
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from encoders import EncoderError, model_spec
+from encoders import EncoderError
 from gallery.models import Image
 from workers import pipeline, queueing
+from workers.cli import model_argument_add, model_option
 from workers.encoder_cache import encoder_for
 from workers.models import ImageEmbedding
 from workers.selectors import embedding_model_enable_hint, embedding_models_enabled
@@ -25,7 +26,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--model", required=True, help="a registered model id")
+        model_argument_add(parser)
         parser.add_argument("--missing", action="store_true", help="only images lacking one")
         parser.add_argument("--batch-size", type=int, default=None)
         parser.add_argument("--sync", action="store_true", help="embed in this process")
@@ -34,11 +35,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: object, **options: object) -> None:
-        model_id = str(options["model"])
-        try:
-            model_spec(model_id)
-        except EncoderError as exc:
-            raise CommandError(str(exc)) from exc
+        model_id = model_option(options)
         if model_id not in embedding_models_enabled():
             raise CommandError(
                 f"{model_id!r} is not enabled; {embedding_model_enable_hint(model_id=model_id)}, "

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from encoders import EncoderError, model_spec
+from workers.cli import model_argument_add, model_option
 from workers.selectors import embedding_models_enabled
 from workers.services import EmbeddingVectorsError, embeddings_import
 
@@ -23,7 +23,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--model", required=True, help="the registered model that made them")
+        model_argument_add(parser, help_text="the registered model that made them")
         parser.add_argument("--embeddings", required=True, type=Path, help="image_embeddings.npy")
         parser.add_argument("--filenames", required=True, type=Path, help="image_filenames.npy")
         parser.add_argument(
@@ -34,11 +34,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: object, **options: Any) -> None:
-        model_id = str(options["model"])
-        try:
-            model_spec(model_id)
-        except EncoderError as exc:
-            raise CommandError(str(exc)) from exc
+        model_id = model_option(options)
         allow_pickle = bool(options["allow_pickle"])
         vectors = _load(options["embeddings"], allow_pickle)
         filenames = _load(options["filenames"], allow_pickle)

@@ -3,8 +3,8 @@
 Services and selectors raise these with a message written for the person who sent the
 request; the API (``search.api``) and the pages (``search.views``, ``gallery.views``) turn them
 into a response in one place each. Nothing here imports Django: gallery, search and any
-Django-free code can raise them, and the module sits in ``config`` rather than in one app
-because gallery (the lower layer) raises them as well as search.
+Django-free code can raise them, and the module sits in the kernel rather than in one app
+because every app raises them, the lowest (gallery) included.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ server-side ``statement_timeout`` is useless when the server itself is stuck. So
 process watches the connections of the requests in flight, and shuts down the socket of one that
 has been busy with the same call for ``DATABASE_STALL_SECONDS``: the blocked read returns, psycopg
 raises ``OperationalError``, and the site's database-down handling answers 503
-(``config.middleware.DatabaseUnavailableMiddleware``).
+(``kernel.middleware.DatabaseUnavailableMiddleware``).
 
 "The same call": libpq reports a connection ACTIVE while a command is in flight, and every
 statement Django sends goes through an execute wrapper that counts it. A connection seen ACTIVE

@@ -9,8 +9,8 @@ from django.db import connections
 from django.http import HttpRequest, HttpResponse
 from django.utils.cache import add_never_cache_headers, patch_vary_headers
 
-from config.database_watchdog import watchdog
-from config.views import DATABASE_ERRORS, database_unavailable, error_response
+from kernel.database_watchdog import watchdog
+from kernel.views import DATABASE_ERRORS, database_unavailable, error_response
 
 # Room for the multipart framing and the other form fields around one image.
 REQUEST_BODY_SLACK_BYTES = 64 * 1024
@@ -58,7 +58,7 @@ class RequestBodyLimitMiddleware:
 
 class DatabaseStallMiddleware:
     """A database that stops answering on a connection already open answers 503 after
-    DATABASE_STALL_SECONDS (plus a quarter second) rather than never (``config.database_watchdog``
+    DATABASE_STALL_SECONDS (plus a quarter second) rather than never (``kernel.database_watchdog``
     cuts the connection; DatabaseUnavailableMiddleware turns the error into the 503). New
     connections are bounded by DATABASE_CONNECT_TIMEOUT instead; so the worst case, a kept
     connection whose health check is cut and whose replacement cannot connect, is the sum of
@@ -84,7 +84,7 @@ class DatabaseUnavailableMiddleware:
     """A view that cannot reach the database answers 503 (page or JSON), never a traceback.
 
     Runs in development too (DEBUG would show Django's debug page); errors raised outside views
-    (the session middleware saving) reach ``config.views.server_error`` instead. Connections
+    (the session middleware saving) reach ``kernel.views.server_error`` instead. Connections
     are health-checked (CONN_HEALTH_CHECKS), so the first request after the database is back
     reconnects and succeeds.
     """

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import psutil
 
-from config import embedded
+from config.devserver import embedded
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 STOP_GRACE_SECONDS = 15
 # A child that stayed up this long has recovered: its next death starts the backoff again.

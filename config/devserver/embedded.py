@@ -386,8 +386,8 @@ def _redis_answers(socket: Path) -> bool:
 
 
 def _main(argv: list[str]) -> int:
-    """``python -m config.embedded status|stop``: for scripts (e.g. ./run test) to tidy up."""
-    data_dir = Path(os.environ.get("DATA_DIR") or Path(__file__).resolve().parent.parent / ".data")
+    """``python -m config.devserver.embedded status|stop``: for scripts (./run test) to tidy up."""
+    data_dir = Path(os.environ.get("DATA_DIR") or Path(__file__).resolve().parents[2] / ".data")
     running = postgres_running(data_dir)
     if argv == ["status"]:
         print("running" if running else "stopped")
@@ -395,7 +395,7 @@ def _main(argv: list[str]) -> int:
     if argv == ["stop"]:
         postgres_stop(data_dir)
         return 0
-    print("usage: python -m config.embedded status|stop", file=sys.stderr)
+    print("usage: python -m config.devserver.embedded status|stop", file=sys.stderr)
     return 2
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from config.errors import InvalidInput
+from kernel.errors import InvalidInput
 
 _ASCII_INT = re.compile(r"[0-9]{1,18}")  # up to 18 digits always fits a 64-bit integer
 

@@ -1,17 +1,15 @@
-"""Sending workers' tasks by name, the one way: the task layer imports the modules that send, so
-they never import it; with the broker down the send is logged and its work left to the periodic
-sweep (every job is in the database, so nothing is lost)."""
+"""Sending workers' tasks by name, the one way (the batches, the sweep): the task layer imports
+the modules that send, so they never import it. With the broker down a send reports the error;
+the caller logs it and leaves the work to the periodic sweep (every job is in the database, so
+nothing is lost)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 from celery import current_app as celery_app
 
 from kernel.broker import BROKER_ERRORS
-
-logger = logging.getLogger(__name__)
 
 EMBED_TASK = "workers.tasks.embed_images_task"
 SWEEP_TASK = "workers.tasks.embeddings_sweep_task"

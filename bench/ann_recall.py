@@ -69,7 +69,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import _harness  # noqa: E402
+from bench import _harness
 
 SCRIPT = "ann_recall"
 DIM = _harness.DIM

@@ -42,9 +42,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import _harness  # noqa: E402
-from bench._harness import IMAGE_SIZE  # noqa: E402  (a typical Flickr30k photo)
-from tests.tiny_models import build_full_size_clip  # noqa: E402
+from bench import _harness
+from bench._harness import IMAGE_SIZE  # a typical Flickr30k photo
+from tests.tiny_models import build_full_size_clip
 
 SCRIPT = "embed_throughput"
 MODEL_ID = "clip-vit-base-patch32"

@@ -31,8 +31,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import _harness  # noqa: E402
-from tests.tiny_models import build_full_size_clip  # noqa: E402
+from bench import _harness
+from tests.tiny_models import build_full_size_clip
 
 SCRIPT = "query_encoder"
 MODEL_ID = "clip-vit-base-patch32"

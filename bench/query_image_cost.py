@@ -4,7 +4,7 @@ hostile corpus.
 Builds the corpus in a temporary directory: giants of every accepted format inside the upload
 limits (1-bit, palette, 16-bit, float, CMYK, interlaced, multi-frame, EXIF-rotated, progressive
 JPEG, decompression-bomb headers, files of noise at the byte limit). Each file then goes through
-``gallery.forms.image_query_decode`` (what ``POST /search/image/`` and ``POST /api/search/image``
+``gallery.decoding.image_query_decode`` (what ``POST /search/image/`` and ``POST /api/search/image``
 call) in a fresh Python process, which reports its peak RSS (``ru_maxrss``, the whole process:
 Python, Django and Pillow included) and the CPU seconds of the decode alone. No database is
 used. Prints a table and whether every file stays within ``--max-rss-mb`` and ``--max-cpu``.
@@ -213,7 +213,7 @@ def measure(path: Path, *, upload: bool) -> dict[str, object]:
     django.setup()
     from django.core.files.uploadedfile import UploadedFile
 
-    from gallery.forms import image_file_decode, image_query_decode
+    from gallery.decoding import image_file_decode, image_query_decode
     from kernel.errors import ApplicationError
 
     before_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -245,7 +245,7 @@ def main() -> int:
     parser.add_argument(
         "--upload",
         action="store_true",
-        help="decode as an upload (gallery.forms.image_file_decode: the upload limits only) "
+        help="decode as an upload (gallery.decoding.image_file_decode: the upload limits only) "
         "instead of as a query image; the figures are the query path's goal, not the upload's",
     )
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)

@@ -67,7 +67,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import _harness  # noqa: E402
+from bench import _harness
 
 SCRIPT = "search_latency"
 

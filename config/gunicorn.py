@@ -57,7 +57,7 @@ def post_worker_init(worker: Any) -> None:  # gunicorn's hook signature
         warm_up(model_ids=sorted(models, key=lambda m: (m != default, m)))
         if default in models:
             _warm_request_path(worker)
-    except Exception:  # noqa: BLE001 - a cold first search beats a web worker that won't boot
+    except Exception:  # a cold first search beats a web worker that won't boot
         worker.log.exception("search warm-up failed; models will load on first use")
 
 

@@ -12,7 +12,14 @@ from .base import (
     WeightsUnavailableError,
 )
 from .images import DEFAULT_MAX_PIXELS, DecodedPicture, decode_image, open_image, to_rgb
-from .registry import MODELS, clear_encoder_cache, load_encoder, model_spec, weights_on_disk
+from .registry import (
+    MODELS,
+    clear_encoder_cache,
+    load_encoder,
+    loaded_model_ids,
+    model_spec,
+    weights_on_disk,
+)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -26,6 +33,7 @@ __all__ = [
     "WeightsUnavailableError",
     "clear_encoder_cache",
     "load_encoder",
+    "loaded_model_ids",
     "model_spec",
     "decode_image",
     "open_image",

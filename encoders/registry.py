@@ -136,6 +136,12 @@ def load_encoder(
     return encoder
 
 
+def loaded_model_ids() -> frozenset[str]:
+    """Ids of the models this process holds a loaded encoder of (any device, dtype or backend):
+    what a warm-up has loaded, or what ``clear_encoder_cache`` would free."""
+    return frozenset(key.model_id for key in list(_loaded))  # a copy: another thread may add
+
+
 def clear_encoder_cache() -> None:
     """Forget every loaded encoder (for tests, or to free memory)."""
     with _locks_guard:

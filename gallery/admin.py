@@ -16,7 +16,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from gallery.models import Caption, Collection, CollectionItem, Image
-from gallery.services import images_staff_delete, images_staff_visibility_set
+from gallery.services.images import images_staff_delete, images_staff_visibility_set
 from gallery.templatetags.gallery_ui import image_display_name
 from gallery.views.images import image_file_response, image_thumbnail_response
 from kernel.errors import ApplicationError, InvalidInput
@@ -104,9 +104,9 @@ class ImageAdmin(admin.ModelAdmin):
     inlines = [CaptionInline]
     date_hierarchy = "created_at"
     list_select_related = ("owner",)
-    # Each action below goes through the selection in chunks (gallery.services), so "select all"
-    # on a filter of 100,000 images is fine; Django's own delete would load and list every row
-    # and leave the files behind.
+    # Each action below goes through the selection in chunks (gallery.services.images), so
+    # "select all" on a filter of 100,000 images is fine; Django's own delete would load and list
+    # every row and leave the files behind.
     actions = ["make_public", "make_private", "delete_images"]
 
     def get_actions(self, request: HttpRequest) -> dict:

@@ -58,8 +58,8 @@ class Image(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     flickr30k_id = models.BigIntegerField(null=True, blank=True, help_text="Flickr30k img_id.")
     split = models.CharField(max_length=8, choices=Split.choices, blank=True)
-    # Not a column, only a type: gallery.services.image_upload sets it on the image it returns
-    # (True: those bytes were already stored) and nothing else does.
+    # Not a column, only a type: gallery.services.images.image_upload sets it on the image it
+    # returns (True: those bytes were already stored) and nothing else does.
     duplicate: bool
 
     class Meta:

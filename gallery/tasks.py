@@ -8,7 +8,7 @@ from dataclasses import asdict
 from celery import shared_task
 from django.db import transaction
 
-from gallery.services import PasswordResetMail, user_password_reset_mail_send
+from gallery.services.accounts import PasswordResetMail, user_password_reset_mail_send
 from kernel.broker import BROKER_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -16,7 +16,8 @@ logger = logging.getLogger(__name__)
 
 @shared_task(acks_late=True)
 def password_reset_mail_send_task(mail: dict[str, object]) -> bool:
-    """Send one password-reset mail (see ``gallery.services.user_password_reset_mail_send``)."""
+    """Send one password-reset mail (see
+    ``gallery.services.accounts.user_password_reset_mail_send``)."""
     return user_password_reset_mail_send(mail=PasswordResetMail(**mail))  # type: ignore[arg-type]
 
 

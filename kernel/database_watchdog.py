@@ -117,7 +117,7 @@ class DatabaseStallWatchdog:
             for watch in watches:
                 try:
                     watch.check(now)
-                except Exception:  # noqa: BLE001 - the watchdog must outlive any one connection
+                except Exception:  # the watchdog must outlive any one connection
                     logger.exception("database stall check failed")
 
 

@@ -29,7 +29,7 @@ from ninja.security import APIKeyCookie, APIKeyHeader, HttpBearer
 from pydantic import field_validator
 
 from gallery.selectors import api_token_find
-from gallery.services import api_token_mark_used
+from gallery.services.accounts import api_token_mark_used
 from kernel.errors import ApplicationError, NotAuthenticated, NotFound
 from kernel.middleware import request_body_max_bytes
 from kernel.views import RATE_LIMIT_RETRY_AFTER_SECONDS
@@ -143,7 +143,7 @@ class SearchAPI(NinjaAPI):
                 pattern.callback = _json_errors(pattern.callback)
         return urls
 
-    def get_openapi_schema(self, *, path_prefix=None, path_params=None):  # noqa: ANN001
+    def get_openapi_schema(self, *, path_prefix=None, path_params=None):
         schema = super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params)
         # Built per request: the models one may search with change as staff enable them, and
         # fused choices ("A+B") come and go as backfills finish.

@@ -25,7 +25,7 @@ from PIL.Image import Image as PILImage
 
 from encoders import EncoderError, UnknownModelError, WeightsUnavailableError
 from encoders.registry import model_spec
-from gallery.forms import image_query_decode
+from gallery.decoding import image_query_decode
 from gallery.models import Caption, Image
 from gallery.selectors import collections_visible_to, image_get_visible, images_visible_to
 from kernel.errors import (

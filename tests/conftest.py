@@ -155,3 +155,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         file=sys.stderr,
     )
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# --- Markers: ./run test -m "not browser and not slow" is a developer's quick run --------------
+# A test that drives Chromium or talks to a live server says so by the fixtures it asks for, and
+# so does one that needs a Celery worker process: such a test is marked without anyone
+# remembering to. Other slow tests (./run, gunicorn, compose or qemu in a subprocess, an HNSW
+# index over thousands of vectors) carry pytest.mark.slow in their own files.
+BROWSER_FIXTURES = frozenset({"page", "context", "new_context", "browser", "live_server"})
+SLOW_FIXTURES = frozenset({"start_worker"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if BROWSER_FIXTURES.intersection(fixtures):
+            item.add_marker(pytest.mark.browser)
+        if SLOW_FIXTURES.intersection(fixtures):
+            item.add_marker(pytest.mark.slow)

@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 from django.conf import settings
+
+pytestmark = pytest.mark.slow  # runs a pytest session in a subprocess
 
 PROBE = """
 import subprocess

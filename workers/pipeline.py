@@ -19,7 +19,7 @@ from django.db.models import Exists, OuterRef
 from PIL import Image as PILImage
 
 from encoders import Encoder, EncoderError, ImageDecodeError, open_image
-from gallery.forms import DECODE_MIN_SIDE
+from gallery.decoding import DECODE_MIN_SIDE
 from gallery.models import Image
 from workers.encoder_cache import encoder_for
 from workers.models import EmbeddingJob, ImageEmbedding
@@ -73,7 +73,7 @@ Decoded = tuple[int, "PILImage.Image | None", str]  # image id, image or None, f
 
 
 def _decode(image: Image) -> Decoded:
-    # Reduced as query images are (gallery.forms): a batch of full-size 80-megapixel RGB copies
+    # Reduced as query images are (gallery.decoding): a batch of full-size 80-megapixel RGB copies
     # would take gigabytes, and the same file searched with must give the same vector.
     try:
         with image.file.open("rb") as handle:
@@ -205,7 +205,7 @@ def embedding_batch_run(*, model_id: str, image_ids: Sequence[int]) -> dict[str,
         return {"embedded": 0, "unavailable": exc.reason}
     except TRANSIENT_DB_ERRORS:
         raise
-    except Exception as exc:  # noqa: BLE001 - recorded on the jobs, never lost in a log
+    except Exception as exc:  # recorded on the jobs, never lost in a log
         reason = f"{type(exc).__name__}: {exc}"
         logger.exception("%s: batch of %d images failed", model_id, len(image_ids))
         try:

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from encoders.registry import model_spec
 from gallery.models import Image
-from gallery.services import _image_id_chunks
+from gallery.services.images import _image_id_chunks
 from kernel.errors import InvalidInput
 from workers.broker import SWEEP_TASK, task_send
 from workers.indexes import embedding_index_drop, embedding_indexes_ensure

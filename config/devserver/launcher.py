@@ -220,7 +220,7 @@ class Launcher:
             errors="replace",
             bufsize=1,
             start_new_session=True,
-            preexec_fn=_child_setup,  # noqa: PLW1509 - only a prctl, no locks taken
+            preexec_fn=_child_setup,  # only a prctl, no locks taken (safe beside threads)
         )
         child.restarts.started(time.monotonic())
         threading.Thread(

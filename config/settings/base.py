@@ -223,7 +223,7 @@ STORAGES = {
 }
 UPLOAD_MAX_BYTES = int(os.environ.get("UPLOAD_MAX_BYTES", 25 * 1024 * 1024))
 UPLOAD_MAX_PIXELS = int(os.environ.get("UPLOAD_MAX_PIXELS", 80_000_000))
-# Bytes of uploads each person may keep (gallery.services.image_upload); 0: no limit.
+# Bytes of uploads each person may keep (gallery.services.images.image_upload); 0: no limit.
 UPLOAD_QUOTA_BYTES = int(os.environ.get("UPLOAD_QUOTA_BYTES", 10 * 1024**3))
 # A request body holds one image of UPLOAD_MAX_BYTES and its form at most: above that,
 # kernel.middleware.RequestBodyLimitMiddleware answers 413 before reading it.
@@ -241,7 +241,7 @@ DATA_UPLOAD_MAX_NUMBER_FILES = 10
 # JPEGs) are refused above this many pixels (a quarter of it for WebP and progressive JPEGs,
 # which decode slowest): each is decoded whole,
 # at up to 4 bytes a pixel (6 for a progressive JPEG), before it is reduced to the size the
-# models need (gallery.forms.image_query_decode). Default 12 megapixels (4000 x 3000).
+# models need (gallery.decoding.image_query_decode). Default 12 megapixels (4000 x 3000).
 QUERY_IMAGE_MAX_PIXELS = int(os.environ.get("QUERY_IMAGE_MAX_PIXELS", 12_000_000))
 # A web request's database call that gets no answer for this long (a frozen or cut-off server)
 # has its connection cut and the request answers 503 (kernel.database_watchdog); 0 disables.

@@ -27,7 +27,7 @@ from gallery.selectors import (
     account_overview,
     api_tokens_of,
 )
-from gallery.services import (
+from gallery.services.accounts import (
     PasswordResetMail,
     api_token_create,
     api_token_revoke,

@@ -30,7 +30,7 @@ from gallery.selectors import (
     collections_of,
     collections_public,
 )
-from gallery.services import (
+from gallery.services.collections import (
     collection_create,
     collection_item_add,
     collection_item_move,

@@ -24,7 +24,7 @@ from gallery.selectors import (
     image_get_owned,
     images_visible_to,
 )
-from gallery.services import (
+from gallery.services.images import (
     THUMBNAIL_SIZES,
     image_delete,
     image_details_update,
@@ -263,7 +263,7 @@ def upload(request: AuthenticatedHttpRequest) -> HttpResponse:
         if stored and not form.errors:
             return redirect(reverse("home") + "?show=mine")
     status = 400 if form.errors else 200
-    # The limit in the words of the server's own refusal (gallery.forms.image_file_size_check).
+    # The limit in the words of the server's own refusal (gallery.decoding.image_file_size_check).
     limit = f"{settings.UPLOAD_MAX_BYTES / 1e6:.0f} MB"
     context = {"form": form, "max_bytes": settings.UPLOAD_MAX_BYTES, "limit": limit}
     return render(request, "gallery/upload.html", context, status=status)

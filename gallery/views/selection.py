@@ -14,11 +14,8 @@ from gallery.forms import (
     SelectionSaveForm,
     form_error_message,
 )
-from gallery.services import (
-    collection_items_add,
-    collection_save_into,
-    images_delete,
-)
+from gallery.services.collections import collection_items_add, collection_save_into
+from gallery.services.images import images_delete
 from gallery.views._common import AuthenticatedHttpRequest, safe_next
 from kernel.errors import ApplicationError
 

@@ -140,6 +140,7 @@ def test_a_bench_refuses_an_inherited_database_url_before_touching_anything(
     assert not data_dir.exists()
 
 
+@pytest.mark.slow  # a bench run end to end in a subprocess
 def test_import_speed_runs_end_to_end_in_its_own_directory() -> None:
     # Not under pytest's tmp_path: that is private to root, and the embedded PostgreSQL runs
     # as its own user when started by root.

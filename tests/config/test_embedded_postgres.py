@@ -15,6 +15,8 @@ import pytest
 
 from config.devserver import embedded
 
+pytestmark = pytest.mark.slow  # starts PostgreSQL servers of its own
+
 
 @pytest.fixture
 def data_dir() -> Iterator[Path]:

@@ -14,10 +14,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from django.conf import settings
 
 from config import gunicorn
 from tests.run_site import free_port
+
+pytestmark = pytest.mark.slow  # starts gunicorn in a subprocess
 
 # A WSGI app that answers with the pid of the worker that served the request.
 PID_APP = """

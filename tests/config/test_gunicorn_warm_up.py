@@ -47,11 +47,11 @@ def test_weights_on_disk_tells_local_and_cached_from_a_download(tiny_models, tmp
 
 
 def test_warm_up_really_loads_the_model(tiny_models) -> None:
-    from encoders import registry
+    from encoders import clear_encoder_cache, loaded_model_ids
 
-    registry.clear_encoder_cache()
+    clear_encoder_cache()
     gunicorn.post_worker_init(Worker())
-    assert {key.model_id for key in registry._loaded} == {CLIP}
+    assert loaded_model_ids() == {CLIP}
 
 
 def test_warm_up_runs_one_search_through_the_whole_stack(tiny_models, caplog) -> None:

@@ -7,7 +7,11 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.run_site import RUN, RunningSite, processes_of, run_env
+
+pytestmark = pytest.mark.slow  # starts the launcher and its servers in subprocesses
 
 PREFIXED = re.compile(r"^(\[run\] |(setup|worker|beat|web)\s*\| )")
 

@@ -115,6 +115,7 @@ def run_as_postgres_user() -> dict:
     return {"user": "embedded_postgres"} if os.geteuid() == 0 else {}
 
 
+@pytest.mark.slow  # PostgreSQL under qemu
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="an x86_64 CPU model is emulated")
 def test_pgvector_runs_on_an_emulated_cpu_without_avx512(tmp_path: Path) -> None:
     qemu = shutil.which("qemu-x86_64")

@@ -22,11 +22,13 @@ from PIL import Image as PILImage
 
 from tests.run_site import RUN, RunningSite, free_port, processes_of, run_env
 
+pytestmark = pytest.mark.slow  # starts ./run (PostgreSQL, Redis, Celery, gunicorn) in subprocesses
+
 CLIP = "clip-vit-base-patch32"
 
 
 def get(url: str) -> int:
-    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(url, timeout=30) as response:  # loopback only
         return response.status
 
 

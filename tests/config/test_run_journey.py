@@ -10,8 +10,12 @@ import re
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.journey_client import JourneyClient, png_bytes, route_name
 from tests.run_site import RunningSite
+
+pytestmark = pytest.mark.slow  # a whole visit against ./run in subprocesses
 
 CLIP = "clip-vit-base-patch32"
 PASSWORD = "a long Passphrase 4 journeys"

@@ -16,7 +16,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from playwright.sync_api import Page, expect
 
-from gallery.services import api_token_create
+from gallery.services.accounts import api_token_create
 from tests.clients import HttpSession, signed_in
 from tests.factories import PASSWORD, CollectionFactory, ImageFactory, UserFactory
 from workers.models import EmbeddingJob
@@ -256,7 +256,7 @@ def test_reset_mail_is_left_to_a_worker_and_the_request_answers_at_once(
 
 
 def test_a_queued_reset_mail_is_not_sent_to_an_address_changed_meanwhile() -> None:
-    from gallery.services import PasswordResetMail, user_password_reset_mail_send
+    from gallery.services.accounts import PasswordResetMail, user_password_reset_mail_send
 
     user = UserFactory(email="old@example.com")
     queued = PasswordResetMail(user.pk, "old@example.com", "testserver", "testserver", False)

@@ -15,9 +15,9 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from playwright.sync_api import Page, expect
 
-from gallery import services
 from gallery.models import Caption, CollectionItem, Image
-from gallery.services import image_thumbnail_path
+from gallery.services import images as image_services
+from gallery.services.images import image_thumbnail_path
 from kernel.errors import InvalidInput
 from tests.factories import (
     PASSWORD,
@@ -46,7 +46,7 @@ def admin(client: Client) -> Client:
 @pytest.fixture
 def small_batches(monkeypatch) -> None:
     """Two images per chunk, so every selection below spans several chunks."""
-    monkeypatch.setattr(services, "STAFF_BATCH_SIZE", 2)
+    monkeypatch.setattr(image_services, "STAFF_BATCH_SIZE", 2)
 
 
 def embed(model_id: str, *images: Image) -> None:
@@ -294,7 +294,9 @@ def test_make_private_and_public_skip_dataset_images_and_say_so(admin: Client) -
 
 
 def stored_paths(image: Image) -> list[Path]:
-    thumbs = [image_thumbnail_path(image=image, size=size) for size in services.THUMBNAIL_SIZES]
+    thumbs = [
+        image_thumbnail_path(image=image, size=size) for size in image_services.THUMBNAIL_SIZES
+    ]
     return [Path(image.file.path), *thumbs]
 
 

@@ -8,7 +8,7 @@ from django.test import Client
 from django.urls import reverse
 
 from gallery.models import ApiToken, Collection, CollectionItem, Image
-from gallery.services import api_token_create
+from gallery.services.accounts import api_token_create
 from tests.factories import CollectionFactory, ImageFactory, UserFactory, jpeg_bytes
 
 pytestmark = pytest.mark.django_db

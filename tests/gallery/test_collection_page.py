@@ -14,7 +14,7 @@ from django.urls import reverse
 from playwright.sync_api import Browser, Page, expect
 
 from gallery.models import Collection, CollectionItem, Image
-from gallery.services import collection_item_move, collection_item_note_set
+from gallery.services.collections import collection_item_move, collection_item_note_set
 from kernel.errors import InvalidInput, NotFound
 from tests.clients import signed_in
 from tests.factories import CollectionFactory, CollectionItemFactory, ImageFactory, UserFactory

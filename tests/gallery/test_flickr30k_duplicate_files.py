@@ -11,7 +11,7 @@ from django.core.management import CommandError, call_command
 
 from gallery.flickr30k import Flickr30kEntry, Flickr30kFormatError, flickr30k_annotations_read
 from gallery.models import Image
-from gallery.services import flickr30k_import
+from gallery.services.flickr30k import flickr30k_import
 from tests.factories import jpeg_bytes
 
 

@@ -12,7 +12,7 @@ from django.test import Client
 from django.urls import reverse
 
 from gallery.models import Image
-from gallery.services import image_details_update
+from gallery.services.images import image_details_update
 from kernel.errors import InvalidInput, NotFound
 from tests.clients import HttpSession, signed_in
 from tests.factories import CollectionFactory, CollectionItemFactory, ImageFactory, UserFactory

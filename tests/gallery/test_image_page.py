@@ -13,7 +13,7 @@ from django.test import Client
 from django.urls import reverse
 
 from gallery.models import CollectionItem, Image
-from gallery.services import THUMBNAIL_SIZES, image_thumbnail_path
+from gallery.services.images import THUMBNAIL_SIZES, image_thumbnail_path
 from tests.clients import signed_in
 from tests.factories import (
     CollectionFactory,

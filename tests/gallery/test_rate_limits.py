@@ -14,7 +14,7 @@ from django.test import Client
 from django.utils import timezone
 
 from gallery.models import ApiToken
-from gallery.services import api_token_create
+from gallery.services.accounts import api_token_create
 from tests.factories import PASSWORD, UserFactory
 
 pytestmark = pytest.mark.django_db

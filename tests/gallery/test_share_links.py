@@ -7,7 +7,7 @@ import pytest
 from django.test import Client
 
 from gallery.models import Collection
-from gallery.services import collection_share_link_rotate, collection_update
+from gallery.services.collections import collection_share_link_rotate, collection_update
 from kernel.errors import NotFound
 from tests.clients import HttpSession
 from tests.factories import PASSWORD, CollectionFactory, UserFactory

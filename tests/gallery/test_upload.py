@@ -10,8 +10,9 @@ from django.test import Client
 from django.urls import reverse
 from PIL import Image as PILImage
 
+from gallery.decoding import UploadRejected
 from gallery.models import Image
-from gallery.services import UploadRejected, image_upload
+from gallery.services.images import image_upload
 from tests.factories import UserFactory, jpeg_bytes
 from workers.models import EmbeddingJob
 

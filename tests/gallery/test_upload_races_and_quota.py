@@ -18,7 +18,7 @@ from django.test import Client
 from PIL import Image as PILImage
 
 from gallery.models import Image
-from gallery.services import QuotaExceeded, image_delete, image_upload
+from gallery.services.images import QuotaExceeded, image_delete, image_upload
 from tests.clients import HttpSession
 from tests.factories import PASSWORD, UserFactory
 

@@ -18,7 +18,7 @@ from django.test import Client
 from PIL import Image as PILImage
 
 from gallery.models import Image
-from gallery.services import api_token_create
+from gallery.services.accounts import api_token_create
 from tests.factories import ImageFactory, UserFactory
 from workers.services import embeddings_store
 

@@ -18,8 +18,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from PIL import Image as PILImage
 
-from gallery import forms
-from gallery.forms import DECODE_MIN_SIDE, image_file_decode, image_query_decode
+from gallery import decoding
+from gallery.decoding import DECODE_MIN_SIDE, image_file_decode, image_query_decode
 from gallery.models import Image
 from tests.factories import ImageFactory
 from workers.services import embeddings_store
@@ -81,14 +81,14 @@ def searchable(db, tiny_models, settings) -> None:
 def decoded_sizes(monkeypatch) -> list[tuple[int, int]]:
     """The size of every picture the query path decodes (what the model and preview get)."""
     sizes: list[tuple[int, int]] = []
-    real = forms.open_image
+    real = decoding.open_image
 
     def recording(*args, **kwargs):
         picture = real(*args, **kwargs)
         sizes.append(picture.size)
         return picture
 
-    monkeypatch.setattr("gallery.forms.open_image", recording)
+    monkeypatch.setattr("gallery.decoding.open_image", recording)
     return sizes
 
 

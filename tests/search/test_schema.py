@@ -135,6 +135,7 @@ def test_top_k_query_of_each_model_can_use_its_index(model_id: str) -> None:
     assert_reranked_from_index(plan_of(query), model_id)
 
 
+@pytest.mark.slow  # an HNSW index over thousands of vectors
 def test_planner_chooses_the_index_on_its_own_at_realistic_size(fresh_embedding_files) -> None:
     model_id = "clip-vit-base-patch32"
     images = ImageFactory.build_batch(3000, dataset=True, file="x.jpg")

@@ -18,7 +18,7 @@ from PIL import Image as PILImage
 from schemathesis.generation import GenerationMode
 
 from gallery.models import Image
-from gallery.services import api_token_create
+from gallery.services.accounts import api_token_create
 from tests.factories import ImageFactory, UserFactory
 from workers.services import embeddings_store
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 from PIL import Image as PILImage
 
 from gallery.models import Image
-from gallery.services import api_token_create
+from gallery.services.accounts import api_token_create
 from search import encoding
 from search.selectors import (
     DATE_SORT_CANDIDATES,
@@ -79,6 +79,7 @@ def test_exact_ranking_equals_numpy_brute_force() -> None:
     assert got == expected
 
 
+@pytest.mark.slow  # an HNSW index over thousands of vectors
 def test_hnsw_recall_at_10_against_exact_on_clustered_vectors(fresh_embedding_files) -> None:
     # Queries come from the same clusters as the data, as text queries land near the images
     # they describe.
@@ -96,6 +97,7 @@ def test_hnsw_recall_at_10_against_exact_on_clustered_vectors(fresh_embedding_fi
     assert np.mean(recalls) >= 0.95
 
 
+@pytest.mark.slow  # an HNSW index over thousands of vectors
 def test_unfiltered_search_uses_the_models_hnsw_index() -> None:
     dataset(3000)
     user = UserFactory()
@@ -112,6 +114,7 @@ def stored_vectors(image_ids: list[int]) -> dict[int, np.ndarray]:
     return {row.image_id: np.asarray(row.vector, dtype=np.float64) for row in rows}
 
 
+@pytest.mark.slow  # an HNSW index over thousands of vectors
 def test_scores_are_the_exact_cosine_of_the_full_vectors() -> None:
     """The index ranks half-precision copies; the scores a search returns are still the cosine
     of the stored float32 vectors, not of their halfvec roundings."""
@@ -140,6 +143,7 @@ def test_scores_are_the_exact_cosine_of_the_full_vectors() -> None:
     assert list(scores) == sorted(scores, reverse=True)
 
 
+@pytest.mark.slow  # an HNSW index over thousands of vectors
 def test_private_images_nearest_to_the_query_do_not_empty_the_index_page() -> None:
     """More of another user's private images lie nearest to the query than the index hands the
     rerank: visibility is applied inside the candidate query (the iterative scan skips them),
@@ -174,6 +178,7 @@ def spaced(n: int, query: np.ndarray, seed: int) -> np.ndarray:
     return unit(rows)
 
 
+@pytest.mark.slow  # an HNSW index over thousands of vectors
 def test_a_deep_page_comes_from_the_index_with_the_right_rows() -> None:
     """offset 1000: the index hands the rerank offset + k + 1 candidates, not only
     RERANK_CANDIDATES, so the page is served by the index path and holds ranks 1001-1020."""
@@ -195,6 +200,7 @@ def test_a_deep_page_comes_from_the_index_with_the_right_rows() -> None:
     assert not exact and set(found) == {i.pk for i in images[:DATE_SORT_CANDIDATES]}
 
 
+@pytest.mark.slow  # an HNSW index over thousands of vectors
 def test_a_filter_matching_one_percent_still_returns_k_results() -> None:
     owner = UserFactory()
     dataset(2970)
@@ -209,6 +215,7 @@ def test_a_filter_matching_one_percent_still_returns_k_results() -> None:
     assert scores == sorted(scores, reverse=True)
 
 
+@pytest.mark.slow  # an HNSW index over thousands of vectors
 def test_index_path_with_iterative_scan_also_fills_a_selective_filter(
     settings, monkeypatch
 ) -> None:
@@ -243,6 +250,7 @@ def test_date_and_source_filters() -> None:
     assert len(data.hits) == 10
 
 
+@pytest.mark.slow  # an HNSW index over thousands of vectors
 def test_paging_continues_without_overlap_and_min_score_cuts() -> None:
     dataset(300)
     query = clustered(1, seed=11)[0]

@@ -92,6 +92,7 @@ def private_block_nearest():
     return query, owner, block, public
 
 
+@pytest.mark.slow  # thousands of private vectors nearest the query
 def test_the_index_alone_comes_back_short_behind_a_private_block(private_block_nearest) -> None:
     # The trap the search must not fall into: this is what the HNSW path alone returns.
     query, *_ = private_block_nearest
@@ -100,6 +101,7 @@ def test_the_index_alone_comes_back_short_behind_a_private_block(private_block_n
     assert len(list(ranked[:20])) < 20
 
 
+@pytest.mark.slow  # thousands of private vectors nearest the query
 def test_every_viewer_gets_min_k_visible_results(private_block_nearest) -> None:
     query, owner, block, public = private_block_nearest
     stranger = UserFactory()
@@ -115,6 +117,7 @@ def test_every_viewer_gets_min_k_visible_results(private_block_nearest) -> None:
     assert len(mine.hits) == 100 and {h.image.pk for h in mine.hits} <= {i.pk for i in block}
 
 
+@pytest.mark.slow  # thousands of private vectors nearest the query
 def test_api_and_page_return_the_visible_matches_behind_a_private_block(
     client: Client, private_block_nearest, monkeypatch
 ) -> None:
@@ -177,7 +180,7 @@ def test_query_image_over_the_pixel_limit_is_refused_before_decoding(
     def no_decode(*args, **kwargs):
         raise AssertionError("the pixels were decoded")
 
-    monkeypatch.setattr("gallery.forms.open_image", no_decode)
+    monkeypatch.setattr("gallery.decoding.open_image", no_decode)
     response = client.post("/api/search/image", {"image": png_file((2000, 2000), mode="1")})
     assert response.status_code == 400
     assert response.json() == {"error": "the query image: image too large: 2000x2000"}

@@ -11,7 +11,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from config.celery import app
 from gallery.models import Image
-from gallery.services import image_upload
+from gallery.services.images import image_upload
 from tests.factories import ImageFactory, UserFactory, jpeg_bytes
 from workers import queueing
 from workers.models import EmbeddingJob

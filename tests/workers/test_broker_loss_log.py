@@ -13,6 +13,8 @@ from django.conf import settings
 
 from config.devserver import embedded
 
+pytestmark = pytest.mark.slow  # starts a Celery worker in a subprocess
+
 
 def wait_for_text(log: Path, text: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout

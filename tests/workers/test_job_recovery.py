@@ -169,7 +169,7 @@ def test_uploads_record_when_their_job_was_sent(
 ) -> None:
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    from gallery.services import image_upload
+    from gallery.services.images import image_upload
     from tests.factories import UserFactory
 
     purge_embedding_queue()

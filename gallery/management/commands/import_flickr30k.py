@@ -16,7 +16,7 @@ from gallery.flickr30k import (
     flickr30k_annotations_read,
     karpathy_split_difference,
 )
-from gallery.services import flickr30k_import
+from gallery.services.flickr30k import flickr30k_import
 
 # How many skipped files the summary names one by one; the rest are counted.
 LISTED = 20

@@ -1,0 +1,326 @@
+"""Writes for images: uploads, thumbnails, the owner's edits and deletes, and staff actions over
+many images (delete, visibility; re-embedding is the index's, in workers.services)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.files.storage import default_storage
+from django.core.files.uploadedfile import UploadedFile
+from django.db import connection, transaction
+from django.db.models import QuerySet, Sum
+from django.template.defaultfilters import filesizeformat
+
+from encoders import open_image
+from gallery.decoding import image_file_decode, image_file_size_check
+from gallery.models import Image
+from gallery.selectors import image_get_owned
+from gallery.services._checks import selection_ids, text_bounded, visibility_check
+from gallery.signals import images_added
+from kernel.errors import NotFound, TooLarge
+
+THUMBNAIL_SIZES = (128, 256, 512)
+
+
+class QuotaExceeded(TooLarge):
+    """An upload that would take its owner past UPLOAD_QUOTA_BYTES."""
+
+
+def _thumbnail_file(*, sha256: str, size: int) -> Path:
+    """Where the ``size`` px thumbnail of the image file with ``sha256`` is kept: named by
+    content, so images with the same bytes share it."""
+    return Path(settings.MEDIA_ROOT) / "thumbs" / str(size) / f"{sha256}.jpg"
+
+
+def image_thumbnail_path(*, image: Image, size: int) -> Path:
+    """The path of a JPEG thumbnail no larger than ``size`` px, made once and kept on disk."""
+    if size not in THUMBNAIL_SIZES:
+        raise ValueError(f"thumbnail size must be one of {THUMBNAIL_SIZES}")
+    path = _thumbnail_file(sha256=image.sha256, size=size)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with image.file.open("rb") as source:
+        # Decoded at reduced scale, so an 80-megapixel upload's thumbnail does not take a
+        # full-size RGB copy (320 MB) and a rotated one besides.
+        thumb = open_image(source, max_pixels=settings.UPLOAD_MAX_PIXELS, min_side=size)
+        thumb.thumbnail((size, size))
+        # Write to a temporary name and rename, so a concurrent reader never sees half a file.
+        partial = path.with_suffix(f".{id(thumb)}.part")
+        thumb.save(partial, "JPEG", quality=85)
+        partial.replace(path)
+    return path
+
+
+def image_upload(
+    *, owner: User, file: UploadedFile, visibility: str = Image.Visibility.PRIVATE
+) -> Image:
+    """Store an uploaded image for ``owner`` and queue its embedding once committed.
+
+    Refuses files over UPLOAD_MAX_BYTES or UPLOAD_MAX_PIXELS and anything that does not decode
+    completely, with a readable reason; nothing is stored then, and so is an upload past the
+    owner's UPLOAD_QUOTA_BYTES (``QuotaExceeded``). Uploading the same bytes again, even
+    several times at once, returns the image already stored and writes no second file. The
+    returned image's ``duplicate`` attribute says which (True: it was already there), so the
+    caller can say "already in your library".
+    """
+    visibility_check(visibility, choices=Image.Visibility)
+    image_file_size_check(file=file, label=file.name or "the file")
+    digest = hashlib.sha256()
+    for chunk in file.chunks():
+        digest.update(chunk)
+    sha256 = digest.hexdigest()
+    existing = _upload_existing(owner=owner, sha256=sha256)
+    if existing is not None:
+        return existing
+
+    checked = image_file_decode(file=file, label=file.name or "the file")
+    image_format = checked.format
+
+    image = Image(
+        source=Image.Source.UPLOAD,
+        owner=owner,
+        visibility=visibility,
+        sha256=sha256,
+        # PostgreSQL text cannot hold NUL; a name is only shown, so drop them rather than refuse.
+        original_filename=Path((file.name or "upload").replace("\x00", "")).name[:255],
+        width=checked.width,
+        height=checked.height,
+        file_size=file.size or 0,
+    )
+    with transaction.atomic():
+        # One upload of this person's at a time from here to the commit: the same bytes sent
+        # six times at once then write one file (the others find the row), and the quota
+        # counts every earlier upload. Decoding, the slow part, stays outside the lock.
+        _uploads_lock(owner=owner)
+        existing = _upload_existing(owner=owner, sha256=sha256)
+        if existing is not None:
+            return existing
+        _upload_quota_check(owner=owner, size=image.file_size, label=image.original_filename)
+        image.file.save(f"upload.{image_format.lower()}", file, save=False)
+        stored = image.file.name or ""
+        try:
+            image.save()
+            # The index (workers/) creates the image's jobs now and queues them on commit.
+            images_added.send(sender=Image, image_ids=[image.pk])
+        except BaseException:
+            # The row did not make it: the file it would have named goes too.
+            default_storage.delete(stored)
+            raise
+    image.duplicate = False
+    return image
+
+
+def _upload_existing(*, owner: User, sha256: str) -> Image | None:
+    existing = Image.objects.filter(source=Image.Source.UPLOAD, owner=owner, sha256=sha256).first()
+    if existing is not None:
+        existing.duplicate = True
+    return existing
+
+
+# pg_advisory_xact_lock(key, user id): this number marks the upload lock among the site's locks.
+_UPLOADS_LOCK_KEY = 0x5550_4C44  # "UPLD"
+
+
+def _uploads_lock(*, owner: User) -> None:
+    """Hold the owner's upload lock until the surrounding transaction ends."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_UPLOADS_LOCK_KEY, owner.pk])
+
+
+def _upload_quota_check(*, owner: User, size: int, label: str) -> None:
+    """Refuse an upload that would take ``owner`` past UPLOAD_QUOTA_BYTES (0: no limit)."""
+    quota = settings.UPLOAD_QUOTA_BYTES
+    if not quota:
+        return
+    used = (
+        Image.objects.filter(source=Image.Source.UPLOAD, owner=owner).aggregate(
+            used=Sum("file_size")
+        )["used"]
+        or 0
+    )
+    if used + size > quota:
+        raise QuotaExceeded(
+            f"{label} was not stored: your uploads use {_size_text(used)} of your "
+            f"{_size_text(quota)} storage, and this file needs {_size_text(size)} more. "
+            "Delete images you no longer need to make room."
+        )
+
+
+def _size_text(size: int) -> str:
+    return filesizeformat(size).replace("\xa0", " ")  # "9.8 KB", "10.0 GB"
+
+
+def _image_owned(*, user: User, image_id: int) -> Image:
+    """One of ``user``'s uploads. Anything else (another person's image, a data-set photo, no
+    such id) is the same NotFound, so the answer never tells whether a private image exists."""
+    image = image_get_owned(user=user, image_id=image_id)
+    if image is None:
+        raise NotFound("no such image among your uploads")
+    return image
+
+
+def image_visibility_set(*, user: User, image_id: int, visibility: str) -> Image:
+    """Make one of ``user``'s uploads public or private."""
+    visibility_check(visibility, choices=Image.Visibility)
+    image = _image_owned(user=user, image_id=image_id)
+    if image.visibility != visibility:
+        image.visibility = visibility
+        image.save(update_fields=["visibility"])
+    return image
+
+
+IMAGE_TITLE_MAX = Image._meta.get_field("title").max_length or 200
+IMAGE_DESCRIPTION_MAX = Image._meta.get_field("description").max_length or 5000
+
+
+def image_details_update(*, user: User, image_id: int, title: str, description: str) -> Image:
+    """Set the title (the name and alt text shown everywhere) and description of one of
+    ``user``'s uploads; empty strings clear them. Anyone else gets the NotFound a missing image
+    gets, so the refusal never tells whether someone's private image exists."""
+    image = _image_owned(user=user, image_id=image_id)
+    title = text_bounded(title, label="title", limit=IMAGE_TITLE_MAX)
+    description = text_bounded(description, label="description", limit=IMAGE_DESCRIPTION_MAX)
+    if (image.title, image.description) != (title, description):
+        image.title, image.description = title, description
+        image.save(update_fields=["title", "description"])
+    return image
+
+
+def image_delete(*, user: User, image_id: int) -> None:
+    """Delete one of ``user``'s uploads: the row with its captions, embeddings, jobs and
+    collection items (cascades), then, once committed, its file and thumbnails.
+
+    Files go after the commit so a rolled-back delete never leaves a row without its file. A
+    file another row shares is kept (data-set imports reuse content-addressed names).
+    """
+    image = _image_owned(user=user, image_id=image_id)
+    name, sha256 = image.file.name, image.sha256
+    with transaction.atomic():
+        image.delete()
+        transaction.on_commit(lambda: _image_files_delete(name=name, sha256=sha256))
+
+
+def images_delete(*, user: User, image_ids: Sequence[int]) -> list[int]:
+    """Delete several of ``user``'s uploads at once (selection mode), all or none.
+
+    Every id is checked before anything is deleted: one that is not the user's upload (another
+    person's image, a data-set photo, no such id) refuses the whole request with the same
+    NotFound as ``image_delete``, so nothing is deleted and nothing tells whether a private
+    image exists. Rows go with their cascades; files and thumbnails after the commit.
+    """
+    ids = selection_ids(image_ids)
+    with transaction.atomic():
+        owned = Image.objects.none()
+        if user.is_authenticated:
+            owned = Image.objects.filter(pk__in=ids, owner_id=user.pk, source=Image.Source.UPLOAD)
+        files = list(owned.select_for_update().values_list("file", "sha256"))
+        if len(files) != len(ids):
+            raise NotFound("no such image among your uploads")
+        owned.delete()
+
+        def files_delete() -> None:
+            for name, sha256 in files:
+                _image_files_delete(name=name, sha256=sha256)
+
+        transaction.on_commit(files_delete)
+    return ids
+
+
+def _image_files_delete(*, name: str | None, sha256: str) -> None:
+    if Image.objects.filter(file=name).exists():
+        return
+    if name and default_storage.exists(name):
+        default_storage.delete(name)
+    if Image.objects.filter(sha256=sha256).exists():
+        return  # thumbnails are named by content, and another image still has it
+    for size in THUMBNAIL_SIZES:
+        _thumbnail_file(sha256=sha256, size=size).unlink(missing_ok=True)
+
+
+# --- Staff actions over many images (the admin's image list) --------------------------------
+
+# Staff actions work through the images they are given this many at a time, one transaction
+# each, so "select all" over 100,000 images never holds every row in memory or one long lock.
+STAFF_BATCH_SIZE = 500
+
+
+def _image_id_chunks(images: QuerySet[Image]) -> Iterator[list[int]]:
+    """The ids of ``images`` in ascending chunks of STAFF_BATCH_SIZE.
+
+    Each chunk is read after the previous one was acted on, by keyset (ids above the last one
+    seen), so an action that changes or deletes rows the filter matched neither skips nor
+    revisits any: an OFFSET would shift under a delete.
+    """
+    ids = images.order_by("pk").values_list("pk", flat=True)
+    last = 0
+    while chunk := list(dict.fromkeys(ids.filter(pk__gt=last)[:STAFF_BATCH_SIZE])):
+        yield chunk
+        last = chunk[-1]
+
+
+def images_staff_delete(*, images: QuerySet[Image]) -> int:
+    """Staff: delete ``images``, whoever owns them (data-set photos too), with what the owner's
+    own delete takes: captions, embeddings, jobs and collection items (cascades), then, as each
+    chunk commits, files and thumbnails no other row uses. Returns how many were deleted."""
+    deleted = 0
+    for chunk in _image_id_chunks(images):
+        with transaction.atomic():
+            rows = Image.objects.filter(pk__in=chunk)
+            files = list(rows.select_for_update().values_list("file", "sha256"))
+            rows.delete()
+            transaction.on_commit(functools.partial(_images_files_delete, files=files))
+        deleted += len(files)
+    return deleted
+
+
+def _images_files_delete(*, files: Sequence[tuple[str, str]]) -> None:
+    """``_image_files_delete`` for many images, with two queries in all instead of two each."""
+    names = {name for name, _ in files}
+    digests = {sha256 for _, sha256 in files}
+    names_used = set(Image.objects.filter(file__in=names).values_list("file", flat=True))
+    digests_used = set(Image.objects.filter(sha256__in=digests).values_list("sha256", flat=True))
+    for name in names - names_used:
+        if name and default_storage.exists(name):
+            default_storage.delete(name)
+    for sha256 in digests - digests_used:
+        for size in THUMBNAIL_SIZES:
+            _thumbnail_file(sha256=sha256, size=size).unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class ImagesVisibilityResult:
+    changed: int
+    unchanged: int  # uploads that already had the visibility
+    dataset_skipped: int  # Flickr30k images, public whatever is asked
+
+
+def images_staff_visibility_set(
+    *, images: QuerySet[Image], visibility: str
+) -> ImagesVisibilityResult:
+    """Staff: make the uploads among ``images`` public or private, whoever owns them.
+
+    Data-set images are skipped and counted: they are public by definition (the table's check
+    constraint ``image_owner_matches_source``), so "make private" must not touch them.
+    """
+    visibility_check(visibility, choices=Image.Visibility)
+    changed = unchanged = skipped = 0
+    for chunk in _image_id_chunks(images):
+        with transaction.atomic():
+            rows = Image.objects.filter(pk__in=chunk)
+            dataset = rows.exclude(source=Image.Source.UPLOAD).count()
+            updated = (
+                rows.filter(source=Image.Source.UPLOAD)
+                .exclude(visibility=visibility)
+                .update(visibility=visibility)
+            )
+        skipped += dataset
+        changed += updated
+        unchanged += len(chunk) - dataset - updated
+    return ImagesVisibilityResult(changed, unchanged, skipped)

@@ -444,7 +444,7 @@ def fake_embeddings_copy(
     """Store unit vectors for images ``first_image_id``, ``first_image_id + 1``, ... by binary
     COPY, with no checks and no index maintenance beyond PostgreSQL's own: set-up for a bench,
     not the product's way in (that is ``embeddings_store`` / ``embeddings_import``)."""
-    from search.models import ImageEmbedding
+    from workers.models import ImageEmbedding
 
     now = datetime.now(UTC)
     stored = 0

@@ -30,10 +30,10 @@ the planner has one choice), built with ``maintenance_work_mem = --build-memory`
   rerank, LIMIT 10 at each ``--ef-search``), then ranked again exactly on the full vectors:
   ``SELECT id FROM (... ORDER BY embedding::halfvec(512) <=> q::halfvec(512) LIMIT N) c
   ORDER BY embedding <=> q LIMIT 10``;
-- ``product`` (``product:32:128``, the m and ef_construction of ``search.indexes``, which
+- ``product`` (``product:32:128``, the m and ef_construction of ``workers.indexes``, which
   the variant checks): the product itself. The generator's rows are copied into the product's
   tables (as public Flickr30k images of clip-vit-base-patch32, image id = row id), the index
-  is built by ``search.indexes.embedding_indexes_ensure`` (its name, expression, parameters
+  is built by ``workers.indexes.embedding_indexes_ensure`` (its name, expression, parameters
   and build memory), and each query is the search page's own:
   ``search.ranking.images_search_queryset`` (visibility filter, halfvec candidates, exact
   rerank, the join to the images; the captions' prefetch left out) reading 11 rows, through
@@ -416,13 +416,13 @@ def product_load(raw, generator: str, variant: Variant, data_dir: Path) -> tuple
 
     from bench._search.common import MODEL_ID
     from bench._search.data import product_index_build
-    from search.indexes import HNSW_EF_CONSTRUCTION, HNSW_M, hnsw_index_name
-    from search.models import ImageEmbedding
+    from workers.indexes import HNSW_EF_CONSTRUCTION, HNSW_M, hnsw_index_name
+    from workers.models import ImageEmbedding
 
     if (variant.m, variant.ef_construction) != (HNSW_M, HNSW_EF_CONSTRUCTION):
         raise SystemExit(
             f"--variants product:{variant.m}:{variant.ef_construction}: the product builds "
-            f"m={HNSW_M}, ef_construction={HNSW_EF_CONSTRUCTION} (search.indexes)"
+            f"m={HNSW_M}, ef_construction={HNSW_EF_CONSTRUCTION} (workers.indexes)"
         )
     table, name = f"bench_ann_{generator}", hnsw_index_name(MODEL_ID)
     with raw.cursor() as cursor:
@@ -470,9 +470,9 @@ def product_rows(
 
     from bench._search.common import MODEL_ID
     from search import ranking
-    from search.indexes import hnsw_index_name
+    from workers.indexes import hnsw_index_name
 
-    print("  product tables and index (search.indexes) ...", flush=True)
+    print("  product tables and index (workers.indexes) ...", flush=True)
     build_s, size = product_load(raw, generator, variant, data_dir)
     print(f"  built in {build_s:.0f} s, {size / 2**20:,.0f} MB", flush=True)
     anonymous = AnonymousUser()

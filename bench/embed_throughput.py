@@ -337,7 +337,7 @@ def pipeline_run(
     """(b)/(c): images_embed_batch into PostgreSQL, from no embeddings for the model."""
     from django.db import connection
 
-    from search.models import ImageEmbedding
+    from workers.models import ImageEmbedding
     from workers.pipeline import images_embed_batch
 
     results = []

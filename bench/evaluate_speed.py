@@ -85,7 +85,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
         text_to_image_ranks_ann,
         text_to_image_ranks_exact,
     )
-    from search.services import embeddings_store
+    from workers.services import embeddings_store
 
     total = args.images + args.extra_images
     # Row i is image id i + 1; the first --images rows are the test split.

@@ -42,8 +42,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from search.models import EmbeddingJob, ImageEmbedding
-    from search.services import INDEX_REBUILD_MIN_ROWS, embeddings_import
+    from workers.models import EmbeddingJob, ImageEmbedding
+    from workers.services import INDEX_REBUILD_MIN_ROWS, embeddings_import
 
     image_ids = _harness.fake_images_replace(args.rows)
     names = [f"{image_id}.jpg" for image_id in image_ids]

@@ -39,7 +39,7 @@ def post_worker_init(worker: Any) -> None:  # gunicorn's hook signature
 
         from encoders import weights_on_disk
         from search.query_encoder import warm_up
-        from search.selectors import (
+        from workers.selectors import (
             embedding_model_default,
             embedding_model_unavailable,
             embedding_models_enabled,

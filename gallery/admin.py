@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypedDict, cast
+from typing import TYPE_CHECKING, TypedDict
 
 from django import forms
 from django.contrib import admin, messages
@@ -16,21 +16,11 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from gallery.models import Caption, Collection, CollectionItem, Image
-from gallery.services.images import (
-    images_embeddings_retry_failed,
-    images_reembed,
-    images_staff_delete,
-    images_staff_visibility_set,
-)
+from gallery.services.images import images_staff_delete, images_staff_visibility_set
 from gallery.templatetags.gallery_ui import image_display_name
 from gallery.views.images import image_file_response, image_thumbnail_response
 from kernel.errors import ApplicationError, InvalidInput
 from kernel.params import int_param
-from search.selectors import (
-    EMBEDDING_STATUSES,
-    embedding_models_enabled,
-    images_with_embedding_status,
-)
 
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations
@@ -82,45 +72,8 @@ class OwnerFilter(admin.SimpleListFilter):
         return queryset.filter(owner_id=owner_id)
 
 
-class EmbeddingStatusFilter(admin.SimpleListFilter):
-    """Where each image stands with one enabled model: done, pending, failed or missing
-    (search.selectors.images_with_embedding_status says what each means)."""
-
-    title = "embedding status"
-    parameter_name = "embedding"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple]:
-        return [
-            (f"{model_id}:{status}", f"{model_id}: {status}")
-            for model_id in embedding_models_enabled()
-            for status in EMBEDDING_STATUSES
-        ]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Image]) -> QuerySet[Image]:
-        value = self.value()
-        if not value:
-            return queryset
-        model_id, _, status = value.rpartition(":")
-        if not model_id or status not in EMBEDDING_STATUSES:
-            raise IncorrectLookupParameters(
-                f"embedding must be <model>:<{'|'.join(EMBEDDING_STATUSES)}>"
-            )
-        return images_with_embedding_status(images=queryset, model_id=model_id, status=status)
-
-
-def _count(number: int, noun: str) -> str:
+def count_text(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
-
-
-class ReembedForm(forms.Form):
-    model_id = forms.ChoiceField(
-        label="Model", help_text="Enabled models only; enable others on the Embedding models page."
-    )
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        model_field = cast(forms.ChoiceField, self.fields["model_id"])
-        model_field.choices = [(m, m) for m in embedding_models_enabled()]
 
 
 @admin.register(Image)
@@ -142,9 +95,9 @@ class ImageAdmin(admin.ModelAdmin):
         "created_at",
     )
     list_display_links = ("thumbnail", "id")
-    list_filter = (
-        "source", "visibility", OwnerFilter, EmbeddingStatusFilter, "split", "created_at",
-    )  # fmt: skip
+    # workers/admin.py adds the embedding-status filter after the owner's, and the re-embed
+    # and retry actions first, to this admin (it registers a subclass in its place).
+    list_filter = ("source", "visibility", OwnerFilter, "split", "created_at")
     search_fields = ("original_filename", "sha256", "owner__username", "captions__text")
     readonly_fields = ("thumbnail", "original", "width", "height", "sha256", "created_at")
     autocomplete_fields = ("owner",)
@@ -154,7 +107,7 @@ class ImageAdmin(admin.ModelAdmin):
     # Each action below goes through the selection in chunks (gallery.services.images), so
     # "select all" on a filter of 100,000 images is fine; Django's own delete would load and list
     # every row and leave the files behind.
-    actions = ["reembed", "retry_failed", "make_public", "make_private", "delete_images"]
+    actions = ["make_public", "make_private", "delete_images"]
 
     def get_actions(self, request: HttpRequest) -> dict:
         actions = super().get_actions(request)
@@ -178,7 +131,7 @@ class ImageAdmin(admin.ModelAdmin):
             url, obj.owner_id, obj.owner.get_username(),
         )  # fmt: skip
 
-    def _confirm(
+    def action_confirm(
         self,
         request: HttpRequest,
         queryset: QuerySet[Image],
@@ -214,57 +167,20 @@ class ImageAdmin(admin.ModelAdmin):
         }
         return TemplateResponse(request, "admin/gallery/image/action_confirmation.html", context)
 
-    @admin.action(description="Re-embed with model…", permissions=["change"])
-    def reembed(self, request: HttpRequest, queryset: QuerySet[Image]) -> TemplateResponse | None:
-        form = ReembedForm(request.POST if "apply" in request.POST else None)
-        if not form.is_valid():
-            return self._confirm(
-                request, queryset, action="reembed", title="Re-embed images",
-                submit="Queue re-embedding", form=form,
-            )  # fmt: skip
-        model_id = form.cleaned_data["model_id"]
-        try:
-            result = images_reembed(images=queryset, model_id=model_id)
-        except ApplicationError as exc:
-            self.message_user(request, exc.message, messages.ERROR)
-            return None
-        waiting = result.images - result.queued
-        self.message_user(
-            request,
-            f"Re-embedding with {model_id}: {result.queued} of {_count(result.images, 'image')} "
-            "queued"
-            + (f"; {waiting} were already waiting for a worker" if waiting else "")
-            + ". Each keeps its current vector in search until the new one is stored.",
-        )
-        return None
-
-    @admin.action(description="Retry failed embeddings", permissions=["change"])
-    def retry_failed(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
-        retried = images_embeddings_retry_failed(images=queryset)
-        if not retried:
-            self.message_user(
-                request,
-                "None of the selected images has a failed embedding with an enabled model.",
-                messages.WARNING,
-            )
-            return
-        each = ", ".join(f"{model_id}: {count}" for model_id, count in sorted(retried.items()))
-        self.message_user(request, f"Retrying failed embeddings ({each}); queued for a worker.")
-
     def _visibility(self, request: HttpRequest, queryset: QuerySet[Image], visibility: str):
         try:
             result = images_staff_visibility_set(images=queryset, visibility=visibility)
         except ApplicationError as exc:
             self.message_user(request, exc.message, messages.ERROR)
             return
-        text = f"{_count(result.changed, 'upload')} made {visibility}"
+        text = f"{count_text(result.changed, 'upload')} made {visibility}"
         if result.unchanged:
             text += f"; {result.unchanged} already were"
         self.message_user(request, text + ".")
         if result.dataset_skipped:
             self.message_user(
                 request,
-                f"Skipped {_count(result.dataset_skipped, 'Flickr30k data-set image')}: "
+                f"Skipped {count_text(result.dataset_skipped, 'Flickr30k data-set image')}: "
                 "data-set images always stay public.",
                 messages.WARNING,
             )
@@ -283,7 +199,7 @@ class ImageAdmin(admin.ModelAdmin):
         self, request: HttpRequest, queryset: QuerySet[Image]
     ) -> TemplateResponse | None:
         if request.POST.get("post") != "yes":
-            return self._confirm(
+            return self.action_confirm(
                 request, queryset, action="delete_images", title="Delete images",
                 submit="Yes, delete them",
                 warning="Their captions, embeddings, embedding jobs and places in collections "
@@ -292,7 +208,7 @@ class ImageAdmin(admin.ModelAdmin):
         deleted = images_staff_delete(images=queryset)
         self.message_user(
             request,
-            f"Deleted {_count(deleted, 'image')} with their captions, embeddings, collection "
+            f"Deleted {count_text(deleted, 'image')} with their captions, embeddings, collection "
             "items, files and thumbnails.",
         )
         return None

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser, User
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 
+from gallery.hooks import image_index
 from gallery.models import ApiToken, Collection, CollectionItem, Image
-from search.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
 
 
 def images_visible_to(*, user: User | AnonymousUser) -> QuerySet[Image]:
@@ -201,22 +201,13 @@ def account_overview(*, user: User) -> AccountOverview:
     """The signed-in user's uploads, collections, tokens and index summary in a fixed number
     of queries, however many images they have."""
     uploads = Image.objects.filter(owner_id=user.pk)
-    enabled = list(EmbeddingModel.objects.filter(enabled=True).values_list("model_id", flat=True))
-    failed = Exists(
-        EmbeddingJob.objects.filter(
-            image_id=OuterRef("pk"), model_id__in=enabled, status=EmbeddingJob.Status.FAILED
-        )
-    )
-    complete = Q()
-    for model_id in enabled:
-        complete &= Q(
-            Exists(ImageEmbedding.objects.filter(image_id=OuterRef("pk"), model_id=model_id))
-        )
+    # Index state over the enabled models, from the index (workers/), in the same query.
+    index = image_index().images_conditions()
     counts = uploads.aggregate(
         total=Count("pk"),
         public=Count("pk", filter=Q(visibility=Image.Visibility.PUBLIC)),
-        failed=Count("pk", filter=Q(failed)),
-        indexed=Count("pk", filter=complete & ~Q(failed)),
+        failed=Count("pk", filter=index.failed),
+        indexed=Count("pk", filter=index.complete & ~index.failed),
     )
     collections = collections_of(user=user)
     return AccountOverview(

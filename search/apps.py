@@ -1,5 +1,11 @@
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from django.apps import AppConfig
-from django.db.models.signals import post_migrate
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AnonymousUser, User
 
 
 class SearchConfig(AppConfig):
@@ -7,14 +13,25 @@ class SearchConfig(AppConfig):
     verbose_name = "Search"
 
     def ready(self) -> None:
-        # Indexes follow the model registry, not a migration: registering a model (one entry
-        # in encoders.registry) gets it an index on the next migrate.
-        post_migrate.connect(_ensure_indexes, sender=self, dispatch_uid="search_hnsw_indexes")
+        from gallery import hooks
+        from workers.signals import embedding_model_deleting
+
+        # The image page's "similar" strip is search's, asked by gallery through its hook.
+        hooks.images_similar_register(_images_similar)
+        embedding_model_deleting.connect(
+            _caption_vectors_delete, dispatch_uid="search_caption_vectors_delete"
+        )
 
 
-def _ensure_indexes(sender: AppConfig, using: str = "default", **kwargs: object) -> None:
-    from search.indexes import embedding_indexes_ensure
-    from search.services import embedding_models_sync_from_settings
+def _images_similar(user: User | AnonymousUser, image_id: int, k: int) -> list:
+    from search.ranking import SearchRequest
+    from search.selectors import images_similar
 
-    embedding_indexes_ensure(using=using)
-    embedding_models_sync_from_settings()
+    return list(images_similar(user=user, image_id=image_id, search=SearchRequest(k=k)).hits)
+
+
+def _caption_vectors_delete(sender: object, *, model_id: str, **kwargs: object) -> None:
+    """A forgotten model's caption vectors go with its image embeddings, in one transaction."""
+    from search.models import CaptionEmbedding
+
+    CaptionEmbedding.objects.filter(model_id=model_id).delete()

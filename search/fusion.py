@@ -22,7 +22,6 @@ from pgvector.django import CosineDistance
 
 from kernel.errors import InvalidInput
 from search.model_choice import FUSED_SEPARATOR
-from search.models import ImageEmbedding
 from search.ranking import (
     QueryVector,
     SearchHit,
@@ -35,6 +34,7 @@ from search.ranking import (
     search_validate_page,
     search_validate_sort,
 )
+from workers.models import ImageEmbedding
 
 FUSIONS = ("zsum", "rrf")
 # Reciprocal-rank fusion's constant, as in Cormack et al. (2009) and most systems since.

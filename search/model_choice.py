@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from django.db import connection
 
@@ -15,10 +14,8 @@ from encoders import UnknownModelError
 from encoders.registry import model_spec
 from gallery.models import Image
 from kernel.errors import Conflict, InvalidInput, Unavailable
-from search.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
-
-if TYPE_CHECKING:
-    from search.selectors import EmbeddingProgress
+from workers.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
+from workers.selectors import embedding_progress
 
 # A fused search ("A+B") ranks with two models at once (``search.fusion``). In a query string
 # "+" reads as a space, so "A B" is the same choice (a link typed by hand), and "B+A" is "A+B".
@@ -85,16 +82,6 @@ def model_unavailable_message(model_id: str) -> str:
     )
 
 
-def default_model_if_unavailable() -> str | None:
-    """The default model's id if workers cannot load it (uploads then wait for it), else None."""
-    return (
-        EmbeddingModel.objects.filter(is_default=True)
-        .exclude(unavailable_reason="")
-        .values_list("model_id", flat=True)
-        .first()
-    )
-
-
 @dataclass(frozen=True)
 class ModelChoice:
     """The models a search runs with: one, or for a fused choice two, the default first."""
@@ -146,7 +133,7 @@ def _choose(spec: str | None, models: dict[str, _EnabledModel], *, fusable: bool
         (_one_model(part, models) for part in parts), key=lambda m: (m != default, m)
     )
     for model_id in model_ids:
-        progress = _progress(model_id)
+        progress = embedding_progress(model_id=model_id)
         if progress.remaining:
             raise InvalidInput(
                 f"fused search with {model_id} is not available yet: it still has "
@@ -202,13 +189,5 @@ def search_model_choices() -> list[str]:
     models = search_models_available()
     if len(models) < 2:
         return models
-    complete = [m for m in models if not _progress(m).remaining]
+    complete = [m for m in models if not embedding_progress(model_id=m).remaining]
     return models + [FUSED_SEPARATOR.join(pair) for pair in itertools.combinations(complete, 2)]
-
-
-def _progress(model_id: str) -> EmbeddingProgress:
-    # Imported here: the index's progress lives in search.selectors, which imports this module.
-    # Once it has its own home below search/ this becomes a plain import.
-    from search.selectors import embedding_progress
-
-    return embedding_progress(model_id=model_id)

@@ -1,6 +1,6 @@
 """Query encoding for search: texts and query images to vectors, with a small LRU cache.
 
-Reads only (no database). The encoder is the process-wide one from ``workers.loading``, so the
+Reads only (no database). The encoder is the process-wide one from ``workers.encoder_cache``, so the
 web process loads each model once; ``warm_up`` runs at web-worker start so the first search
 does not pay for loading the model.
 """
@@ -17,7 +17,7 @@ from django.conf import settings
 from PIL import Image as PILImage
 
 from encoders import Encoder, EncoderError, WeightsUnavailableError
-from workers.loading import encoder_for
+from workers.encoder_cache import encoder_for
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from encoders.registry import model_spec
 from gallery.models import Caption, Image
 from gallery.selectors import collections_visible_to, images_visible_to
 from kernel.errors import InvalidInput, NotAuthenticated, NotFound
-from search.models import EmbeddingJob, ImageEmbedding
+from workers.models import EmbeddingJob, ImageEmbedding
 
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations

@@ -18,7 +18,6 @@ from kernel.params import int_param
 from kernel.views import error_response
 from search.forms import ImageQueryForm, SearchForm
 from search.model_choice import search_models_available
-from search.models import EmbeddingModel
 from search.query_images import QueryImage, query_image_recall, query_image_remember
 from search.ranking import (
     MAX_K,
@@ -30,11 +29,12 @@ from search.ranking import (
 )
 from search.rate_limits import image_search_rate_check
 from search.selectors import (
-    embedding_progress,
     image_query_embed,
     images_search_by_text,
     images_similar,
 )
+from workers.models import EmbeddingModel
+from workers.selectors import embedding_progress
 
 
 def embedding_progress_json(request: HttpRequest) -> HttpResponse:

@@ -14,9 +14,10 @@ from django.test import Client
 from django.urls import URLResolver, get_resolver, reverse
 
 from gallery.models import Collection, CollectionItem, Image
-from search.models import EmbeddingJob, EvaluationRun
-from search.services import embeddings_store
+from search.models import EvaluationRun
 from tests.factories import CaptionFactory, ImageFactory, UserFactory
+from workers.models import EmbeddingJob
+from workers.services import embeddings_store
 
 pytestmark = pytest.mark.django_db
 ROLES = ("anonymous", "owner", "other", "staff")

@@ -21,9 +21,10 @@ from PIL import Image as PILImage
 from encoders import Encoder, EncoderError, ImageDecodeError, open_image
 from gallery.decoding import DECODE_MIN_SIDE
 from gallery.models import Image
-from search.models import EmbeddingJob, ImageEmbedding
-from search.selectors import embedding_model_unavailable_reason
-from search.services import (
+from workers.encoder_cache import encoder_for
+from workers.models import EmbeddingJob, ImageEmbedding
+from workers.selectors import embedding_model_unavailable_reason
+from workers.services import (
     embedding_jobs_create_missing,
     embedding_jobs_mark_failed,
     embedding_jobs_note_blocked,
@@ -35,7 +36,6 @@ from search.services import (
     embedding_model_mark_unavailable,
     embeddings_store,
 )
-from workers.loading import encoder_for
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def images_embed_batch(
     wanted = list(dict.fromkeys(image_ids))
     if not replace:
         # An embedding beside a pending job was asked to be made anew (staff's re-embed,
-        # search.services.embedding_jobs_request): only the others are done.
+        # workers.services.embedding_jobs_request): only the others are done.
         asked_again = EmbeddingJob.objects.filter(
             image_id=OuterRef("image_id"), model_id=model_id, status=EmbeddingJob.Status.PENDING
         )

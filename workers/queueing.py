@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 
 from celery import current_app as celery_app
@@ -23,8 +24,9 @@ from django.db import transaction
 from kombu.exceptions import ChannelError
 
 from kernel.broker import BROKER_ERRORS
-from search.selectors import embedding_model_unavailable, embedding_models_enabled
-from search.services import (
+from workers.broker import EMBED_TASK, task_send
+from workers.selectors import embedding_model_unavailable, embedding_models_enabled
+from workers.services import (
     embedding_jobs_claim,
     embedding_jobs_create_missing,
     embedding_jobs_mark_sent,
@@ -32,8 +34,6 @@ from search.services import (
 )
 
 logger = logging.getLogger(__name__)
-
-EMBED_TASK = "workers.tasks.embed_images_task"
 
 
 def broker_queue_length(queue: str) -> int | None:
@@ -89,20 +89,13 @@ def send_batches(model_id: str, batches: list[list[int]]) -> None:
     pending jobs are already committed, and the periodic sweep queues them once it is back.
     """
     for index, batch in enumerate(batches):
-        try:
-            # By name: the tasks module imports this one, not the reverse.
-            celery_app.send_task(
-                EMBED_TASK,
-                args=(model_id, batch),
-                queue=settings.EMBEDDING_QUEUE,
-                ignore_result=True,  # outcomes are recorded on the jobs
-            )
-        except BROKER_ERRORS as exc:
+        error = task_send(EMBED_TASK, args=(model_id, batch), queue=settings.EMBEDDING_QUEUE)
+        if error is not None:
             unsent = [image_id for rest in batches[index:] for image_id in rest]
             embedding_jobs_mark_unsent(model_id=model_id, image_ids=unsent)
             logger.warning(
                 "broker unavailable (%s): %d images of %s stay pending for the next sweep",
-                exc, len(unsent), model_id,
+                error, len(unsent), model_id,
             )  # fmt: skip
             return
 
@@ -126,3 +119,16 @@ def image_enqueue_embedding(*, image_id: int) -> None:
             continue
         embedding_jobs_mark_sent(model_id=model_id, image_ids=[image_id])
         transaction.on_commit(functools.partial(send_batches, model_id, [[image_id]]))
+
+
+def images_added_enqueue(
+    sender: object, *, image_ids: Sequence[int] | None, **kwargs: object
+) -> dict[str, int]:
+    """``gallery.signals.images_added``: new images get their jobs now and are queued once the
+    transaction commits; a bulk import (no ids) runs the sweep. Returns batches per model (the
+    sweep's; one image's batches are not counted)."""
+    if image_ids is None:
+        return embeddings_sweep()
+    for image_id in image_ids:
+        image_enqueue_embedding(image_id=image_id)
+    return {}

@@ -9,8 +9,8 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerError
 
-from search.selectors import embedding_models_enabled
 from workers import pipeline, queueing
+from workers.selectors import embedding_models_enabled
 
 # Database or broker hiccups: worth retrying with backoff. Everything else is recorded on the
 # jobs by the pipeline.

@@ -102,7 +102,7 @@ def dataset_ensure(size: int, args: argparse.Namespace, data_dir: Path) -> Datas
 
 
 def _stored_count() -> int:
-    from search.models import ImageEmbedding
+    from workers.models import ImageEmbedding
 
     return ImageEmbedding.objects.filter(model_id=MODEL_ID).count()
 
@@ -110,7 +110,7 @@ def _stored_count() -> int:
 def _index_exists() -> bool:
     from django.db import connection
 
-    from search.indexes import hnsw_index_name
+    from workers.indexes import hnsw_index_name
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s", [hnsw_index_name(MODEL_ID)])
@@ -123,13 +123,8 @@ def dataset_load(size: int, *, clusters: int, seed: int, matrix: np.ndarray) -> 
     from django.db import connection
 
     from gallery.models import Caption, Image
-    from search.indexes import (
-        HNSW_EF_CONSTRUCTION,
-        HNSW_M,
-        hnsw_build_memory,
-        hnsw_index_name,
-    )
-    from search.models import ImageEmbedding
+    from workers.indexes import HNSW_EF_CONSTRUCTION, HNSW_M, hnsw_build_memory, hnsw_index_name
+    from workers.models import ImageEmbedding
 
     images = Image._meta.db_table
     embeddings = ImageEmbedding._meta.db_table
@@ -168,7 +163,7 @@ def dataset_load(size: int, *, clusters: int, seed: int, matrix: np.ndarray) -> 
         f"VACUUM ANALYZE {vacuum_seconds:.0f} s",
         f"HNSW build (m={HNSW_M}, ef_construction={HNSW_EF_CONSTRUCTION}, maintenance_work_mem="
         f"{hnsw_build_memory(rows=size, dim=512) / 2**20:,.0f}MB "
-        "(search.indexes.hnsw_build_memory), "
+        "(workers.indexes.hnsw_build_memory), "
         f"max_parallel_maintenance_workers=1): {build_seconds:.1f} s",
     ]
 
@@ -178,7 +173,7 @@ def product_index_build() -> float:
     sizes its own maintenance_work_mem to the graph) on 2 cores; the build's seconds."""
     from django.db import connection
 
-    from search.indexes import embedding_indexes_ensure
+    from workers.indexes import embedding_indexes_ensure
 
     with connection.cursor() as cursor:
         cursor.execute("SET max_parallel_maintenance_workers = 1")  # leader + 1 = 2 cores
@@ -195,8 +190,8 @@ def table_sizes() -> str:
     from django.db import connection
 
     from gallery.models import Image
-    from search.indexes import hnsw_index_name
-    from search.models import ImageEmbedding
+    from workers.indexes import hnsw_index_name
+    from workers.models import ImageEmbedding
 
     table = ImageEmbedding._meta.db_table
     with connection.cursor() as cursor:

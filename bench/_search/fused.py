@@ -37,8 +37,8 @@ def second_model_ensure(dataset: Dataset, args: argparse.Namespace) -> tuple[np.
     HNSW index built after the load), and a note on what was done."""
     from django.db import connection
 
-    from search.indexes import embedding_indexes_ensure
-    from search.models import EmbeddingModel, ImageEmbedding
+    from workers.indexes import embedding_indexes_ensure
+    from workers.models import EmbeddingModel, ImageEmbedding
 
     EmbeddingModel.objects.update_or_create(model_id=MODEL_ID, defaults={"enabled": True})
     EmbeddingModel.objects.filter(is_default=True).exclude(model_id=MODEL_ID).update(

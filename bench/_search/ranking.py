@@ -144,7 +144,7 @@ def hnsw_index_warm() -> str:
     """
     from django.db import connection
 
-    from search.indexes import hnsw_index_name
+    from workers.indexes import hnsw_index_name
 
     with connection.cursor() as cursor:
         cursor.execute(

@@ -17,7 +17,7 @@ from django.db.models import Max
 
 from gallery.flickr30k import CaptionRow, Flickr30kEntry, Flickr30kFile, flickr30k_file_check
 from gallery.models import Caption, Image, image_upload_path
-from workers.queueing import embeddings_sweep
+from gallery.signals import images_added
 
 
 @dataclass
@@ -76,7 +76,9 @@ def flickr30k_import(
     if enqueue:
         # Queues on commit; with the broker down it logs and leaves the jobs pending for the
         # periodic sweep, so the import itself never fails on it.
-        result.queued = embeddings_sweep()
+        for _receiver, queued in images_added.send(sender=Image, image_ids=None):
+            if isinstance(queued, dict):
+                result.queued.update(queued)
     return result
 
 

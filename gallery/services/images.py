@@ -1,5 +1,5 @@
 """Writes for images: uploads, thumbnails, the owner's edits and deletes, and staff actions over
-many images (delete, visibility, re-embedding)."""
+many images (delete, visibility; re-embedding is the index's, in workers.services)."""
 
 from __future__ import annotations
 
@@ -22,14 +22,8 @@ from gallery.decoding import image_file_decode, image_file_size_check
 from gallery.models import Image
 from gallery.selectors import image_get_owned
 from gallery.services._checks import selection_ids, text_bounded, visibility_check
-from kernel.errors import InvalidInput, NotFound, TooLarge
-from search.selectors import embedding_models_enabled
-from search.services import (
-    embedding_jobs_request,
-    embedding_jobs_retry_failed,
-    embeddings_sweep_send,
-)
-from workers.queueing import image_enqueue_embedding
+from gallery.signals import images_added
+from kernel.errors import NotFound, TooLarge
 
 THUMBNAIL_SIZES = (128, 256, 512)
 
@@ -113,7 +107,8 @@ def image_upload(
         stored = image.file.name or ""
         try:
             image.save()
-            image_enqueue_embedding(image_id=image.pk)
+            # The index (workers/) creates the image's jobs now and queues them on commit.
+            images_added.send(sender=Image, image_ids=[image.pk])
         except BaseException:
             # The row did not make it: the file it would have named goes too.
             default_storage.delete(stored)
@@ -329,47 +324,3 @@ def images_staff_visibility_set(
         changed += updated
         unchanged += len(chunk) - dataset - updated
     return ImagesVisibilityResult(changed, unchanged, skipped)
-
-
-@dataclass(frozen=True)
-class ImagesReembedResult:
-    images: int
-    queued: int  # jobs created or set pending; the rest were already waiting for a worker
-
-
-def images_reembed(*, images: QuerySet[Image], model_id: str) -> ImagesReembedResult:
-    """Staff: embed ``images`` again with ``model_id``, one of the enabled models.
-
-    Through the job rows and the sweep, like every embedding: each image gets a pending job
-    (``embedding_jobs_request``), and the sweep queues them, now and again later if a worker
-    dies on them. An image keeps its current vector, and its place in search, until the new one
-    replaces it. Asking twice queues nothing twice.
-    """
-    if model_id not in embedding_models_enabled():
-        raise InvalidInput(
-            f"{model_id!r} is not an enabled model; enable it on the Embedding models page first"
-        )
-    seen = queued = 0
-    for chunk in _image_id_chunks(images):
-        seen += len(chunk)
-        queued += embedding_jobs_request(model_id=model_id, image_ids=chunk)
-    if queued:
-        embeddings_sweep_send(model_id=model_id)
-    return ImagesReembedResult(seen, queued)
-
-
-def images_embeddings_retry_failed(*, images: QuerySet[Image]) -> dict[str, int]:
-    """Staff: try the failed embeddings of ``images`` again, for every enabled model, with
-    fresh attempts; their other jobs are left alone. Returns jobs retried per model (only
-    models with some)."""
-    models = embedding_models_enabled()
-    retried = dict.fromkeys(models, 0)
-    for chunk in _image_id_chunks(images):
-        for model_id, count in embedding_jobs_retry_failed(
-            image_ids=chunk, model_ids=models
-        ).items():
-            retried[model_id] += count
-    for model_id, count in retried.items():
-        if count:
-            embeddings_sweep_send(model_id=model_id)
-    return {model_id: count for model_id, count in retried.items() if count}

@@ -11,6 +11,7 @@ from django.urls import reverse
 from django.utils.datastructures import MultiValueDict
 from django.views.decorators.http import require_http_methods
 
+from gallery import hooks
 from gallery.forms import (
     ImageDetailsForm,
     ImageVisibilityForm,
@@ -34,12 +35,6 @@ from gallery.services.images import (
 from gallery.views._common import NO_SUCH_IMAGE, AuthenticatedHttpRequest, visible_image
 from kernel.errors import ApplicationError
 from kernel.views import error_response
-from search.model_choice import default_model_if_unavailable
-from search.ranking import SearchRequest
-from search.selectors import (
-    image_index_status,
-    images_similar,
-)
 
 
 def image_detail(request: HttpRequest, image_id: int) -> HttpResponse:
@@ -56,9 +51,7 @@ def _image_page(
 ) -> HttpResponse:
     is_owner = request.user.is_authenticated and image.owner_id == request.user.pk
     try:
-        similar = images_similar(
-            user=request.user, image_id=image.pk, search=SearchRequest(k=12)
-        ).hits
+        similar = hooks.images_similar(user=request.user, image_id=image.pk, k=12)
         similar_error = ""
     except ApplicationError as exc:
         similar, similar_error = [], exc.message
@@ -67,7 +60,7 @@ def _image_page(
         "image": image,
         "captions": list(image.captions.all()),
         "is_owner": is_owner,
-        "status": image_index_status(image_id=image.pk),
+        "status": hooks.image_index().image_states(image.pk),
         "collections": image_collections_visible(image=image, user=request.user),
         "similar": similar,
         "similar_error": similar_error,
@@ -90,7 +83,7 @@ def _details_form(image: Image) -> ImageDetailsForm:
 def image_status(request: HttpRequest, image_id: int) -> JsonResponse:
     """Index status of one visible image, for the upload page's live rows."""
     image = visible_image(request, image_id)
-    states = image_index_status(image_id=image.pk)
+    states = hooks.image_index().image_states(image.pk)
     # The default model (first) decides the summary: that is the one searches use.
     head = states[0] if states else None
     return JsonResponse(
@@ -217,7 +210,7 @@ def _upload_one(request: AuthenticatedHttpRequest, form: UploadForm) -> tuple[Im
         return None, exc.message
     if image.duplicate:
         return image, f"{image.original_filename} is already in your library."
-    waiting_for = default_model_if_unavailable()
+    waiting_for = hooks.image_index().default_model_unavailable()
     if waiting_for:
         # Indexing cannot start until an admin provides the weights; say so rather than
         # promise progress that will not come.

@@ -22,11 +22,11 @@ from search.model_choice import search_model_choices
 from search.ranking import SearchPage
 from search.rate_limits import image_search_rate_check
 from search.selectors import (
-    embedding_model_default,
     images_search_by_image,
     images_search_by_text,
     images_similar,
 )
+from workers.selectors import embedding_model_default
 
 
 def _results(request: HttpRequest, page: SearchPage) -> HttpResponse:

@@ -8,7 +8,7 @@ similar than the best right answer, so exact ties count in the query's favour, i
 
 Where each number comes from:
 
-- text embeddings: the encoder search uses (``workers.loading.encoder_for``, its tokenizer
+- text embeddings: the encoder search uses (``workers.encoder_cache.encoder_for``, its tokenizer
   truncating to the model's context, 77 tokens for CLIP), computed once per caption, model and
   encoder and stored in PostgreSQL (``CaptionEmbedding``), then read back by later runs;
 - image embeddings: read from PostgreSQL, as stored by the pipeline or ``import_embeddings``;

@@ -13,8 +13,9 @@ from django.db.models import Count
 from encoders import model_spec
 from gallery.flickr30k import KARPATHY_SPLIT_SIZES, karpathy_split_difference
 from gallery.models import Caption, Image
-from search.models import CaptionEmbedding, ImageEmbedding
-from search.selectors import embedding_model_enable_hint, embedding_models_enabled
+from search.models import CaptionEmbedding
+from workers.models import ImageEmbedding
+from workers.selectors import embedding_model_enable_hint, embedding_models_enabled
 
 GALLERIES = ("split", "all")
 

@@ -13,9 +13,9 @@ from tqdm import tqdm
 from encoders import model_spec
 from gallery.models import Image
 from search.evaluation.data import EvaluationError
-from search.indexes import hnsw_index_name
-from search.models import ImageEmbedding
 from search.ranking import embeddings_ranked
+from workers.indexes import hnsw_index_name
+from workers.models import ImageEmbedding
 
 
 def vector_literal(row: np.ndarray) -> str:

@@ -1,7 +1,7 @@
 """One evaluation run: what it reads, encodes and ranks, the report, and saving it.
 
 Writes live here too (caption embeddings, ``EvaluationRun`` rows): they belong to the
-evaluation, and keeping them out of ``search.services`` keeps that module free of this one.
+evaluation, and keeping them out of ``workers.services`` keeps the index free of this one.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from search.evaluation.data import (
 from search.evaluation.metrics import FUSIONS, KS, RankSummary, rank_summary, ranks_numpy
 from search.evaluation.ranking import text_to_image_ranks_ann, text_to_image_ranks_exact
 from search.models import CaptionEmbedding, EvaluationRun
-from workers.loading import encoder_for
+from workers.encoder_cache import encoder_for
 
 # The papers' 1K test: Karpathy's 1,000 test images with their 5,000 captions.
 PAPERS_IMAGES, PAPERS_CAPTIONS = 1_000, 5_000

@@ -13,8 +13,8 @@ from PIL import Image as PILImage
 from playwright.sync_api import Page, expect
 
 from gallery.models import Collection, CollectionItem, Image
-from search.services import embeddings_store
 from tests.factories import PASSWORD, ImageFactory, UserFactory
+from workers.services import embeddings_store
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -115,7 +115,7 @@ def test_the_pages_run_without_violations(live_server, page: Page, site: dict, t
     expect(page.locator("img.query-preview")).to_be_visible()
     page.goto(base + f"/collections/{collection.pk}/")
     page.wait_for_load_state("networkidle")
-    for path in ("/admin/", "/admin/gallery/image/", "/admin/search/embeddingmodel/"):
+    for path in ("/admin/", "/admin/gallery/image/", "/admin/workers/embeddingmodel/"):
         page.goto(base + path)
         page.wait_for_load_state("networkidle")
 

@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from config import gunicorn
-from search.services import embedding_model_enable, embedding_model_mark_unavailable
+from workers.services import embedding_model_enable, embedding_model_mark_unavailable
 
 pytestmark = pytest.mark.django_db
 CLIP, ALIGN, SIGLIP = "clip-vit-base-patch32", "align-base", "siglip-base-patch16-224"
@@ -63,8 +63,8 @@ def test_warm_up_runs_one_search_through_the_whole_stack(tiny_models, caplog) ->
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from search.services import embeddings_store
     from tests.factories import ImageFactory
+    from workers.services import embeddings_store
 
     image = ImageFactory(dataset=True)
     embeddings_store(model_id=CLIP, image_ids=[image.pk], vectors=np.ones((1, 512)))

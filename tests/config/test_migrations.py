@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import connection
 
 from encoders.registry import MODELS
-from search.indexes import hnsw_index_name
+from workers.indexes import hnsw_index_name
 
 
 @pytest.fixture

@@ -83,7 +83,7 @@ def test_auto_backend_is_onnx_on_cpu_and_torch_elsewhere(tiny_dirs, cache_dir):
 
 
 def test_encoder_for_follows_the_backend_setting(tiny_dirs, settings):
-    from workers.loading import encoder_for
+    from workers.encoder_cache import encoder_for
 
     settings.EMBEDDING_MODEL_SOURCES = {"clip-vit-base-patch32": str(tiny_dirs["clip"])}
     settings.EMBEDDING_DEVICE = "cpu"

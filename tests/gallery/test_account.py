@@ -17,10 +17,10 @@ from django.test.utils import CaptureQueriesContext
 from playwright.sync_api import Page, expect
 
 from gallery.services.accounts import api_token_create
-from search.models import EmbeddingJob
-from search.services import embeddings_store
 from tests.clients import HttpSession, signed_in
 from tests.factories import PASSWORD, CollectionFactory, ImageFactory, UserFactory
+from workers.models import EmbeddingJob
+from workers.services import embeddings_store
 
 pytestmark = pytest.mark.django_db
 CLIP = "clip-vit-base-patch32"

@@ -7,9 +7,9 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from search.models import EmbeddingJob
-from search.services import embeddings_store
 from tests.factories import CaptionFactory, CollectionItemFactory, ImageFactory, UserFactory
+from workers.models import EmbeddingJob
+from workers.services import embeddings_store
 
 pytestmark = pytest.mark.django_db
 
@@ -18,8 +18,8 @@ MODELS = [
     "gallery_caption",
     "gallery_collection",
     "gallery_collectionitem",
-    "search_imageembedding",
-    "search_embeddingjob",
+    "workers_imageembedding",
+    "workers_embeddingjob",
     "auth_user",
 ]
 
@@ -67,7 +67,7 @@ def test_job_list_filters_by_status(admin_client: Client) -> None:
     )
     EmbeddingJob.objects.create(image=ImageFactory(), model_id="clip-vit-base-patch32")
     response = admin_client.get(
-        reverse("admin:search_embeddingjob_changelist"), {"status": "failed"}
+        reverse("admin:workers_embeddingjob_changelist"), {"status": "failed"}
     )
     assert list(response.context["cl"].result_list) == [failed]
 

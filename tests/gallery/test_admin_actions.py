@@ -19,9 +19,6 @@ from gallery.models import Caption, CollectionItem, Image
 from gallery.services import images as image_services
 from gallery.services.images import image_thumbnail_path
 from kernel.errors import InvalidInput
-from search.models import EmbeddingJob, ImageEmbedding
-from search.selectors import images_with_embedding_status
-from search.services import embedding_model_enable, embeddings_store
 from tests.factories import (
     PASSWORD,
     CaptionFactory,
@@ -30,6 +27,10 @@ from tests.factories import (
     UserFactory,
 )
 from workers import pipeline, queueing
+from workers import services as index_services
+from workers.models import EmbeddingJob, ImageEmbedding
+from workers.selectors import images_with_embedding_status
+from workers.services import embedding_model_enable, embeddings_store
 
 CLIP, ALIGN = "clip-vit-base-patch32", "align-base"
 DIM = {CLIP: 512, ALIGN: 640}
@@ -230,7 +231,7 @@ def test_reembed_refuses_a_model_that_is_not_enabled(admin: Client) -> None:
     assert "Select a valid choice" in response.content.decode()
     assert not EmbeddingJob.objects.exists()
     with pytest.raises(InvalidInput, match="not an enabled model"):
-        image_services.images_reembed(images=Image.objects.all(), model_id=ALIGN)
+        index_services.images_reembed(images=Image.objects.all(), model_id=ALIGN)
 
 
 # --- Retry failed ---------------------------------------------------------------------------
@@ -366,13 +367,13 @@ def test_select_all_across_pages_works_through_several_batches(
     }
 
     chunks: list[int] = []
-    request = image_services.embedding_jobs_request
+    request = index_services.embedding_jobs_request
 
     def spy(**kwargs):
         chunks.append(len(kwargs["image_ids"]))
         return request(**kwargs)
 
-    monkeypatch.setattr(image_services, "embedding_jobs_request", spy)
+    monkeypatch.setattr(index_services, "embedding_jobs_request", spy)
     with django_capture_on_commit_callbacks():
         response = act(admin, "reembed", on_page, "?source=upload", across=True, model_id=CLIP,
                        post="yes", apply="1")  # fmt: skip

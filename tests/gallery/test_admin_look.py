@@ -9,8 +9,8 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from search.services import embedding_model_enable, embedding_model_mark_unavailable
 from tests.factories import ImageFactory, UserFactory
+from workers.services import embedding_model_enable, embedding_model_mark_unavailable
 
 pytestmark = pytest.mark.django_db
 
@@ -41,7 +41,7 @@ def test_preview_links_in_the_image_list_are_named_by_their_image(staff: Client)
 def test_model_ids_in_admin_messages_keep_their_case(staff: Client) -> None:
     embedding_model_enable(model_id="align-base")
     embedding_model_mark_unavailable(model_id="align-base", reason="no weights")
-    html = staff.get(reverse("admin:search_embeddingmodel_changelist")).content.decode()
+    html = staff.get(reverse("admin:workers_embeddingmodel_changelist")).content.decode()
     assert "align-base is not available: no weights" in html
     assert "Align-base" not in html
 

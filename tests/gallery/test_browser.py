@@ -10,8 +10,8 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from gallery.models import Image
-from search.models import EmbeddingJob
 from tests.factories import jpeg_bytes
+from workers.models import EmbeddingJob
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -73,8 +73,8 @@ def test_search_open_similar_and_save_to_a_collection(
 ) -> None:
     import numpy as np
 
-    from search.services import embeddings_store
     from tests.factories import PASSWORD, ImageFactory, UserFactory
+    from workers.services import embeddings_store
 
     images = ImageFactory.create_batch(5, dataset=True)
     for index, image in enumerate(images):

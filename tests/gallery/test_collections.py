@@ -113,7 +113,7 @@ def test_collections_page_lists_mine_and_creates(client: Client) -> None:
 def test_search_inside_a_collection_only_sees_its_images(client: Client, tiny_models) -> None:
     import numpy as np
 
-    from search.services import embeddings_store
+    from workers.services import embeddings_store
 
     user = UserFactory()
     images = ImageFactory.create_batch(6, dataset=True)

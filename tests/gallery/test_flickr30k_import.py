@@ -18,7 +18,7 @@ from PIL import ImageDraw
 
 from gallery.flickr30k import flickr30k_annotations_read
 from gallery.models import Caption, Image
-from search.models import EmbeddingJob
+from workers.models import EmbeddingJob
 
 pytestmark = pytest.mark.django_db
 CLIP = "clip-vit-base-patch32"

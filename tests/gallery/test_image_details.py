@@ -14,9 +14,9 @@ from django.urls import reverse
 from gallery.models import Image
 from gallery.services.images import image_details_update
 from kernel.errors import InvalidInput, NotFound
-from search.services import embeddings_store
 from tests.clients import HttpSession, signed_in
 from tests.factories import CollectionFactory, CollectionItemFactory, ImageFactory, UserFactory
+from workers.services import embeddings_store
 
 pytestmark = pytest.mark.django_db
 HX = {"HTTP_HX_REQUEST": "true"}

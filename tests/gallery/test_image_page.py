@@ -14,8 +14,6 @@ from django.urls import reverse
 
 from gallery.models import CollectionItem, Image
 from gallery.services.images import THUMBNAIL_SIZES, image_thumbnail_path
-from search.models import ImageEmbedding
-from search.services import embeddings_store
 from tests.clients import signed_in
 from tests.factories import (
     CollectionFactory,
@@ -24,6 +22,8 @@ from tests.factories import (
     UserFactory,
     jpeg_bytes,
 )
+from workers.models import ImageEmbedding
+from workers.services import embeddings_store
 
 pytestmark = pytest.mark.django_db
 CLIP = "clip-vit-base-patch32"

@@ -15,11 +15,11 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from gallery.models import Collection, Image
-from search.models import ImageEmbedding
-from search.services import embeddings_store
 from tests.factories import PASSWORD, ImageFactory, UserFactory, jpeg_bytes
 from tests.gallery.test_pages_layout import SIZES, sign_in
 from tests.workers import test_celery_worker
+from workers.models import ImageEmbedding
+from workers.services import embeddings_store
 
 # The real Celery worker fixture of the worker tests (a subprocess on the test Redis and DB).
 start_worker = test_celery_worker.start_worker

@@ -144,7 +144,7 @@ def test_a_very_long_query_keeps_its_heading_short_on_a_phone(live_server, page:
 def test_upload_rows_never_say_indexing_beside_waiting_for_the_model(
     live_server, page: Page, tmp_path: Path
 ) -> None:
-    from search.models import EmbeddingModel
+    from workers.models import EmbeddingModel
 
     photo = tmp_path / "dog.jpg"
     photo.write_bytes(jpeg_bytes(color=(30, 120, 200), size=(80, 60)))

@@ -16,7 +16,6 @@ from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser
 
 from gallery.models import Collection, Image
-from search.services import embeddings_store
 from tests.factories import (
     PASSWORD,
     CollectionFactory,
@@ -25,6 +24,7 @@ from tests.factories import (
     UserFactory,
     jpeg_bytes,
 )
+from workers.services import embeddings_store
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -157,7 +157,7 @@ def staff(site: dict) -> dict:
     """A superuser, a second model enabled with evaluation runs beside the published figures,
     and a model that cannot load: the admin pages as an operator meets them."""
     from search.models import EvaluationRun
-    from search.services import embedding_model_enable, embedding_model_mark_unavailable
+    from workers.services import embedding_model_enable, embedding_model_mark_unavailable
 
     admin_user = UserFactory(username="operator", is_staff=True, is_superuser=True)
     embedding_model_enable(model_id="align-base")
@@ -181,7 +181,7 @@ def test_the_admin_and_the_api_docs_fit_the_screen_and_pass_axe(
         "admin": "/admin/",
         "admin-images": "/admin/gallery/image/",
         "admin-image": f"/admin/gallery/image/{site['mine'].pk}/change/",
-        "admin-models": "/admin/search/embeddingmodel/",
+        "admin-models": "/admin/workers/embeddingmodel/",
         "admin-collections": "/admin/gallery/collection/",
     }
     for scheme in ("light", "dark"):

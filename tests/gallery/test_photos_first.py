@@ -13,9 +13,9 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from gallery.models import Image
-from search.services import embeddings_store
 from tests.factories import CollectionFactory, ImageFactory, jpeg_bytes
 from tests.gallery.test_pages_layout import CLIP, SIZES, sign_in, site  # noqa: F401 (fixture)
+from workers.services import embeddings_store
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

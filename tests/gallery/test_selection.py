@@ -13,9 +13,9 @@ from django.test import Client
 from playwright.sync_api import Browser, expect
 
 from gallery.models import Collection, CollectionItem, Image
-from search.services import embeddings_store
 from tests.factories import CollectionFactory, ImageFactory, UserFactory
 from tests.gallery.test_pages_layout import SIZES, check, sign_in
+from workers.services import embeddings_store
 
 JSON = {"Accept": "application/json"}
 SAVE, DELETE = "/selection/save", "/selection/delete"

@@ -13,8 +13,8 @@ from PIL import Image as PILImage
 from gallery.decoding import UploadRejected
 from gallery.models import Image
 from gallery.services.images import image_upload
-from search.models import EmbeddingJob
 from tests.factories import UserFactory, jpeg_bytes
+from workers.models import EmbeddingJob
 
 pytestmark = pytest.mark.django_db
 

@@ -12,8 +12,8 @@ from django.test import Client
 from django.urls import reverse
 
 from gallery.models import Image
-from search.models import EmbeddingModel
 from tests.factories import UserFactory, jpeg_bytes
+from workers.models import EmbeddingModel
 
 pytestmark = pytest.mark.django_db
 CLIP = "clip-vit-base-patch32"

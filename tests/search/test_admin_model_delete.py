@@ -9,19 +9,20 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from search.models import CaptionEmbedding, EmbeddingJob, EmbeddingModel, ImageEmbedding
-from search.selectors import embedding_model_default
-from search.services import (
+from search.models import CaptionEmbedding
+from tests.factories import CaptionFactory, ImageFactory, UserFactory
+from workers.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
+from workers.selectors import embedding_model_default
+from workers.services import (
     EmbeddingModelStateError,
     embedding_model_delete,
     embedding_model_enable,
     embeddings_store,
 )
-from tests.factories import CaptionFactory, ImageFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 CLIP, ALIGN = "clip-vit-base-patch32", "align-base"
-CHANGELIST = reverse("admin:search_embeddingmodel_changelist")
+CHANGELIST = reverse("admin:workers_embeddingmodel_changelist")
 
 
 @pytest.fixture
@@ -87,18 +88,20 @@ def test_the_delete_action_refuses_the_default_and_deletes_the_rest(
 
 
 def test_the_default_has_no_delete_button_or_page(admin: Client, two_models) -> None:
-    change = admin.get(reverse("admin:search_embeddingmodel_change", args=[CLIP]))
+    change = admin.get(reverse("admin:workers_embeddingmodel_change", args=[CLIP]))
     assert change.status_code == 200
-    assert reverse("admin:search_embeddingmodel_delete", args=[CLIP]) not in change.content.decode()
-    delete_url = reverse("admin:search_embeddingmodel_delete", args=[CLIP])
+    assert (
+        reverse("admin:workers_embeddingmodel_delete", args=[CLIP]) not in change.content.decode()
+    )
+    delete_url = reverse("admin:workers_embeddingmodel_delete", args=[CLIP])
     assert admin.get(delete_url).status_code == 403
     assert admin.post(delete_url, {"post": "yes"}).status_code == 403
     assert_clip_intact()
 
 
 def test_the_delete_page_of_another_model_takes_its_embeddings(admin: Client, two_models) -> None:
-    change = admin.get(reverse("admin:search_embeddingmodel_change", args=[ALIGN]))
-    delete_url = reverse("admin:search_embeddingmodel_delete", args=[ALIGN])
+    change = admin.get(reverse("admin:workers_embeddingmodel_change", args=[ALIGN]))
+    delete_url = reverse("admin:workers_embeddingmodel_delete", args=[ALIGN])
     assert delete_url in change.content.decode()
     assert admin.post(delete_url, {"post": "yes"}).status_code == 302
     assert not EmbeddingModel.objects.filter(model_id=ALIGN).exists()

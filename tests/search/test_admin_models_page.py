@@ -15,14 +15,15 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from search.models import EmbeddingJob, EvaluationRun
+from search.models import EvaluationRun
 from search.selectors import evaluation_runs_latest
-from search.services import embedding_model_enable, embeddings_store
 from tests.factories import ImageFactory, UserFactory
+from workers.models import EmbeddingJob
+from workers.services import embedding_model_enable, embeddings_store
 
 pytestmark = pytest.mark.django_db
 CLIP, ALIGN = "clip-vit-base-patch32", "align-base"
-CHANGELIST = reverse("admin:search_embeddingmodel_changelist")
+CHANGELIST = reverse("admin:workers_embeddingmodel_changelist")
 
 
 @pytest.fixture
@@ -118,7 +119,7 @@ def test_counts_link_to_the_images_behind_them_and_backfill_shows_its_rate(
 
 
 def test_a_model_that_cannot_load_shows_why_instead_of_time_left(admin: Client) -> None:
-    from search.services import embedding_model_mark_unavailable
+    from workers.services import embedding_model_mark_unavailable
 
     images = ImageFactory.create_batch(4, dataset=True)
     embeddings_store(model_id=CLIP, image_ids=[i.pk for i in images[:3]], vectors=np.ones((3, 512)))
@@ -129,8 +130,8 @@ def test_a_model_that_cannot_load_shows_why_instead_of_time_left(admin: Client) 
 
 
 def test_an_image_whose_re_embed_waits_is_not_counted_done(admin: Client) -> None:
-    from search.selectors import embedding_progress
-    from search.services import embedding_jobs_request
+    from workers.selectors import embedding_progress
+    from workers.services import embedding_jobs_request
 
     images = ImageFactory.create_batch(2, dataset=True)
     embeddings_store(model_id=CLIP, image_ids=[i.pk for i in images], vectors=np.ones((2, 512)))

@@ -20,8 +20,8 @@ from PIL import Image as PILImage
 from gallery.models import Image
 from gallery.services.accounts import api_token_create
 from search.selectors import IMAGE_QUERY_CONCURRENCY, image_query_slot
-from search.services import embeddings_store
 from tests.factories import ImageFactory, UserFactory
+from workers.services import embeddings_store
 
 CLIP = "clip-vit-base-patch32"
 

@@ -21,11 +21,12 @@ from search.evaluation import (
     text_to_image_ranks_ann,
     text_to_image_ranks_exact,
 )
-from search.models import EmbeddingModel, EvaluationRun, ImageEmbedding
-from search.services import embedding_model_enable, embeddings_store
+from search.models import EvaluationRun
 from tests.factories import ImageFactory, evaluate
-from workers.loading import encoder_for
+from workers.encoder_cache import encoder_for
+from workers.models import EmbeddingModel, ImageEmbedding
 from workers.pipeline import images_embed_batch
+from workers.services import embedding_model_enable, embeddings_store
 
 pytestmark = pytest.mark.django_db
 CLIP, ALIGN = "clip-vit-base-patch32", "align-base"

@@ -26,9 +26,9 @@ from search.evaluation import (
     text_to_image_ranks_exact,
 )
 from search.models import CaptionEmbedding, EvaluationRun
-from search.services import embeddings_store
 from tests.factories import ImageFactory, UserFactory, evaluate
-from workers.loading import encoder_for
+from workers.encoder_cache import encoder_for
+from workers.services import embeddings_store
 
 pytestmark = pytest.mark.django_db
 CLIP, ALIGN = "clip-vit-base-patch32", "align-base"

@@ -16,10 +16,10 @@ from django.test import Client
 from gallery.models import Image
 from search import query_encoder
 from search.fusion import fuse_rrf
-from search.models import EmbeddingModel, ImageEmbedding
-from search.selectors import embedding_progress
-from search.services import embeddings_store
 from tests.factories import ImageFactory, UserFactory, jpeg_bytes
+from workers.models import EmbeddingModel, ImageEmbedding
+from workers.selectors import embedding_progress
+from workers.services import embeddings_store
 
 CLIP, ALIGN = "clip-vit-base-patch32", "align-base"
 FUSED = f"{CLIP}+{ALIGN}"

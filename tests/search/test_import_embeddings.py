@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
 
-from search.models import EmbeddingJob, ImageEmbedding
 from tests.factories import ImageFactory
+from workers.models import EmbeddingJob, ImageEmbedding
 
 pytestmark = pytest.mark.django_db
 CLIP = "clip-vit-base-patch32"
@@ -179,9 +179,9 @@ def test_unknown_model_lists_the_known_ones(tmp_path) -> None:
 def test_bulk_load_into_an_empty_model_rebuilds_its_index_once(monkeypatch) -> None:
     from django.db import connection
 
-    from search import services
-    from search.indexes import hnsw_index_name
-    from search.services import embeddings_import
+    from workers import services
+    from workers.indexes import hnsw_index_name
+    from workers.services import embeddings_import
 
     images = ImageFactory.create_batch(12, dataset=True)
     dropped = []
@@ -208,9 +208,9 @@ def test_bulk_load_into_an_empty_model_rebuilds_its_index_once(monkeypatch) -> N
 def test_a_failed_bulk_load_still_leaves_the_index_in_place(monkeypatch) -> None:
     from django.db import connection
 
-    from search import services
-    from search.indexes import hnsw_index_name
-    from search.services import embeddings_import
+    from workers import services
+    from workers.indexes import hnsw_index_name
+    from workers.services import embeddings_import
 
     def broken_store(**kwargs):
         raise RuntimeError("disk full")

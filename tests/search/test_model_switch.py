@@ -7,16 +7,16 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from search.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
-from search.selectors import embedding_model_default, embedding_progress
-from search.services import (
+from tests.factories import ImageFactory, UserFactory
+from workers.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
+from workers.selectors import embedding_model_default, embedding_progress
+from workers.services import (
     EmbeddingModelStateError,
     embedding_model_disable,
     embedding_model_enable,
     embedding_model_make_default,
     embeddings_store,
 )
-from tests.factories import ImageFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 CLIP, ALIGN = "clip-vit-base-patch32", "align-base"
@@ -101,9 +101,9 @@ def test_admin_shows_progress_and_switches_the_default(
 ) -> None:
     client.force_login(UserFactory(is_staff=True, is_superuser=True))
     image = ImageFactory(dataset=True)
-    changelist = reverse("admin:search_embeddingmodel_changelist")
+    changelist = reverse("admin:workers_embeddingmodel_changelist")
     with django_capture_on_commit_callbacks():
-        response = client.post(reverse("admin:search_embeddingmodel_add"), {"model_id": ALIGN})
+        response = client.post(reverse("admin:workers_embeddingmodel_add"), {"model_id": ALIGN})
     assert response.status_code == 302
     assert EmbeddingModel.objects.get(model_id=ALIGN).enabled
 
@@ -122,7 +122,7 @@ def test_admin_shows_progress_and_switches_the_default(
 
 
 def test_progress_counts_blocked_images_with_the_reason_and_the_rate(admin_client) -> None:
-    from search.services import (
+    from workers.services import (
         embedding_jobs_create_missing,
         embedding_jobs_note_blocked,
         embedding_model_mark_unavailable,
@@ -144,7 +144,7 @@ def test_progress_counts_blocked_images_with_the_reason_and_the_rate(admin_clien
     # Nothing moves while the model cannot load: no time left is promised.
     assert progress.seconds_left is None
 
-    page = admin_client.get("/admin/search/embeddingmodel/").content.decode()
+    page = admin_client.get("/admin/workers/embeddingmodel/").content.decode()
     assert "lip-vit-base-patch32 is not available: weights for embedding model" in page
     assert "1: weights for embedding model" in page  # the blocked column
     assert "40.0%, model unavailable: weights for embedding model" in page
@@ -152,11 +152,11 @@ def test_progress_counts_blocked_images_with_the_reason_and_the_rate(admin_clien
 
 
 def test_a_disabled_model_is_shown_as_disabled_not_pending(admin_client) -> None:
-    from search.services import embedding_model_disable, embedding_model_enable
+    from workers.services import embedding_model_disable, embedding_model_enable
 
     ImageFactory.create_batch(3, dataset=True)
     embedding_model_enable(model_id=ALIGN)
     embedding_model_disable(model_id=ALIGN, delete_embeddings=True)
-    page = admin_client.get("/admin/search/embeddingmodel/").content.decode()
+    page = admin_client.get("/admin/workers/embeddingmodel/").content.decode()
     row = page[page.index(f">{ALIGN}<") :].split("</tr>")[0]
     assert "disabled" in row and ">3<" not in row

@@ -12,9 +12,9 @@ from PIL import Image as PILImage
 
 from gallery.models import Image
 from search import query_encoder
-from search.models import EmbeddingModel
-from search.services import embeddings_store
 from tests.factories import ImageFactory
+from workers.models import EmbeddingModel
+from workers.services import embeddings_store
 
 pytestmark = pytest.mark.django_db
 CLIP = "clip-vit-base-patch32"

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from django.test import Client
 
-from search.services import embeddings_store
 from tests.factories import ImageFactory, UserFactory
+from workers.services import embeddings_store
 
 pytestmark = pytest.mark.django_db
 CLIP = "clip-vit-base-patch32"

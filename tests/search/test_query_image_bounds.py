@@ -21,8 +21,8 @@ from PIL import Image as PILImage
 from gallery import decoding
 from gallery.decoding import DECODE_MIN_SIDE, image_file_decode, image_query_decode
 from gallery.models import Image
-from search.services import embeddings_store
 from tests.factories import ImageFactory
+from workers.services import embeddings_store
 
 CLIP = "clip-vit-base-patch32"
 QUERY_LIMIT = 1_000_000  # pixels, set for these tests so the giants stay small and quick

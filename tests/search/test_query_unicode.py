@@ -12,8 +12,8 @@ from django.test import Client
 
 from search import query_encoder
 from search.selectors import MAX_QUERY_CHARS
-from search.services import embeddings_store
 from tests.factories import ImageFactory
+from workers.services import embeddings_store
 
 pytestmark = pytest.mark.django_db
 CLIP = "clip-vit-base-patch32"

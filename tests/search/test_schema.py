@@ -12,11 +12,11 @@ from django.db.utils import DataError
 
 from encoders.registry import MODELS
 from gallery.models import Image
-from search.indexes import embedding_indexes_ensure, hnsw_build_memory, hnsw_index_name
-from search.models import EmbeddingJob, ImageEmbedding
 from search.ranking import embeddings_nearest
-from search.services import EmbeddingDimensionError, EmbeddingVectorsError, embeddings_store
 from tests.factories import ImageFactory
+from workers.indexes import embedding_indexes_ensure, hnsw_build_memory, hnsw_index_name
+from workers.models import EmbeddingJob, ImageEmbedding
+from workers.services import EmbeddingDimensionError, EmbeddingVectorsError, embeddings_store
 
 pytestmark = pytest.mark.django_db
 

@@ -19,8 +19,8 @@ from schemathesis.generation import GenerationMode
 
 from gallery.models import Image
 from gallery.services.accounts import api_token_create
-from search.services import embeddings_store
 from tests.factories import ImageFactory, UserFactory
+from workers.services import embeddings_store
 
 CLIP = "clip-vit-base-patch32"
 _png = io.BytesIO()

@@ -16,7 +16,6 @@ from PIL import Image as PILImage
 from gallery.models import Image
 from gallery.services.accounts import api_token_create
 from search import query_encoder
-from search.models import ImageEmbedding
 from search.ranking import (
     DATE_SORT_CANDIDATES,
     RERANK_CANDIDATES,
@@ -27,9 +26,10 @@ from search.ranking import (
     images_search_by_vector,
     images_search_queryset,
 )
-from search.services import embeddings_store
 from tests.factories import ImageFactory, UserFactory, jpeg_bytes
 from tests.search.test_schema import assert_reranked_from_index
+from workers.models import ImageEmbedding
+from workers.services import embeddings_store
 
 pytestmark = pytest.mark.django_db
 CLIP = "clip-vit-base-patch32"

@@ -16,12 +16,12 @@ from django.test import Client
 from PIL import Image as PILImage
 
 from gallery.models import Image
-from search.indexes import hnsw_index_name
-from search.models import EmbeddingJob
 from search.ranking import SearchRequest, images_search_by_vector, images_search_queryset
 from search.selectors import IMAGE_QUERY_CONCURRENCY, image_query_slot
-from search.services import embeddings_store
 from tests.factories import ImageFactory, UserFactory
+from workers.indexes import hnsw_index_name
+from workers.models import EmbeddingJob
+from workers.services import embeddings_store
 
 pytestmark = pytest.mark.django_db
 CLIP = "clip-vit-base-patch32"

@@ -10,8 +10,8 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from gallery.models import Caption, Image
-from search.services import embeddings_store
 from tests.factories import ImageFactory, UserFactory
+from workers.services import embeddings_store
 
 pytestmark = pytest.mark.django_db
 CLIP = "clip-vit-base-patch32"

@@ -12,10 +12,10 @@ from django.test import Client
 from django.utils import timezone
 
 from gallery.models import Image
-from search.models import EmbeddingModel
 from search.ranking import DATE_SORT_CUTOFF, SearchRequest, images_search_by_vector
-from search.services import embeddings_store
 from tests.factories import ImageFactory, UserFactory
+from workers.models import EmbeddingModel
+from workers.services import embeddings_store
 
 pytestmark = pytest.mark.django_db
 CLIP = "clip-vit-base-patch32"

@@ -12,9 +12,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from config.celery import app
 from gallery.models import Image
 from gallery.services.images import image_upload
-from search.models import EmbeddingJob
 from tests.factories import ImageFactory, UserFactory, jpeg_bytes
 from workers import queueing
+from workers.models import EmbeddingJob
 
 pytestmark = pytest.mark.django_db
 

@@ -14,9 +14,9 @@ from django.conf import settings
 from django.db import connection
 
 from config.celery import app
-from search.models import EmbeddingJob, ImageEmbedding
 from tests.factories import ImageFactory, jpeg_bytes
 from workers import queueing
+from workers.models import EmbeddingJob, ImageEmbedding
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -8,8 +8,8 @@ import pytest
 from django.core.files.base import ContentFile
 from django.core.management import CommandError, call_command
 
-from search.models import EmbeddingJob, ImageEmbedding
 from tests.factories import ImageFactory
+from workers.models import EmbeddingJob, ImageEmbedding
 
 pytestmark = pytest.mark.django_db
 CLIP = "clip-vit-base-patch32"

@@ -8,10 +8,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from search.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
-from search.services import embedding_jobs_create_missing
 from tests.factories import ImageFactory, jpeg_bytes
 from workers import queueing
+from workers.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
+from workers.services import embedding_jobs_create_missing
 from workers.tasks import embed_images_task
 
 pytestmark = pytest.mark.django_db

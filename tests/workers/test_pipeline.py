@@ -9,10 +9,10 @@ import pytest
 from django.core.files.base import ContentFile
 
 from encoders import open_image
-from search.models import EmbeddingJob, ImageEmbedding
 from tests.factories import ImageFactory, jpeg_bytes
 from workers import pipeline, queueing
-from workers.loading import encoder_for
+from workers.encoder_cache import encoder_for
+from workers.models import EmbeddingJob, ImageEmbedding
 from workers.tasks import embed_images_task
 
 pytestmark = pytest.mark.django_db

@@ -11,11 +11,11 @@ from tqdm import tqdm
 
 from encoders import EncoderError
 from gallery.models import Image
-from search.models import ImageEmbedding
-from search.selectors import embedding_model_enable_hint, embedding_models_enabled
 from workers import pipeline, queueing
 from workers.cli import model_argument_add, model_option
-from workers.loading import encoder_for
+from workers.encoder_cache import encoder_for
+from workers.models import ImageEmbedding
+from workers.selectors import embedding_model_enable_hint, embedding_models_enabled
 
 
 class Command(BaseCommand):

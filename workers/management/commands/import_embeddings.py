@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from search.selectors import embedding_models_enabled
-from search.services import EmbeddingVectorsError, embeddings_import
 from workers.cli import model_argument_add, model_option
+from workers.selectors import embedding_models_enabled
+from workers.services import EmbeddingVectorsError, embeddings_import
 
 LISTED = 10
 

@@ -1,4 +1,5 @@
-"""Writes for embeddings: storing vectors and keeping one HNSW index per registered model."""
+"""Writes of the embedding index: storing and importing vectors, the job state machine, and the
+models' state (enable, disable, default, availability)."""
 
 from __future__ import annotations
 
@@ -8,23 +9,25 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
-from celery import current_app as celery_app
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Value
+from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
-from kombu.exceptions import OperationalError as KombuOperationalError
 
 from encoders.registry import model_spec
 from gallery.models import Image
-from search.indexes import embedding_index_drop, embedding_indexes_ensure
-from search.models import CaptionEmbedding, EmbeddingJob, EmbeddingModel, ImageEmbedding
+from gallery.services.images import _image_id_chunks
+from kernel.errors import InvalidInput
+from workers.broker import SWEEP_TASK, task_send
+from workers.indexes import embedding_index_drop, embedding_indexes_ensure
+from workers.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
+from workers.selectors import embedding_models_enabled, embedding_progress
+from workers.signals import embedding_model_deleting
 
 # Loading at least this many rows into a model that has none drops its index first and builds
 # it once at the end: one build is several times faster than this many graph insertions.
 INDEX_REBUILD_MIN_ROWS = 5000
-SWEEP_TASK = "workers.tasks.embeddings_sweep_task"
 logger = logging.getLogger(__name__)
 
 
@@ -54,13 +57,18 @@ def embedding_rows_normalised(
     dimension, at least one row, every value finite and every row with a direction. Rows are
     normalised in float64: in float32 the squares of values near 1e20 overflow (the row became
     all zeros) and those of values near 1e-20 underflow. A row whose length float64 cannot
-    represent either is refused. ``names`` label rows in messages (row i is ``names[i]``).
+    represent either is refused. ``names`` label rows in messages (row i is ``names[i]``), and
+    must then be one per row and unique (an import matches rows to images by them).
     """
     dim = model_spec(model_id).dim
     matrix = np.asarray(vectors)
     if matrix.ndim != 2:
         raise EmbeddingVectorsError(
             f"embeddings must be a 2-D array (one row per image); got shape {matrix.shape}"
+        )
+    if names is not None and matrix.shape[0] != len(names):
+        raise EmbeddingVectorsError(
+            f"row count mismatch: {matrix.shape[0]} rows of embeddings but {len(names)} file names"
         )
     if matrix.shape[1] != dim:
         raise EmbeddingDimensionError(
@@ -99,6 +107,12 @@ def embedding_rows_normalised(
             f"{len(off)} rows have values too {size} to normalise in float64 (the first: "
             f"{row(off[0])}, largest value {largest:.3g})"
         )
+    if names is not None and len(set(names)) != len(names):
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                raise EmbeddingVectorsError(f"file name {name!r} appears more than once")
+            seen.add(name)
     return unit.astype(np.float32)
 
 
@@ -185,17 +199,14 @@ def embeddings_sweep_send(*, model_id: str) -> None:
     """Have a worker run the sweep for ``model_id`` once the transaction commits, so the jobs
     it finds due are queued now rather than at the next periodic sweep.
 
-    Sent by name: the task layer imports these services, not the reverse. With the broker down
-    the periodic sweep does the same work later.
+    Sent by name (``workers.broker``): with the broker down the periodic sweep does the same
+    work later.
     """
 
     def send_sweep() -> None:
-        try:
-            celery_app.send_task(
-                SWEEP_TASK, kwargs={"model_id": model_id}, queue="cpu", ignore_result=True
-            )
-        except (KombuOperationalError, OSError) as exc:
-            logger.warning("broker unavailable (%s): the next sweep queues %s", exc, model_id)
+        error = task_send(SWEEP_TASK, kwargs={"model_id": model_id}, queue="cpu")
+        if error is not None:
+            logger.warning("broker unavailable (%s): the next sweep queues %s", error, model_id)
 
     transaction.on_commit(send_sweep)
 
@@ -235,7 +246,9 @@ def embedding_model_delete(*, model_id: str) -> int:
     """Forget a model: its state row, embeddings, jobs and stored caption vectors, in one
     transaction. Returns the image embeddings deleted.
 
-    The default model is refused, as with disabling: search must never lose its model. The
+    The default model is refused, as with disabling: search must never lose its model. Apps
+    that keep vectors of their own under the model id (search's caption vectors) delete them on
+    ``workers.signals.embedding_model_deleting``, inside the same transaction. The
     model's HNSW index stays: it is a partial index on the registry's model id, empty once the
     rows are gone, and ready if the model is enabled again. A model still listed in
     EMBEDDING_MODELS gets its state row back (enabled) on the next migrate.
@@ -244,15 +257,13 @@ def embedding_model_delete(*, model_id: str) -> int:
         state = _model_state_locked_not_default(model_id, missing="is not known")
         EmbeddingJob.objects.filter(model_id=model_id).delete()
         deleted, _ = ImageEmbedding.objects.filter(model_id=model_id).delete()
-        CaptionEmbedding.objects.filter(model_id=model_id).delete()
+        embedding_model_deleting.send(sender=EmbeddingModel, model_id=model_id)
         state.delete()
     return deleted
 
 
 def embedding_model_make_default(*, model_id: str) -> EmbeddingModel:
     """Make ``model_id`` the one search uses; only once every image has its embedding."""
-    from search.selectors import embedding_progress
-
     with transaction.atomic():
         state = EmbeddingModel.objects.select_for_update().filter(model_id=model_id).first()
         if state is None or not state.enabled:
@@ -489,10 +500,6 @@ def embedding_model_mark_available(*, model_id: str) -> bool:
     )
 
 
-class EmbeddingsImportError(EmbeddingVectorsError):
-    """Precomputed embeddings that cannot be imported as they are; nothing was stored."""
-
-
 @dataclass(frozen=True)
 class EmbeddingsImportResult:
     rows: int
@@ -518,18 +525,7 @@ def embeddings_import(
     already have an embedding for the model keep it, so importing twice adds nothing.
     """
     names = [_file_name(name) for name in filenames]
-    matrix = np.asarray(vectors)
-    if matrix.ndim == 2 and matrix.shape[0] != len(names):
-        raise EmbeddingsImportError(
-            f"row count mismatch: {matrix.shape[0]} rows of embeddings but {len(names)} file names"
-        )
-    matrix = embedding_rows_normalised(model_id=model_id, vectors=matrix, names=names)
-    if len(set(names)) != len(names):
-        seen: set[str] = set()
-        for name in names:
-            if name in seen:
-                raise EmbeddingsImportError(f"file name {name!r} appears more than once")
-            seen.add(name)
+    matrix = embedding_rows_normalised(model_id=model_id, vectors=vectors, names=names)
 
     image_of: dict[str, int] = {}
     flickr30k = Image.objects.filter(source=Image.Source.FLICKR30K)
@@ -570,3 +566,47 @@ def _file_name(name: str | bytes) -> str:
     # Arrays saved from Python 2 or with dtype "S" hold bytes; some hold paths, not bare names.
     text = name.decode() if isinstance(name, bytes) else str(name)
     return text.strip().replace("\\", "/").rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class ImagesReembedResult:
+    images: int
+    queued: int  # jobs created or set pending; the rest were already waiting for a worker
+
+
+def images_reembed(*, images: QuerySet[Image], model_id: str) -> ImagesReembedResult:
+    """Staff: embed ``images`` again with ``model_id``, one of the enabled models.
+
+    Through the job rows and the sweep, like every embedding: each image gets a pending job
+    (``embedding_jobs_request``), and the sweep queues them, now and again later if a worker
+    dies on them. An image keeps its current vector, and its place in search, until the new one
+    replaces it. Asking twice queues nothing twice.
+    """
+    if model_id not in embedding_models_enabled():
+        raise InvalidInput(
+            f"{model_id!r} is not an enabled model; enable it on the Embedding models page first"
+        )
+    seen = queued = 0
+    for chunk in _image_id_chunks(images):
+        seen += len(chunk)
+        queued += embedding_jobs_request(model_id=model_id, image_ids=chunk)
+    if queued:
+        embeddings_sweep_send(model_id=model_id)
+    return ImagesReembedResult(seen, queued)
+
+
+def images_embeddings_retry_failed(*, images: QuerySet[Image]) -> dict[str, int]:
+    """Staff: try the failed embeddings of ``images`` again, for every enabled model, with
+    fresh attempts; their other jobs are left alone. Returns jobs retried per model (only
+    models with some)."""
+    models = embedding_models_enabled()
+    retried = dict.fromkeys(models, 0)
+    for chunk in _image_id_chunks(images):
+        for model_id, count in embedding_jobs_retry_failed(
+            image_ids=chunk, model_ids=models
+        ).items():
+            retried[model_id] += count
+    for model_id, count in retried.items():
+        if count:
+            embeddings_sweep_send(model_id=model_id)
+    return {model_id: count for model_id, count in retried.items() if count}

@@ -1,4 +1,4 @@
-"""The per-model HNSW indexes on the one embedding table (see ``search.models``): their names,
+"""The per-model HNSW indexes on the one embedding table (see ``workers.models``): their names,
 creating the missing ones from the registry, and dropping one for a bulk load."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from django.db import connections
 from django.db.backends.utils import CursorWrapper
 
 from encoders.registry import MODELS, model_spec
-from search.models import ImageEmbedding
+from workers.models import ImageEmbedding
 
 # Each model's index holds its vectors as halfvec (2-byte floats): half the size of a vector
 # index (1.6 GB instead of 2.6 GB at 1M 512-d rows, 156 MB instead of 260 MB at 100k), so

@@ -18,7 +18,7 @@ from workers.models import ImageEmbedding
 # twice as much of it stays in memory, and about as accurate at the same ef_search (recall@10
 # at ef_search 40: 0.953 vs 0.949 at 1M blobs; 0.987 vs 0.993 at 100k, where ef_search 100
 # gives 0.993); search ranks the index's nearest candidates again on the full vectors
-# (``search.selectors.embeddings_ranked``), so scores keep full precision. Graph parameters:
+# (``search.ranking.embeddings_ranked``), so scores keep full precision. Graph parameters:
 # pgvector's defaults (m=16, ef_construction=64) reach recall@10 0.80 at 1M clustered vectors
 # with ef_search 40; m=32 / ef_construction=128 reach 0.95 at the same query cost, for about
 # twice the build time (bench/README.md, ann_recall.py).

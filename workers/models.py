@@ -7,7 +7,7 @@ partial expression HNSW index per model::
     WHERE model_id = 'clip-vit-base-patch32'
 
 (half-precision copies in the index, half its size; search ranks the index's candidates again
-on the full-precision column, see ``search.selectors.embeddings_ranked``).
+on the full-precision column, see ``search.ranking.embeddings_ranked``).
 
 Why one table rather than one per model: enabling a model (or adding SigLIP) needs no new
 table, migration or model class; status, backfill and fusion queries stay one join; and the

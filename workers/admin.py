@@ -6,6 +6,7 @@ its place: gallery knows nothing of the index)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, cast
 from urllib.parse import urlencode
 
@@ -13,6 +14,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
@@ -23,6 +25,7 @@ from encoders.registry import MODELS
 from gallery.admin import ImageAdmin, OwnerFilter, count_text
 from gallery.models import Image
 from kernel.errors import ApplicationError
+from workers.indexes import IndexState, embedding_index_states
 from workers.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
 from workers.selectors import (
     EMBEDDING_STATUSES,
@@ -40,6 +43,7 @@ from workers.services import (
     images_embeddings_retry_failed,
     images_reembed,
 )
+from workers.tasks import embedding_index_build_task
 
 
 class EmbeddingModelForm(forms.ModelForm):
@@ -78,8 +82,12 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
     form = EmbeddingModelForm
     list_display = (
         "model_id", "enabled", "is_default", "done", "pending", "failed", "blocked", "progress",
+        "search_index",
     )  # fmt: skip
-    actions = ["enable", "make_default", "disable", "disable_and_delete", "delete_models"]
+    actions = [
+        "enable", "make_default", "disable", "disable_and_delete", "delete_models",
+        "build_index", "rebuild_index",
+    ]  # fmt: skip
     readonly_fields = ("enabled", "is_default", "created_at", "updated_at")
 
     def get_readonly_fields(self, request: HttpRequest, obj: EmbeddingModel | None = None):
@@ -124,7 +132,39 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
                 "as it loads.",
                 messages.WARNING,
             )
+        # A big model's index is not built by migrate (it would block uploads): say so, with
+        # the way to build it online.
+        for index in embedding_index_states(
+            model_ids=EmbeddingModel.objects.values_list("model_id", flat=True)
+        ):
+            if index.advice:
+                self.message_user(
+                    request,
+                    f'{index.advice}, or with the "Build search index online" action here.',
+                    messages.WARNING,
+                )
         return super().changelist_view(request, extra_context)
+
+    def _index(self, obj: EmbeddingModel) -> IndexState:
+        if not hasattr(obj, "_index_cache"):
+            (obj._index_cache,) = embedding_index_states(model_ids=[obj.model_id])  # type: ignore[attr-defined]
+        state: IndexState = obj._index_cache  # type: ignore[attr-defined]
+        return state
+
+    @admin.display(description="Search index")
+    def search_index(self, obj: EmbeddingModel) -> str:
+        """Ready, missing, old, invalid, or building with pg_stat_progress_create_index's
+        phase and counts (reload the page to follow a build)."""
+        index = self._index(obj)
+        if index.status == "building" and index.progress is not None:
+            return f"building: {index.progress}"
+        labels = {
+            "ready": "ready",
+            "missing": "missing: build needed (searches scan every embedding)",
+            "old": "older parameters: build needed (the old index serves meanwhile)",
+            "invalid": "invalid (a build failed): build again",
+        }
+        return labels[index.status]
 
     def _progress(self, obj: EmbeddingModel) -> EmbeddingProgress:
         # A handful of models per page: one progress read each, remembered for the row.
@@ -214,6 +254,27 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
     )
     def delete_models(self, request: HttpRequest, queryset: QuerySet[EmbeddingModel]) -> None:
         self._each(request, queryset, embedding_model_delete, "deleted with its embeddings")
+
+    def _build_index(
+        self, request: HttpRequest, models: QuerySet[EmbeddingModel], rebuild: bool
+    ) -> None:
+        # On a worker, never in the request: a build takes minutes to hours, and a concurrent
+        # build waits for every open transaction (this request's too) before it finishes.
+        for model_id in models.values_list("model_id", flat=True):
+            transaction.on_commit(partial(embedding_index_build_task.delay, model_id, rebuild))
+            self.message_user(
+                request,
+                f"{model_id}: online index build queued; its progress shows in the Search index "
+                "column (reload the page). Searches and uploads go on meanwhile.",
+            )
+
+    @admin.action(description="Build search index online (if missing or old)")
+    def build_index(self, request: HttpRequest, queryset: QuerySet[EmbeddingModel]) -> None:
+        self._build_index(request, queryset, rebuild=False)
+
+    @admin.action(description="Rebuild search index online")
+    def rebuild_index(self, request: HttpRequest, queryset: QuerySet[EmbeddingModel]) -> None:
+        self._build_index(request, queryset, rebuild=True)
 
 
 @admin.register(ImageEmbedding)

@@ -20,7 +20,7 @@ from gallery.models import Image
 from gallery.services.images import _image_id_chunks
 from kernel.errors import InvalidInput
 from workers.broker import SWEEP_TASK, task_send
-from workers.indexes import embedding_index_drop, embedding_indexes_ensure
+from workers.indexes import embedding_index_build, embedding_index_drop
 from workers.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
 from workers.selectors import embedding_models_enabled, embedding_progress
 from workers.signals import embedding_model_deleting
@@ -556,7 +556,7 @@ def embeddings_import(
                 )
     finally:
         if rebuild:  # also after a failed load: the model must never be left without its index
-            embedding_indexes_ensure(model_ids=[model_id], concurrently=True)
+            embedding_index_build(model_id=model_id)
     return EmbeddingsImportResult(
         rows=len(names), stored=stored, already_present=len(rows) - stored, unmatched=unmatched
     )

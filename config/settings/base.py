@@ -133,6 +133,19 @@ TEMPLATES = [
 # models' rows, WHERE filters, dead tuples) the scan goes on until LIMIT is met instead of
 # returning fewer rows. strict_order keeps results exactly ordered by distance.
 HNSW_ITERATIVE_SCAN = os.environ.get("HNSW_ITERATIVE_SCAN", "strict_order")
+# Index builds (workers.indexes): migrate builds a model's HNSW index inline only up to this many
+# embeddings (seconds of blocked writes); above it, `manage.py embedding_index_build` (or the
+# admin's Embedding models page) builds it online, CONCURRENTLY.
+HNSW_INLINE_BUILD_MAX_ROWS = int(os.environ.get("HNSW_INLINE_BUILD_MAX_ROWS", 10_000))
+# The most maintenance_work_mem a build may take, in PostgreSQL units ("8GB"); empty: the larger
+# of the database server's own maintenance_work_mem and shared_buffers.
+HNSW_BUILD_MEMORY = os.environ.get("HNSW_BUILD_MEMORY", "")
+# max_parallel_maintenance_workers for a build; empty: the server's setting.
+HNSW_BUILD_PARALLEL_WORKERS = (
+    int(os.environ["HNSW_BUILD_PARALLEL_WORKERS"])
+    if os.environ.get("HNSW_BUILD_PARALLEL_WORKERS")
+    else None
+)
 
 
 def database_from_url(url: str) -> dict[str, Any]:

@@ -6,7 +6,6 @@ its place: gallery knows nothing of the index)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from functools import partial
 from typing import Any, cast
 from urllib.parse import urlencode
 
@@ -14,7 +13,6 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
@@ -25,6 +23,7 @@ from encoders.registry import MODELS
 from gallery.admin import ImageAdmin, OwnerFilter, count_text
 from gallery.models import Image
 from kernel.errors import ApplicationError
+from workers.broker import INDEX_BUILD_TASK, task_send
 from workers.indexes import IndexState, embedding_index_states
 from workers.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
 from workers.selectors import (
@@ -43,7 +42,6 @@ from workers.services import (
     images_embeddings_retry_failed,
     images_reembed,
 )
-from workers.tasks import embedding_index_build_task
 
 
 class EmbeddingModelForm(forms.ModelForm):
@@ -261,7 +259,19 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
         # On a worker, never in the request: a build takes minutes to hours, and a concurrent
         # build waits for every open transaction (this request's too) before it finishes.
         for model_id in models.values_list("model_id", flat=True):
-            transaction.on_commit(partial(embedding_index_build_task.delay, model_id, rebuild))
+            error = task_send(
+                INDEX_BUILD_TASK,
+                queue=settings.CELERY_TASK_DEFAULT_QUEUE,
+                kwargs={"model_id": model_id, "rebuild": rebuild},
+            )
+            if error is not None:
+                self.message_user(
+                    request,
+                    f"{model_id}: the task queue cannot be reached ({error}); build the index "
+                    f"with `python manage.py embedding_index_build --model {model_id}`.",
+                    messages.ERROR,
+                )
+                continue
             self.message_user(
                 request,
                 f"{model_id}: online index build queued; its progress shows in the Search index "

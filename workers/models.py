@@ -14,8 +14,8 @@ table, migration or model class; status, backfill and fusion queries stay one jo
 partial index keeps each model's ANN search as fast as a table of its own. The index's cast to
 ``halfvec(dim)`` also makes PostgreSQL itself reject a vector of the wrong dimension for its
 model (the services check first, to give a readable error).
-``workers.indexes.embedding_indexes_ensure`` creates the indexes from the registry after every
-migrate.
+``workers.indexes`` creates the indexes from the registry after every migrate while a model's
+rows are few, and builds the big ones online (``embedding_index_build``).
 
 The tables keep the names they had when these models lived in search/ (``db_table``): moving
 them here changed Django's state only (search 0007 and workers 0001), no table or index.

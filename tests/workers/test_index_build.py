@@ -9,7 +9,6 @@ commit (transaction=True): a concurrent build waits for every open transaction t
 from __future__ import annotations
 
 import io
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -278,10 +277,16 @@ def test_migrate_builds_no_big_index_and_says_what_to_run(settings, caplog) -> N
     assert "embedding_index_build" not in out.getvalue()
 
 
-def test_the_admin_action_builds_the_index_on_a_worker(celery_eager: None) -> None:
+def test_the_admin_action_queues_the_build_and_the_task_builds(monkeypatch) -> None:
+    from workers import admin, tasks
+
     embeddings_add(20)
     with connection.cursor() as cursor:
         cursor.execute(f'DROP INDEX "{hnsw_index_name(CLIP)}"')
+    sent: list[tuple[str, dict]] = []
+    monkeypatch.setattr(
+        admin, "task_send", lambda name, *, queue, kwargs: sent.append((name, kwargs))
+    )
     client = Client()
     client.force_login(UserFactory(is_staff=True, is_superuser=True))
     response = client.post(
@@ -290,5 +295,15 @@ def test_the_admin_action_builds_the_index_on_a_worker(celery_eager: None) -> No
         follow=True,
     )
     assert "online index build queued" in response.content.decode()
+    assert sent == [
+        ("workers.tasks.embedding_index_build_task", {"model_id": CLIP, "rebuild": False})
+    ]
+
+    # What the worker runs, by the name sent.
+    from config.celery import app
+
+    outcome = app.tasks[sent[0][0]](**sent[0][1])
+    assert outcome["built"] is True and outcome["rows"] == 20
     assert index_valid(hnsw_index_name(CLIP)) is True
-    assert re.search(r"ready", admin_changelist())
+    assert "missing: build needed" not in admin_changelist()
+    assert tasks.embedding_index_build_task.name == sent[0][0]

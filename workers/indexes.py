@@ -102,9 +102,14 @@ def _index_ddl(*, model_id: str, name: str, concurrently: bool) -> tuple[str, li
     )
 
 
-def _model_rows(cursor: Any, model_id: str) -> int:
+def _model_rows(cursor: Any, model_id: str, *, at_most: int | None = None) -> int:
+    """The model's embeddings, counted only up to ``at_most`` (a page or migrate need not
+    count ten million rows to know they are many)."""
+    table = ImageEmbedding._meta.db_table
+    limit = "" if at_most is None else f" LIMIT {int(at_most)}"
     cursor.execute(
-        f'SELECT count(*) FROM "{ImageEmbedding._meta.db_table}" WHERE model_id = %s', [model_id]
+        f'SELECT count(*) FROM (SELECT 1 FROM "{table}" WHERE model_id = %s{limit}) AS rows',
+        [model_id],
     )
     return int(cursor.fetchone()[0])
 
@@ -206,7 +211,7 @@ class IndexBuildProgress:
 class IndexState:
     model_id: str
     status: IndexStatus
-    rows: int
+    rows: int  # counted up to HNSW_INLINE_BUILD_MAX_ROWS + 1 only
     older: list[str] = field(default_factory=list)  # indexes of earlier parameters still there
     progress: IndexBuildProgress | None = None
 
@@ -219,8 +224,8 @@ class IndexState:
         """What a person should do about it, or "" when nothing."""
         if self.status == "missing":
             return (
-                f"{self.model_id} has no search index for its {self.rows:,} embeddings (searches "
-                f"scan them all): build it online with `{self.command}`"
+                f"{self.model_id} has no search index (searches scan all its embeddings): "
+                f"build it online with `{self.command}`"
             )
         if self.status == "old":
             return (
@@ -251,7 +256,7 @@ def embedding_index_states(
     *, using: str = "default", model_ids: Iterable[str] | None = None
 ) -> list[IndexState]:
     """Each model's index: ready, missing, old (only an index of earlier parameters), invalid,
-    or building (with its progress), and its row count."""
+    or building (with its progress), and its row count up to HNSW_INLINE_BUILD_MAX_ROWS + 1."""
     table = ImageEmbedding._meta.db_table
     states = []
     with connections[using].cursor() as cursor:
@@ -260,7 +265,7 @@ def embedding_index_states(
             + "JOIN pg_class c ON c.oid = p.index_relid"
         )
         building = {row[0]: IndexBuildProgress(*row[1:]) for row in cursor.fetchall()}
-        for model_id in model_ids or MODELS:
+        for model_id in MODELS if model_ids is None else model_ids:
             name = hnsw_index_name(model_id)
             older = _older_indexes(cursor, table=table, model_id=model_id, keep=name)
             valid = _index_valid(cursor, name)
@@ -278,7 +283,9 @@ def embedding_index_states(
                 IndexState(
                     model_id=model_id,
                     status=status,
-                    rows=_model_rows(cursor, model_id),
+                    rows=_model_rows(
+                        cursor, model_id, at_most=settings.HNSW_INLINE_BUILD_MAX_ROWS + 1
+                    ),
                     older=older,
                     progress=progress,
                 )
@@ -313,8 +320,8 @@ def embedding_indexes_after_migrate(
             advice = state.advice
         if advice:
             message = (
-                f"{advice} (not built by migrate: {state.rows:,} embeddings is more than "
-                f"HNSW_INLINE_BUILD_MAX_ROWS={limit:,})"
+                f"{advice} (not built by migrate: more embeddings than "
+                f"HNSW_INLINE_BUILD_MAX_ROWS={limit})"
             )
             logger.warning(message)
             if stdout is not None:

@@ -247,9 +247,6 @@ def image_storages(environ: Any = os.environ) -> dict[str, dict[str, Any]]:
         "access_key": environ.get("AWS_ACCESS_KEY_ID") or None,
         "secret_key": environ.get("AWS_SECRET_ACCESS_KEY") or None,
         "location": environ.get("AWS_LOCATION", ""),
-        # MinIO and most self-hosted servers want path-style addresses (endpoint/bucket/key).
-        "addressing_style": environ.get("AWS_S3_ADDRESSING_STYLE") or None,
-        "signature_version": "s3v4",
         "default_acl": None,  # never "public-read": private images stay private
         "querystring_auth": True,
         "querystring_expire": int(environ.get("AWS_QUERYSTRING_EXPIRE") or 300),
@@ -258,6 +255,10 @@ def image_storages(environ: Any = os.environ) -> dict[str, dict[str, Any]]:
         # A storage that does not answer fails a request in seconds, not after minutes of
         # retries; workers then put the batch back to wait (workers.pipeline).
         "client_config": Config(
+            # MinIO and most self-hosted servers want path-style addresses (endpoint/bucket/key).
+            s3={"addressing_style": environ.get("AWS_S3_ADDRESSING_STYLE") or None},
+            # Signed URLs carry their expiry (X-Amz-Expires), checked by the server.
+            signature_version="s3v4",
             connect_timeout=int(environ.get("AWS_S3_CONNECT_TIMEOUT") or 5),
             read_timeout=int(environ.get("AWS_S3_READ_TIMEOUT") or 30),
             retries={"max_attempts": 3, "mode": "standard"},

@@ -21,6 +21,8 @@ photo costs. Rows of the table:
     ceiling for the pipeline.
 (c) on CPU, the same rows for the int8 dynamic-quantised model, and the cosine between its
     embeddings and float32's on the same images and texts.
+(s) the images' bytes read through the site's image storage alone (local folder or, with
+    ``--storage s3``, the bucket), one at a time: what the storage adds per image.
 (d) on CPU, the same rows on the ONNX Runtime backend (the CPU default), float32 and int8,
     with the largest difference and lowest cosine to torch float32 and, for int8, to ONNX float32
     (the int8 rule: cosine >= 0.99). The backend column says which runs each row.
@@ -189,6 +191,7 @@ def measure(
     seed_dtype = "fp32" if dtype == "int8" else dtype  # the seed project had no int8 path
     rows = [seed_loop(model_dir, paths, device=device, dtype=seed_dtype, repeat=args.repeat)]
     print(f"  (a) done: {rows[0].rate:.1f} images/s", flush=True)
+    rows.append(storage_read(image_ids, repeat=args.repeat))
 
     dtypes = [dtype]
     if device == "cpu" and dtype != "int8" and not args.no_int8:
@@ -431,6 +434,23 @@ def encoder_only(
         seconds,
         cpu,
     )
+
+
+def storage_read(image_ids: Sequence[int], *, repeat: int) -> Row:
+    """(s): every image's bytes fetched through the site's image storage, one after another,
+    as the pipeline's decode threads fetch them (no decoding, no model): the storage's cost."""
+    from gallery.models import Image
+    from gallery.storage import stored_file_open
+
+    names = list(Image.objects.filter(pk__in=image_ids).values_list("file", flat=True))
+
+    def work() -> None:
+        for name in names:
+            with stored_file_open(name) as handle:
+                handle.read()
+
+    seconds, cpu = timed("cpu", work, repeat=repeat)
+    return Row("(s) storage read only (bytes, no decode)", "-", "-", 1, len(names), seconds, cpu)
 
 
 def pipeline_run(

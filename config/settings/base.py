@@ -262,6 +262,9 @@ def image_storages(environ: Any = os.environ) -> dict[str, dict[str, Any]]:
             connect_timeout=int(environ.get("AWS_S3_CONNECT_TIMEOUT") or 5),
             read_timeout=int(environ.get("AWS_S3_READ_TIMEOUT") or 30),
             retries={"max_attempts": 3, "mode": "standard"},
+            # One connection per concurrent read: a worker's decode threads each fetch an image
+            # (botocore's default of 10 would make more threads wait for a connection).
+            max_pool_connections=64,
         ),
     }
     backend = "storages.backends.s3.S3Storage"

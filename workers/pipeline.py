@@ -21,6 +21,7 @@ from PIL import Image as PILImage
 from encoders import Encoder, EncoderError, ImageDecodeError, open_image
 from gallery.decoding import DECODE_MIN_SIDE
 from gallery.models import Image
+from gallery.storage import StorageUnreachable, stored_file_open
 from workers.encoder_cache import encoder_for
 from workers.models import EmbeddingJob, ImageEmbedding
 from workers.selectors import embedding_model_unavailable_reason
@@ -73,10 +74,13 @@ Decoded = tuple[int, "PILImage.Image | None", str]  # image id, image or None, f
 
 
 def _decode(image: Image) -> Decoded:
+    """Read and decode one image. A storage that cannot be reached raises
+    ``StorageUnreachable`` (the whole batch waits); a missing or corrupt file is this image's
+    failure alone."""
     # Reduced as query images are (gallery.decoding): a batch of full-size 80-megapixel RGB copies
     # would take gigabytes, and the same file searched with must give the same vector.
     try:
-        with image.file.open("rb") as handle:
+        with stored_file_open(image.file.name or "") as handle:
             picture = open_image(
                 handle, max_pixels=settings.UPLOAD_MAX_PIXELS, min_side=DECODE_MIN_SIDE
             )
@@ -185,6 +189,8 @@ def embedding_batch_run(*, model_id: str, image_ids: Sequence[int]) -> dict[str,
     - the model cannot load here: the model is marked unavailable with the reason (search and
       uploads say so), the jobs go back to waiting, and the sweep probes with one batch per
       interval until a load succeeds;
+    - the image storage cannot be reached: the jobs go back to waiting with the reason, and
+      the sweep queues them again (they never fail for it);
     - the database went away: raised, for the task to retry; the jobs' lease runs out if it
       never comes back, and the sweep queues them again;
     - anything else: the reason goes on the jobs, which are retried by the next sweeps and
@@ -193,6 +199,14 @@ def embedding_batch_run(*, model_id: str, image_ids: Sequence[int]) -> dict[str,
     """
     try:
         result = images_embed_batch(model_id=model_id, image_ids=image_ids)
+    except StorageUnreachable as exc:
+        # Not the images' fault: the jobs wait, pending and unsent with the reason (the admin
+        # shows it), and the sweep sends them again; no attempt is spent towards "failed".
+        logger.warning("%s: batch of %d images waits: %s", model_id, len(image_ids), exc)
+        embedding_jobs_note_blocked(
+            model_id=model_id, image_ids=image_ids, reason=str(exc), attempt_returned=True
+        )
+        return {"embedded": 0, "storage_unreachable": str(exc)}
     except ModelUnavailableError as exc:
         # One line when the model becomes unavailable (or for a new reason), not one per probe
         # batch of every sweep while it stays so: the admin and the jobs keep the reason.

@@ -12,7 +12,7 @@ import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, QuerySet, Value
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from encoders.registry import model_spec
@@ -448,13 +448,19 @@ def embedding_jobs_mark_failed(*, model_id: str, failures: dict[int, str]) -> No
     )
 
 
-def embedding_jobs_note_blocked(*, model_id: str, image_ids: Sequence[int], reason: str) -> None:
-    """Keep jobs pending, say why they cannot run now (e.g. the weights are missing), and put
-    them back among the unsent, for the sweep's probe batch or the backlog after recovery."""
+def embedding_jobs_note_blocked(
+    *, model_id: str, image_ids: Sequence[int], reason: str, attempt_returned: bool = False
+) -> None:
+    """Keep jobs pending, say why they cannot run now (e.g. the weights are missing, the image
+    storage is unreachable), and put them back among the unsent, for the sweep's probe batch or
+    the backlog after recovery. ``attempt_returned``: the run had counted an attempt, which
+    is given back, so waiting never brings a job closer to "failed"."""
+    attempts = Greatest(F("attempts") - 1, Value(0)) if attempt_returned else F("attempts")
     EmbeddingJob.objects.filter(
         model_id=model_id, image_id__in=image_ids, status=EmbeddingJob.Status.PENDING
     ).update(
         error=reason[:2000],
+        attempts=attempts,
         enqueued_at=None,
         started_at=None,
         lease_until=None,

@@ -282,6 +282,41 @@ def embedding_model_make_default(*, model_id: str) -> EmbeddingModel:
     return state
 
 
+def embedding_jobs_missing_statement(
+    *, model_id: str, image_ids: Sequence[int] | None = None
+) -> tuple[str, dict[str, str | int | list[int]]]:
+    """The INSERT that gives every image (or each of ``image_ids``) with no job for the model a
+    pending one, and its parameters (the tests EXPLAIN it).
+
+    The model's cursor goes in as a value, not a subquery: the planner then knows how few
+    images lie above it and anti-joins them through the jobs' unique index, where for an
+    unknown bound it guesses a third of the table and hashes every job of the model.
+    """
+    jobs = EmbeddingJob._meta.db_table
+    images = Image._meta.db_table
+    params: dict[str, str | int | list[int]] = {"model": model_id}
+    if image_ids is not None:
+        only, params["ids"] = "AND i.id = ANY(%(ids)s)", list(image_ids)
+    else:
+        only = "AND i.id > %(above)s"
+        params["above"] = (
+            EmbeddingModel.objects.filter(model_id=model_id)
+            .values_list("jobs_cursor", flat=True)
+            .first()
+            or 0
+        )
+    sql = f"""
+        INSERT INTO {jobs} (image_id, model_id, status, error, attempts, lease_owner,
+                            created_at, updated_at)
+        SELECT i.id, %(model)s, 'pending', '', 0, '', now(), now() FROM {images} i
+        WHERE NOT EXISTS (
+            SELECT 1 FROM {jobs} j WHERE j.image_id = i.id AND j.model_id = %(model)s)
+        {only}
+        ON CONFLICT (image_id, model_id) DO NOTHING
+        """
+    return sql, params
+
+
 def embedding_jobs_create_missing(*, model_id: str, image_ids: Sequence[int] | None = None) -> int:
     """Add a pending job for every image (or each of ``image_ids``) with none for the model.
 
@@ -291,27 +326,11 @@ def embedding_jobs_create_missing(*, model_id: str, image_ids: Sequence[int] | N
     older than EMBEDDING_SWEEP_SETTLE_SECONDS: an image whose transaction was still open (ids
     are handed out before commit) is not passed over.
     """
-    jobs = EmbeddingJob._meta.db_table
     images = Image._meta.db_table
     models = EmbeddingModel._meta.db_table
-    params: dict[str, str | list[int]] = {"model": model_id}
-    if image_ids is not None:
-        only, params["ids"] = "AND i.id = ANY(%(ids)s)", list(image_ids)
-    else:
-        only = f"AND i.id > (SELECT jobs_cursor FROM {models} WHERE model_id = %(model)s)"
+    sql, params = embedding_jobs_missing_statement(model_id=model_id, image_ids=image_ids)
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            INSERT INTO {jobs} (image_id, model_id, status, error, attempts, lease_owner,
-                                created_at, updated_at)
-            SELECT i.id, %(model)s, 'pending', '', 0, '', now(), now() FROM {images} i
-            WHERE NOT EXISTS (
-                SELECT 1 FROM {jobs} j WHERE j.image_id = i.id AND j.model_id = %(model)s)
-            {only}
-            ON CONFLICT (image_id, model_id) DO NOTHING
-            """,
-            params,
-        )
+        cursor.execute(sql, params)
         created = cursor.rowcount
         if image_ids is None:
             cursor.execute(

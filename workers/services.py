@@ -643,40 +643,42 @@ def worker_heartbeat_record(*, report: WorkerReport) -> Worker:
     cannot load is marked unavailable only if no live worker loads it (e.g. the one that did
     has died). ``last_seen`` is the database's ``now()``.
     """
-    worker, _ = Worker.objects.update_or_create(
-        hostname=report.hostname,
-        pid=report.pid,
-        defaults={
-            "name": report.name,
-            "device": report.device,
-            "batch_size": report.batch_size,
-            "models_loaded": report.models_loaded,
-            "models_failed": report.models_failed,
-            "embedded": report.embedded,
-            "rate_per_minute": report.rate_per_minute,
-            "last_seen": Now(),
-        },
-        create_defaults={
-            "name": report.name,
-            "device": report.device,
-            "batch_size": report.batch_size,
-            "models_loaded": report.models_loaded,
-            "models_failed": report.models_failed,
-            "embedded": report.embedded,
-            "rate_per_minute": report.rate_per_minute,
-            "last_seen": Now(),
-            "started_at": Now(),
-        },
-    )
-    workers_prune_stale()
-    for model_id in report.models_loaded:
-        if embedding_model_mark_available(model_id=model_id):
-            logger.info("%s loads on %s: queueing the images that waited for it", model_id,
-                        report.name)  # fmt: skip
-            embeddings_sweep_send(model_id=model_id)
-    for model_id, reason in report.models_failed.items():
-        embedding_model_mark_unavailable(model_id=model_id, reason=reason)
-    return worker
+    # One transaction: whoever reads sees the worker and its verdict on each model together.
+    with transaction.atomic():
+        worker, _ = Worker.objects.update_or_create(
+            hostname=report.hostname,
+            pid=report.pid,
+            defaults={
+                "name": report.name,
+                "device": report.device,
+                "batch_size": report.batch_size,
+                "models_loaded": report.models_loaded,
+                "models_failed": report.models_failed,
+                "embedded": report.embedded,
+                "rate_per_minute": report.rate_per_minute,
+                "last_seen": Now(),
+            },
+            create_defaults={
+                "name": report.name,
+                "device": report.device,
+                "batch_size": report.batch_size,
+                "models_loaded": report.models_loaded,
+                "models_failed": report.models_failed,
+                "embedded": report.embedded,
+                "rate_per_minute": report.rate_per_minute,
+                "last_seen": Now(),
+                "started_at": Now(),
+            },
+        )
+        workers_prune_stale()
+        for model_id in report.models_loaded:
+            if embedding_model_mark_available(model_id=model_id):
+                logger.info("%s loads on %s: queueing the images that waited for it", model_id,
+                            report.name)  # fmt: skip
+                embeddings_sweep_send(model_id=model_id)
+        for model_id, reason in report.models_failed.items():
+            embedding_model_mark_unavailable(model_id=model_id, reason=reason)
+        return worker
 
 
 def workers_prune_stale() -> int:

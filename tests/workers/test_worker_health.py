@@ -6,6 +6,7 @@ batches; a model is unavailable only when no live worker loads it."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -80,7 +81,10 @@ def test_a_worker_records_its_heartbeat_and_leaves_the_list(settings, start_work
     row = heartbeat_of(worker)
     assert row is not None
     assert (row.models_loaded, row.models_failed, row.device, row.batch_size) == (
-        [CLIP], {}, "cpu", settings.EMBEDDING_BATCH_SIZE
+        [CLIP],
+        {},
+        "cpu",
+        settings.EMBEDDING_BATCH_SIZE,
     )
     assert row.name.startswith("celery@")
     first_seen = row.last_seen
@@ -123,3 +127,38 @@ def test_a_worker_that_cannot_load_a_model_does_not_block_one_that_can(start_wor
     # The healthy worker goes: now no live worker loads the model, and the site says so.
     healthy.stop()
     wait_for(lambda: "CUDA is not available" in model_reason(), 30, broken.log)
+
+
+def test_every_batch_delivered_twice_to_two_workers_is_embedded_once(start_worker) -> None:
+    images = [
+        ImageFactory(dataset=True, content=jpeg_bytes(color=(i * 20 % 256, 90, 60), size=(48, 32)))
+        for i in range(12)
+    ]
+    workers = [start_worker(), start_worker()]
+    for worker in workers:
+        wait_for(lambda worker=worker: heartbeat_of(worker) is not None, 120, worker.log)
+    ids = [i.pk for i in images]
+    # As Redis does after a visibility timeout, or a sweep racing an upload: each batch's
+    # message twice over, the same task id, back to back, so both workers run copies at once.
+    for start in range(0, 12, 3):
+        for _ in range(2):
+            app.send_task(
+                "workers.tasks.embed_images_task", args=(CLIP, ids[start : start + 3]),
+                queue=settings.EMBEDDING_QUEUE, task_id=f"batch-{start}",
+            )  # fmt: skip
+    stored = ImageEmbedding.objects.filter(model_id=CLIP)
+    wait_for(lambda: stored.count() == 12, 180, workers[0].log)
+
+    def model_calls() -> int:
+        return sum(WorkerRow.objects.values_list("embedded", flat=True))
+
+    # Each worker counts the images its model embedded; their heartbeats carry the counts.
+    wait_for(lambda: model_calls() >= 12, 30, workers[0].log)
+    # Every message has run by now (both queues drained); one more beat each for late counts.
+    wait_for(
+        lambda: queueing.broker_queue_length(settings.EMBEDDING_QUEUE) == 0, 60, workers[1].log
+    )
+    time.sleep(1.5)
+    assert model_calls() == 12
+    assert sorted(stored.values_list("image_id", flat=True)) == sorted(ids)
+    assert set(EmbeddingJob.objects.values_list("status", flat=True)) == {"done"}

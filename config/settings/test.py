@@ -27,9 +27,7 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or embedded.socket_url(
 CELERY_RESULT_BACKEND = CELERY_BROKER_URL
 # Worker processes started by the tests get the test's media folder through the environment.
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT") or TEST_DATA_DIR / "media")
-# CPU whatever the developer's environment says; a worker process started by a test may be
-# given another device on purpose (one this machine lacks: tests/workers/test_worker_health.py).
-EMBEDDING_DEVICE = os.environ.get("TEST_WORKER_EMBEDDING_DEVICE", "cpu")
+EMBEDDING_DEVICE = "cpu"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

@@ -101,7 +101,8 @@ def test_a_worker_that_cannot_load_a_model_does_not_block_one_that_can(start_wor
         ImageFactory(dataset=True, content=jpeg_bytes(color=(i * 20 % 256, 60, 90), size=(48, 32)))
         for i in range(12)
     ]
-    broken = start_worker(TEST_WORKER_EMBEDDING_DEVICE="cuda")  # this machine has no GPU
+    # Told to use a GPU; this machine has none.
+    broken = start_worker(DJANGO_SETTINGS_MODULE="tests.cuda_worker_settings")
     wait_for(lambda: heartbeat_of(broken) is not None, 120, broken.log)
     row = heartbeat_of(broken)
     assert row is not None and row.models_loaded == []

@@ -25,13 +25,14 @@ from gallery.models import Image
 from kernel.errors import ApplicationError
 from workers.broker import INDEX_BUILD_TASK, task_send
 from workers.indexes import IndexState, embedding_index_states
-from workers.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
+from workers.models import EmbeddingJob, EmbeddingModel, ImageEmbedding, Worker
 from workers.selectors import (
     EMBEDDING_STATUSES,
     EmbeddingProgress,
     embedding_models_enabled,
     embedding_progress,
     images_with_embedding_status,
+    workers_live,
 )
 from workers.services import (
     EmbeddingModelStateError,
@@ -317,6 +318,39 @@ class EmbeddingJobAdmin(admin.ModelAdmin):
     raw_id_fields = ("image",)
     readonly_fields = ("created_at", "updated_at")
     list_select_related = ("image",)
+
+
+@admin.register(Worker)
+class WorkerAdmin(admin.ModelAdmin):
+    """The live embedding workers and what each can do, from their own heartbeats. Read only:
+    workers write these rows; one that stops beating leaves the list (and is pruned)."""
+
+    list_display = (
+        "name", "hostname", "pid", "device", "batch_size", "loads", "cannot_load", "rate",
+        "embedded", "started_at", "last_seen",
+    )  # fmt: skip
+    list_filter = ("device",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Worker]:
+        return workers_live()
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Worker | None = None) -> bool:
+        return False
+
+    @admin.display(description="Loads")
+    def loads(self, obj: Worker) -> str:
+        return ", ".join(obj.models_loaded) or "-"
+
+    @admin.display(description="Cannot load")
+    def cannot_load(self, obj: Worker) -> str:
+        return "; ".join(f"{m}: {why}" for m, why in sorted(obj.models_failed.items())) or "-"
+
+    @admin.display(description="Images/min")
+    def rate(self, obj: Worker) -> str:
+        return f"{obj.rate_per_minute:.1f}"
 
 
 class EmbeddingStatusFilter(admin.SimpleListFilter):

@@ -9,7 +9,8 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerError
 
-from workers import indexes, pipeline, queueing
+# heartbeat: imported for its Celery signal handlers (the worker's checks and heartbeat).
+from workers import heartbeat, indexes, pipeline, queueing  # noqa: F401
 from workers.selectors import embedding_models_enabled
 
 # Database or broker hiccups: worth retrying with backoff. Everything else is recorded on the

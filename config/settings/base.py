@@ -387,9 +387,18 @@ EMBEDDING_JOB_LEASE_SECONDS = int(os.environ.get("EMBEDDING_JOB_LEASE_SECONDS", 
 # A job sent but never taken while the queue is empty lost its message (e.g. Redis restarted
 # without it): queued again after this long.
 EMBEDDING_LOST_AFTER_SECONDS = int(os.environ.get("EMBEDDING_LOST_AFTER_SECONDS", 60))
-# Backstop while the queue still holds work: a job sent this long ago and never taken is sent
-# again (duplicates are harmless: storing is idempotent).
-EMBEDDING_REQUEUE_AFTER_SECONDS = int(os.environ.get("EMBEDDING_REQUEUE_AFTER_SECONDS", 3600))
+# The sweep keeps at most this many batches in the embedding queue; the rest of a backlog stays
+# unsent in the database until the queue drains, so nothing queued is ever sent twice.
+EMBEDDING_QUEUE_MAX_BATCHES = int(os.environ.get("EMBEDDING_QUEUE_MAX_BATCHES", 1000))
+# The sweep looks for images without jobs only among those newer than this (by id, through the
+# primary key), so its cost follows new images, not the table; an upload's transaction open
+# longer than this could be missed by the sweep (uploads create their own jobs anyway).
+EMBEDDING_SWEEP_SETTLE_SECONDS = int(os.environ.get("EMBEDDING_SWEEP_SETTLE_SECONDS", 3600))
+# Each worker records a heartbeat (what it can load, its device, batch size and rate) this
+# often; one not seen for WORKER_STALE_SECONDS is dead: it leaves the admin's list, and a model
+# only it could load becomes unavailable.
+WORKER_HEARTBEAT_SECONDS = float(os.environ.get("WORKER_HEARTBEAT_SECONDS", 30))
+WORKER_STALE_SECONDS = float(os.environ.get("WORKER_STALE_SECONDS", 90))
 # Batches that fail as a whole (not a bad image, not missing weights) are retried by the sweep
 # this many times, then their jobs are marked failed with the reason.
 EMBEDDING_MAX_ATTEMPTS = int(os.environ.get("EMBEDDING_MAX_ATTEMPTS", 3))

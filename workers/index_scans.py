@@ -32,10 +32,10 @@ def hnsw_scan_transaction(*, using: str | None = None) -> Iterator[str]:
     ``using``: the database alias; by default the one the router reads embeddings from. It is
     yielded: the index queries must run on it (``queryset.using(alias)``), as a ``SET LOCAL``
     holds only on its own connection. Inside an outer transaction (a test, an atomic request)
-    this is a savepoint and the settings hold until the outer transaction ends.
+    it joins that one (no savepoint: these are reads) and the settings hold until it ends.
     """
     alias = using or router.db_for_read(ImageEmbedding)
-    with transaction.atomic(using=alias):
+    with transaction.atomic(using=alias, savepoint=False):
         with connections[alias].cursor() as cursor:
             # set_config(..., true) is SET LOCAL with the value as a parameter.
             cursor.execute(

@@ -37,7 +37,8 @@ the planner has one choice), built with ``maintenance_work_mem = --build-memory`
   and build memory), and each query is the search page's own:
   ``search.ranking.images_search_queryset`` (visibility filter, halfvec candidates, exact
   rerank, the join to the images; the captions' prefetch left out) reading 11 rows, through
-  Django on the product's connection settings (``hnsw.iterative_scan=strict_order``). One row
+  Django with the product's scan settings (``hnsw.iterative_scan=strict_order``, SET LOCAL in
+  the query's transaction: ``workers.index_scans``). One row
   per N in ``--rerank`` (``search.ranking.RERANK_CANDIDATES`` set to it) and per
   ``--product-ef-search``, each twice: the page through Django (ORM included), then the
   same SQL statements (compiled before timing) on the same connection, the database's share.
@@ -470,6 +471,7 @@ def product_rows(
 
     from bench._search.common import MODEL_ID
     from search import ranking
+    from workers.index_scans import hnsw_scan_transaction
     from workers.indexes import hnsw_index_name
 
     print("  product tables and index (workers.indexes) ...", flush=True)
@@ -482,7 +484,8 @@ def product_rows(
             user=anonymous, model_id=MODEL_ID, vector=query, depth=TOP_K + 1
         )
         assert not exact
-        return [row.image_id for row in ranked.prefetch_related(None)[: TOP_K + 1]][:TOP_K]
+        rows = ranking.ranked_rows(ranked.prefetch_related(None)[: TOP_K + 1])
+        return [row.image_id for row in rows][:TOP_K]
 
     def statements(queries: np.ndarray) -> list[tuple[str, object]]:
         # The SQL and parameters Django sends for each query, built before timing: the
@@ -509,7 +512,8 @@ def product_rows(
         return seconds, results
 
     def sql_page(compiled: list[tuple[str, object]], index: int) -> list[int]:
-        with connection.cursor() as cursor:
+        # In the transaction with the scan settings that the product's query runs in.
+        with hnsw_scan_transaction(using=connection.alias), connection.cursor() as cursor:
             cursor.execute(*compiled[index])
             return [row[0] for row in cursor.fetchall()][:TOP_K]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict, TypeVar, Unpack
 
 import numpy as np
 from django.contrib.auth.models import AnonymousUser, User
@@ -23,6 +23,7 @@ from encoders.registry import model_spec
 from gallery.models import Caption, Image
 from gallery.selectors import collections_visible_to, images_visible_to
 from kernel.errors import InvalidInput, NotAuthenticated, NotFound
+from workers.index_scans import hnsw_scan_transaction
 from workers.models import EmbeddingJob, ImageEmbedding
 
 if TYPE_CHECKING:
@@ -127,6 +128,17 @@ class _PkInArray(Func):
 
     def __init__(self, candidates: ArraySubquery) -> None:
         super().__init__(F("pk"), candidates)
+
+
+_Row = TypeVar("_Row")
+
+
+def ranked_rows(ranked: QuerySet[Any, _Row]) -> list[_Row]:
+    """The rows of a ranking query (``embeddings_ranked`` or built on it), read inside a
+    transaction that gives its HNSW scan the site's settings (``workers.index_scans``): a
+    ranking queryset evaluated elsewhere scans the index without the iterative scan."""
+    with hnsw_scan_transaction() as alias:
+        return list(ranked.using(alias))
 
 
 def _vector_text(vector: QueryVector) -> str:
@@ -333,13 +345,13 @@ def images_search_by_vector(
     # One row past the page tells whether another page exists, without a count.
     depth = offset + k + 1
     ranked, exact = images_search_queryset(**query, depth=depth)
-    rows = list(ranked[offset:depth])
+    rows = ranked_rows(ranked[offset:depth])
     if len(rows) <= k and not exact:
         # Short from the index: its scan may have stopped at max_scan_tuples inside a block of
         # rows this user cannot see (someone's private uploads nearest to the query). Whether
         # more visible matches exist only a scan without the index can tell.
         ranked, exact = images_search_queryset(**query, exact=True)
-        rows = list(ranked[offset : offset + k + 1])
+        rows = ranked_rows(ranked[offset : offset + k + 1])
     has_more = len(rows) > k
     hits = [
         SearchHit(row.image, score=1.0 - float(row.distance), captions=tuple(row.caption_texts))
@@ -389,10 +401,12 @@ def candidates_nearest(
     short is fetched again without it, so it holds min(depth, images in scope)."""
     query: _SearchQuery = {"model_id": model_id, "vector": vector, **scope}
     ranked, exact = images_search_queryset(**query, depth=depth)
-    rows = list(ranked.prefetch_related(None).values_list("image_id", "distance")[:depth])
+    rows = ranked_rows(ranked.prefetch_related(None).values_list("image_id", "distance")[:depth])
     if len(rows) < depth and not exact:
         ranked, exact = images_search_queryset(**query, exact=True)
-        rows = list(ranked.prefetch_related(None).values_list("image_id", "distance")[:depth])
+        rows = ranked_rows(
+            ranked.prefetch_related(None).values_list("image_id", "distance")[:depth]
+        )
     return {image_id: 1.0 - float(distance) for image_id, distance in rows}, exact
 
 

@@ -64,6 +64,7 @@ def vector_benchmark(dataset: Dataset, args: argparse.Namespace, data_dir: Path)
         embeddings_ranked,
         images_search_by_vector,
         images_search_queryset,
+        ranked_rows,
     )
 
     matrix, queries = dataset.matrix, dataset.queries
@@ -78,7 +79,7 @@ def vector_benchmark(dataset: Dataset, args: argparse.Namespace, data_dir: Path)
 
     def ranked(query: np.ndarray, *, exact: bool) -> list[int]:
         top = embeddings_ranked(model_id=MODEL_ID, vector=query, exact=exact)[:TOP_K]
-        return list(top.values_list("image_id", flat=True))
+        return ranked_rows(top.values_list("image_id", flat=True))
 
     seconds, exact_ids = timed_queries(queries, lambda q: ranked(q, exact=True))
     rows.append(Measured("(b) PostgreSQL exact scan", seconds, recall=1.0))

@@ -61,7 +61,12 @@ def encoder_breakdown(model_dir: Path, args: argparse.Namespace) -> list[Measure
 
     from encoders import load_encoder
     from encoders.registry import clear_encoder_cache
-    from search.ranking import SearchRequest, embeddings_ranked, images_search_by_vector
+    from search.ranking import (
+        SearchRequest,
+        embeddings_ranked,
+        images_search_by_vector,
+        ranked_rows,
+    )
 
     torch.set_num_threads(1)  # as the web workers (OMP_NUM_THREADS=1)
     encoder = load_encoder(
@@ -97,7 +102,9 @@ def encoder_breakdown(model_dir: Path, args: argparse.Namespace) -> list[Measure
     hnsw_seconds = []
     for index, vector in enumerate(vectors):
         started = time.perf_counter()
-        list(embeddings_ranked(model_id=MODEL_ID, vector=vector)[:TOP_K].values_list("image_id"))
+        ranked_rows(
+            embeddings_ranked(model_id=MODEL_ID, vector=vector)[:TOP_K].values_list("image_id")
+        )
         if index >= WARM_UP_QUERIES:
             hnsw_seconds.append(time.perf_counter() - started)
     del encoder

@@ -131,7 +131,9 @@ TEMPLATES = [
 # --- Database -------------------------------------------------------------------------------
 # pgvector 0.8 iterative index scans: when rows are filtered out after the HNSW scan (other
 # models' rows, WHERE filters, dead tuples) the scan goes on until LIMIT is met instead of
-# returning fewer rows. strict_order keeps results exactly ordered by distance.
+# returning fewer rows. strict_order keeps results exactly ordered by distance. Set with SET
+# LOCAL in each search's transaction (workers.index_scans), never for the session, so that it
+# holds behind a transaction pooler too.
 HNSW_ITERATIVE_SCAN = os.environ.get("HNSW_ITERATIVE_SCAN", "strict_order")
 # Index builds (workers.indexes): migrate builds a model's HNSW index inline only up to this many
 # embeddings (seconds of blocked writes); above it, `manage.py embedding_index_build` (or the
@@ -146,13 +148,26 @@ HNSW_BUILD_PARALLEL_WORKERS = (
     if os.environ.get("HNSW_BUILD_PARALLEL_WORKERS")
     else None
 )
+# "transaction": DATABASE_URL is a PgBouncer in transaction pooling mode, which gives each
+# transaction whichever server connection is free: no server-side cursors (a named cursor
+# outlives the transaction that declared it) and no prepared statements. "" (default): a direct
+# connection, or a pooler in session mode, which behaves like one.
+DATABASE_PGBOUNCER = os.environ.get("DATABASE_PGBOUNCER", "").strip().lower()
+if DATABASE_PGBOUNCER not in ("", "session", "transaction"):
+    raise ImproperlyConfigured("DATABASE_PGBOUNCER must be empty, 'session' or 'transaction'")
+# A psycopg connection pool in each process (Django's OPTIONS["pool"]) instead of one
+# persistent connection per thread: a web process holds DATABASE_POOL_MAX_SIZE connections at
+# most, whatever its threads, and a request takes a warm one. For web processes (gunicorn);
+# Celery's forked workers keep their own connections.
+DATABASE_POOL = env_bool("DATABASE_POOL", False)
 
 
 def database_from_url(url: str) -> dict[str, Any]:
     """Django's DATABASES entry for ``url`` with the connection options every process uses."""
     database: dict[str, Any] = dict(dj_database_url.parse(url))
     # Persistent connections: opening one per request costs more than a search's own queries.
-    # Health checks make a connection broken by a database restart reconnect on the next request.
+    # Health checks make a connection broken by a database restart reconnect on the next request
+    # (with a pool: the pool checks a connection before handing it out).
     database["CONN_MAX_AGE"] = int(os.environ.get("CONN_MAX_AGE", 60))
     database["CONN_HEALTH_CHECKS"] = True
     # libpq-style "?host=/socket/dir" lands in OPTIONS; HOST is where Django (and tools) look.
@@ -160,9 +175,25 @@ def database_from_url(url: str) -> dict[str, Any]:
         if key in database.get("OPTIONS", {}):
             database[key.upper()] = str(database["OPTIONS"].pop(key))
     options = database.setdefault("OPTIONS", {})
-    options["options"] = f"-c hnsw.iterative_scan={HNSW_ITERATIVE_SCAN}"
     # A database that is down must fail a request in seconds (a 503), not hang it.
-    options.setdefault("connect_timeout", int(os.environ.get("DATABASE_CONNECT_TIMEOUT", 5)))
+    connect_timeout = int(os.environ.get("DATABASE_CONNECT_TIMEOUT", 5))
+    options.setdefault("connect_timeout", connect_timeout)
+    if DATABASE_PGBOUNCER == "transaction":
+        database["DISABLE_SERVER_SIDE_CURSORS"] = True
+        # psycopg prepares a statement run 5 times on a connection; PgBouncer before 1.21 would
+        # send the EXECUTE to a server connection that never saw the PREPARE. Django's default
+        # is None (never) already; stated, so that nobody turns it on here.
+        options["prepare_threshold"] = None
+    if DATABASE_POOL:
+        # The pool keeps the connections; Django's persistent connections must be off.
+        database["CONN_MAX_AGE"] = 0
+        options["pool"] = {
+            "min_size": int(os.environ.get("DATABASE_POOL_MIN_SIZE", 1)),
+            "max_size": int(os.environ.get("DATABASE_POOL_MAX_SIZE", 4)),
+            # A request waits this long for a free connection, then answers 503 like a
+            # database that is down (psycopg_pool.PoolTimeout is an OperationalError).
+            "timeout": float(os.environ.get("DATABASE_POOL_TIMEOUT", connect_timeout)),
+        }
     return database
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import QuerySet
 from tqdm import tqdm
 
@@ -16,6 +16,7 @@ from encoders import model_spec
 from gallery.models import Image
 from search.evaluation.data import EvaluationError
 from search.ranking import embeddings_ranked
+from workers.index_scans import hnsw_scan_transaction
 from workers.indexes import hnsw_index_name
 from workers.models import ImageEmbedding
 
@@ -123,10 +124,13 @@ def text_to_image_ranks_ann(
         ranked = embeddings_ranked(
             model_id=model_id, vector=vector.tolist(), exact=False, images=images, depth=k
         )
-        return ranked.values_list("image_id", "distance")[:k]
+        # On the connection whose transaction holds the scan settings (see below).
+        return ranked.using(connection.alias).values_list("image_id", "distance")[:k]
 
     ranks = np.full(len(queries), np.inf)
-    with transaction.atomic(), connection.cursor() as cursor:
+    # One transaction for every query: the site's HNSW scan settings and enable_sort are SET
+    # LOCAL in it, as search's own ranking queries get them (workers.index_scans).
+    with hnsw_scan_transaction(using=connection.alias), connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_sort = off")
         plan = top_k(queries[0]).explain() if len(queries) else ""
         for row, (vector, target) in enumerate(

@@ -29,6 +29,7 @@ from search.ranking import (
 )
 from tests.factories import ImageFactory, UserFactory, jpeg_bytes
 from tests.search.test_schema import assert_reranked_from_index
+from workers.index_scans import hnsw_scan_transaction
 from workers.models import ImageEmbedding
 from workers.services import embeddings_store
 
@@ -260,7 +261,9 @@ def test_the_candidate_index_scan_runs_once_whatever_join_the_planner_picks() ->
     owner = UserFactory()
     dataset(270)
     uploads(owner, 30, clustered(30, seed=5))
-    with connection.cursor() as cursor:
+    # The search's own scan settings (SET LOCAL, as search.ranking.ranked_rows gives them); they
+    # hold to the end of the test's transaction, like the planner settings below.
+    with hnsw_scan_transaction(), connection.cursor() as cursor:
         cursor.execute("ANALYZE search_imageembedding; ANALYZE gallery_image")
         for setting in ("hashjoin", "material", "hashagg", "sort", "seqscan"):
             cursor.execute(f"SET LOCAL enable_{setting} = off")

@@ -20,6 +20,9 @@ CLIP = "clip-vit-base-patch32"
 API_SEARCH_QUERIES = 2
 # The page's header lists the models one may search with (one more query).
 PAGE_SEARCH_QUERIES = API_SEARCH_QUERIES + 1
+# Each ranking query's transaction first sets the HNSW scan settings (SET LOCAL, see
+# workers.index_scans): a statement that reads nothing, checked and counted apart.
+SCAN_SETTINGS = "SELECT set_config('hnsw.iterative_scan'"
 
 
 @pytest.fixture
@@ -50,7 +53,11 @@ def queries_of(client: Client, path: str, **params: object) -> list[str]:
     with CaptureQueriesContext(connection) as captured:
         response = client.get(path, {"q": "a dog on a beach", **params})
     assert response.status_code == 200, response.content[:500]
-    return [query["sql"] for query in captured.captured_queries]
+    statements = [query["sql"] for query in captured.captured_queries]
+    for settings, following in zip(statements, [*statements[1:], ""], strict=True):
+        if settings.startswith(SCAN_SETTINGS):
+            assert "<=>" in following, "the scan settings come right before a ranking query"
+    return [sql for sql in statements if not sql.startswith(SCAN_SETTINGS)]
 
 
 @pytest.mark.parametrize("signed_in", [False, True], ids=["anonymous", "signed-in"])

@@ -33,10 +33,12 @@ from gallery.services.images import (
     image_visibility_set,
 )
 from gallery.views._common import NO_SUCH_IMAGE, AuthenticatedHttpRequest, visible_image
+from kernel.db_routing import reads_from_replica
 from kernel.errors import ApplicationError
 from kernel.views import error_response
 
 
+@reads_from_replica
 def image_detail(request: HttpRequest, image_id: int) -> HttpResponse:
     """The image large, its details and index status, similar images, owner controls."""
     return _image_page(request, visible_image(request, image_id))

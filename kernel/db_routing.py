@@ -205,31 +205,34 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def reads_from_replica(view: Callable[P, R]) -> Callable[P, R]:
-    """Run a read-only view's reads on a replica; if the replica fails meanwhile, mark it down
-    and run the view again on the primary (a read-only view is safe to run twice).
+def replica_call(call: Callable[[], R]) -> R:
+    """``call()`` with its reads on a replica; if the replica fails meanwhile, mark it down and
+    call again on the primary (so ``call`` must only read: it may run twice)."""
+    with replica_reads() as alias:
+        if alias == DEFAULT_DB_ALIAS:
+            return call()
+        replica = connections[alias]
+        replica.errors_occurred = False
+        try:
+            return call()
+        except DATABASE_ERRORS as exc:
+            if not replica.errors_occurred:
+                raise  # the primary's error: the site's 503 handling answers it
+            replica_mark_down(alias, f"failed during a request: {_first_line(exc)}")
+            replica.close()
+    return call()  # on the primary, as if the replica had been skipped
 
-    Views of safe methods only: a write request runs on the primary as it is.
-    """
+
+def reads_from_replica(view: Callable[P, R]) -> Callable[P, R]:
+    """A read-only view whose reads go to a replica (:func:`replica_call`). A request of
+    another method than GET, HEAD or OPTIONS runs on the primary as it is."""
 
     @wraps(view)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         request = next((a for a in args if isinstance(a, HttpRequest)), None)
         if request is not None and request.method not in SAFE_METHODS:
             return view(*args, **kwargs)
-        with replica_reads() as alias:
-            if alias == DEFAULT_DB_ALIAS:
-                return view(*args, **kwargs)
-            replica = connections[alias]
-            replica.errors_occurred = False
-            try:
-                return view(*args, **kwargs)
-            except DATABASE_ERRORS as exc:
-                if not replica.errors_occurred:
-                    raise  # the primary's error: the site's 503 handling answers it
-                replica_mark_down(alias, f"failed during a request: {_first_line(exc)}")
-                replica.close()
-        return view(*args, **kwargs)  # on the primary, as if the replica had been skipped
+        return replica_call(lambda: view(*args, **kwargs))
 
     return wrapper
 

@@ -218,6 +218,16 @@ def test_a_search_runs_on_the_standby(client: Client, replica: Standby) -> None:
         cursor.execute("SELECT pg_is_in_recovery()")
         assert cursor.fetchone()[0] is True
 
+    # The API's search too.
+    with (
+        CaptureQueriesContext(connections[ALIAS]) as on_replica,
+        CaptureQueriesContext(connections["default"]) as on_primary,
+    ):
+        response = client.get(f"/api/images/{photos[0].pk}/similar")
+    assert response.status_code == 200
+    assert {photos[1].pk, photos[2].pk} <= {hit["id"] for hit in response.json()["results"]}
+    assert _ranked_on(on_replica) and not _ranked_on(on_primary)
+
 
 def test_an_upload_is_seen_at_once_by_its_owner(replica: Standby, settings) -> None:
     """The standby stops replaying (lag it is still allowed), so it never sees the upload: the

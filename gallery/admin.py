@@ -167,7 +167,7 @@ class ImageAdmin(admin.ModelAdmin):
         }
         return TemplateResponse(request, "admin/gallery/image/action_confirmation.html", context)
 
-    def _visibility(self, request: HttpRequest, queryset: QuerySet[Image], visibility: str):
+    def _visibility(self, request: HttpRequest, queryset: QuerySet[Image], visibility: str) -> None:
         try:
             result = images_staff_visibility_set(images=queryset, visibility=visibility)
         except ApplicationError as exc:

@@ -4,11 +4,11 @@ model's latest evaluation runs beside the published figure for the same weights.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from django.contrib import admin
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 
 from search.models import EvaluationRun
@@ -41,7 +41,9 @@ class EmbeddingModelEvaluationsAdmin(EmbeddingModelAdmin):
 
     change_list_template = "admin/search/embeddingmodel/change_list.html"
 
-    def changelist_view(self, request: HttpRequest, extra_context=None):
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         response = super().changelist_view(request, extra_context)
         context = getattr(response, "context_data", None)
         if context and "cl" in context:

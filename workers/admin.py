@@ -14,7 +14,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
@@ -82,7 +82,9 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
     actions = ["enable", "make_default", "disable", "disable_and_delete", "delete_models"]
     readonly_fields = ("enabled", "is_default", "created_at", "updated_at")
 
-    def get_readonly_fields(self, request: HttpRequest, obj: EmbeddingModel | None = None):
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: EmbeddingModel | None = None
+    ) -> tuple[str, ...]:
         return ("model_id", *self.readonly_fields) if obj else ()
 
     # Deleting goes through workers.services.embedding_model_delete, which refuses the default
@@ -107,12 +109,16 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[EmbeddingModel]) -> None:
         self._each(request, queryset, embedding_model_delete, "deleted with its embeddings")
 
-    def save_model(self, request: HttpRequest, obj: EmbeddingModel, form, change: bool) -> None:
+    def save_model(
+        self, request: HttpRequest, obj: EmbeddingModel, form: forms.ModelForm, change: bool
+    ) -> None:
         if not change:
             embedding_model_enable(model_id=obj.model_id)
             self.message_user(request, f"{obj.model_id} enabled; its backfill is queued.")
 
-    def changelist_view(self, request: HttpRequest, extra_context=None):
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         # The reason a model cannot load goes at the top of the page, where staff look first.
         for state in EmbeddingModel.objects.exclude(unavailable_reason=""):
             since = f" (since {state.unavailable_since:%Y-%m-%d %H:%M} UTC)"

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from encoders.registry import model_spec
 from gallery.models import Image
-from gallery.services.images import _image_id_chunks
+from gallery.services.images import image_id_chunks
 from kernel.errors import InvalidInput
 from workers.broker import SWEEP_TASK, task_send
 from workers.indexes import embedding_index_drop, embedding_indexes_ensure
@@ -587,7 +587,7 @@ def images_reembed(*, images: QuerySet[Image], model_id: str) -> ImagesReembedRe
             f"{model_id!r} is not an enabled model; enable it on the Embedding models page first"
         )
     seen = queued = 0
-    for chunk in _image_id_chunks(images):
+    for chunk in image_id_chunks(images):
         seen += len(chunk)
         queued += embedding_jobs_request(model_id=model_id, image_ids=chunk)
     if queued:
@@ -601,7 +601,7 @@ def images_embeddings_retry_failed(*, images: QuerySet[Image]) -> dict[str, int]
     models with some)."""
     models = embedding_models_enabled()
     retried = dict.fromkeys(models, 0)
-    for chunk in _image_id_chunks(images):
+    for chunk in image_id_chunks(images):
         for model_id, count in embedding_jobs_retry_failed(
             image_ids=chunk, model_ids=models
         ).items():

@@ -251,7 +251,7 @@ def _image_files_delete(*, name: str | None, sha256: str) -> None:
 STAFF_BATCH_SIZE = 500
 
 
-def _image_id_chunks(images: QuerySet[Image]) -> Iterator[list[int]]:
+def image_id_chunks(images: QuerySet[Image]) -> Iterator[list[int]]:
     """The ids of ``images`` in ascending chunks of STAFF_BATCH_SIZE.
 
     Each chunk is read after the previous one was acted on, by keyset (ids above the last one
@@ -270,7 +270,7 @@ def images_staff_delete(*, images: QuerySet[Image]) -> int:
     own delete takes: captions, embeddings, jobs and collection items (cascades), then, as each
     chunk commits, files and thumbnails no other row uses. Returns how many were deleted."""
     deleted = 0
-    for chunk in _image_id_chunks(images):
+    for chunk in image_id_chunks(images):
         with transaction.atomic():
             rows = Image.objects.filter(pk__in=chunk)
             files = list(rows.select_for_update().values_list("file", "sha256"))
@@ -311,7 +311,7 @@ def images_staff_visibility_set(
     """
     visibility_check(visibility, choices=Image.Visibility)
     changed = unchanged = skipped = 0
-    for chunk in _image_id_chunks(images):
+    for chunk in image_id_chunks(images):
         with transaction.atomic():
             rows = Image.objects.filter(pk__in=chunk)
             dataset = rows.exclude(source=Image.Source.UPLOAD).count()

@@ -10,6 +10,7 @@ from typing import Any
 
 from django.urls import URLPattern, URLResolver
 from ninja import NinjaAPI
+from ninja.openapi.schema import OpenAPISchema
 from ninja.operation import Operation
 
 from gallery.api_auth import Anonymous, SignedInSession, TokenBearer, TokenHeader
@@ -38,7 +39,9 @@ class SearchAPI(NinjaAPI):
         # clients generated from the schema keep their method names.
         return f"search_api_{operation.view_func.__name__}"
 
-    def get_openapi_schema(self, *, path_prefix=None, path_params=None):
+    def get_openapi_schema(
+        self, *, path_prefix: str | None = None, path_params: dict[str, Any] | None = None
+    ) -> OpenAPISchema:
         schema = super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params)
         # Built per request: the models one may search with change as staff enable them, and
         # fused choices ("A+B") come and go as backfills finish.

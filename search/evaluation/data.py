@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 from django.db import connection
-from django.db.models import Count
+from django.db.models import Count, QuerySet
 
 from encoders import model_spec
 from gallery.flickr30k import KARPATHY_SPLIT_SIZES, karpathy_split_difference
@@ -53,7 +53,7 @@ class EvaluationSet:
         return np.flatnonzero(np.isin(self.gallery_caption_image_ids, self.image_ids))
 
 
-def _captions(images, lang: str) -> list[tuple[int, int, str]]:
+def _captions(images: QuerySet[Image], lang: str) -> list[tuple[int, int, str]]:
     return list(
         Caption.objects.filter(image__in=images, lang=lang)
         .order_by("image_id", "position")

@@ -5,9 +5,11 @@ rank is 1 + the number of images strictly closer than its image."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from django.db import connection, transaction
+from django.db.models import QuerySet
 from tqdm import tqdm
 
 from encoders import model_spec
@@ -117,7 +119,7 @@ def text_to_image_ranks_ann(
     if split is not None:
         images = images.filter(split=split)
 
-    def top_k(vector: np.ndarray):
+    def top_k(vector: np.ndarray) -> QuerySet[Any, tuple[int, float]]:
         ranked = embeddings_ranked(
             model_id=model_id, vector=vector.tolist(), exact=False, images=images, depth=k
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import numpy as np
@@ -244,6 +245,37 @@ def test_index_path_with_iterative_scan_also_fills_a_selective_filter(
         search=SearchRequest(k=20, filters=SearchFilters(source="mine")),
     )
     assert not page.exact and len(page.hits) == 20
+
+
+def _nodes(plan: dict):
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _nodes(child)
+
+
+def test_the_candidate_index_scan_runs_once_whatever_join_the_planner_picks() -> None:
+    # Planner settings under which `pk IN (candidates)` became a nested-loop semi join that
+    # re-ran the HNSW scan for every embedding row (seen as a 20-minute statement in a full test
+    # run): the candidates must still be read once, by one index scan.
+    owner = UserFactory()
+    dataset(270)
+    uploads(owner, 30, clustered(30, seed=5))
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE search_imageembedding; ANALYZE gallery_image")
+        for setting in ("hashjoin", "material", "hashagg", "sort", "seqscan"):
+            cursor.execute(f"SET LOCAL enable_{setting} = off")
+    ranked, exact = images_search_queryset(
+        user=owner, model_id=CLIP, vector=clustered(1, seed=3)[0],
+        filters=SearchFilters(source="mine"), exact=False, depth=21,
+    )  # fmt: skip
+    plan = json.loads(ranked[:21].explain(format="json", analyze=True))[0]["Plan"]
+    scans = [node for node in _nodes(plan) if "hnsw" in node.get("Index Name", "")]
+    assert scans, "the candidates come from the HNSW index"
+    assert [node["Actual Loops"] for node in scans] == [1]
+    # Approximate, so possibly short (the search then asks the exact path), but only visible rows.
+    mine = set(Image.objects.filter(owner=owner).values_list("pk", flat=True))
+    found = {row.image_id for row in ranked[:40]}
+    assert found and found <= mine
 
 
 def test_date_and_source_filters() -> None:

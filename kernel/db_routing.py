@@ -72,10 +72,11 @@ class ReplicaState:
 
 
 # The standby is caught up when it has replayed everything the primary had flushed (read just
-# before); otherwise its lag is the age of the last transaction it replayed: an over-estimate
-# when the primary sat idle before its latest write, which only keeps reads on the primary
-# until the next check. A server that is not in recovery is not a standby of this primary (a
-# promoted one no longer follows it): never read from it.
+# before); otherwise its lag is the age of the last transaction it replayed. That over-estimates
+# when the primary sat idle before its latest WAL (a checkpoint's record on an idle site made a
+# caught-up standby look seconds behind), so a standby found behind is asked again for a moment
+# (CATCH_UP_POLLS): a healthy one replays within milliseconds. A server that is not in recovery
+# is not a standby of this primary (a promoted one no longer follows it): never read from it.
 LAG_SQL = """
 SELECT pg_is_in_recovery(),
        CASE WHEN pg_last_wal_replay_lsn() >= %s::pg_lsn THEN 0
@@ -83,6 +84,9 @@ SELECT pg_is_in_recovery(),
                           'Infinity')
        END
 """
+
+CATCH_UP_POLLS = 5
+CATCH_UP_POLL_SECONDS = 0.02
 
 _states: dict[str, ReplicaState] = {}
 _states_lock = threading.Lock()
@@ -110,8 +114,13 @@ def _replica_check(alias: str, now: float) -> ReplicaState:
         return ReplicaState(alias, False, None, now, f"primary unreachable: {_first_line(exc)}")
     try:
         with connections[alias].cursor() as cursor:
-            cursor.execute(LAG_SQL, [primary_lsn])
-            in_recovery, lag = cursor.fetchone()
+            for poll in range(CATCH_UP_POLLS):
+                if poll:
+                    time.sleep(CATCH_UP_POLL_SECONDS)
+                cursor.execute(LAG_SQL, [primary_lsn])
+                in_recovery, lag = cursor.fetchone()
+                if not in_recovery or not lag:
+                    break
     except DATABASE_ERRORS as exc:
         connections[alias].close()
         problem = f"unreachable: {_first_line(exc)}"

@@ -183,7 +183,8 @@ def replica_reads() -> Iterator[str]:
     """Let reads in this block go to a replica; yields the alias they go to (``default`` when
     no replica may serve them: pinned to the primary, inside a transaction, none usable).
 
-    One replica for the whole block, so its reads see one consistent point in time.
+    One replica for the whole block, so that its reads never step back in time between two
+    servers that replayed different amounts.
     """
     alias = None
     if not _primary_pinned.get() and not connections[DEFAULT_DB_ALIAS].in_atomic_block:

@@ -14,8 +14,9 @@ convenience. :func:`own_data_dir` hands a script a directory that is provably th
 directory, so the settings start an embedded PostgreSQL there; ``migrate``; and at exit the
 connections closed and that PostgreSQL stopped. An inherited ``DATABASE_URL`` is refused (it is
 where a user's library lives); ``--database-url`` names a throwaway database explicitly, and it
-too must be empty or marked as a bench database. Inherited ``MEDIA_ROOT`` and broker/cache URLs
-are dropped, so files and messages stay in the bench dir as well.
+too must be empty or marked as a bench database. Inherited ``MEDIA_ROOT``, an image bucket
+(``AWS_STORAGE_BUCKET_NAME``) and broker/cache URLs are dropped, so files and messages stay in
+the bench dir as well.
 
 Fake data: :func:`fake_images_replace` (image rows, optionally for files that
 :func:`fake_photos_write` made), :func:`fake_captions_create`, :func:`fake_embeddings_copy`, and
@@ -50,6 +51,7 @@ DATABASE_MARKER_TABLE = "bench_harness_marker"
 # Settings read from the environment that point at someone's files, broker or cache.
 INHERITED_LOCATIONS = (
     "MEDIA_ROOT",
+    "AWS_STORAGE_BUCKET_NAME",  # image files in someone's bucket
     "CELERY_BROKER_URL",
     "REDIS_URL",
     "CELERY_RESULT_BACKEND",

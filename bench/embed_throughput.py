@@ -2,7 +2,8 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/embed_throughput.py \
         [--images 300] [--batch-sizes 32,64] [--device cpu|cuda] [--dtype fp32|fp16|int8] \
-        [--threads N] [--backends torch,onnx] [--data-dir DIR] [--database-url URL]
+        [--threads N] [--backends torch,onnx] [--storage local|s3] [--data-dir DIR] \
+        [--database-url URL]
 
 Uses the full-size ViT-B/32 CLIP architecture (``CLIPConfig()`` defaults) with random, seeded
 weights (no weights can be downloaded here): speed depends on the architecture, not on the
@@ -20,9 +21,17 @@ photo costs. Rows of the table:
     ceiling for the pipeline.
 (c) on CPU, the same rows for the int8 dynamic-quantised model, and the cosine between its
     embeddings and float32's on the same images and texts.
+(s) the images' bytes read through the site's image storage alone (local folder or, with
+    ``--storage s3``, the bucket), one at a time: what the storage adds per image.
 (d) on CPU, the same rows on the ONNX Runtime backend (the CPU default), float32 and int8,
     with the largest difference and lowest cosine to torch float32 and, for int8, to ONNX float32
     (the int8 rule: cosine >= 0.99). The backend column says which runs each row.
+
+``--storage s3`` reads the images through S3-compatible object storage (django-storages and
+boto3, as a worker on another host does) instead of the local folder: a bucket on a moto S3
+server started here in its own process on loopback (no MinIO binary installs here; a site's own
+bucket is never used, see bench/_harness.py). Loopback has no network latency: the difference
+to the local folder is the storage API's and the HTTP round trips' own cost.
 
 The database is the bench's own embedded PostgreSQL in ``--data-dir`` (default
 .data/bench/embed_throughput), never the site's (see bench/_harness.py); it is stopped when the
@@ -33,9 +42,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +112,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--repeat", type=int, default=1, help="time each row this many times, keep the fastest"
     )
     parser.add_argument("--cosine-images", type=int, default=64)
+    parser.add_argument(
+        "--storage",
+        choices=["local", "s3"],
+        default="local",
+        help="where the pipeline rows read images from (default %(default)s; see above)",
+    )
     _harness.add_arguments(parser, script=SCRIPT)
     parser.add_argument(
         "--source",
@@ -134,7 +152,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace, *, device: str, dtype: str, data_dir: Path) -> None:
-    import torch
     from django.conf import settings
 
     model_dir = args.source or build_full_size_clip(data_dir / "clip-vit-b32-random")
@@ -142,6 +159,25 @@ def run(args: argparse.Namespace, *, device: str, dtype: str, data_dir: Path) ->
     image_ids = _harness.fake_images_replace(
         len(paths), files=paths, media_root=Path(settings.MEDIA_ROOT)
     )
+    with bench_storage(args.storage, paths, media_root=Path(settings.MEDIA_ROOT)) as where:
+        print(f"images read from: {where}", flush=True)
+        measure(args, device=device, dtype=dtype, data_dir=data_dir, model_dir=model_dir,
+                paths=paths, image_ids=image_ids)  # fmt: skip
+
+
+def measure(
+    args: argparse.Namespace,
+    *,
+    device: str,
+    dtype: str,
+    data_dir: Path,
+    model_dir: Path,
+    paths: Sequence[Path],
+    image_ids: Sequence[int],
+) -> None:
+    import torch
+    from django.conf import settings
+
     print(
         f"device={device} dtype={dtype} torch_threads={torch.get_num_threads()} "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')} "
@@ -155,6 +191,7 @@ def run(args: argparse.Namespace, *, device: str, dtype: str, data_dir: Path) ->
     seed_dtype = "fp32" if dtype == "int8" else dtype  # the seed project had no int8 path
     rows = [seed_loop(model_dir, paths, device=device, dtype=seed_dtype, repeat=args.repeat)]
     print(f"  (a) done: {rows[0].rate:.1f} images/s", flush=True)
+    rows.append(storage_read(image_ids, repeat=args.repeat))
 
     dtypes = [dtype]
     if device == "cpu" and dtype != "int8" and not args.no_int8:
@@ -212,6 +249,81 @@ def run(args: argparse.Namespace, *, device: str, dtype: str, data_dir: Path) ->
         float_one = encoders.get((backend, "fp32"))
         if variant == "int8" and float_one is not None and backend == "onnx":
             print_agreement(f"{backend} int8 vs {backend} fp32", float_one, encoder, sample)
+
+
+# --- where the images are read from -----------------------------------------------------
+
+
+@contextmanager
+def bench_storage(kind: str, paths: Sequence[Path], *, media_root: Path) -> Iterator[str]:
+    """The site's image storage for the pipeline rows: the local folder, or a bucket holding
+    the same files under the same names."""
+    if kind == "local":
+        yield f"the local folder {media_root}"
+        return
+    from django.conf import settings
+    from django.core.files import File
+    from django.test.utils import override_settings
+
+    from config.settings.base import image_storages
+
+    server, environ = moto_server_start()
+    try:
+        storages = {**settings.STORAGES, **image_storages(environ)}
+        with override_settings(STORAGES=storages):
+            from gallery.storage import image_storage
+
+            storage = image_storage()
+            for path in paths:
+                name = path.relative_to(media_root).as_posix()
+                if not storage.exists(name):
+                    with path.open("rb") as handle:
+                        storage.save(name, File(handle))
+            yield f"moto S3 bucket at {environ['AWS_S3_ENDPOINT_URL']}"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def moto_server_start() -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    """moto's S3 server in a process of its own (its request handling must not share this
+    process's GIL with the pipeline), with an empty bucket."""
+    import boto3
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError("the moto S3 server did not start") from None
+            time.sleep(0.1)
+    environ = {
+        "AWS_STORAGE_BUCKET_NAME": "bench-images",
+        "AWS_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_S3_REGION_NAME": "us-east-1",
+        "AWS_S3_ADDRESSING_STYLE": "path",
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+    }
+    boto3.client(
+        "s3",
+        endpoint_url=environ["AWS_S3_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+    ).create_bucket(Bucket=environ["AWS_STORAGE_BUCKET_NAME"])
+    return server, environ
 
 
 # --- decoding and loading --------------------------------------------------------------
@@ -322,6 +434,23 @@ def encoder_only(
         seconds,
         cpu,
     )
+
+
+def storage_read(image_ids: Sequence[int], *, repeat: int) -> Row:
+    """(s): every image's bytes fetched through the site's image storage, one after another,
+    as the pipeline's decode threads fetch them (no decoding, no model): the storage's cost."""
+    from gallery.models import Image
+    from gallery.storage import stored_file_open
+
+    names = list(Image.objects.filter(pk__in=image_ids).values_list("file", flat=True))
+
+    def work() -> None:
+        for name in names:
+            with stored_file_open(name) as handle:
+                handle.read()
+
+    seconds, cpu = timed("cpu", work, repeat=repeat)
+    return Row("(s) storage read only (bytes, no decode)", "-", "-", 1, len(names), seconds, cpu)
 
 
 def pipeline_run(

@@ -9,7 +9,8 @@ from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, QuerySet
-from django.http import FileResponse, HttpRequest
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -236,11 +237,11 @@ class ImageAdmin(admin.ModelAdmin):
             raise PermissionDenied
         return get_object_or_404(Image, pk=image_id)
 
-    def file_view(self, request: HttpRequest, image_id: int) -> FileResponse:
-        return image_file_response(self._image_for_staff(request, image_id))
+    def file_view(self, request: HttpRequest, image_id: int) -> HttpResponseBase:
+        return image_file_response(request, self._image_for_staff(request, image_id))
 
-    def thumbnail_view(self, request: HttpRequest, image_id: int, size: int) -> FileResponse:
-        return image_thumbnail_response(self._image_for_staff(request, image_id), size)
+    def thumbnail_view(self, request: HttpRequest, image_id: int, size: int) -> HttpResponseBase:
+        return image_thumbnail_response(request, self._image_for_staff(request, image_id), size)
 
     @admin.display(description="Preview")
     def thumbnail(self, obj: Image) -> str:

@@ -9,12 +9,16 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
 from django.conf import settings
 
 from config.devserver import embedded
+
+if TYPE_CHECKING:
+    from tests.s3_server import Bucket
 
 # Every process the tests start inherits this variable (pg_ctl's server and a daemon too), so
 # the end of the session can find any of them still alive, wherever it was re-parented.
@@ -42,6 +46,18 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture(autouse=True)
 def _media_root(settings, tmp_path: Path) -> None:
     settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture
+def s3_bucket(settings) -> Iterator[Bucket]:
+    """An empty private bucket on a running S3 server (tests/s3_server.py), with the site's
+    image storages on it."""
+    from config.settings.base import image_storages
+    from tests.s3_server import s3_bucket_serving
+
+    with s3_bucket_serving() as bucket:
+        settings.STORAGES = {**settings.STORAGES, **image_storages(bucket.environ)}
+        yield bucket
 
 
 @pytest.fixture(autouse=True)

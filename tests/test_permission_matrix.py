@@ -190,9 +190,9 @@ ADMIN_PAGES = {
     "admin:gallery_image_file": 200,
     "admin:gallery_image_thumb": 200,
 }
-# Rows that no form makes: runs come from the evaluate command, and django-axes' records from
-# sign-ins.
-NO_ADDING = {"EvaluationRun", "AccessAttempt", "AccessLog", "AccessFailureLog"}
+# Rows that no form makes: runs come from the evaluate command, workers' from their own
+# heartbeats, and django-axes' records from sign-ins.
+NO_ADDING = {"EvaluationRun", "Worker", "AccessAttempt", "AccessLog", "AccessFailureLog"}
 
 
 def staff_status(key: str, model: type[Model] | None, row: Model | None) -> int:

@@ -23,13 +23,16 @@ from encoders.registry import MODELS
 from gallery.admin import ImageAdmin, OwnerFilter, count_text
 from gallery.models import Image
 from kernel.errors import ApplicationError
-from workers.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
+from workers.broker import INDEX_BUILD_TASK, task_send
+from workers.indexes import IndexState, embedding_index_states
+from workers.models import EmbeddingJob, EmbeddingModel, ImageEmbedding, Worker
 from workers.selectors import (
     EMBEDDING_STATUSES,
     EmbeddingProgress,
     embedding_models_enabled,
     embedding_progress,
     images_with_embedding_status,
+    workers_live,
 )
 from workers.services import (
     EmbeddingModelStateError,
@@ -78,8 +81,12 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
     form = EmbeddingModelForm
     list_display = (
         "model_id", "enabled", "is_default", "done", "pending", "failed", "blocked", "progress",
+        "search_index",
     )  # fmt: skip
-    actions = ["enable", "make_default", "disable", "disable_and_delete", "delete_models"]
+    actions = [
+        "enable", "make_default", "disable", "disable_and_delete", "delete_models",
+        "build_index", "rebuild_index",
+    ]  # fmt: skip
     readonly_fields = ("enabled", "is_default", "created_at", "updated_at")
 
     def get_readonly_fields(
@@ -130,7 +137,39 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
                 "as it loads.",
                 messages.WARNING,
             )
+        # A big model's index is not built by migrate (it would block uploads): say so, with
+        # the way to build it online.
+        for index in embedding_index_states(
+            model_ids=EmbeddingModel.objects.values_list("model_id", flat=True)
+        ):
+            if index.advice:
+                self.message_user(
+                    request,
+                    f'{index.advice}, or with the "Build search index online" action here.',
+                    messages.WARNING,
+                )
         return super().changelist_view(request, extra_context)
+
+    def _index(self, obj: EmbeddingModel) -> IndexState:
+        if not hasattr(obj, "_index_cache"):
+            (obj._index_cache,) = embedding_index_states(model_ids=[obj.model_id])  # type: ignore[attr-defined]
+        state: IndexState = obj._index_cache  # type: ignore[attr-defined]
+        return state
+
+    @admin.display(description="Search index")
+    def search_index(self, obj: EmbeddingModel) -> str:
+        """Ready, missing, old, invalid, or building with pg_stat_progress_create_index's
+        phase and counts (reload the page to follow a build)."""
+        index = self._index(obj)
+        if index.status == "building" and index.progress is not None:
+            return f"building: {index.progress}"
+        labels = {
+            "ready": "ready",
+            "missing": "missing: build needed (searches scan every embedding)",
+            "old": "older parameters: build needed (the old index serves meanwhile)",
+            "invalid": "invalid (a build failed): build again",
+        }
+        return labels[index.status]
 
     def _progress(self, obj: EmbeddingModel) -> EmbeddingProgress:
         # A handful of models per page: one progress read each, remembered for the row.
@@ -221,6 +260,39 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
     def delete_models(self, request: HttpRequest, queryset: QuerySet[EmbeddingModel]) -> None:
         self._each(request, queryset, embedding_model_delete, "deleted with its embeddings")
 
+    def _build_index(
+        self, request: HttpRequest, models: QuerySet[EmbeddingModel], rebuild: bool
+    ) -> None:
+        # On a worker, never in the request: a build takes minutes to hours, and a concurrent
+        # build waits for every open transaction (this request's too) before it finishes.
+        for model_id in models.values_list("model_id", flat=True):
+            error = task_send(
+                INDEX_BUILD_TASK,
+                queue=settings.CELERY_TASK_DEFAULT_QUEUE,
+                kwargs={"model_id": model_id, "rebuild": rebuild},
+            )
+            if error is not None:
+                self.message_user(
+                    request,
+                    f"{model_id}: the task queue cannot be reached ({error}); build the index "
+                    f"with `python manage.py embedding_index_build --model {model_id}`.",
+                    messages.ERROR,
+                )
+                continue
+            self.message_user(
+                request,
+                f"{model_id}: online index build queued; its progress shows in the Search index "
+                "column (reload the page). Searches and uploads go on meanwhile.",
+            )
+
+    @admin.action(description="Build search index online (if missing or old)")
+    def build_index(self, request: HttpRequest, queryset: QuerySet[EmbeddingModel]) -> None:
+        self._build_index(request, queryset, rebuild=False)
+
+    @admin.action(description="Rebuild search index online")
+    def rebuild_index(self, request: HttpRequest, queryset: QuerySet[EmbeddingModel]) -> None:
+        self._build_index(request, queryset, rebuild=True)
+
 
 @admin.register(ImageEmbedding)
 class ImageEmbeddingAdmin(admin.ModelAdmin):
@@ -246,6 +318,39 @@ class EmbeddingJobAdmin(admin.ModelAdmin):
     raw_id_fields = ("image",)
     readonly_fields = ("created_at", "updated_at")
     list_select_related = ("image",)
+
+
+@admin.register(Worker)
+class WorkerAdmin(admin.ModelAdmin):
+    """The live embedding workers and what each can do, from their own heartbeats. Read only:
+    workers write these rows; one that stops beating leaves the list (and is pruned)."""
+
+    list_display = (
+        "name", "hostname", "pid", "device", "batch_size", "loads", "cannot_load", "rate",
+        "embedded", "started_at", "last_seen",
+    )  # fmt: skip
+    list_filter = ("device",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Worker]:
+        return workers_live()
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Worker | None = None) -> bool:
+        return False
+
+    @admin.display(description="Loads")
+    def loads(self, obj: Worker) -> str:
+        return ", ".join(obj.models_loaded) or "-"
+
+    @admin.display(description="Cannot load")
+    def cannot_load(self, obj: Worker) -> str:
+        return "; ".join(f"{m}: {why}" for m, why in sorted(obj.models_failed.items())) or "-"
+
+    @admin.display(description="Images/min")
+    def rate(self, obj: Worker) -> str:
+        return f"{obj.rate_per_minute:.1f}"
 
 
 class EmbeddingStatusFilter(admin.SimpleListFilter):

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
@@ -12,7 +14,8 @@ class WorkersConfig(AppConfig):
         from workers import queueing, selectors
 
         # Indexes follow the model registry, not a migration: registering a model (one entry
-        # in encoders.registry) gets it an index on the next migrate.
+        # in encoders.registry) gets it an index on the next migrate, inline while it is small;
+        # a big one is built online by `manage.py embedding_index_build`.
         post_migrate.connect(_ensure_indexes, sender=self, dispatch_uid="workers_hnsw_indexes")
         # gallery tells the index about new images, and asks it about them, without importing
         # it: imports only go down (search > workers > gallery).
@@ -26,9 +29,12 @@ class WorkersConfig(AppConfig):
         )
 
 
-def _ensure_indexes(sender: AppConfig, using: str = "default", **kwargs: object) -> None:
-    from workers.indexes import embedding_indexes_ensure
+def _ensure_indexes(
+    sender: AppConfig, using: str = "default", verbosity: int = 1, **kwargs: Any
+) -> None:
+    from workers.indexes import embedding_indexes_after_migrate
     from workers.services import embedding_models_sync_from_settings
 
-    embedding_indexes_ensure(using=using)
+    stdout = kwargs.get("stdout") if verbosity else None
+    embedding_indexes_after_migrate(using=using, stdout=stdout)
     embedding_models_sync_from_settings()

@@ -1,7 +1,7 @@
-"""Sending workers' tasks by name, the one way (the batches, the sweep): the task layer imports
-the modules that send, so they never import it. With the broker down a send reports the error;
-the caller logs it and leaves the work to the periodic sweep (every job is in the database, so
-nothing is lost)."""
+"""Sending workers' tasks by name, the one way (the batches, the sweep, index builds): the task
+layer imports the modules that send, so they never import it. With the broker down a send
+reports the error; the caller logs it and leaves the work to the periodic sweep (every job is in
+the database, so nothing is lost), or tells staff the command to run."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from kernel.broker import BROKER_ERRORS
 
 EMBED_TASK = "workers.tasks.embed_images_task"
 SWEEP_TASK = "workers.tasks.embeddings_sweep_task"
+INDEX_BUILD_TASK = "workers.tasks.embedding_index_build_task"
 
 
 def task_send(

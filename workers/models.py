@@ -14,8 +14,8 @@ table, migration or model class; status, backfill and fusion queries stay one jo
 partial index keeps each model's ANN search as fast as a table of its own. The index's cast to
 ``halfvec(dim)`` also makes PostgreSQL itself reject a vector of the wrong dimension for its
 model (the services check first, to give a readable error).
-``workers.indexes.embedding_indexes_ensure`` creates the indexes from the registry after every
-migrate.
+``workers.indexes`` creates the indexes from the registry after every migrate while a model's
+rows are few, and builds the big ones online (``embedding_index_build``).
 
 The tables keep the names they had when these models lived in search/ (``db_table``): moving
 them here changed Django's state only (search 0007 and workers 0001), no table or index.
@@ -23,6 +23,7 @@ them here changed Django's state only (search 0007 and workers 0001), no table o
 
 from __future__ import annotations
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from pgvector.django import VectorField
 
@@ -61,6 +62,10 @@ class EmbeddingModel(models.Model):
     # whole backlog until a load succeeds again.
     unavailable_reason = models.TextField(blank=True)
     unavailable_since = models.DateTimeField(null=True, blank=True)
+    # Every image up to this id has a job for the model: the sweep looks for images without
+    # one only above it, so its cost follows the newest images, not the whole table
+    # (workers.services.embedding_jobs_create_missing). 0 until the first sweep after enabling.
+    jobs_cursor = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -103,6 +108,9 @@ class EmbeddingJob(models.Model):
     # whose lease ran out lost its worker (killed, or the database went away mid-batch).
     started_at = models.DateTimeField(null=True, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
+    # Which delivery of a batch holds the job (one token per run of a task): a second delivery
+    # of the same message, or another message holding the image, skips it while the lease lasts.
+    lease_owner = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -115,3 +123,36 @@ class EmbeddingJob(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_id} / image {self.image_id}: {self.status}"
+
+
+class Worker(models.Model):
+    """One embedding worker process and what it can do, from its own checks at start.
+
+    Written by the worker itself (``workers.heartbeat``) at start and every
+    WORKER_HEARTBEAT_SECONDS; a row not seen within WORKER_STALE_SECONDS belongs to a dead
+    worker and is pruned. A model is unavailable to the site only when no live worker can load
+    it (``workers.services.embedding_model_mark_unavailable``).
+    """
+
+    name = models.CharField(max_length=255, help_text="Celery's node name, e.g. celery@gpu-1.")
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    device = models.CharField(max_length=32, help_text="EMBEDDING_DEVICE of the worker.")
+    batch_size = models.PositiveIntegerField()
+    models_loaded = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+    # model id -> why this worker could not load it
+    models_failed = models.JSONField(default=dict, blank=True)
+    embedded = models.PositiveBigIntegerField(default=0, help_text="Images since start.")
+    rate_per_minute = models.FloatField(default=0.0)
+    started_at = models.DateTimeField()
+    # From the database's clock (now()), like every comparison with it.
+    last_seen = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["name", "pid"]
+        constraints = [
+            models.UniqueConstraint(fields=["hostname", "pid"], name="worker_unique_process")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} (pid {self.pid})"

@@ -8,6 +8,7 @@ storing ignores rows another run stored first. Queueing lives in ``workers.queue
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,15 +22,18 @@ from PIL import Image as PILImage
 from encoders import Encoder, EncoderError, ImageDecodeError, open_image
 from gallery.decoding import DECODE_MIN_SIDE
 from gallery.models import Image
+from gallery.storage import StorageUnreachable, stored_file_open
+from workers import heartbeat
 from workers.encoder_cache import encoder_for
 from workers.models import EmbeddingJob, ImageEmbedding
-from workers.selectors import embedding_model_unavailable_reason
+from workers.selectors import embedding_model_loaded_elsewhere, embedding_model_unavailable_reason
 from workers.services import (
     embedding_jobs_create_missing,
     embedding_jobs_mark_failed,
     embedding_jobs_note_blocked,
     embedding_jobs_note_error,
     embedding_jobs_record_attempt,
+    embedding_jobs_release,
     embedding_jobs_renew_lease,
     embedding_jobs_start,
     embedding_model_mark_available,
@@ -73,10 +77,13 @@ Decoded = tuple[int, "PILImage.Image | None", str]  # image id, image or None, f
 
 
 def _decode(image: Image) -> Decoded:
+    """Read and decode one image. A storage that cannot be reached raises
+    ``StorageUnreachable`` (the whole batch waits); a missing or corrupt file is this image's
+    failure alone."""
     # Reduced as query images are (gallery.decoding): a batch of full-size 80-megapixel RGB copies
     # would take gigabytes, and the same file searched with must give the same vector.
     try:
-        with image.file.open("rb") as handle:
+        with stored_file_open(image.file.name or "") as handle:
             picture = open_image(
                 handle, max_pixels=settings.UPLOAD_MAX_PIXELS, min_side=DECODE_MIN_SIDE
             )
@@ -113,15 +120,18 @@ def images_embed_batch(
     encoder: Encoder | None = None,
     batch_size: int | None = None,
     replace: bool = False,
+    owner: str | None = None,
 ) -> BatchResult:
     """Embed ``image_ids`` with ``model_id`` and store the vectors.
 
     Images that already have an embedding are skipped (unless ``replace``, or their job was set
     pending again to re-embed them), as are ids whose image was deleted. An image that cannot
-    be decoded is marked failed with the reason and the rest of the batch goes on. Raises
+    be decoded is marked failed with the reason and the rest of the batch goes on. Jobs that
+    another run holds (``owner`` names this one) are skipped. Raises
     ``ModelUnavailableError`` when the model cannot load.
     """
     result = BatchResult()
+    asked_replace = replace
     wanted = list(dict.fromkeys(image_ids))
     if not replace:
         # An embedding beside a pending job was asked to be made anew (staff's re-embed,
@@ -145,21 +155,40 @@ def images_embed_batch(
 
     ids = [i.pk for i in images]
     lease = timedelta(seconds=settings.EMBEDDING_JOB_LEASE_SECONDS)
+    owner = owner or uuid.uuid4().hex
     # Jobs exist and are held before the model loads, so a load failure can be recorded on
     # them and a slow load does not look like a lost batch to the sweep.
     embedding_jobs_create_missing(model_id=model_id, image_ids=ids)
-    embedding_jobs_start(model_id=model_id, image_ids=ids, lease=lease)
+    held = set(embedding_jobs_start(model_id=model_id, image_ids=ids, lease=lease, owner=owner))
+    # Only what this run holds: a pending job held by another run (a second delivery of the
+    # message, or another batch with the image) is theirs; one that turned done meanwhile was
+    # stored by another run. A failed job is nobody's (a person's explicit ask), and done ones
+    # are embedded again only when asked to replace.
+    status = dict(
+        EmbeddingJob.objects.filter(model_id=model_id, image_id__in=ids).values_list(
+            "image_id", "status"
+        )
+    )
+    again = {EmbeddingJob.Status.FAILED} | ({EmbeddingJob.Status.DONE} if asked_replace else set())
+    images = [i for i in images if i.pk in held or status.get(i.pk) in again]
+    result.skipped += len(ids) - len(images)
+    ids = [i.pk for i in images]
+    if not images:
+        return result
+    worker = heartbeat.current()
     if encoder is None:
         try:
             encoder = encoder_for(model_id)
         except EncoderError as exc:
             raise ModelUnavailableError(model_id, str(exc)) from exc
+        if worker is not None:
+            worker.note_loaded(model_id)
     batch_size = batch_size or settings.EMBEDDING_BATCH_SIZE
     embedding_jobs_record_attempt(model_id=model_id, image_ids=ids)
     with ThreadPoolExecutor(settings.EMBEDDING_DECODE_THREADS, "decode") as pool:
         for batch in _decoded_batches(images, batch_size, pool):
             embedding_jobs_renew_lease(
-                model_id=model_id, image_ids=[pk for pk, _, _ in batch], lease=lease
+                model_id=model_id, image_ids=[pk for pk, _, _ in batch], lease=lease, owner=owner
             )
             ok = [(pk, picture) for pk, picture, _ in batch if picture is not None]
             failures = {pk: reason for pk, picture, reason in batch if picture is None}
@@ -172,6 +201,8 @@ def images_embed_batch(
                     replace=replace,
                 )
                 result.embedded += len(ok)
+                if worker is not None:
+                    worker.note_embedded(len(ok))
             embedding_jobs_mark_failed(model_id=model_id, failures=failures)
             result.failed.update(failures)
     if result.failed:
@@ -182,18 +213,45 @@ def images_embed_batch(
 def embedding_batch_run(*, model_id: str, image_ids: Sequence[int]) -> dict[str, object]:
     """Run one queued batch and record every outcome on the jobs (the Celery task's body).
 
-    - the model cannot load here: the model is marked unavailable with the reason (search and
+    - the model cannot load here but a live worker loads it: the jobs are handed back, unsent
+      and with nothing against them, for the next sweep to queue for the others; this worker's
+      heartbeat says why it cannot;
+    - no live worker loads it: the model is marked unavailable with the reason (search and
       uploads say so), the jobs go back to waiting, and the sweep probes with one batch per
       interval until a load succeeds;
+    - the image storage cannot be reached: the jobs go back to waiting with the reason, and
+      the sweep queues them again (they never fail for it);
     - the database went away: raised, for the task to retry; the jobs' lease runs out if it
       never comes back, and the sweep queues them again;
     - anything else: the reason goes on the jobs, which are retried by the next sweeps and
       marked failed after EMBEDDING_MAX_ATTEMPTS.
     A batch that runs after the model was unavailable queues the waiting backlog at once.
     """
+    owner = uuid.uuid4().hex
+    worker = heartbeat.current()
     try:
-        result = images_embed_batch(model_id=model_id, image_ids=image_ids)
+        result = images_embed_batch(model_id=model_id, image_ids=image_ids, owner=owner)
+    except StorageUnreachable as exc:
+        # Not the images' fault: the jobs wait, pending and unsent with the reason (the admin
+        # shows it), and the sweep sends them again; no attempt is spent towards "failed".
+        logger.warning("%s: batch of %d images waits: %s", model_id, len(image_ids), exc)
+        embedding_jobs_note_blocked(
+            model_id=model_id, image_ids=image_ids, reason=str(exc), owner=owner,
+            attempt_returned=True,
+        )  # fmt: skip
+        return {"embedded": 0, "storage_unreachable": str(exc)}
     except ModelUnavailableError as exc:
+        if worker is not None:
+            worker.note_failed(model_id, exc.reason)
+            if embedding_model_loaded_elsewhere(
+                model_id=model_id, hostname=worker.hostname, pid=worker.pid
+            ):
+                logger.warning(
+                    "%s cannot load on this worker (%s); %d images handed back to the workers "
+                    "that load it", model_id, exc.reason, len(image_ids),
+                )  # fmt: skip
+                embedding_jobs_release(model_id=model_id, image_ids=image_ids, owner=owner)
+                return {"embedded": 0, "released": len(image_ids), "unavailable_here": exc.reason}
         # One line when the model becomes unavailable (or for a new reason), not one per probe
         # batch of every sweep while it stays so: the admin and the jobs keep the reason.
         if embedding_model_unavailable_reason(model_id=model_id) != exc.reason[:2000]:
@@ -201,7 +259,9 @@ def embedding_batch_run(*, model_id: str, image_ids: Sequence[int]) -> dict[str,
         else:
             logger.debug("%s is still unavailable", model_id)
         embedding_model_mark_unavailable(model_id=model_id, reason=exc.reason)
-        embedding_jobs_note_blocked(model_id=model_id, image_ids=image_ids, reason=exc.reason)
+        embedding_jobs_note_blocked(
+            model_id=model_id, image_ids=image_ids, reason=exc.reason, owner=owner
+        )
         return {"embedded": 0, "unavailable": exc.reason}
     except TRANSIENT_DB_ERRORS:
         raise

@@ -5,10 +5,12 @@ The sweep knows which jobs are really in flight. A pending job is due again when
 - a worker took it and its lease ran out (the worker was killed, or the database went away
   mid-batch and the task gave up),
 - it was sent but no worker took it, and the queue is empty: its message was lost (Redis
-  restarted without it). While the queue still holds work, only after
-  EMBEDDING_REQUEUE_AFTER_SECONDS, as a backstop.
-While a model is unavailable (its weights cannot load), one probe batch per sweep is sent
-instead of the whole backlog; the first batch that loads queues the rest.
+  restarted without it). While the queue still holds work its message may be in it, so it is
+  never sent again by time alone: a lost one is found once the queue drains.
+The sweep keeps at most EMBEDDING_QUEUE_MAX_BATCHES batches in the queue (a claim is bounded);
+the rest of a backlog waits, unsent, for the next sweeps. While a model is unavailable (no
+live worker can load it), one probe batch per sweep is sent instead of the backlog; the first
+batch that loads queues the rest.
 """
 
 from __future__ import annotations
@@ -59,23 +61,30 @@ def embeddings_enqueue_missing(
 ) -> int:
     """Queue batches for the images of ``model_id`` that are due (see above); returns batches.
 
-    Queuing happens after the transaction commits.
+    ``requeue_after`` (a person's ask, ``manage.py embed``): also re-send jobs sent that long
+    ago and never taken, even while the queue holds work. Queuing happens after the
+    transaction commits.
     """
     batch_size = batch_size or settings.EMBEDDING_BATCH_SIZE
-    if requeue_after is None:
-        requeue_after = timedelta(seconds=settings.EMBEDDING_REQUEUE_AFTER_SECONDS)
     lost_after = timedelta(seconds=settings.EMBEDDING_LOST_AFTER_SECONDS)
     waiting = broker_queue_length(settings.EMBEDDING_QUEUE)
     # Sent but never started: with an empty queue the message is gone; with work still queued
     # it may simply not have been reached yet.
-    unstarted_after = min(lost_after, requeue_after) if waiting == 0 else requeue_after
+    unstarted_after = lost_after if waiting == 0 else None
+    if requeue_after is not None:
+        unstarted_after = min(requeue_after, unstarted_after or requeue_after)
     unavailable = embedding_model_unavailable(model_id=model_id)
+    room = settings.EMBEDDING_QUEUE_MAX_BATCHES - (waiting or 0)
+    if unavailable:
+        room = min(room, 1)
+    if room <= 0:
+        return 0
     embedding_jobs_create_missing(model_id=model_id)
     image_ids = embedding_jobs_claim(
         model_id=model_id,
         unstarted_after=unstarted_after,
         include_failed=retry_failed,
-        limit=batch_size if unavailable else None,
+        limit=room * batch_size,
     )
     batches = [image_ids[i : i + batch_size] for i in range(0, len(image_ids), batch_size)]
     transaction.on_commit(lambda: send_batches(model_id, batches))

@@ -6,13 +6,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.conf import settings
+from django.db.models import DateTimeField, Exists, ExpressionWrapper, OuterRef, Q, QuerySet
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from gallery.hooks import ImagesIndexConditions
 from gallery.models import Image
 from kernel.errors import InvalidInput
-from workers.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
+from workers.models import EmbeddingJob, EmbeddingModel, ImageEmbedding, Worker
 
 # Backfill speed is measured over this window: long enough to smooth batches, short enough to
 # show a stall.
@@ -227,3 +229,22 @@ def image_index_status(*, image_id: int) -> list[ImageIndexState]:
         else:
             states.append(ImageIndexState(model.model_id, "pending"))
     return states
+
+
+def workers_live() -> QuerySet[Worker]:
+    """Workers seen within WORKER_STALE_SECONDS, by the database's clock (heartbeats are
+    written with it)."""
+    stale = timedelta(seconds=settings.WORKER_STALE_SECONDS)
+    return Worker.objects.filter(
+        last_seen__gte=ExpressionWrapper(Now() - stale, output_field=DateTimeField())
+    )
+
+
+def embedding_model_loaded_elsewhere(*, model_id: str, hostname: str, pid: int) -> bool:
+    """Whether a live worker other than (``hostname``, ``pid``) loads ``model_id``."""
+    return (
+        workers_live()
+        .filter(models_loaded__contains=[model_id])
+        .exclude(hostname=hostname, pid=pid)
+        .exists()
+    )

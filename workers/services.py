@@ -11,8 +11,8 @@ from datetime import timedelta
 import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, QuerySet, Value
-from django.db.models.functions import Coalesce
+from django.db.models import DateTimeField, Exists, ExpressionWrapper, F, Q, QuerySet, Value
+from django.db.models.functions import Coalesce, Greatest, Now
 from django.utils import timezone
 
 from encoders.registry import model_spec
@@ -20,9 +20,9 @@ from gallery.models import Image
 from gallery.services.images import image_id_chunks
 from kernel.errors import InvalidInput
 from workers.broker import SWEEP_TASK, task_send
-from workers.indexes import embedding_index_drop, embedding_indexes_ensure
-from workers.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
-from workers.selectors import embedding_models_enabled, embedding_progress
+from workers.indexes import embedding_index_build, embedding_index_drop
+from workers.models import EmbeddingJob, EmbeddingModel, ImageEmbedding, Worker
+from workers.selectors import embedding_models_enabled, embedding_progress, workers_live
 from workers.signals import embedding_model_deleting
 
 # Loading at least this many rows into a model that has none drops its index first and builds
@@ -235,6 +235,8 @@ def embedding_model_disable(*, model_id: str, delete_embeddings: bool = False) -
         state.enabled = False
         state.save(update_fields=["enabled", "updated_at"])
         EmbeddingJob.objects.filter(model_id=model_id, status=EmbeddingJob.Status.PENDING).delete()
+        # Images lost their jobs: the next enable's sweep must look at every image again.
+        EmbeddingModel.objects.filter(model_id=model_id).update(jobs_cursor=0)
         if not delete_embeddings:
             return 0
         EmbeddingJob.objects.filter(model_id=model_id).delete()
@@ -280,26 +282,68 @@ def embedding_model_make_default(*, model_id: str) -> EmbeddingModel:
     return state
 
 
-def embedding_jobs_create_missing(*, model_id: str, image_ids: Sequence[int] | None = None) -> int:
-    """Add a pending job for every image (or each of ``image_ids``) with none for the model."""
+def embedding_jobs_missing_statement(
+    *, model_id: str, image_ids: Sequence[int] | None = None
+) -> tuple[str, dict[str, str | int | list[int]]]:
+    """The INSERT that gives every image (or each of ``image_ids``) with no job for the model a
+    pending one, and its parameters (the tests EXPLAIN it).
+
+    The model's cursor goes in as a value, not a subquery: the planner then knows how few
+    images lie above it and anti-joins them through the jobs' unique index, where for an
+    unknown bound it guesses a third of the table and hashes every job of the model.
+    """
     jobs = EmbeddingJob._meta.db_table
     images = Image._meta.db_table
-    only = "AND i.id = ANY(%s)" if image_ids is not None else ""
-    params: list[str | list[int]] = [model_id, model_id]
+    params: dict[str, str | int | list[int]] = {"model": model_id}
     if image_ids is not None:
-        params.append(list(image_ids))
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            INSERT INTO {jobs} (image_id, model_id, status, error, attempts, created_at, updated_at)
-            SELECT i.id, %s, 'pending', '', 0, now(), now() FROM {images} i
-            WHERE NOT EXISTS (SELECT 1 FROM {jobs} j WHERE j.image_id = i.id AND j.model_id = %s)
-            {only}
-            ON CONFLICT (image_id, model_id) DO NOTHING
-            """,
-            params,
+        only, params["ids"] = "AND i.id = ANY(%(ids)s)", list(image_ids)
+    else:
+        only = "AND i.id > %(above)s"
+        params["above"] = (
+            EmbeddingModel.objects.filter(model_id=model_id)
+            .values_list("jobs_cursor", flat=True)
+            .first()
+            or 0
         )
-        return cursor.rowcount
+    sql = f"""
+        INSERT INTO {jobs} (image_id, model_id, status, error, attempts, lease_owner,
+                            created_at, updated_at)
+        SELECT i.id, %(model)s, 'pending', '', 0, '', now(), now() FROM {images} i
+        WHERE NOT EXISTS (
+            SELECT 1 FROM {jobs} j WHERE j.image_id = i.id AND j.model_id = %(model)s)
+        {only}
+        ON CONFLICT (image_id, model_id) DO NOTHING
+        """
+    return sql, params
+
+
+def embedding_jobs_create_missing(*, model_id: str, image_ids: Sequence[int] | None = None) -> int:
+    """Add a pending job for every image (or each of ``image_ids``) with none for the model.
+
+    Without ``image_ids`` (the sweep) only images above the model's ``jobs_cursor`` are looked
+    at, by the images' primary key, so a sweep every minute costs what the newest images cost,
+    not an anti-join of the whole image table. The cursor then moves up to the newest image
+    older than EMBEDDING_SWEEP_SETTLE_SECONDS: an image whose transaction was still open (ids
+    are handed out before commit) is not passed over.
+    """
+    images = Image._meta.db_table
+    models = EmbeddingModel._meta.db_table
+    sql, params = embedding_jobs_missing_statement(model_id=model_id, image_ids=image_ids)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        created = cursor.rowcount
+        if image_ids is None:
+            cursor.execute(
+                f"""
+                UPDATE {models} m SET jobs_cursor = settled.id
+                FROM (SELECT max(i.id) AS id FROM {images} i
+                      WHERE i.id > (SELECT jobs_cursor FROM {models} WHERE model_id = %(model)s)
+                        AND i.created_at < now() - make_interval(secs => %(settle)s)) settled
+                WHERE m.model_id = %(model)s AND settled.id > m.jobs_cursor
+                """,
+                {"model": model_id, "settle": settings.EMBEDDING_SWEEP_SETTLE_SECONDS},
+            )
+        return created
 
 
 # A job due at the next sweep, as if new (see embedding_jobs_claim).
@@ -310,7 +354,11 @@ _UNSENT_PENDING = {
     "enqueued_at": None,
     "started_at": None,
     "lease_until": None,
+    "lease_owner": "",
 }
+
+
+_UNSENT_PENDING_KEEP_ATTEMPTS = {k: v for k, v in _UNSENT_PENDING.items() if k != "attempts"}
 
 
 def embedding_jobs_request(*, model_id: str, image_ids: Sequence[int]) -> int:
@@ -350,19 +398,20 @@ def embedding_jobs_retry_failed(
 def embedding_jobs_claim(
     *,
     model_id: str,
-    unstarted_after: timedelta,
+    unstarted_after: timedelta | None,
     include_failed: bool = False,
-    limit: int | None = None,
+    limit: int,
 ) -> list[int]:
-    """Mark the due pending jobs of ``model_id`` as sent now; return their images.
+    """Mark at most ``limit`` due pending jobs of ``model_id`` as sent now; return their images.
 
     Due: never sent; taken by a worker whose lease ran out; or sent more than
-    ``unstarted_after`` ago and never taken (``workers.queueing`` explains the choice).
-    ``include_failed`` also claims failed jobs, with fresh attempts. One UPDATE ... RETURNING
-    over rows locked with SKIP LOCKED, so two sweeps at once never queue an image twice. The
-    rows are chosen in a MATERIALIZED CTE: as ``WHERE id IN (subquery LIMIT n)`` the planner may
-    rescan the subquery, which then skips the rows just updated and picks the next n, so a
-    one-batch probe could claim the whole backlog.
+    ``unstarted_after`` ago and never taken (None: never, as when its message may still be
+    queued; ``workers.queueing`` explains the choice). ``include_failed`` also claims failed
+    jobs, with fresh attempts. Every time is the database's (``now()``), the clock the leases
+    are written with. One UPDATE ... RETURNING over rows locked with SKIP LOCKED, so two sweeps
+    at once never queue an image twice. The rows are chosen in a MATERIALIZED CTE: as ``WHERE
+    id IN (subquery LIMIT n)`` the planner may rescan the subquery, which then skips the rows
+    just updated and picks the next n, so a one-batch probe could claim the whole backlog.
     """
     table = EmbeddingJob._meta.db_table
     with connection.cursor() as cursor:
@@ -375,11 +424,13 @@ def embedding_jobs_claim(
                     OR (status = 'pending' AND (
                         enqueued_at IS NULL
                         OR (started_at IS NOT NULL AND lease_until < now())
-                        OR (started_at IS NULL AND enqueued_at < %(cutoff)s))))
+                        OR (started_at IS NULL AND %(unstarted)s::float8 IS NOT NULL
+                            AND enqueued_at < now() - make_interval(secs => %(unstarted)s)))))
                 ORDER BY image_id
                 LIMIT %(limit)s
                 FOR UPDATE SKIP LOCKED)
             UPDATE {table} AS job SET enqueued_at = now(), started_at = NULL, lease_until = NULL,
+                   lease_owner = '',
                    attempts = CASE WHEN job.status = 'failed' THEN 0 ELSE job.attempts END,
                    status = 'pending'
             FROM due WHERE job.id = due.id
@@ -388,7 +439,7 @@ def embedding_jobs_claim(
             {
                 "model": model_id,
                 "failed": include_failed,
-                "cutoff": timezone.now() - unstarted_after,
+                "unstarted": None if unstarted_after is None else unstarted_after.total_seconds(),
                 "limit": limit,
             },
         )
@@ -399,7 +450,7 @@ def embedding_jobs_mark_sent(*, model_id: str, image_ids: Sequence[int]) -> None
     """Record that a batch holding these images was queued now (uploads, not the sweep)."""
     EmbeddingJob.objects.filter(
         model_id=model_id, image_id__in=image_ids, status=EmbeddingJob.Status.PENDING
-    ).update(enqueued_at=timezone.now(), started_at=None, lease_until=None)
+    ).update(enqueued_at=Now(), started_at=None, lease_until=None, lease_owner="")
 
 
 def embedding_jobs_mark_unsent(*, model_id: str, image_ids: Sequence[int]) -> None:
@@ -409,20 +460,56 @@ def embedding_jobs_mark_unsent(*, model_id: str, image_ids: Sequence[int]) -> No
     ).update(enqueued_at=None)
 
 
-def embedding_jobs_start(*, model_id: str, image_ids: Sequence[int], lease: timedelta) -> None:
-    """A worker took these jobs: hold them for ``lease`` (renewed while the batch runs)."""
-    now = timezone.now()
-    EmbeddingJob.objects.filter(
-        model_id=model_id, image_id__in=image_ids, status=EmbeddingJob.Status.PENDING
-    ).update(started_at=now, lease_until=now + lease, updated_at=now)
+def _lease_end(lease: timedelta) -> ExpressionWrapper:
+    # The database's clock, as the sweep compares with it: a worker's clock may be off.
+    return ExpressionWrapper(Now() + lease, output_field=DateTimeField())
+
+
+def embedding_jobs_start(
+    *, model_id: str, image_ids: Sequence[int], lease: timedelta, owner: str
+) -> list[int]:
+    """Take the pending jobs of ``image_ids`` that no other run holds, for ``lease`` (renewed
+    while the batch runs); return the images taken.
+
+    A job held by another run (another message with the same image, or a second delivery of
+    this one) is skipped until that lease runs out: the owner check is in the UPDATE, so two
+    runs at once never both take a job. Rows locked by a run taking them right now are skipped
+    too (SKIP LOCKED), not waited for.
+    """
+    table = EmbeddingJob._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH free AS MATERIALIZED (
+                SELECT id FROM {table}
+                WHERE model_id = %(model)s AND image_id = ANY(%(ids)s) AND status = 'pending'
+                  AND (lease_until IS NULL OR lease_until < now() OR lease_owner = %(owner)s)
+                FOR UPDATE SKIP LOCKED)
+            UPDATE {table} AS job SET started_at = now(),
+                   lease_until = now() + make_interval(secs => %(lease)s),
+                   lease_owner = %(owner)s, updated_at = now()
+            FROM free WHERE job.id = free.id
+            RETURNING job.image_id
+            """,
+            {
+                "model": model_id,
+                "ids": list(image_ids),
+                "owner": owner,
+                "lease": lease.total_seconds(),
+            },
+        )
+        return sorted(row[0] for row in cursor.fetchall())
 
 
 def embedding_jobs_renew_lease(
-    *, model_id: str, image_ids: Sequence[int], lease: timedelta
+    *, model_id: str, image_ids: Sequence[int], lease: timedelta, owner: str
 ) -> None:
     EmbeddingJob.objects.filter(
-        model_id=model_id, image_id__in=image_ids, status=EmbeddingJob.Status.PENDING
-    ).update(lease_until=timezone.now() + lease)
+        model_id=model_id,
+        image_id__in=image_ids,
+        status=EmbeddingJob.Status.PENDING,
+        lease_owner=owner,
+    ).update(lease_until=_lease_end(lease))
 
 
 def embedding_jobs_record_attempt(*, model_id: str, image_ids: Sequence[int]) -> None:
@@ -448,17 +535,48 @@ def embedding_jobs_mark_failed(*, model_id: str, failures: dict[int, str]) -> No
     )
 
 
-def embedding_jobs_note_blocked(*, model_id: str, image_ids: Sequence[int], reason: str) -> None:
-    """Keep jobs pending, say why they cannot run now (e.g. the weights are missing), and put
-    them back among the unsent, for the sweep's probe batch or the backlog after recovery."""
-    EmbeddingJob.objects.filter(
+def _jobs_held(
+    model_id: str, image_ids: Sequence[int], owner: str | None
+) -> QuerySet[EmbeddingJob]:
+    """The pending jobs of ``image_ids``; with ``owner``, only those held by that run or by
+    none (another run's are left to it)."""
+    jobs = EmbeddingJob.objects.filter(
         model_id=model_id, image_id__in=image_ids, status=EmbeddingJob.Status.PENDING
-    ).update(
+    )
+    if owner is not None:
+        jobs = jobs.filter(Q(lease_owner=owner) | Q(lease_owner=""))
+    return jobs
+
+
+def embedding_jobs_note_blocked(
+    *,
+    model_id: str,
+    image_ids: Sequence[int],
+    reason: str,
+    owner: str | None = None,
+    attempt_returned: bool = False,
+) -> None:
+    """Keep jobs pending, say why they cannot run now (e.g. the weights are missing, the image
+    storage is unreachable), and put them back among the unsent, for the sweep's probe batch or
+    the backlog after recovery. ``attempt_returned``: the run had counted an attempt, which
+    is given back, so waiting never brings a job closer to "failed"."""
+    attempts = Greatest(F("attempts") - 1, Value(0)) if attempt_returned else F("attempts")
+    _jobs_held(model_id, image_ids, owner).update(
         error=reason[:2000],
+        attempts=attempts,
         enqueued_at=None,
         started_at=None,
         lease_until=None,
+        lease_owner="",
         updated_at=timezone.now(),
+    )
+
+
+def embedding_jobs_release(*, model_id: str, image_ids: Sequence[int], owner: str) -> None:
+    """This worker cannot load the model but another live one can: hand the jobs back,
+    unsent and with no reason against them, for the next sweep to queue for the others."""
+    _jobs_held(model_id, image_ids, owner).update(
+        **_UNSENT_PENDING_KEEP_ATTEMPTS, updated_at=timezone.now()
     )
 
 
@@ -476,18 +594,29 @@ def embedding_jobs_note_error(
             status=EmbeddingJob.Status.FAILED,
             error=f"gave up after {max_attempts} attempts: {reason}"[:2000],
             lease_until=None,
+            lease_owner="",
             updated_at=now,
         )
-        pending.update(error=reason[:2000], lease_until=now, updated_at=now)
+        # Ends now by the database's clock, the one the sweep compares with.
+        pending.update(error=reason[:2000], lease_until=Now(), updated_at=now)
 
 
-def embedding_model_mark_unavailable(*, model_id: str, reason: str) -> None:
-    """Record that workers cannot load ``model_id`` (kept since the first failure)."""
+def embedding_model_mark_unavailable(*, model_id: str, reason: str) -> bool:
+    """Record that workers cannot load ``model_id`` (kept since the first failure), unless a
+    live worker can: one broken worker (say, told to use a GPU it lacks) must not take a model
+    away from the site while another serves it. True when the model is marked.
+
+    The condition is in the UPDATE, against heartbeats on the database's clock.
+    """
     now = timezone.now()
-    EmbeddingModel.objects.filter(model_id=model_id).update(
-        unavailable_reason=reason[:2000],
-        unavailable_since=Coalesce(F("unavailable_since"), Value(now)),
-        updated_at=now,
+    return bool(
+        EmbeddingModel.objects.filter(model_id=model_id)
+        .filter(~Exists(workers_live().filter(models_loaded__contains=[model_id])))
+        .update(
+            unavailable_reason=reason[:2000],
+            unavailable_since=Coalesce(F("unavailable_since"), Value(now)),
+            updated_at=now,
+        )
     )
 
 
@@ -498,6 +627,78 @@ def embedding_model_mark_available(*, model_id: str) -> bool:
         .exclude(unavailable_reason="")
         .update(unavailable_reason="", unavailable_since=None, updated_at=timezone.now())
     )
+
+
+@dataclass(frozen=True)
+class WorkerReport:
+    """What one worker process says of itself at start and at every heartbeat."""
+
+    name: str
+    hostname: str
+    pid: int
+    device: str
+    batch_size: int
+    models_loaded: list[str]
+    models_failed: dict[str, str]
+    embedded: int = 0
+    rate_per_minute: float = 0.0
+
+
+def worker_heartbeat_record(*, report: WorkerReport) -> Worker:
+    """Record that a worker is alive and what it can do; prune workers gone silent; bring each
+    model's site-wide availability in line with the live workers.
+
+    A model this worker loads is available again (its waiting backlog is swept at once); one it
+    cannot load is marked unavailable only if no live worker loads it (e.g. the one that did
+    has died). ``last_seen`` is the database's ``now()``.
+    """
+    # One transaction: whoever reads sees the worker and its verdict on each model together.
+    with transaction.atomic():
+        worker, _ = Worker.objects.update_or_create(
+            hostname=report.hostname,
+            pid=report.pid,
+            defaults={
+                "name": report.name,
+                "device": report.device,
+                "batch_size": report.batch_size,
+                "models_loaded": report.models_loaded,
+                "models_failed": report.models_failed,
+                "embedded": report.embedded,
+                "rate_per_minute": report.rate_per_minute,
+                "last_seen": Now(),
+            },
+            create_defaults={
+                "name": report.name,
+                "device": report.device,
+                "batch_size": report.batch_size,
+                "models_loaded": report.models_loaded,
+                "models_failed": report.models_failed,
+                "embedded": report.embedded,
+                "rate_per_minute": report.rate_per_minute,
+                "last_seen": Now(),
+                "started_at": Now(),
+            },
+        )
+        workers_prune_stale()
+        for model_id in report.models_loaded:
+            if embedding_model_mark_available(model_id=model_id):
+                logger.info("%s loads on %s: queueing the images that waited for it", model_id,
+                            report.name)  # fmt: skip
+                embeddings_sweep_send(model_id=model_id)
+        for model_id, reason in report.models_failed.items():
+            embedding_model_mark_unavailable(model_id=model_id, reason=reason)
+        return worker
+
+
+def workers_prune_stale() -> int:
+    """Delete the rows of workers not seen within WORKER_STALE_SECONDS (dead or cut off)."""
+    deleted, _ = Worker.objects.exclude(pk__in=workers_live().values("pk")).delete()
+    return deleted
+
+
+def worker_forget(*, hostname: str, pid: int) -> None:
+    """A worker shutting down cleanly leaves the list at once."""
+    Worker.objects.filter(hostname=hostname, pid=pid).delete()
 
 
 @dataclass(frozen=True)
@@ -556,7 +757,7 @@ def embeddings_import(
                 )
     finally:
         if rebuild:  # also after a failed load: the model must never be left without its index
-            embedding_indexes_ensure(model_ids=[model_id], concurrently=True)
+            embedding_index_build(model_id=model_id)
     return EmbeddingsImportResult(
         rows=len(names), stored=stored, already_present=len(rows) - stored, unmatched=unmatched
     )

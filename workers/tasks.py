@@ -9,7 +9,8 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerError
 
-from workers import pipeline, queueing
+# heartbeat: imported for its Celery signal handlers (the worker's checks and heartbeat).
+from workers import heartbeat, indexes, pipeline, queueing  # noqa: F401
 from workers.selectors import embedding_models_enabled
 
 # Database or broker hiccups: worth retrying with backoff. Everything else is recorded on the
@@ -36,3 +37,14 @@ def embed_images_task(model_id: str, image_ids: list[int]) -> dict[str, object]:
 def embeddings_sweep_task(model_id: str | None = None) -> dict[str, int]:
     """Queue batches for images lacking an embedding (backfill, new models, lost batches)."""
     return queueing.embeddings_sweep(model_id=model_id)
+
+
+@shared_task(acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=3)
+def embedding_index_build_task(model_id: str, rebuild: bool = False) -> dict[str, object]:
+    """Build a model's search index online (staff asked on the admin's models page); a second
+    delivery while the first still builds returns at once (the build's advisory lock)."""
+    try:
+        result = indexes.embedding_index_build(model_id=model_id, rebuild=rebuild)
+    except indexes.IndexBuildRunning as exc:
+        return {"skipped": True, "reason": exc.message}
+    return {"built": result.built, "rows": result.rows, "seconds": round(result.seconds, 1)}

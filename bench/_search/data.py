@@ -123,7 +123,13 @@ def dataset_load(size: int, *, clusters: int, seed: int, matrix: np.ndarray) -> 
     from django.db import connection
 
     from gallery.models import Caption, Image
-    from workers.indexes import HNSW_EF_CONSTRUCTION, HNSW_M, hnsw_build_memory, hnsw_index_name
+    from workers.indexes import (
+        HNSW_EF_CONSTRUCTION,
+        HNSW_M,
+        hnsw_build_memory,
+        hnsw_build_memory_cap,
+        hnsw_index_name,
+    )
     from workers.models import ImageEmbedding
 
     images = Image._meta.db_table
@@ -157,12 +163,14 @@ def dataset_load(size: int, *, clusters: int, seed: int, matrix: np.ndarray) -> 
     vacuum_seconds = time.perf_counter() - started
 
     build_seconds = product_index_build()
+    with connection.cursor() as cursor:
+        memory = hnsw_build_memory(rows=size, dim=512, cap=hnsw_build_memory_cap(cursor))
     return [
         f"COPY {size:,} images + embeddings: {copy_seconds:.0f} s "
         f"(images and {CAPTIONS_PER_IMAGE} captions each {images_seconds:.0f} s); "
         f"VACUUM ANALYZE {vacuum_seconds:.0f} s",
         f"HNSW build (m={HNSW_M}, ef_construction={HNSW_EF_CONSTRUCTION}, maintenance_work_mem="
-        f"{hnsw_build_memory(rows=size, dim=512) / 2**20:,.0f}MB "
+        f"{memory / 2**20:,.0f}MB "
         "(workers.indexes.hnsw_build_memory), "
         f"max_parallel_maintenance_workers=1): {build_seconds:.1f} s",
     ]

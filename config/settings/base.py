@@ -136,6 +136,19 @@ TEMPLATES = [
 # models' rows, WHERE filters, dead tuples) the scan goes on until LIMIT is met instead of
 # returning fewer rows. strict_order keeps results exactly ordered by distance.
 HNSW_ITERATIVE_SCAN = os.environ.get("HNSW_ITERATIVE_SCAN", "strict_order")
+# Index builds (workers.indexes): migrate builds a model's HNSW index inline only up to this many
+# embeddings (seconds of blocked writes); above it, `manage.py embedding_index_build` (or the
+# admin's Embedding models page) builds it online, CONCURRENTLY.
+HNSW_INLINE_BUILD_MAX_ROWS = int(os.environ.get("HNSW_INLINE_BUILD_MAX_ROWS", 10_000))
+# The most maintenance_work_mem a build may take, in PostgreSQL units ("8GB"); empty: the larger
+# of the database server's own maintenance_work_mem and shared_buffers.
+HNSW_BUILD_MEMORY = os.environ.get("HNSW_BUILD_MEMORY", "")
+# max_parallel_maintenance_workers for a build; empty: the server's setting.
+HNSW_BUILD_PARALLEL_WORKERS = (
+    int(os.environ["HNSW_BUILD_PARALLEL_WORKERS"])
+    if os.environ.get("HNSW_BUILD_PARALLEL_WORKERS")
+    else None
+)
 
 
 def database_from_url(url: str) -> dict[str, Any]:
@@ -240,10 +253,70 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 # Image files are never served straight from MEDIA_ROOT: a view checks who may see each one.
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT") or DATA_DIR / "media")
 MEDIA_URL = "/media/"
+
+
+def image_storages(environ: Any = os.environ) -> dict[str, dict[str, Any]]:
+    """STORAGES' "default" (image files) and "thumbnails", chosen by the environment.
+
+    Without AWS_STORAGE_BUCKET_NAME: the local folder MEDIA_ROOT (one host, or a folder every
+    host mounts). With it: an S3-compatible bucket (AWS S3, MinIO, Cloudflare R2, ...) through
+    django-storages, which web and workers on any host reach. Objects are private whatever the
+    bucket's defaults (no ACL is sent, every URL is signed): the site streams each file through
+    a view that checks who may see it, or with IMAGE_FILES_SIGNED_URLS redirects there to a URL
+    signed for AWS_QUERYSTRING_EXPIRE seconds, issued after the same check.
+    """
+    bucket = environ.get("AWS_STORAGE_BUCKET_NAME", "")
+    if not bucket:
+        return {
+            "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+            # Thumbnails are made on demand and may be made twice at once: this one writes a
+            # temporary file and renames it, so a reader never sees half a thumbnail.
+            "thumbnails": {"BACKEND": "gallery.storage.ReplacingFileSystemStorage"},
+        }
+    from botocore.config import Config
+
+    options: dict[str, Any] = {
+        "bucket_name": bucket,
+        "endpoint_url": environ.get("AWS_S3_ENDPOINT_URL") or None,
+        "region_name": environ.get("AWS_S3_REGION_NAME") or None,
+        # None: boto3's own chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, a role).
+        "access_key": environ.get("AWS_ACCESS_KEY_ID") or None,
+        "secret_key": environ.get("AWS_SECRET_ACCESS_KEY") or None,
+        "location": environ.get("AWS_LOCATION", ""),
+        "default_acl": None,  # never "public-read": private images stay private
+        "querystring_auth": True,
+        "querystring_expire": int(environ.get("AWS_QUERYSTRING_EXPIRE") or 300),
+        # Two uploads of the same bytes get two names, as in the local folder.
+        "file_overwrite": False,
+        # A storage that does not answer fails a request in seconds, not after minutes of
+        # retries; workers then put the batch back to wait (workers.pipeline).
+        "client_config": Config(
+            # MinIO and most self-hosted servers want path-style addresses (endpoint/bucket/key).
+            s3={"addressing_style": environ.get("AWS_S3_ADDRESSING_STYLE") or None},
+            # Signed URLs carry their expiry (X-Amz-Expires), checked by the server.
+            signature_version="s3v4",
+            connect_timeout=int(environ.get("AWS_S3_CONNECT_TIMEOUT") or 5),
+            read_timeout=int(environ.get("AWS_S3_READ_TIMEOUT") or 30),
+            retries={"max_attempts": 3, "mode": "standard"},
+            # One connection per concurrent read: a worker's decode threads each fetch an image
+            # (botocore's default of 10 would make more threads wait for a connection).
+            max_pool_connections=64,
+        ),
+    }
+    backend = "storages.backends.s3.S3Storage"
+    return {
+        "default": {"BACKEND": backend, "OPTIONS": options},
+        "thumbnails": {"BACKEND": backend, "OPTIONS": {**options, "file_overwrite": True}},
+    }
+
+
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    **image_storages(),
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
+# Object storage only: answer a permitted file request with a redirect to a short-lived signed
+# URL (AWS_QUERYSTRING_EXPIRE seconds) instead of streaming the bytes through the web process.
+IMAGE_FILES_SIGNED_URLS = env_bool("IMAGE_FILES_SIGNED_URLS", False)
 UPLOAD_MAX_BYTES = int(os.environ.get("UPLOAD_MAX_BYTES", 25 * 1024 * 1024))
 UPLOAD_MAX_PIXELS = int(os.environ.get("UPLOAD_MAX_PIXELS", 80_000_000))
 # Bytes of uploads each person may keep (gallery.services.images.image_upload); 0: no limit.
@@ -337,9 +410,18 @@ EMBEDDING_JOB_LEASE_SECONDS = int(os.environ.get("EMBEDDING_JOB_LEASE_SECONDS", 
 # A job sent but never taken while the queue is empty lost its message (e.g. Redis restarted
 # without it): queued again after this long.
 EMBEDDING_LOST_AFTER_SECONDS = int(os.environ.get("EMBEDDING_LOST_AFTER_SECONDS", 60))
-# Backstop while the queue still holds work: a job sent this long ago and never taken is sent
-# again (duplicates are harmless: storing is idempotent).
-EMBEDDING_REQUEUE_AFTER_SECONDS = int(os.environ.get("EMBEDDING_REQUEUE_AFTER_SECONDS", 3600))
+# The sweep keeps at most this many batches in the embedding queue; the rest of a backlog stays
+# unsent in the database until the queue drains, so nothing queued is ever sent twice.
+EMBEDDING_QUEUE_MAX_BATCHES = int(os.environ.get("EMBEDDING_QUEUE_MAX_BATCHES", 1000))
+# The sweep looks for images without jobs only among those newer than this (by id, through the
+# primary key), so its cost follows new images, not the table; an upload's transaction open
+# longer than this could be missed by the sweep (uploads create their own jobs anyway).
+EMBEDDING_SWEEP_SETTLE_SECONDS = int(os.environ.get("EMBEDDING_SWEEP_SETTLE_SECONDS", 3600))
+# Each worker records a heartbeat (what it can load, its device, batch size and rate) this
+# often; one not seen for WORKER_STALE_SECONDS is dead: it leaves the admin's list, and a model
+# only it could load becomes unavailable.
+WORKER_HEARTBEAT_SECONDS = float(os.environ.get("WORKER_HEARTBEAT_SECONDS", 30))
+WORKER_STALE_SECONDS = float(os.environ.get("WORKER_STALE_SECONDS", 90))
 # Batches that fail as a whole (not a bad image, not missing weights) are retried by the sweep
 # this many times, then their jobs are marked failed with the reason.
 EMBEDDING_MAX_ATTEMPTS = int(os.environ.get("EMBEDDING_MAX_ATTEMPTS", 3))

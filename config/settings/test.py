@@ -12,6 +12,7 @@ from config.settings.base import (
     cache_url_from_broker,
     caches_for,
     database_from_url,
+    image_storages,
 )
 
 if not DATABASE_URL:
@@ -32,7 +33,7 @@ CELERY_RESULT_BACKEND = CELERY_BROKER_URL
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT") or TEST_DATA_DIR / "media")
 EMBEDDING_DEVICE = "cpu"
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    **image_storages(),
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 # The same cache ./run builds: Redis over the broker's socket, database 1 (a LocMemCache here

@@ -11,13 +11,13 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
 from gallery.flickr30k import CaptionRow, Flickr30kEntry, Flickr30kFile, flickr30k_file_check
 from gallery.models import Caption, Image, image_upload_path
 from gallery.signals import images_added
+from gallery.storage import image_storage
 
 
 @dataclass
@@ -113,10 +113,11 @@ def _flickr30k_file_store(entry: Flickr30kEntry, images_dir: str | Path) -> Flic
     name = image_upload_path(Image(sha256=checked.sha256), entry.filename)
     # Content-addressed: a file already there (an interrupted run, a duplicate photo) holds
     # exactly these bytes, so it is reused rather than stored again under another name.
-    if not default_storage.exists(name):
-        stored = default_storage.save(name, ContentFile(checked.content))
+    storage = image_storage()
+    if not storage.exists(name):
+        stored = storage.save(name, ContentFile(checked.content))
         if stored != name:  # written by a concurrent run between exists() and save()
-            default_storage.delete(stored)
+            storage.delete(stored)
     return replace(checked, content=b"", stored_as=name)
 
 

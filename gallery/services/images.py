@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.core.files.storage import default_storage
+from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import UploadedFile
 from django.db import connection, transaction
 from django.db.models import QuerySet, Sum
@@ -23,6 +24,14 @@ from gallery.models import Image
 from gallery.selectors import image_get_owned
 from gallery.services._checks import selection_ids, text_bounded, visibility_check
 from gallery.signals import images_added
+from gallery.storage import (
+    StorageUnreachable,
+    storage_error_is_unreachable,
+    storage_unreachable_message,
+    stored_file_delete,
+    stored_file_open,
+    thumbnail_storage,
+)
 from kernel.errors import NotFound, TooLarge
 
 THUMBNAIL_SIZES = (128, 256, 512)
@@ -32,30 +41,42 @@ class QuotaExceeded(TooLarge):
     """An upload that would take its owner past UPLOAD_QUOTA_BYTES."""
 
 
-def _thumbnail_file(*, sha256: str, size: int) -> Path:
-    """Where the ``size`` px thumbnail of the image file with ``sha256`` is kept: named by
-    content, so images with the same bytes share it."""
-    return Path(settings.MEDIA_ROOT) / "thumbs" / str(size) / f"{sha256}.jpg"
+def _thumbnail_name(*, sha256: str, size: int) -> str:
+    """The thumbnail storage's name for the ``size`` px thumbnail of the image file with
+    ``sha256``: named by content, so images with the same bytes share it."""
+    return f"thumbs/{size}/{sha256}.jpg"
 
 
-def image_thumbnail_path(*, image: Image, size: int) -> Path:
-    """The path of a JPEG thumbnail no larger than ``size`` px, made once and kept on disk."""
+def image_thumbnail_name(*, image: Image, size: int) -> str:
+    """The name, in the thumbnail storage, of a JPEG thumbnail no larger than ``size`` px,
+    made once and kept. Raises ``StorageUnreachable`` when the storage is away."""
     if size not in THUMBNAIL_SIZES:
         raise ValueError(f"thumbnail size must be one of {THUMBNAIL_SIZES}")
-    path = _thumbnail_file(sha256=image.sha256, size=size)
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with image.file.open("rb") as source:
+    name = _thumbnail_name(sha256=image.sha256, size=size)
+    storage = thumbnail_storage()
+    try:
+        if storage.exists(name):
+            return name
+    except Exception as exc:
+        if storage_error_is_unreachable(exc):
+            raise StorageUnreachable(storage_unreachable_message(exc)) from exc
+        raise
+    with stored_file_open(image.file.name or "") as source:
         # Decoded at reduced scale, so an 80-megapixel upload's thumbnail does not take a
         # full-size RGB copy (320 MB) and a rotated one besides.
         thumb = open_image(source, max_pixels=settings.UPLOAD_MAX_PIXELS, min_side=size)
-        thumb.thumbnail((size, size))
-        # Write to a temporary name and rename, so a concurrent reader never sees half a file.
-        partial = path.with_suffix(f".{id(thumb)}.part")
-        thumb.save(partial, "JPEG", quality=85)
-        partial.replace(path)
-    return path
+    thumb.thumbnail((size, size))
+    encoded = io.BytesIO()
+    thumb.save(encoded, "JPEG", quality=85)
+    try:
+        # Made by two requests at once, both write the same bytes: the thumbnail storage
+        # replaces (atomically in the local folder, one PUT in a bucket), never renames.
+        storage.save(name, ContentFile(encoded.getvalue()))
+    except Exception as exc:
+        if storage_error_is_unreachable(exc):
+            raise StorageUnreachable(storage_unreachable_message(exc)) from exc
+        raise
+    return name
 
 
 def image_upload(
@@ -111,7 +132,7 @@ def image_upload(
             images_added.send(sender=Image, image_ids=[image.pk])
         except BaseException:
             # The row did not make it: the file it would have named goes too.
-            default_storage.delete(stored)
+            stored_file_delete(stored)
             raise
     image.duplicate = False
     return image
@@ -236,12 +257,10 @@ def images_delete(*, user: User, image_ids: Sequence[int]) -> list[int]:
 def _image_files_delete(*, name: str | None, sha256: str) -> None:
     if Image.objects.filter(file=name).exists():
         return
-    if name and default_storage.exists(name):
-        default_storage.delete(name)
+    stored_file_delete(name or "")
     if Image.objects.filter(sha256=sha256).exists():
         return  # thumbnails are named by content, and another image still has it
-    for size in THUMBNAIL_SIZES:
-        _thumbnail_file(sha256=sha256, size=size).unlink(missing_ok=True)
+    _thumbnails_delete(sha256=sha256)
 
 
 # --- Staff actions over many images (the admin's image list) --------------------------------
@@ -287,11 +306,15 @@ def _images_files_delete(*, files: Sequence[tuple[str, str]]) -> None:
     names_used = set(Image.objects.filter(file__in=names).values_list("file", flat=True))
     digests_used = set(Image.objects.filter(sha256__in=digests).values_list("sha256", flat=True))
     for name in names - names_used:
-        if name and default_storage.exists(name):
-            default_storage.delete(name)
+        stored_file_delete(name or "")
     for sha256 in digests - digests_used:
-        for size in THUMBNAIL_SIZES:
-            _thumbnail_file(sha256=sha256, size=size).unlink(missing_ok=True)
+        _thumbnails_delete(sha256=sha256)
+
+
+def _thumbnails_delete(*, sha256: str) -> None:
+    storage = thumbnail_storage()
+    for size in THUMBNAIL_SIZES:
+        storage.delete(_thumbnail_name(sha256=sha256, size=size))
 
 
 @dataclass(frozen=True)

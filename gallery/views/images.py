@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.core.files.storage import FileSystemStorage, Storage
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseRedirect,
+    JsonResponse,
+)
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.datastructures import MultiValueDict
@@ -28,14 +39,22 @@ from gallery.services.images import (
     THUMBNAIL_SIZES,
     image_delete,
     image_details_update,
-    image_thumbnail_path,
+    image_thumbnail_name,
     image_upload,
     image_visibility_set,
+)
+from gallery.storage import (
+    StorageUnreachable,
+    image_storage,
+    stored_file_fetch,
+    thumbnail_storage,
 )
 from gallery.views._common import NO_SUCH_IMAGE, AuthenticatedHttpRequest, visible_image
 from kernel.db_routing import reads_from_replica
 from kernel.errors import ApplicationError
 from kernel.views import error_response
+
+logger = logging.getLogger(__name__)
 
 
 @reads_from_replica
@@ -173,31 +192,72 @@ def image_delete_view(request: AuthenticatedHttpRequest, image_id: int) -> HttpR
     return redirect(reverse("home") + "?show=mine")
 
 
-def image_file_response(image: Image) -> FileResponse:
+def image_file_response(request: HttpRequest, image: Image) -> HttpResponseBase:
     """The image's file, for a viewer already allowed to see it (the site's or the admin's)."""
-    response = FileResponse(image.file.open("rb"))
-    response["Cache-Control"] = "private, max-age=3600"
-    return response
+    return _stored_file_response(
+        request, storage=image_storage(), name=image.file.name or "", max_age=3600
+    )
 
 
-def image_thumbnail_response(image: Image, size: int) -> FileResponse:
+def image_thumbnail_response(request: HttpRequest, image: Image, size: int) -> HttpResponseBase:
     """A thumbnail of one of THUMBNAIL_SIZES, for a viewer already allowed to see the image."""
     if size not in THUMBNAIL_SIZES:
         raise Http404("No such thumbnail size.")
-    response = FileResponse(open(image_thumbnail_path(image=image, size=size), "rb"))  # noqa: SIM115
-    response["Content-Type"] = "image/jpeg"
-    response["Cache-Control"] = "private, max-age=86400"
+    try:
+        name = image_thumbnail_name(image=image, size=size)
+    except StorageUnreachable as exc:
+        return _storage_unreachable_response(request, exc)
+    except FileNotFoundError as exc:
+        raise Http404("The image's file is missing.") from exc
+    return _stored_file_response(
+        request,
+        storage=thumbnail_storage(),
+        name=name,
+        max_age=86400,
+        content_type="image/jpeg",
+    )
+
+
+def _stored_file_response(
+    request: HttpRequest, *, storage: Storage, name: str, max_age: int, content_type: str = ""
+) -> HttpResponseBase:
+    # Only ever reached after the caller's permission check: a signed URL is as good as the
+    # file for the few minutes it lives, so it is never issued before.
+    if settings.IMAGE_FILES_SIGNED_URLS and not isinstance(storage, FileSystemStorage):
+        redirect_response = HttpResponseRedirect(storage.url(name))
+        redirect_response["Cache-Control"] = "private, no-store"
+        return redirect_response
+    try:
+        handle = stored_file_fetch(name, storage=storage)
+    except StorageUnreachable as exc:
+        return _storage_unreachable_response(request, exc)
+    except FileNotFoundError as exc:
+        raise Http404("The image's file is missing.") from exc
+    response = FileResponse(handle)
+    if content_type:
+        response["Content-Type"] = content_type
+    response["Cache-Control"] = f"private, max-age={max_age}"
     return response
 
 
-def image_file(request: HttpRequest, image_id: int) -> FileResponse:
-    return image_file_response(visible_image(request, image_id))
+def _storage_unreachable_response(request: HttpRequest, exc: StorageUnreachable) -> HttpResponse:
+    logger.warning("%s", exc)
+    return error_response(
+        request,
+        503,
+        "Image storage unavailable",
+        "The image storage cannot be reached just now. Try again in a minute.",
+    )
 
 
-def image_thumbnail(request: HttpRequest, image_id: int, size: int = 256) -> FileResponse:
+def image_file(request: HttpRequest, image_id: int) -> HttpResponseBase:
+    return image_file_response(request, visible_image(request, image_id))
+
+
+def image_thumbnail(request: HttpRequest, image_id: int, size: int = 256) -> HttpResponseBase:
     if size not in THUMBNAIL_SIZES:
         raise Http404("No such thumbnail size.")
-    return image_thumbnail_response(visible_image(request, image_id), size)
+    return image_thumbnail_response(request, visible_image(request, image_id), size)
 
 
 def _upload_one(request: AuthenticatedHttpRequest, form: UploadForm) -> tuple[Image | None, str]:

@@ -26,9 +26,9 @@ ENV_EXAMPLE = ROOT / ".env.example"
 SETTINGS_DIR = ROOT / "config" / "settings"
 
 # os.environ.get("X"), os.getenv("X"), os.environ["X"], env_bool("X", ...), env_list("X"...),
-# env_map("X")
+# env_map("X"), and environ.get("X") of helpers given the environment as a parameter
 SETTINGS_VAR = re.compile(
-    r"""(?:os\.environ\.get\(|os\.getenv\(|os\.environ\[|env_bool\(|env_list\(|env_map\()"""
+    r"""(?:(?:os\.)?environ\.get\(|os\.getenv\(|os\.environ\[|env_bool\(|env_list\(|env_map\()"""
     r"""\s*["']([A-Z][A-Z0-9_]*)["']"""
 )
 # "NAME=value" or the commented-out form "# NAME=value".

@@ -17,7 +17,8 @@ from playwright.sync_api import Page, expect
 
 from gallery.models import Caption, CollectionItem, Image
 from gallery.services import images as image_services
-from gallery.services.images import image_thumbnail_path
+from gallery.services.images import image_thumbnail_name
+from gallery.storage import thumbnail_storage
 from kernel.errors import InvalidInput
 from tests.factories import (
     PASSWORD,
@@ -295,7 +296,8 @@ def test_make_private_and_public_skip_dataset_images_and_say_so(admin: Client) -
 
 def stored_paths(image: Image) -> list[Path]:
     thumbs = [
-        image_thumbnail_path(image=image, size=size) for size in image_services.THUMBNAIL_SIZES
+        Path(thumbnail_storage().path(image_thumbnail_name(image=image, size=size)))
+        for size in image_services.THUMBNAIL_SIZES
     ]
     return [Path(image.file.path), *thumbs]
 

@@ -13,7 +13,8 @@ from django.test import Client
 from django.urls import reverse
 
 from gallery.models import CollectionItem, Image
-from gallery.services.images import THUMBNAIL_SIZES, image_thumbnail_path
+from gallery.services.images import THUMBNAIL_SIZES, image_thumbnail_name
+from gallery.storage import thumbnail_storage
 from tests.clients import signed_in
 from tests.factories import (
     CollectionFactory,
@@ -81,7 +82,10 @@ def test_owner_deletes_an_image_with_its_files_embeddings_and_collection_items(
     keep = ImageFactory(owner=owner)
     embeddings_store(model_id=CLIP, image_ids=[image.pk, keep.pk], vectors=np.eye(2, 512))
     CollectionItemFactory(collection=CollectionFactory(owner=owner), image=image)
-    thumbs = [image_thumbnail_path(image=image, size=size) for size in THUMBNAIL_SIZES]
+    thumbs = [
+        Path(thumbnail_storage().path(image_thumbnail_name(image=image, size=size)))
+        for size in THUMBNAIL_SIZES
+    ]
     file_path = Path(settings.MEDIA_ROOT) / image.file.name
     assert file_path.exists() and all(t.exists() for t in thumbs)
     url = reverse("image-delete", args=[image.pk])

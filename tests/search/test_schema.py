@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 
 import numpy as np
@@ -14,7 +13,12 @@ from encoders.registry import MODELS
 from gallery.models import Image
 from search.ranking import embeddings_nearest
 from tests.factories import ImageFactory
-from workers.indexes import embedding_indexes_ensure, hnsw_build_memory, hnsw_index_name
+from workers.indexes import (
+    embedding_indexes_ensure,
+    hnsw_build_memory,
+    hnsw_build_memory_cap,
+    hnsw_index_name,
+)
 from workers.models import EmbeddingJob, ImageEmbedding
 from workers.services import EmbeddingDimensionError, EmbeddingVectorsError, embeddings_store
 
@@ -88,14 +92,31 @@ def test_an_index_of_older_storage_or_graph_is_replaced_on_migrate(old: str, gra
     assert hnsw_index_name(other) in hnsw_indexes()
 
 
-def test_build_memory_holds_the_graph_within_a_share_of_memory() -> None:
-    small = hnsw_build_memory(rows=1_000, dim=512)
-    million = hnsw_build_memory(rows=1_000_000, dim=512)
+def test_build_memory_holds_the_graph_within_the_database_servers_share() -> None:
+    cap = 16 * 2**30
+    small = hnsw_build_memory(rows=1_000, dim=512, cap=cap)
+    million = hnsw_build_memory(rows=1_000_000, dim=512, cap=cap)
     assert small == 64 * 2**20  # the floor
-    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     # 2 bytes a dimension (halfvec), 2*m neighbours of 16 bytes, bookkeeping, 25 % upper layers
-    assert million == min(int(1_000_000 * (1024 + 1024 + 128) * 1.25), physical // 2)
+    assert million == int(1_000_000 * (1024 + 1024 + 128) * 1.25)
     assert million > 2**30  # more than the old fixed 1GB, which a 1M graph overflowed
+    assert hnsw_build_memory(rows=1_000_000, dim=512, cap=2**30) == 2**30
+
+
+def test_build_memory_cap_is_the_database_servers_not_this_hosts(settings) -> None:
+    """Without HNSW_BUILD_MEMORY, the cap is what the server itself says (the larger of its
+    maintenance_work_mem and shared_buffers), whatever memory the host running migrate has;
+    HNSW_BUILD_MEMORY, in PostgreSQL's units, overrides it."""
+    settings.HNSW_BUILD_MEMORY = ""
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL maintenance_work_mem = '96MB'")
+        cursor.execute("SELECT pg_size_bytes(current_setting('shared_buffers'))")
+        shared_buffers = cursor.fetchone()[0]
+        assert hnsw_build_memory_cap(cursor) == max(96 * 2**20, shared_buffers)
+        cursor.execute("SET LOCAL maintenance_work_mem = '40GB'")
+        assert hnsw_build_memory_cap(cursor) == 40 * 2**30
+        settings.HNSW_BUILD_MEMORY = "3GB"
+        assert hnsw_build_memory_cap(cursor) == 3 * 2**30
 
 
 def plan_of(queryset: object) -> str:

@@ -60,8 +60,8 @@ def start_worker(redis_url: str, tiny_models, tmp_path: Path) -> Iterator:
     app.control.purge()
     workers: list[Worker] = []
 
-    def start() -> Worker:
-        workers.append(Worker(env, tmp_path / "worker.log"))
+    def start(**extra_env: str) -> Worker:
+        workers.append(Worker({**env, **extra_env}, tmp_path / "worker.log"))
         return workers[-1]
 
     yield start
@@ -116,3 +116,19 @@ def test_worker_killed_mid_run_then_restarted_leaves_one_embedding_per_image(
     wait_for(lambda: stored.count() == total, 300, worker.log)
     assert sorted(stored.values_list("image_id", flat=True)) == sorted(i.pk for i in images)
     assert not EmbeddingJob.objects.exclude(status="done").exists()
+
+
+def test_a_worker_with_its_own_media_folder_embeds_from_object_storage(
+    start_worker, s3_bucket, tmp_path: Path
+) -> None:
+    """Web and worker as on two hosts: no shared folder, only the bucket (tests/s3_server.py,
+    moto's S3 server standing in for MinIO, which cannot be installed here)."""
+    images = ImageFactory.create_batch(5, dataset=True)
+    assert s3_bucket.keys() == sorted(i.file.name for i in images)
+    worker_media = tmp_path / "worker-host" / "media"
+    worker = start_worker(MEDIA_ROOT=str(worker_media), **s3_bucket.environ)
+    queueing.embeddings_enqueue_missing(model_id=CLIP, batch_size=4)
+    stored = ImageEmbedding.objects.filter(model_id=CLIP)
+    wait_for(lambda: stored.count() == 5, 120, worker.log)
+    assert set(EmbeddingJob.objects.values_list("status", flat=True)) == {"done"}
+    assert not worker_media.exists() and not Path(settings.MEDIA_ROOT).exists()

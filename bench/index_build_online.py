@@ -1,0 +1,120 @@
+"""Does an index build block uploads? Inserts during an online build and an inline one, by hand.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/index_build_online.py [--rows 100000] \
+        [--data-dir DIR] [--database-url URL]
+
+Loads ``--rows`` unit vectors for one model (COPY), then builds its HNSW index twice: online
+(``workers.indexes.embedding_index_build``: CREATE INDEX CONCURRENTLY, then the swap) and inline
+(``embedding_indexes_ensure``: plain CREATE INDEX, what migrate did for every table before). During
+each build another connection stores one embedding every 0.2 s, each its own transaction, as a
+worker storing an upload's embedding would; printed: the build's seconds, how many inserts
+committed during it, and their median and longest latency. An inline build holds a lock that
+makes every insert wait for the whole build; an online one should leave them at milliseconds.
+
+Runs on its own embedded PostgreSQL in ``--data-dir`` (default .data/bench/index_build_online),
+never the site's data: see bench/_harness.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import _harness
+
+SCRIPT = "index_build_online"
+MODEL_ID = "clip-vit-base-patch32"
+INSERT_EVERY = 0.2
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    _harness.add_arguments(parser, script=SCRIPT)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    with _harness.own_django(script=SCRIPT, data_dir=args.data_dir, database_url=args.database_url):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    from django.db import connection
+
+    from workers.indexes import embedding_index_build, embedding_indexes_ensure, hnsw_index_name
+
+    uploads = 10_000  # image rows with no embedding yet, for the inserts during the builds
+    with connection.cursor() as cursor:  # COPY into a live HNSW index would insert row by row
+        cursor.execute(f'DROP INDEX IF EXISTS "{hnsw_index_name(MODEL_ID)}"')
+    _harness.fake_images_replace(args.rows + uploads)
+    _harness.fake_embeddings_copy(
+        model_id=MODEL_ID, chunks=(_harness.unit_vectors(args.rows, seed=s) for s in [0])
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM (ANALYZE) search_imageembedding")
+    print(f"{args.rows:,} x 512-d rows of {MODEL_ID}; one insert every {INSERT_EVERY} s")
+    print(f"{'build':<44} {'seconds':>8} {'inserts':>8} {'median ms':>10} {'max ms':>9}")
+    modes: list[tuple[str, Callable[[], object]]] = [
+        ("online (embedding_index_build, CONCURRENTLY)", lambda: embedding_index_build(
+            model_id=MODEL_ID)),
+        ("inline (CREATE INDEX, migrate before)", lambda: embedding_indexes_ensure(
+            model_ids=[MODEL_ID])),
+    ]  # fmt: skip
+    next_image = args.rows + 1
+    for label, build in modes:
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP INDEX IF EXISTS "{hnsw_index_name(MODEL_ID)}"')
+            cursor.execute("DELETE FROM search_imageembedding WHERE image_id > %s", [args.rows])
+            cursor.execute("CHECKPOINT")
+        seconds, latencies, next_image = _build_with_inserts(build, next_image)
+        print(
+            f"{label:<44} {seconds:>8.1f} {len(latencies):>8} "
+            f"{1000 * statistics.median(latencies):>10.1f} {1000 * max(latencies):>9.1f}",
+            flush=True,
+        )
+
+
+def _build_with_inserts(
+    build: Callable[[], object], next_image: int
+) -> tuple[float, list[float], int]:
+    from django.db import connections
+
+    vector = "[" + ",".join(map(str, _harness.unit_vectors(1, seed=7)[0].tolist())) + "]"
+    done = threading.Event()
+
+    def run_build() -> None:
+        try:
+            build()
+        finally:
+            connections.close_all()  # this thread's Django connection
+            done.set()
+
+    latencies: list[float] = []
+    started = time.perf_counter()
+    threading.Thread(target=run_build).start()
+    with _harness._raw_connection() as raw:
+        raw.autocommit = True
+        while not done.is_set():
+            began = time.perf_counter()
+            raw.execute(
+                "INSERT INTO search_imageembedding (image_id, model_id, vector, created_at) "
+                "VALUES (%s, %s, %s::vector, now())",
+                [next_image, MODEL_ID, vector],
+            )
+            latencies.append(time.perf_counter() - began)
+            next_image += 1
+            done.wait(INSERT_EVERY)
+    return time.perf_counter() - started, latencies, next_image
+
+
+if __name__ == "__main__":
+    _harness.main_guarded(main, None)

@@ -2,11 +2,13 @@ from django.contrib import admin
 from django.urls import include, path
 
 from gallery.views import accounts
-from kernel.views import health
+from kernel.views import health, replicas_status
 from search.api import api
 
 urlpatterns = [
     path("health/", health, name="health"),
+    # Ahead of the admin's own URLs, behind its staff sign-in check.
+    path("admin/replicas/", admin.site.admin_view(replicas_status), name="admin-replicas"),
     path("admin/", admin.site.urls),
     # Ahead of Django's own route of the same name: the same view, rate-limited.
     path("accounts/password_reset/", accounts.password_reset, name="password_reset"),

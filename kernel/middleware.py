@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from contextlib import ExitStack
 
 from django.conf import settings
 from django.db import connections
@@ -10,6 +12,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.cache import add_never_cache_headers, patch_vary_headers
 
 from kernel.database_watchdog import watchdog
+from kernel.db_routing import SAFE_METHODS, primary_pinned, replica_aliases
 from kernel.views import DATABASE_ERRORS, database_unavailable, error_response
 
 # Room for the multipart framing and the other form fields around one image.
@@ -76,8 +79,62 @@ class DatabaseStallMiddleware:
         stall_seconds = settings.DATABASE_STALL_SECONDS
         if not stall_seconds:
             return self.get_response(request)
-        with watchdog.watching(connections["default"], stall_seconds=stall_seconds):
+        # The read replicas' connections too: one that freezes is cut like the primary's, and
+        # kernel.db_routing.reads_from_replica then answers from the primary.
+        with ExitStack() as stack:
+            for alias in ["default", *replica_aliases()]:
+                stack.enter_context(
+                    watchdog.watching(connections[alias], stall_seconds=stall_seconds)
+                )
             return self.get_response(request)
+
+
+# The cookie that pins a browser's reads to the primary after it wrote: the time (Unix seconds)
+# until which it holds. A cookie rather than the session, so that it costs no database query,
+# holds across web processes and covers people who are not signed in.
+READ_YOUR_WRITES_COOKIE = "primary_reads_until"
+
+
+class ReadYourWritesMiddleware:
+    """A person sees their own writes at once, even on pages that read from a replica.
+
+    A write request (any method but GET, HEAD, OPTIONS) runs on the primary, and its response
+    sets a cookie that keeps the same browser's reads on the primary for
+    DATABASE_READ_YOUR_WRITES_SECONDS: longer than a usable replica may lag
+    (DATABASE_REPLICA_MAX_LAG_SECONDS plus DATABASE_REPLICA_CHECK_SECONDS), the replicas have
+    then replayed the write. Does nothing without replicas.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        seconds = settings.DATABASE_READ_YOUR_WRITES_SECONDS
+        if not seconds or not replica_aliases():
+            return self.get_response(request)
+        writes = request.method not in SAFE_METHODS
+        with primary_pinned(writes or self._pinned(request, seconds)):
+            response = self.get_response(request)
+        if writes:
+            response.set_cookie(
+                READ_YOUR_WRITES_COOKIE,
+                f"{time.time() + seconds:.0f}",
+                max_age=int(seconds) + 1,
+                secure=request.is_secure(),
+                httponly=True,
+                samesite="Lax",
+            )
+        return response
+
+    @staticmethod
+    def _pinned(request: HttpRequest, seconds: float) -> bool:
+        try:
+            until = float(request.COOKIES.get(READ_YOUR_WRITES_COOKIE, ""))
+        except ValueError:
+            return False
+        now = time.time()
+        # A cookie from the future (a clock change, a forged value) pins no longer than one write.
+        return now < until <= now + seconds + 1
 
 
 class DatabaseUnavailableMiddleware:

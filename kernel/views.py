@@ -13,7 +13,10 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
+from django.template.response import TemplateResponse
 from django.urls import reverse
+
+from kernel.db_routing import replica_aliases, replica_state
 
 logger = logging.getLogger(__name__)
 
@@ -144,3 +147,18 @@ def health(request: HttpRequest) -> JsonResponse:
         # The reasons name internal hosts and paths: only for this machine's own probes.
         body["errors"] = failed
     return JsonResponse(body, status=status, headers={"Cache-Control": "no-store"})
+
+
+def replicas_status(request: HttpRequest) -> HttpResponse:
+    """The admin's page of read replicas: each one's replay lag and whether reads use it,
+    checked now (staff only: config.urls wraps it in the admin's sign-in check)."""
+    from django.contrib import admin  # needs the app registry: not at import time
+
+    context = {
+        **admin.site.each_context(request),
+        "title": "Read replicas",
+        "replicas": [replica_state(alias, fresh=True) for alias in replica_aliases()],
+        "max_lag": settings.DATABASE_REPLICA_MAX_LAG_SECONDS,
+        "pin_seconds": settings.DATABASE_READ_YOUR_WRITES_SECONDS,
+    }
+    return TemplateResponse(request, "admin/replicas.html", context)

@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
 from gallery.selectors import collections_of
+from kernel.db_routing import reads_from_replica
 from kernel.errors import ApplicationError, InvalidInput, NotFound
 from kernel.params import int_param
 from kernel.views import error_response
@@ -201,6 +202,7 @@ def _paged(search: SearchRequest, page: dict[str, int]) -> SearchRequest:
     return dataclasses.replace(search, k=k, offset=offset)
 
 
+@reads_from_replica
 def search_page(request: HttpRequest) -> HttpResponse:
     form = SearchForm(request.GET or None)
     if not request.GET.get("q"):
@@ -226,6 +228,7 @@ def search_page(request: HttpRequest) -> HttpResponse:
 
 
 @require_http_methods(["GET", "POST"])
+@reads_from_replica
 def search_by_image_page(request: HttpRequest) -> HttpResponse:
     """POST: embed the query image, keep its embedding under a key and redirect to a GET URL
     that can be reloaded, shared and paged. GET: the results for a kept query image."""
@@ -281,6 +284,7 @@ def search_by_image_page(request: HttpRequest) -> HttpResponse:
     return response
 
 
+@reads_from_replica
 def similar_page(request: HttpRequest, image_id: int) -> HttpResponse:
     form = SearchForm(request.GET)
 

@@ -68,6 +68,7 @@ EXPECTED: dict[str, tuple[int, int, int, int]] = {
     "password_reset_confirm": (200, 200, 200, 200),  # "invalid link"
     "password_reset_complete": (200, 200, 200, 200),
     "embedding-progress": (401, 403, 403, 200),
+    "admin-replicas": (LOGIN, LOGIN, LOGIN, 200),  # the admin's sign-in page for non-staff
     "api:openapi-json": (200, 200, 200, 200),
     "api:openapi-view": (200, 200, 200, 200),
     "api:api-root": (404, 404, 404, 404),

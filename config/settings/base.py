@@ -9,6 +9,7 @@ processes use the embedded Redis that ``./run`` starts in the same folder.
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,8 @@ MIDDLEWARE = [
     "kernel.middleware.RequestBodyLimitMiddleware",
     # Next: a database call that never returns is cut after DATABASE_STALL_SECONDS (a 503).
     "kernel.middleware.DatabaseStallMiddleware",
+    # Pins a write request, and the same browser's next reads, to the primary (read replicas).
+    "kernel.middleware.ReadYourWritesMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # The Content-Security-Policy header on every response (CONTENT_SECURITY_POLICY below).
     "csp.middleware.CSPMiddleware",
@@ -200,7 +203,27 @@ def database_from_url(url: str) -> dict[str, Any]:
 # Only DATABASE_URL here: importing settings must not start servers. The development and test
 # settings fall back to the embedded PostgreSQL; production refuses to start without a URL.
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
-DATABASES = {"default": database_from_url(DATABASE_URL)} if DATABASE_URL else {}
+# Read replicas (streaming standbys of DATABASE_URL's server), any number, separated by commas
+# or spaces: aliases replica_0, replica_1, ... with the same connection options. Searches,
+# browsing, similar images and public pages read from them (kernel.db_routing); everything
+# else, and a browser's reads just after it wrote, use the primary.
+DATABASE_REPLICA_URLS = [
+    url for url in re.split(r"[\s,]+", os.environ.get("DATABASE_REPLICA_URLS", "")) if url
+]
+DATABASE_REPLICAS = {
+    f"replica_{index}": database_from_url(url) for index, url in enumerate(DATABASE_REPLICA_URLS)
+}
+DATABASES = (
+    {"default": database_from_url(DATABASE_URL), **DATABASE_REPLICAS} if DATABASE_URL else {}
+)
+DATABASE_ROUTERS = ["kernel.db_routing.PrimaryReplicaRouter"]
+# A replica whose replay lags more than this is skipped until it catches up; its lag is checked
+# at most this often per process (a replica that fails meanwhile is skipped at once).
+DATABASE_REPLICA_MAX_LAG_SECONDS = float(os.environ.get("DATABASE_REPLICA_MAX_LAG_SECONDS", 5))
+DATABASE_REPLICA_CHECK_SECONDS = float(os.environ.get("DATABASE_REPLICA_CHECK_SECONDS", 2))
+# After a write request, the same browser reads from the primary this long (read-your-writes):
+# keep it above the two settings above together. 0 turns the pin off.
+DATABASE_READ_YOUR_WRITES_SECONDS = float(os.environ.get("DATABASE_READ_YOUR_WRITES_SECONDS", 10))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Auth -----------------------------------------------------------------------------------

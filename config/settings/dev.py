@@ -7,7 +7,10 @@ starts) the embedded PostgreSQL in ``DATA_DIR`` so it works with no set-up at al
 
 from config.devserver import embedded
 from config.settings.base import *  # noqa: F403
-from config.settings.base import DATA_DIR, DATABASE_URL, database_from_url
+from config.settings.base import DATA_DIR, DATABASE_REPLICAS, DATABASE_URL, database_from_url
 
 if not DATABASE_URL:
-    DATABASES = {"default": database_from_url(embedded.postgres_start(DATA_DIR))}
+    DATABASES = {
+        "default": database_from_url(embedded.postgres_start(DATA_DIR)),
+        **DATABASE_REPLICAS,
+    }

@@ -19,6 +19,9 @@ from config.settings.base import (
 if not DATABASE_URL:
     # The tests' own database lives on the embedded server (pytest-django adds "test_").
     DATABASES = {"default": database_from_url(embedded.postgres_start(DATA_DIR))}
+# No replicas from the environment: the test runner would try to create its database on a
+# read-only standby. The replica tests start their own standby and add it for their duration.
+DATABASES = {"default": DATABASES["default"]}
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 TEST_DATA_DIR = DATA_DIR / "test"

@@ -15,10 +15,12 @@ from gallery.selectors import (
     images_browse,
 )
 from gallery.views._common import selection_collections
+from kernel.db_routing import reads_from_replica
 
 BROWSE_PAGE_SIZE = 60
 
 
+@reads_from_replica
 def home(request: HttpRequest) -> HttpResponse:
     """Browse: the images this person may see, newest first, grouped by day, a page at a time.
 

@@ -42,6 +42,7 @@ from gallery.services.collections import (
 )
 from gallery.templatetags.gallery_ui import image_name
 from gallery.views._common import AuthenticatedHttpRequest, safe_next, visible_image
+from kernel.db_routing import reads_from_replica
 from kernel.errors import ApplicationError, InvalidInput
 
 
@@ -78,6 +79,7 @@ PUBLIC_COLLECTIONS_PAGE_SIZE = 48
 
 
 @require_http_methods(["GET"])
+@reads_from_replica
 def collections_public_index(request: HttpRequest) -> HttpResponse:
     """Everyone's public collections, a page at a time; covers show only public images."""
     paginator = Paginator(collections_public(), PUBLIC_COLLECTIONS_PAGE_SIZE)
@@ -172,11 +174,13 @@ def _owned_collection(request: AuthenticatedHttpRequest, collection_id: int) -> 
     return collection
 
 
+@reads_from_replica
 def collection_detail(request: HttpRequest, collection_id: int) -> HttpResponse:
     collection = collection_get_viewable(user=request.user, collection_id=collection_id)
     return _render_collection(request, collection)
 
 
+@reads_from_replica
 def collection_shared(request: HttpRequest, share_token: str) -> HttpResponse:
     collection = collection_get_viewable(user=request.user, share_token=share_token)
     return _render_collection(request, collection)

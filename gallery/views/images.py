@@ -50,12 +50,14 @@ from gallery.storage import (
     thumbnail_storage,
 )
 from gallery.views._common import NO_SUCH_IMAGE, AuthenticatedHttpRequest, visible_image
+from kernel.db_routing import reads_from_replica
 from kernel.errors import ApplicationError
 from kernel.views import error_response
 
 logger = logging.getLogger(__name__)
 
 
+@reads_from_replica
 def image_detail(request: HttpRequest, image_id: int) -> HttpResponse:
     """The image large, its details and index status, similar images, owner controls."""
     return _image_page(request, visible_image(request, image_id))

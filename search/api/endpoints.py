@@ -14,6 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import File, Query
 from ninja.files import UploadedFile
 
+from kernel.db_routing import replica_call
 from kernel.errors import NotFound
 from search.api.app import api
 from search.api.rendering import results_json
@@ -35,8 +36,11 @@ def _results(request: HttpRequest, page: SearchPage) -> HttpResponse:
 
 @api.get("/search", response={200: Results, **ERRORS}, summary="Search images by text")
 def search_text(request: HttpRequest, params: Query[TextQuery]) -> HttpResponse:
-    page = images_search_by_text(
-        user=request.user, text=params.q, model_id=params.model, search=params.search_request()
+    # Read from a replica; ninja reads the endpoint's signature, so no view decorator here.
+    page = replica_call(
+        lambda: images_search_by_text(
+            user=request.user, text=params.q, model_id=params.model, search=params.search_request()
+        )
     )
     return _results(request, page)
 
@@ -65,8 +69,13 @@ def search_image(
     summary="Images similar to one you can see",
 )
 def image_similar(request: HttpRequest, image_id: int, params: Query[PageQuery]) -> HttpResponse:
-    page = images_similar(
-        user=request.user, image_id=image_id, model_id=params.model, search=params.search_request()
+    page = replica_call(
+        lambda: images_similar(
+            user=request.user,
+            image_id=image_id,
+            model_id=params.model,
+            search=params.search_request(),
+        )  # fmt: skip
     )
     return _results(request, page)
 

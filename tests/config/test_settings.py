@@ -105,3 +105,31 @@ def test_https_settings_come_from_the_environment() -> None:
     assert "security.W004" in result.stderr and "security.W008" in result.stderr
     preload = check_deploy(SECURE_HSTS_PRELOAD="true")
     assert preload.returncode == 0, preload.stderr
+
+
+def test_replica_urls_become_database_aliases_with_the_primary_options() -> None:
+    """Any number of DATABASE_REPLICA_URLS (commas or spaces) become replica_0, replica_1, ...
+    built like the primary (the HNSW scan option included), behind the replica router."""
+    show = (
+        "import django; django.setup(); from django.conf import settings as s; "
+        "print(sorted(s.DATABASES)); print(s.DATABASES['replica_1']['HOST']); "
+        "print(s.DATABASES['replica_1']['OPTIONS']['options']); print(s.DATABASE_ROUTERS)"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEBUG"}}
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings.production",
+        CELERY_BROKER_URL="redis://redis.invalid:6379/0",
+        SECRET_KEY="x" * 50,
+        DATABASE_URL="postgresql://u@db.invalid:5432/x",
+        DATABASE_REPLICA_URLS="postgresql://u@r0.invalid:5432/x, postgresql://u@r1.invalid/x",
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", show], env=env, cwd=settings.BASE_DIR,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    aliases, host, options, routers = result.stdout.splitlines()
+    assert aliases == "['default', 'replica_0', 'replica_1']"
+    assert host == "r1.invalid"
+    assert "hnsw.iterative_scan" in options
+    assert routers == "['kernel.db_routing.PrimaryReplicaRouter']"

@@ -654,30 +654,21 @@ def worker_heartbeat_record(*, report: WorkerReport) -> Worker:
     """
     # One transaction: whoever reads sees the worker and its verdict on each model together.
     with transaction.atomic():
+        reported = {
+            "name": report.name,
+            "device": report.device,
+            "batch_size": report.batch_size,
+            "models_loaded": report.models_loaded,
+            "models_failed": report.models_failed,
+            "embedded": report.embedded,
+            "rate_per_minute": report.rate_per_minute,
+            "last_seen": Now(),
+        }
         worker, _ = Worker.objects.update_or_create(
             hostname=report.hostname,
             pid=report.pid,
-            defaults={
-                "name": report.name,
-                "device": report.device,
-                "batch_size": report.batch_size,
-                "models_loaded": report.models_loaded,
-                "models_failed": report.models_failed,
-                "embedded": report.embedded,
-                "rate_per_minute": report.rate_per_minute,
-                "last_seen": Now(),
-            },
-            create_defaults={
-                "name": report.name,
-                "device": report.device,
-                "batch_size": report.batch_size,
-                "models_loaded": report.models_loaded,
-                "models_failed": report.models_failed,
-                "embedded": report.embedded,
-                "rate_per_minute": report.rate_per_minute,
-                "last_seen": Now(),
-                "started_at": Now(),
-            },
+            defaults=reported,
+            create_defaults={**reported, "started_at": Now()},
         )
         workers_prune_stale()
         for model_id in report.models_loaded:

@@ -5,28 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 
 import psycopg
-import pytest
 from django.conf import settings
 from django.db import connection
 
 from encoders.registry import MODELS
 from workers.indexes import hnsw_index_name
-
-
-@pytest.fixture
-def empty_database(django_db_blocker: object) -> str:
-    name = f"migrate_check_{uuid.uuid4().hex[:8]}"
-    params = connection.get_connection_params()
-    params["dbname"] = "postgres"
-    params.pop("options", None)
-    with psycopg.connect(**params, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield name
-    with psycopg.connect(**params, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_migrations_apply_to_an_empty_database(empty_database: str) -> None:

@@ -9,13 +9,8 @@ import json
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 
-import psycopg
-import pytest
 from django.conf import settings
-from django.db import connection
 
 CLIP = "clip-vit-base-patch32"
 
@@ -89,19 +84,6 @@ print(json.dumps({{
     "tables": [m._meta.db_table for m in (EmbeddingModel, ImageEmbedding, EmbeddingJob)],
 }}))
 """
-
-
-@pytest.fixture
-def empty_database(django_db_blocker: object) -> Iterator[str]:
-    name = f"migrate_move_{uuid.uuid4().hex[:8]}"
-    params = connection.get_connection_params()
-    params["dbname"] = "postgres"
-    params.pop("options", None)
-    with psycopg.connect(**params, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield name
-    with psycopg.connect(**params, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def manage(database: str, *args: str) -> str:

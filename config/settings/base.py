@@ -191,11 +191,12 @@ def database_from_url(url: str) -> dict[str, Any]:
         # The pool keeps the connections; Django's persistent connections must be off.
         database["CONN_MAX_AGE"] = 0
         options["pool"] = {
-            "min_size": int(os.environ.get("DATABASE_POOL_MIN_SIZE", 1)),
-            "max_size": int(os.environ.get("DATABASE_POOL_MAX_SIZE", 4)),
+            # An empty value (compose passes every setting through) means the default.
+            "min_size": int(os.environ.get("DATABASE_POOL_MIN_SIZE") or 1),
+            "max_size": int(os.environ.get("DATABASE_POOL_MAX_SIZE") or 4),
             # A request waits this long for a free connection, then answers 503 like a
             # database that is down (psycopg_pool.PoolTimeout is an OperationalError).
-            "timeout": float(os.environ.get("DATABASE_POOL_TIMEOUT", connect_timeout)),
+            "timeout": float(os.environ.get("DATABASE_POOL_TIMEOUT") or connect_timeout),
         }
     return database
 

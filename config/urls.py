@@ -4,9 +4,13 @@ from django.urls import include, path
 from gallery.views import accounts
 from kernel.views import health, replicas_status
 from search.api import api
+from workers.views import healthz, metrics
 
 urlpatterns = [
     path("health/", health, name="health"),
+    # Readiness of every part (database, cache, broker, storage, live workers) and Prometheus.
+    path("healthz", healthz, name="healthz"),
+    path("metrics", metrics, name="metrics"),
     # Ahead of the admin's own URLs, behind its staff sign-in check.
     path("admin/replicas/", admin.site.admin_view(replicas_status), name="admin-replicas"),
     path("admin/", admin.site.urls),

@@ -28,6 +28,10 @@ LOGIN = 302  # a redirect to a sign-in page
 EXPECTED: dict[str, tuple[int, int, int, int]] = {
     "home": (200, 200, 200, 200),
     "health": (200, 200, 200, 200),  # database and cache reached (tests/config/test_cache.py)
+    # Every part reached; /metrics answers loopback (the test client's address) or a token
+    # (tests/workers/test_healthz_metrics.py).
+    "healthz": (200, 200, 200, 200),
+    "metrics": (200, 200, 200, 200),
     "/favicon.ico": (301, 301, 301, 301),  # to the static icon
     "image": (404, 200, 404, 404),
     "image-status": (404, 200, 404, 404),

@@ -11,7 +11,7 @@ class WorkersConfig(AppConfig):
     def ready(self) -> None:
         from gallery import hooks
         from gallery.signals import images_added
-        from workers import queueing, selectors
+        from workers import metrics, queueing, selectors
 
         # Indexes follow the model registry, not a migration: registering a model (one entry
         # in encoders.registry) gets it an index on the next migrate, inline while it is small;
@@ -20,6 +20,8 @@ class WorkersConfig(AppConfig):
         # gallery tells the index about new images, and asks it about them, without importing
         # it: imports only go down (search > workers > gallery).
         images_added.connect(queueing.images_added_enqueue, dispatch_uid="workers_images_added")
+        # The scrape-time gauges of /metrics (embedding jobs, broker queue, live workers).
+        metrics.register()
         hooks.image_index_register(
             hooks.ImageIndexHooks(
                 image_states=lambda image_id: selectors.image_index_status(image_id=image_id),

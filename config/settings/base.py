@@ -70,6 +70,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # django-prometheus: first and last, so a request's count and latency cover everything.
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     # First: refuses an oversized body before anything (the CSRF check) reads it.
     "kernel.middleware.RequestBodyLimitMiddleware",
     # Next: a database call that never returns is cut after DATABASE_STALL_SECONDS (a 503).
@@ -93,6 +95,7 @@ MIDDLEWARE = [
     "django_ratelimit.middleware.RatelimitMiddleware",
     # Last, so it sees the views' exceptions first: an unreachable database is a 503.
     "kernel.middleware.DatabaseUnavailableMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 # Content-Security-Policy (django-csp): the site's own scripts, styles and connections only, no
@@ -375,6 +378,10 @@ QUERY_IMAGE_MAX_PIXELS = int(os.environ.get("QUERY_IMAGE_MAX_PIXELS", 12_000_000
 # has its connection cut and the request answers 503 (kernel.database_watchdog); 0 disables.
 # New connections give up after DATABASE_CONNECT_TIMEOUT instead.
 DATABASE_STALL_SECONDS = float(os.environ.get("DATABASE_STALL_SECONDS", 10))
+
+# /metrics answers loopback clients, and others sending "Authorization: Bearer <METRICS_TOKEN>";
+# empty: loopback only.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = (

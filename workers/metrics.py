@@ -1,0 +1,99 @@
+"""Prometheus gauges read at scrape time: embedding jobs, the broker's queue, live workers.
+
+django-prometheus's middlewares count requests and their latency; this collector adds what
+the site itself knows. It is registered once (``register``), from the workers app's ready().
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+
+from django.conf import settings
+from prometheus_client import REGISTRY
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from kernel.views import DATABASE_ERRORS
+from workers.models import EmbeddingJob, EmbeddingModel
+from workers.queueing import broker_queue_length
+from workers.readiness import embedding_job_counts, live_workers
+
+logger = logging.getLogger(__name__)
+_registered = False
+_lock = threading.Lock()
+
+
+def _queue_family() -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        "imagesearch_broker_queue_length",
+        "Messages waiting in the broker queue (absent while the broker is unreachable).",
+        labels=["queue"],
+    )
+
+
+def _jobs_family() -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        "imagesearch_embedding_jobs",
+        "Embedding jobs by model and status (pending or failed).",
+        labels=["model", "status"],
+    )
+
+
+def _workers_family(count: int | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        "imagesearch_workers_live", "Embedding workers with a fresh heartbeat.", value=count
+    )
+
+
+def _model_live_family() -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        "imagesearch_embedding_model_live",
+        "1 when some live worker loads this enabled model, else 0.",
+        labels=["model"],
+    )
+
+
+class SiteCollector(Collector):
+    def describe(self) -> Iterator[Metric]:
+        # Without describe() the registry would call collect() on registering: queries at
+        # start-up (before migrate has even made the tables).
+        yield from (_queue_family(), _jobs_family(), _workers_family(), _model_live_family())
+
+    def collect(self) -> Iterator[Metric]:
+        queue = _queue_family()
+        length = broker_queue_length(settings.EMBEDDING_QUEUE)
+        if length is not None:
+            queue.add_metric([settings.EMBEDDING_QUEUE], length)
+        yield queue
+        try:
+            counts = embedding_job_counts()
+            workers = live_workers()
+            model_ids = set(
+                EmbeddingModel.objects.filter(enabled=True).values_list("model_id", flat=True)
+            )
+        except DATABASE_ERRORS as exc:
+            # The request metrics still come out; the database's own gauges are absent.
+            logger.warning("metrics: database unavailable: %s", str(exc).splitlines()[0])
+            return
+        jobs = _jobs_family()
+        model_ids |= {model_id for model_id, _ in counts}
+        for model_id in sorted(model_ids):
+            for status in (EmbeddingJob.Status.PENDING, EmbeddingJob.Status.FAILED):
+                jobs.add_metric([model_id, status.value], counts.get((model_id, status.value), 0))
+        yield jobs
+        yield _workers_family(workers.count)
+        loaded = _model_live_family()
+        for model_id, up in workers.models.items():
+            loaded.add_metric([model_id], 1 if up else 0)
+        yield loaded
+
+
+def register() -> None:
+    """Register the collector with the default registry, once per process."""
+    global _registered
+    with _lock:
+        if not _registered:
+            REGISTRY.register(SiteCollector())
+            _registered = True

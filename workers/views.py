@@ -1,0 +1,78 @@
+"""``/healthz`` (readiness of every part) and ``/metrics`` (Prometheus), wired in config.urls.
+
+They live in workers/ because they read the embedding index and the image storage; the cheap
+``/health/`` self-check stays in kernel.views.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from kernel.views import DATABASE_ERRORS, LOOPBACK
+from workers import readiness
+
+NO_LIVE_WORKER = (
+    "No embedding worker has a fresh heartbeat: searches and uploads work, new images wait "
+    "for one to start."
+)
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    """200 when the database, the cache, the broker and the image storage answer, else 503
+    naming what failed. Live workers are reported, not required: the site serves without."""
+    failed: dict[str, str] = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except DATABASE_ERRORS as exc:
+        failed["database"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    ping = getattr(cache, "ping", None)
+    if ping is not None:
+        try:
+            ping()
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the cache is the answer
+            failed["cache"] = f"{type(exc).__name__}: {exc}"
+    for part, check in (("broker", readiness.broker_check), ("storage", readiness.storage_check)):
+        reason = check()
+        if reason is not None:
+            failed[part] = reason
+    body: dict[str, object] = {
+        part: "unavailable" if part in failed else "ok"
+        for part in ("database", "cache", "broker", "storage")
+    }
+    if "database" in failed:
+        body["workers"] = None  # unknown: the heartbeats are in the database
+    else:
+        workers = readiness.live_workers()
+        live: dict[str, object] = {"live": workers.count, "models": workers.models}
+        if workers.count == 0:
+            live["note"] = NO_LIVE_WORKER
+        body["workers"] = live
+    body["status"] = "unavailable" if failed else "ok"
+    if failed and (settings.DEBUG or request.META.get("REMOTE_ADDR") in LOOPBACK):
+        # The reasons name internal hosts and paths: only for this machine's own probes.
+        body["errors"] = failed
+    return JsonResponse(body, status=503 if failed else 200, headers={"Cache-Control": "no-store"})
+
+
+def metrics_allowed(request: HttpRequest) -> bool:
+    """Loopback clients, or anyone with ``Authorization: Bearer <METRICS_TOKEN>``."""
+    if request.META.get("REMOTE_ADDR") in LOOPBACK:
+        return True
+    token = settings.METRICS_TOKEN
+    given = request.headers.get("Authorization", "")
+    return bool(token) and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus's text format: django-prometheus's request metrics and workers.metrics."""
+    if not metrics_allowed(request):
+        # 404, not 403: an address that may not scrape learns nothing about the endpoint.
+        return HttpResponse(status=404)
+    return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)

@@ -118,11 +118,9 @@ def client_address(request: HttpRequest) -> str | None:
     return request.META.get(settings.RATELIMIT_IP_META_KEY or "REMOTE_ADDR")
 
 
-def health(request: HttpRequest) -> JsonResponse:
-    """``/health/``: 200 when this process reaches the database and the cache, else 503 naming
-    what failed. The launcher waits for it before saying "ready", and probes use it: a
-    listening port alone said nothing about a worker still loading models or a bad cache URL.
-    """
+def process_checks() -> dict[str, str]:
+    """What this process cannot reach, of the database and the cache: part -> reason (empty
+    when both answer). Shared by ``/health/`` and the fuller ``/healthz``."""
     from django.core.cache import cache
     from django.db import connection
 
@@ -138,6 +136,15 @@ def health(request: HttpRequest) -> JsonResponse:
             ping()
         except Exception as exc:  # noqa: BLE001 - any failure to reach the cache is the answer
             failed["cache"] = f"{type(exc).__name__}: {exc}"
+    return failed
+
+
+def health(request: HttpRequest) -> JsonResponse:
+    """``/health/``: 200 when this process reaches the database and the cache, else 503 naming
+    what failed. The launcher waits for it before saying "ready", and probes use it: a
+    listening port alone said nothing about a worker still loading models or a bad cache URL.
+    """
+    failed = process_checks()
     status = 503 if failed else 200
     body: dict[str, object] = {
         "database": "ok" if "database" not in failed else "unavailable",

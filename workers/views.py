@@ -9,12 +9,10 @@ from __future__ import annotations
 import hmac
 
 from django.conf import settings
-from django.core.cache import cache
-from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from kernel.views import DATABASE_ERRORS, LOOPBACK
+from kernel.views import LOOPBACK, process_checks
 from workers import readiness
 
 NO_LIVE_WORKER = (
@@ -26,18 +24,7 @@ NO_LIVE_WORKER = (
 def healthz(request: HttpRequest) -> JsonResponse:
     """200 when the database, the cache, the broker and the image storage answer, else 503
     naming what failed. Live workers are reported, not required: the site serves without."""
-    failed: dict[str, str] = {}
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-    except DATABASE_ERRORS as exc:
-        failed["database"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    ping = getattr(cache, "ping", None)
-    if ping is not None:
-        try:
-            ping()
-        except Exception as exc:  # noqa: BLE001 - any failure to reach the cache is the answer
-            failed["cache"] = f"{type(exc).__name__}: {exc}"
+    failed = process_checks()
     for part, check in (("broker", readiness.broker_check), ("storage", readiness.storage_check)):
         reason = check()
         if reason is not None:

@@ -40,6 +40,7 @@ from django.http import HttpRequest
 logger = logging.getLogger(__name__)
 
 REPLICA_PREFIX = "replica_"
+# The database being unreachable or gone mid-statement (kernel.views answers these with a 503).
 DATABASE_ERRORS = (OperationalError, InterfaceError)
 # Apps whose rows are a person's sign-in state: a sign-out or a password change must take
 # effect at once on every page, whatever a replica has replayed yet.

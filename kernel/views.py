@@ -10,17 +10,15 @@ import logging
 import sys
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
-from kernel.db_routing import replica_aliases, replica_state
+from kernel.db_routing import DATABASE_ERRORS, replica_aliases, replica_state
 
 logger = logging.getLogger(__name__)
 
-DATABASE_ERRORS = (OperationalError, InterfaceError)
 DATABASE_DOWN = (
     "The database is not reachable right now. Nothing you stored is lost; the site works "
     "again as soon as it is back. Please try again in a minute."

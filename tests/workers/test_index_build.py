@@ -12,6 +12,7 @@ import io
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import psycopg
@@ -149,6 +150,33 @@ def test_the_command_builds_concurrently_swaps_the_index_in_and_search_uses_it()
     assert "every model's search index is current" in out.getvalue()
 
 
+@contextmanager
+def build_held(
+    **build: object,
+) -> Iterator[tuple[psycopg.Connection, int, threading.Thread, list[object]]]:
+    """``embedding_index_build(model_id=CLIP, **build)`` in a thread, held in its last wait
+    phase by a snapshot kept open for the block: yields the watching connection, the build's
+    backend pid, the thread and the list its outcome (result or exception) is appended to."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(embedding_index_build(model_id=CLIP, **build))  # type: ignore[arg-type]
+        except Exception as exc:  # asserted by the caller
+            outcome.append(exc)
+
+    with raw_connection() as watch, SnapshotHeld():
+        builder = threading.Thread(target=run)
+        builder.start()
+        pid, _ = wait_for(
+            lambda: (
+                (found := build_phase(watch)) and found[1] == "waiting for old snapshots" and found
+            ),
+            "the build to wait for the held snapshot",
+        )  # type: ignore[misc]
+        yield watch, pid, builder, outcome
+
+
 def test_writes_and_searches_go_on_while_a_build_runs() -> None:
     """A rebuild of a model's index, held before it can finish: an embedding stored from
     another connection meanwhile commits at once, searches use the old index, the admin's
@@ -157,28 +185,8 @@ def test_writes_and_searches_go_on_while_a_build_runs() -> None:
     embeddings_add(200)
     extra = Image.objects.bulk_create(ImageFactory.build_batch(1, dataset=True, file="x.jpg"))[0]
     readings: list[IndexBuildProgress] = []
-    outcome: list[object] = []
-
-    def build() -> None:
-        try:
-            outcome.append(
-                embedding_index_build(
-                    model_id=CLIP, rebuild=True, on_progress=readings.append, poll_seconds=0.02
-                )
-            )
-        except Exception as exc:  # asserted below
-            outcome.append(exc)
-
-    with raw_connection() as watch, SnapshotHeld():
-        builder = threading.Thread(target=build)
-        builder.start()
-        pid, _ = wait_for(
-            lambda: (
-                (found := build_phase(watch)) and found[1] == "waiting for old snapshots" and found
-            ),
-            "the build to wait for the held snapshot",
-        )  # type: ignore[misc]
-
+    held = build_held(rebuild=True, on_progress=readings.append, poll_seconds=0.02)
+    with held as (watch, pid, builder, outcome):
         vector = unit_rows(1, seed=99)[0]
         with raw_connection() as writer:
             writer.execute("SET lock_timeout = '60s'")  # fail rather than hang if blocked
@@ -214,23 +222,7 @@ def test_a_killed_builds_invalid_index_is_dropped_by_the_next_build() -> None:
     embeddings_add(50)
     with connection.cursor() as cursor:
         cursor.execute(f'DROP INDEX "{hnsw_index_name(CLIP)}"')
-    failed: list[Exception] = []
-
-    def build() -> None:
-        try:
-            embedding_index_build(model_id=CLIP)
-        except Exception as exc:  # asserted below
-            failed.append(exc)
-
-    with raw_connection() as watch, SnapshotHeld():
-        builder = threading.Thread(target=build)
-        builder.start()
-        pid, _ = wait_for(
-            lambda: (
-                (found := build_phase(watch)) and found[1] == "waiting for old snapshots" and found
-            ),
-            "the build to wait for the held snapshot",
-        )  # type: ignore[misc]
+    with build_held() as (watch, pid, builder, failed):
         watch.execute("SELECT pg_terminate_backend(%s)", [pid])  # a killed build
         builder.join(timeout=180)
     assert failed and isinstance(failed[0], psycopg.OperationalError)

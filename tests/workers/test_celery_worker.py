@@ -43,10 +43,11 @@ class Worker:
                 self.process.wait()
 
 
-@pytest.fixture
-def start_worker(redis_url: str, tiny_models, tmp_path: Path) -> Iterator:
+def worker_environment(redis_url: str, tiny_models: dict[str, str], **extra: str) -> dict[str, str]:
+    """A worker process's environment: this test database, broker and media folder, and the
+    tiny models; ``extra`` adds or overrides settings."""
     db = connection.settings_dict
-    env = dict(
+    return dict(
         os.environ,
         DJANGO_SETTINGS_MODULE="config.settings.test",
         DATABASE_URL=f"postgresql://{db['USER']}@/{db['NAME']}?host={db['HOST']}",
@@ -54,9 +55,14 @@ def start_worker(redis_url: str, tiny_models, tmp_path: Path) -> Iterator:
         MEDIA_ROOT=str(settings.MEDIA_ROOT),
         EMBEDDING_MODEL_SOURCES=",".join(f"{k}={v}" for k, v in tiny_models.items()),
         OMP_NUM_THREADS="1",
-        # A short lease, so the batch of a killed worker is due again within the test.
-        EMBEDDING_JOB_LEASE_SECONDS=str(LEASE_SECONDS),
+        **extra,
     )
+
+
+@pytest.fixture
+def start_worker(redis_url: str, tiny_models, tmp_path: Path) -> Iterator:
+    # A short lease, so the batch of a killed worker is due again within the test.
+    env = worker_environment(redis_url, tiny_models, EMBEDDING_JOB_LEASE_SECONDS=str(LEASE_SECONDS))
     app.control.purge()
     workers: list[Worker] = []
 

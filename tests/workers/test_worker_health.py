@@ -5,7 +5,6 @@ batches; a model is unavailable only when no live worker loads it."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -13,12 +12,11 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from config.celery import app
 from tests.factories import ImageFactory, jpeg_bytes
-from tests.workers.test_celery_worker import Worker, wait_for
+from tests.workers.test_celery_worker import Worker, wait_for, worker_environment
 from workers import queueing
 from workers.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
 from workers.models import Worker as WorkerRow
@@ -32,19 +30,10 @@ CLIP = "clip-vit-base-patch32"
 @pytest.fixture
 def start_worker(redis_url: str, tiny_models, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     """Start a worker; keyword arguments override its environment (e.g. a bad device)."""
-    db = connection.settings_dict
-    base = dict(
-        os.environ,
-        DJANGO_SETTINGS_MODULE="config.settings.test",
-        DATABASE_URL=f"postgresql://{db['USER']}@/{db['NAME']}?host={db['HOST']}",
-        CELERY_BROKER_URL=redis_url,
-        MEDIA_ROOT=str(settings.MEDIA_ROOT),
-        EMBEDDING_MODEL_SOURCES=",".join(f"{k}={v}" for k, v in tiny_models.items()),
-        EMBEDDING_MODELS=CLIP,
-        OMP_NUM_THREADS="1",
-        WORKER_HEARTBEAT_SECONDS="0.5",
-        WORKER_STALE_SECONDS="5",
-    )
+    base = worker_environment(
+        redis_url, tiny_models,
+        EMBEDDING_MODELS=CLIP, WORKER_HEARTBEAT_SECONDS="0.5", WORKER_STALE_SECONDS="5",
+    )  # fmt: skip
     app.control.purge()
     workers: list[Worker] = []
 

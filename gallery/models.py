@@ -8,12 +8,17 @@ import secrets
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Coalesce
 
 
 def image_upload_path(instance: Image, filename: str) -> str:
     # Content-addressed names: no clashes, and a file name never leaks the uploader's name.
     ext = filename.rsplit(".", 1)[-1].lower() if "." in filename else "jpg"
     return f"images/{instance.sha256[:2]}/{instance.sha256}.{ext}"
+
+
+# What browsing and "newest" sort by: when the photo was taken, else when it was uploaded.
+SORTED_AT = Coalesce("taken_at", "created_at")
 
 
 class Image(models.Model):
@@ -56,6 +61,21 @@ class Image(models.Model):
     title = models.CharField(max_length=200, blank=True, default="", db_default="")
     description = models.TextField(blank=True, max_length=5000, default="", db_default="")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # When the photo was taken, from its EXIF DateTimeOriginal (read at upload and import).
+    # With OffsetTimeOriginal it is the true instant and taken_offset holds the offset in
+    # minutes east of UTC; without one, the camera's wall-clock time is stored as if it were
+    # UTC and taken_offset is null, so the day and hour shown are the ones the camera showed.
+    taken_at = models.DateTimeField(null=True, blank=True)
+    taken_offset = models.SmallIntegerField(null=True, blank=True)
+    camera_make = models.CharField(max_length=100, blank=True, default="", db_default="")
+    camera_model = models.CharField(max_length=100, blank=True, default="", db_default="")
+    # EXIF GPS position in degrees, and the place names resolved offline from it.
+    latitude = models.FloatField(null=True, blank=True)
+    longitude = models.FloatField(null=True, blank=True)
+    place_city = models.CharField(max_length=100, blank=True, default="", db_default="")
+    place_region = models.CharField(max_length=100, blank=True, default="", db_default="")
+    place_country = models.CharField(max_length=100, blank=True, default="", db_default="")
+    place_country_code = models.CharField(max_length=2, blank=True, default="", db_default="")
     flickr30k_id = models.BigIntegerField(null=True, blank=True, help_text="Flickr30k img_id.")
     split = models.CharField(max_length=8, choices=Split.choices, blank=True)
     # Not a column, only a type: gallery.services.images.image_upload sets it on the image it
@@ -82,7 +102,12 @@ class Image(models.Model):
                 name="image_owner_matches_source",
             ),
         ]
-        indexes = [models.Index(fields=["source", "visibility"])]
+        indexes = [
+            models.Index(fields=["source", "visibility"]),
+            # Browsing and "newest" order by SORTED_AT then id; an expression index rather than a
+            # generated column, so adding it never rewrites a large table.
+            models.Index(SORTED_AT, "id", name="image_sorted_at_id"),
+        ]
 
     def __str__(self) -> str:
         return self.title or self.original_filename or f"image {self.pk}"

@@ -21,6 +21,19 @@ def images_visible_to(*, user: User | AnonymousUser) -> QuerySet[Image]:
     return Image.objects.filter(visible)
 
 
+def place_names_visible_to(*, user: User | AnonymousUser) -> set[str]:
+    """The place names (city, region, country) of the images ``user`` may see: what a search's
+    words can name as a place (``search.query_parser``). Scoped to what the user sees, so a
+    query never learns where someone else's private photos were taken."""
+    rows = (
+        images_visible_to(user=user)
+        .exclude(place_country="")
+        .values_list("place_city", "place_region", "place_country")
+        .distinct()
+    )
+    return {name for row in rows for name in row if name}
+
+
 def image_get_visible(*, user: User | AnonymousUser, image_id: int) -> Image | None:
     return images_visible_to(user=user).filter(pk=image_id).first()
 

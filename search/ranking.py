@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict, TypeVar, Unpack
 import numpy as np
 from django.contrib.auth.models import AnonymousUser, User
 from django.contrib.postgres.expressions import ArraySubquery
-from django.db.models import BooleanField, F, Func, OuterRef, QuerySet, Value
+from django.db.models import BooleanField, Exists, F, Func, OuterRef, Q, QuerySet, Value
 from django.db.models.functions import Cast
 from pgvector.django import CosineDistance, HalfVectorField
 
@@ -183,6 +183,14 @@ class SearchFilters:
     collection_id: int | None = None
     uploaded_after: datetime | None = None
     uploaded_before: datetime | None = None
+    # What a parsed query (search.query_parser) or the API's structured form asks for; see
+    # ``_filter_by_metadata``. An image without a taken date never matches a taken range.
+    taken_after: datetime | None = None
+    taken_before: datetime | None = None
+    places: tuple[str, ...] = ()
+    camera: str | None = None
+    owner: str | None = None  # a username
+    must: tuple[str, ...] = ()
 
     @property
     def active(self) -> bool:
@@ -193,8 +201,12 @@ class SearchFilters:
                 self.collection_id,
                 self.uploaded_after,
                 self.uploaded_before,
+                self.taken_after,
+                self.taken_before,
+                self.camera,
+                self.owner,
             )
-        )
+        ) or bool(self.places or self.must)
 
 
 @dataclass(frozen=True)
@@ -259,6 +271,8 @@ class SearchPage:
     sort: str = "relevance"
     best: float | None = None
     cutoff: float | None = None
+    # A text search: how its query was read (search.query_parser.ParsedQuery); None otherwise.
+    parsed: Any = None
 
     @property
     def next_offset(self) -> int | None:
@@ -299,6 +313,37 @@ def _filtered_images(*, user: User | AnonymousUser, filters: SearchFilters) -> Q
         images = images.filter(created_at__gte=filters.uploaded_after)
     if filters.uploaded_before is not None:
         images = images.filter(created_at__lt=filters.uploaded_before)
+    return _filter_by_metadata(images, filters)
+
+
+def _filter_by_metadata(images: QuerySet[Image], filters: SearchFilters) -> QuerySet[Image]:
+    """The filters a parsed query adds: taken date range (``[after, before)``), any of the
+    places (city, region or country, as stored), the camera (make or model), the owner, and
+    exact words, each of which must appear in the title, description, file name or a caption
+    (case-insensitive)."""
+    if filters.taken_after is not None:
+        images = images.filter(taken_at__gte=filters.taken_after)
+    if filters.taken_before is not None:
+        images = images.filter(taken_at__lt=filters.taken_before)
+    if filters.places:
+        places = list(filters.places)
+        images = images.filter(
+            Q(place_city__in=places) | Q(place_region__in=places) | Q(place_country__in=places)
+        )
+    if filters.camera:
+        images = images.filter(
+            Q(camera_make__iexact=filters.camera) | Q(camera_model__iexact=filters.camera)
+        )
+    if filters.owner:
+        images = images.filter(owner__username=filters.owner)
+    for words in filters.must:
+        in_captions = Caption.objects.filter(image_id=OuterRef("pk"), text__icontains=words)
+        images = images.filter(
+            Q(title__icontains=words)
+            | Q(description__icontains=words)
+            | Q(original_filename__icontains=words)
+            | Exists(in_captions)
+        )
     return images
 
 

@@ -9,22 +9,26 @@ A search chooses its model (``search.model_choice``), turns its query into vecto
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import threading
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, date, datetime, time
 
 import numpy as np
+from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.core.files.uploadedfile import UploadedFile
 from django.db.models import F, Window
 from django.db.models.functions import RowNumber
+from django.utils import timezone
 from PIL.Image import Image as PILImage
 
 from encoders import EncoderError, WeightsUnavailableError
 from gallery.decoding import image_query_decode
-from gallery.selectors import image_get_visible
+from gallery.selectors import image_get_visible, place_names_visible_to
 from kernel.errors import (
     Conflict,
     InvalidInput,
@@ -36,8 +40,11 @@ from search import query_encoder
 from search.fusion import images_search_fused
 from search.model_choice import ModelChoice, model_choose, model_unavailable_message, models_choose
 from search.models import EvaluationRun
+from search.query_parser import ParsedQuery, PlaceLookup, places_lookup_from, query_parse
+from search.query_vectors import vector_without
 from search.ranking import (
     QueryVector,
+    SearchFilters,
     SearchPage,
     SearchRequest,
     images_search_by_vector,
@@ -121,8 +128,16 @@ def images_search_by_text(
     text: str | None,
     model_id: str | None = None,
     search: SearchRequest | None = None,
+    exclude: Sequence[str] = (),
+    now: datetime | None = None,
 ) -> SearchPage:
     """Images visible to ``user`` that best match a natural-language ``text``.
+
+    The text is read by ``search.query_parser``: dates, places, exact words and negatives
+    become filters and excluded concepts (the page's ``parsed`` says how it was read), and
+    the words left are searched by meaning. ``exclude`` adds excluded concepts (the API's
+    structured form); the query vector excludes them all by the rule of
+    ``search.query_vectors``. ``now`` is what relative dates count from (default: now).
 
     ``model_id`` None means the default model; "A+B" fuses two (``search.model_choice``).
     ``search`` is the page, filters and order (the first 20 by relevance if None). Raises an
@@ -132,12 +147,58 @@ def images_search_by_text(
     search = search or SearchRequest()
     text = search_validate_text(text)
     search_validate_page(search.k, search.offset)
+    negatives_extra = [search_validate_text(term) for term in exclude if term.strip()]
+    lookup = places_lookup_from(place_names_visible_to(user=user))
+    parsed = query_parse(text, now=now or timezone.now(), place_lookup=lookup)
+    filters = filters_with_parsed(search.filters, parsed, place_lookup=lookup)
+    negatives = list(dict.fromkeys([*parsed.exclude, *negatives_extra]))
     choice = models_choose(model_id)
     vectors = [
-        _query_vector(m, functools.partial(query_encoder.text_embedding, model_id=m, text=text))
+        _text_query_vector(m, text=parsed.search_text, negatives=negatives)
         for m in choice.model_ids
     ]
-    return _images_search(user=user, choice=choice, vectors=vectors, search=search)
+    search = dataclasses.replace(search, filters=filters)
+    page = _images_search(user=user, choice=choice, vectors=vectors, search=search)
+    return dataclasses.replace(page, parsed=parsed)
+
+
+def _text_query_vector(model_id: str, *, text: str, negatives: Sequence[str]) -> np.ndarray:
+    """The query vector of ``text`` excluding ``negatives`` (``search.query_vectors``)."""
+
+    def embed(words: str) -> np.ndarray:
+        return _query_vector(
+            model_id, functools.partial(query_encoder.text_embedding, model_id=model_id, text=words)
+        )
+
+    positive = embed(text)
+    if not negatives:
+        return positive
+    return vector_without(
+        positive, [embed(term) for term in negatives], weight=settings.SEARCH_NEGATIVE_WEIGHT
+    )
+
+
+def _day_start(day: date | None) -> datetime | None:
+    return None if day is None else datetime.combine(day, time.min, tzinfo=UTC)
+
+
+def filters_with_parsed(
+    filters: SearchFilters | None, parsed: ParsedQuery, *, place_lookup: PlaceLookup
+) -> SearchFilters:
+    """``filters`` (the structured form) narrowed by what the query's words said: taken
+    dates intersect, places and exact words add up. A structured place is read like a typed
+    one ("hanoi" is the stored "Hanoi"), else used as given."""
+    filters = filters or SearchFilters()
+    after = [d for d in (filters.taken_after, _day_start(parsed.taken_after)) if d is not None]
+    before = [d for d in (filters.taken_before, _day_start(parsed.taken_before)) if d is not None]
+    places = [place_lookup(p) or p for p in filters.places]
+    return dataclasses.replace(
+        filters,
+        taken_after=max(after, default=None),
+        taken_before=min(before, default=None),
+        places=tuple(dict.fromkeys([*places, *parsed.places])),
+        must=tuple(dict.fromkeys([*filters.must, *parsed.must])),
+    )
 
 
 def images_search_by_image(

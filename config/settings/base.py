@@ -429,6 +429,9 @@ EMBEDDING_DTYPE = os.environ.get("EMBEDDING_DTYPE", "")
 # Precision of the web process's query encoder (text and query images); empty: as
 # EMBEDDING_DTYPE. "int8" roughly halves CPU query latency (see README for its accuracy).
 SEARCH_QUERY_DTYPE = os.environ.get("SEARCH_QUERY_DTYPE", "")
+# "beach -people": the query vector is normalize(q - w * sum of the excluded concepts' unit
+# vectors), w this weight (search/query_vectors.py; README "Search the way people ask").
+SEARCH_NEGATIVE_WEIGHT = float(os.environ.get("SEARCH_NEGATIVE_WEIGHT", "0.5"))
 # "auto": ONNX Runtime on the CPU (float32/int8; exported once into HF_HOME/onnx), torch on
 # CUDA/MPS. "torch" or "onnx" force one; a missing onnxruntime falls back to torch.
 EMBEDDING_BACKEND = os.environ.get("EMBEDDING_BACKEND", "auto")

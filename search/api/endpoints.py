@@ -8,6 +8,7 @@ searches the pages run too. Every error is JSON ``{"error": message}`` with its 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
@@ -18,7 +19,14 @@ from kernel.db_routing import replica_call
 from kernel.errors import NotFound
 from search.api.app import api
 from search.api.rendering import results_json
-from search.api.schemas import ERRORS, ModelOut, PageQuery, Results, TextQuery
+from search.api.schemas import (
+    ERRORS,
+    ModelOut,
+    PageQuery,
+    Results,
+    TextQuery,
+    text_query_filters,
+)
 from search.model_choice import search_model_choices
 from search.ranking import SearchPage
 from search.rate_limits import image_search_rate_check
@@ -37,10 +45,17 @@ def _results(request: HttpRequest, page: SearchPage) -> HttpResponse:
 @api.get("/search", response={200: Results, **ERRORS}, summary="Search images by text")
 def search_text(request: HttpRequest, params: Query[TextQuery]) -> HttpResponse:
     # Read from a replica; ninja reads the endpoint's signature, so no view decorator here.
+    """The words are read for dates, places, exact words and negatives (``parsed`` in the
+    answer says how); the structured parameters add to what the words say."""
+    search = dataclasses.replace(params.search_request(), filters=text_query_filters(params))
     page = replica_call(
         lambda: images_search_by_text(
-            user=request.user, text=params.q, model_id=params.model, search=params.search_request()
-        )
+            user=request.user,
+            text=params.q,
+            model_id=params.model,
+            search=search,
+            exclude=params.exclude,
+        )  # fmt: skip
     )
     return _results(request, page)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from django.urls import reverse
 
+from search.query_parser import ParsedQuery
 from search.ranking import SearchPage
 
 
@@ -37,6 +38,7 @@ def results_json(page: SearchPage) -> dict[str, Any]:
         "sort": page.sort,
         "cutoff": None if page.cutoff is None else round(page.cutoff, 5),
         "fusion": page.fusion or None,
+        "parsed": parsed_json(page.parsed),
         "results": [
             {
                 "id": hit.image.pk,
@@ -55,3 +57,19 @@ def results_json(page: SearchPage) -> dict[str, Any]:
         ],
     }
     return results
+
+
+def parsed_json(parsed: ParsedQuery | None) -> dict[str, Any] | None:
+    """How a text query was read (the ``ParsedOut`` schema); None for other searches."""
+    if parsed is None:
+        return None
+    return {
+        "text": parsed.search_text,
+        "chips": [{"kind": c.kind, "text": c.text, "value": c.value} for c in parsed.chips],
+        "taken_after": parsed.taken_after.isoformat() if parsed.taken_after else None,
+        "taken_before": parsed.taken_before.isoformat() if parsed.taken_before else None,
+        "places": list(parsed.places),
+        "exclude": list(parsed.exclude),
+        "must": list(parsed.must),
+        "problems": list(parsed.problems),
+    }

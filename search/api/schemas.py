@@ -6,8 +6,9 @@ pages share.
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from ninja import Field, Schema
 from pydantic import field_validator
@@ -57,7 +58,35 @@ class Results(Schema):
         '("rrf", reciprocal rank fusion); each score is then the fused score, 1 = ranked '
         "first by every model, not a cosine similarity. Null for one model.",
     )
+    parsed: ParsedOut | None = Field(
+        None,
+        description="For a text search: how the query was read. Null for other searches.",
+    )
     results: list[Hit]
+
+
+class ChipOut(Schema):
+    kind: str = Field(
+        description="date (a taken-date range), place, exclude (a concept pushed away) or "
+        "must (exact words that must appear in the title, description, file name or a caption)",
+        json_schema_extra={"enum": ["date", "place", "exclude", "must"]},
+    )
+    text: str = Field(description="The words as typed.")
+    value: str = Field(
+        description='As understood: a date range "2023-07-01..2023-08-01" (end exclusive, '
+        "either side may be empty), the stored place name, the concept, the exact words."
+    )
+
+
+class ParsedOut(Schema):
+    text: str = Field(description="The words searched by meaning.")
+    chips: list[ChipOut]
+    taken_after: date | None = Field(description="Taken on or after this day (UTC).")
+    taken_before: date | None = Field(description="Taken before this day (UTC).")
+    places: list[str]
+    exclude: list[str]
+    must: list[str]
+    problems: list[str] = Field(description="Parts that were recognised but filter nothing.")
 
 
 class ErrorOut(Schema):
@@ -165,6 +194,25 @@ QUERY_PATTERN = f"^[^\\u0000]*[^\\u0000{_regex_class(QUERY_WHITESPACE)}][^\\u000
 
 
 class TextQuery(PageQuery):
+    taken_after: date | None = Field(None, description="Taken on or after this day (UTC).")
+    taken_before: date | None = Field(None, description="Taken before this day (UTC).")
+    place: str | None = Field(
+        None,
+        description="A city, region or country as resolved from the images' GPS positions.",
+        max_length=100,
+    )
+    camera: str | None = Field(None, description="Camera make or model.", max_length=100)
+    owner: str | None = Field(None, description="The uploader's username.", max_length=150)
+    exclude: list[str] = Field(
+        [],
+        description="Concepts to push away (as -word in q); repeat the parameter for more.",
+        max_length=10,
+    )
+    must: list[str] = Field(
+        [],
+        description="Exact words that must appear (as quoted words in q); repeatable.",
+        max_length=10,
+    )
     q: str = Field(
         description=(
             "What to look for, in words. Whitespace at either end is ignored, including the "
@@ -178,6 +226,24 @@ class TextQuery(PageQuery):
             # Something besides the whitespace the API trims, and no NUL character.
             "pattern": QUERY_PATTERN,
         },
+    )
+
+
+def _day_start(day: date | None) -> datetime | None:
+    return None if day is None else datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+
+
+def text_query_filters(params: TextQuery) -> SearchFilters:
+    """A text search's structured filters: the page's filters plus taken dates, place,
+    camera, owner and exact words (the words of ``q`` add theirs in the selector)."""
+    return dataclasses.replace(
+        params.filters(),
+        taken_after=_day_start(params.taken_after),
+        taken_before=_day_start(params.taken_before),
+        places=(params.place,) if params.place else (),
+        camera=params.camera or None,
+        owner=params.owner or None,
+        must=tuple(words for words in params.must if words.strip()),
     )
 
 

@@ -23,6 +23,7 @@ from gallery.decoding import image_file_decode, image_file_size_check
 from gallery.models import Image
 from gallery.selectors import image_get_owned
 from gallery.services._checks import selection_ids, text_bounded, visibility_check
+from gallery.services.places import image_place_fill
 from gallery.signals import images_added
 from gallery.storage import (
     StorageUnreachable,
@@ -115,6 +116,7 @@ def image_upload(
         height=checked.height,
         file_size=file.size or 0,
     )
+    image_place_fill(image)
     with transaction.atomic():
         # One upload of this person's at a time from here to the commit: the same bytes sent
         # six times at once then write one file (the others find the row), and the quota

@@ -1,0 +1,44 @@
+"""Place names from GPS positions, offline (gallery.places), at upload and by the command."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.management import call_command
+
+from gallery.models import Image
+from gallery.places import place_of
+from gallery.services.places import image_place_fill
+from tests.factories import ImageFactory
+
+
+def test_positions_resolve_to_places_offline() -> None:
+    hanoi = place_of(21.0285, 105.8542)
+    assert hanoi is not None
+    assert (hanoi.region, hanoi.country, hanoi.country_code) == ("Hanoi", "Vietnam", "VN")
+    paris = place_of(48.8566, 2.3522)
+    assert paris is not None and (paris.city, paris.country_code) == ("Paris", "FR")
+
+
+@pytest.mark.parametrize("position", [(None, 2.0), (91.0, 0.0), (0.0, 181.0), (float("nan"), 1.0)])
+def test_no_or_impossible_position_is_no_place(position) -> None:
+    assert place_of(*position) is None
+    image = Image(latitude=position[0], longitude=position[1])
+    assert image_place_fill(image) is False and image.place_country == ""
+
+
+@pytest.mark.django_db
+def test_the_command_fills_images_with_a_position_and_no_place(capsys) -> None:
+    positioned = ImageFactory(dataset=True, latitude=48.8566, longitude=2.3522)
+    kept = {"place_city": "Kept", "place_country": "Kept", "place_country_code": "XX"}
+    named = ImageFactory(dataset=True, latitude=21.0285, longitude=105.8542, **kept)
+    nowhere = ImageFactory(dataset=True)
+    call_command("places_fill")
+    assert "1 of 1" in capsys.readouterr().out
+    positioned.refresh_from_db()
+    assert (positioned.place_city, positioned.place_country_code) == ("Paris", "FR")
+    named.refresh_from_db()
+    assert named.place_city == "Kept", "names already there are left alone"
+    nowhere.refresh_from_db()
+    assert nowhere.place_country == ""
+    call_command("places_fill")
+    assert "0 of 0" in capsys.readouterr().out

@@ -103,6 +103,7 @@ def _render_results(
         context["page"] = page
         context["best"] = _best_score(request, page)
         context["sort_links"] = _sort_links(request, page)
+        context["chips"] = _chip_links(request, page)
         if request.user.is_authenticated and not partial:
             # For the selection bar's "save to" menu.
             context["selection_collections"] = list(collections_of(user=request.user))
@@ -171,6 +172,26 @@ def _sort_links(request: HttpRequest, page: SearchPage) -> list[tuple[str, str, 
         query = urlencode({**params, "sort": value} if value != "relevance" else params)
         links.append((label, f"{request.path}?{query}", page.sort == value))
     return links
+
+
+CHIP_LABELS = {"date": "Taken", "place": "Place", "exclude": "Without", "must": "Exactly"}
+
+
+def _chip_links(request: HttpRequest, page: SearchPage) -> list[dict[str, str]]:
+    """The chips of how a text query was read, each with the URL of the same search without
+    it (removing a chip re-runs the search from its start)."""
+    parsed = page.parsed
+    if parsed is None:
+        return []
+    params = {k: v for k, v in request.GET.items() if k not in {"q", "offset", "best", "shown"}}
+    chips = []
+    for chip in parsed.chips:
+        rest = parsed.without(chip)
+        url = f"{request.path}?{urlencode({**params, 'q': rest})}" if rest else request.path
+        label = CHIP_LABELS[chip.kind]
+        chips.append({"kind": chip.kind, "label": label, "text": chip.text, "value": chip.value,
+                      "url": url})  # fmt: skip
+    return chips
 
 
 # What the form's fields are called in messages ("k: Ensure..." meant nothing to people).

@@ -101,11 +101,11 @@ def test_negative_weight_is_the_setting(settings, tiny_models) -> None:
 def dated_and_placed(tiny_models) -> dict[str, list[Image]]:
     """Public images taken in July 2023, in 2019, with no taken date; some in Hanoi, some in
     Paris; a few with a title."""
-    july = public(4, taken_at=datetime(2023, 7, 10, tzinfo=UTC), place_city="Hoàn Kiếm",
-                  place_region="Hanoi", place_country="Vietnam", place_country_code="VN")  # fmt: skip
+    hanoi = {"place_city": "Hoàn Kiếm", "place_region": "Hanoi", "place_country": "Vietnam"}
+    july = public(4, taken_at=datetime(2023, 7, 10, tzinfo=UTC), **hanoi)
     edge = public(1, taken_at=datetime(2023, 8, 1, tzinfo=UTC))  # the first moment after July
-    old = public(3, taken_at=datetime(2019, 3, 1, tzinfo=UTC), place_city="Paris",
-                 place_region="Île-de-France", place_country="France", place_country_code="FR")  # fmt: skip
+    paris = {"place_city": "Paris", "place_region": "Île-de-France", "place_country": "France"}
+    old = public(3, taken_at=datetime(2019, 3, 1, tzinfo=UTC), **paris)
     undated = public(3)
     everything = july + edge + old + undated
     store(everything, clustered(len(everything), seed=11))
@@ -186,7 +186,10 @@ def test_k_results_under_every_filter_combination(tiny_models) -> None:
     )
     store(images, rng.normal(size=(len(images), 512)))
     filters = {
-        "taken": {"taken_after": datetime(2021, 1, 1, tzinfo=UTC), "taken_before": datetime(2023, 1, 1, tzinfo=UTC)},
+        "taken": {
+            "taken_after": datetime(2021, 1, 1, tzinfo=UTC),
+            "taken_before": datetime(2023, 1, 1, tzinfo=UTC),
+        },
         "place": {"places": ("Paris",)},
         "camera": {"camera": "nikon"},
         "source": {"source": "mine"},

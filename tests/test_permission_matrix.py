@@ -5,6 +5,7 @@ of a private image and a private collection, another user, and staff. Routes com
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -266,3 +267,26 @@ def test_lists_show_a_private_image_to_its_owner_alone(world) -> None:
             assert (thumb in content) == (role == "owner"), (role, page)
         found = {hit["id"] for hit in client.get("/api/search?q=dog&k=10").json()["results"]}
         assert (private.pk in found) == (role == "owner"), role
+
+
+def test_parsed_searches_show_a_private_image_to_its_owner_alone(world) -> None:
+    """Every form of query (dates, places, negatives, exact words, the structured form):
+    another user's private image never shows, and its place is no place to others."""
+    private, public = world["private"], Image.objects.get(source="flickr30k")
+    taken = datetime(2023, 5, 4, tzinfo=UTC)
+    Image.objects.filter(pk=private.pk).update(
+        taken_at=taken, place_city="Huế", place_country="Vietnam", title="dog"
+    )
+    Image.objects.filter(pk=public.pk).update(taken_at=taken, title="dog")
+    queries = [
+        {"q": "dog 2023"}, {"q": "dog in Huế"}, {"q": "dog -cat"}, {"q": '"dog" park'},
+        {"q": "dog", "taken_after": "2023-01-01", "place": "Huế", "exclude": "cat"},
+        {"q": "dog", "must": "dog", "owner": private.owner.username},
+    ]  # fmt: skip
+    for role, client in world["clients"].items():
+        for params in queries:
+            answer = client.get("/api/search", {**params, "k": 10}).json()
+            found = {hit["id"] for hit in answer["results"]}
+            assert (private.pk in found) == (role == "owner"), (role, params)
+        chips = client.get("/api/search", {"q": "dog in Huế"}).json()["parsed"]["chips"]
+        assert bool(chips) == (role == "owner"), role

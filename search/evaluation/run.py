@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from django.conf import settings
 from tqdm import tqdm
 
 from encoders import model_spec
@@ -25,6 +26,7 @@ from search.evaluation.data import (
     split_sizes_note,
 )
 from search.evaluation.metrics import FUSIONS, KS, RankSummary, rank_summary, ranks_numpy
+from search.evaluation.negatives import negative_check
 from search.evaluation.ranking import text_to_image_ranks_ann, text_to_image_ranks_exact
 from search.models import CaptionEmbedding, EvaluationRun
 from workers.encoder_cache import encoder_for
@@ -278,6 +280,14 @@ def evaluate(
                 f"{agree} of {len(t2i_ranks)} queries (any difference is float rounding of "
                 f"near-ties)"
             )
+        caption_rows = np.searchsorted(data.gallery_image_ids, data.caption_image_ids)
+        check = negative_check(
+            queries=queries,
+            query_image_rows=caption_rows,
+            images=images,
+            weight=settings.SEARCH_NEGATIVE_WEIGHT,
+        )
+        report.notes.append(check.describe(model_id))
         i2t_ranks = ranks_numpy(
             queries=[images[image_rows]],
             candidates=[texts],

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 import threading
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
@@ -26,9 +27,10 @@ from django.db.models.functions import RowNumber
 from django.utils import timezone
 from PIL.Image import Image as PILImage
 
-from encoders import EncoderError, WeightsUnavailableError
-from gallery.decoding import image_query_decode
+from encoders import EncoderError, ImageDecodeError, WeightsUnavailableError, open_image
+from gallery.decoding import DECODE_MIN_SIDE, image_query_decode
 from gallery.selectors import image_get_visible, place_names_visible_to
+from gallery.storage import stored_file_open
 from kernel.errors import (
     Conflict,
     InvalidInput,
@@ -41,7 +43,7 @@ from search.fusion import images_search_fused
 from search.model_choice import ModelChoice, model_choose, model_unavailable_message, models_choose
 from search.models import EvaluationRun
 from search.query_parser import ParsedQuery, PlaceLookup, places_lookup_from, query_parse
-from search.query_vectors import vector_without
+from search.query_vectors import vector_combined, vector_without
 from search.ranking import (
     QueryVector,
     SearchFilters,
@@ -246,6 +248,136 @@ def _image_query_vectors(
             for m in model_ids
         ]
     return vectors, picture
+
+
+# A region of an image as the query: each side at least this fraction of the image's, and the
+# image decoded at up to this many pixels on its shorter side, so a small region still reaches
+# the model at its own resolution.
+REGION_MIN_FRACTION = 0.02
+REGION_MAX_DECODE_SIDE = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    """A rectangle of image ``image_id``, in fractions of its width and height (0..1)."""
+
+    image_id: int
+    left: float = 0.0
+    top: float = 0.0
+    right: float = 1.0
+    bottom: float = 1.0
+
+    def check(self) -> None:
+        width, height = self.right - self.left, self.bottom - self.top
+        inside = 0 <= self.left < self.right <= 1 and 0 <= self.top < self.bottom <= 1
+        if not inside:
+            raise InvalidInput("the region must lie inside the image: 0 <= left < right <= 1 "
+                               "and 0 <= top < bottom <= 1")  # fmt: skip
+        if min(width, height) < REGION_MIN_FRACTION:
+            raise InvalidInput(
+                f"the region is too small: each side must be at least {REGION_MIN_FRACTION:.0%} "
+                "of the image's"
+            )
+
+
+def _region_picture(*, user: User | AnonymousUser, region: Region) -> PILImage:
+    """The pixels of ``region`` of an image ``user`` may see (``NotFound`` otherwise)."""
+    region.check()
+    image = image_get_visible(user=user, image_id=region.image_id)
+    if image is None:
+        raise NotFound("no such image")
+    shorter = min(region.right - region.left, region.bottom - region.top)
+    min_side = min(REGION_MAX_DECODE_SIDE, math.ceil(DECODE_MIN_SIDE / shorter))
+    try:
+        with stored_file_open(image.file.name or "") as handle:
+            picture = open_image(handle, max_pixels=settings.UPLOAD_MAX_PIXELS, min_side=min_side)
+    except (ImageDecodeError, OSError) as exc:
+        raise Conflict(f"image {image.pk}'s file cannot be read: {exc}") from exc
+    width, height = picture.size
+    box = (
+        round(region.left * width), round(region.top * height),
+        max(round(region.right * width), round(region.left * width) + 1),
+        max(round(region.bottom * height), round(region.top * height) + 1),
+    )  # fmt: skip
+    return picture.crop(box)
+
+
+def images_search_combined(
+    *,
+    user: User | AnonymousUser,
+    text: str | None = None,
+    file: UploadedFile | None = None,
+    region: Region | None = None,
+    text_weight: float = 0.5,
+    model_id: str | None = None,
+    search: SearchRequest | None = None,
+    exclude: Sequence[str] = (),
+    now: datetime | None = None,
+) -> SearchPage:
+    """Images nearest to words and a picture at once ("like this photo, but at night"): the
+    picture is a query image (``file``) or a region of an image ``user`` may see
+    (``region``); the query vector is normalize(text_weight * words + (1 - text_weight) *
+    picture), each a unit vector (``search.query_vectors.vector_combined``), minus the
+    excluded concepts. The words are read for dates, places and the rest as in a text search.
+    """
+    search = search or SearchRequest()
+    search_validate_page(search.k, search.offset)
+    if (file is None) == (region is None):
+        raise InvalidInput("give either a query image or a region of an image, not both")
+    if not 0 <= text_weight <= 1:
+        raise InvalidInput("text_weight must be between 0 and 1")
+    parsed = None
+    negatives = [search_validate_text(term) for term in exclude if term.strip()]
+    if text is not None and text.strip():
+        text = search_validate_text(text)
+        lookup = places_lookup_from(place_names_visible_to(user=user))
+        parsed = query_parse(text, now=now or timezone.now(), place_lookup=lookup)
+        search = dataclasses.replace(
+            search, filters=filters_with_parsed(search.filters, parsed, place_lookup=lookup)
+        )
+        negatives = list(dict.fromkeys([*parsed.exclude, *negatives]))
+    choice = models_choose(model_id)
+    with image_query_slot():
+        if file is not None:
+            picture = image_query_decode(file=file, label="the query image")
+        else:
+            assert region is not None
+            picture = _region_picture(user=user, region=region)
+        pictures = [
+            _query_vector(
+                m, functools.partial(query_encoder.image_embedding, model_id=m, image=picture)
+            )
+            for m in choice.model_ids
+        ]
+    vectors = []
+    for m, picture_vector in zip(choice.model_ids, pictures, strict=True):
+        parts = [(picture_vector, 1.0 - text_weight)]
+        if parsed is not None and text_weight > 0:
+            words = _query_vector(
+                m,
+                functools.partial(
+                    query_encoder.text_embedding, model_id=m, text=parsed.search_text
+                ),
+            )
+            parts.append((words, text_weight))
+        vector = vector_combined([(v, w) for v, w in parts if w > 0])
+        if negatives:
+            vector = vector_without(
+                vector,
+                [
+                    _query_vector(
+                        m, functools.partial(query_encoder.text_embedding, model_id=m, text=term)
+                    )
+                    for term in negatives
+                ],
+                weight=settings.SEARCH_NEGATIVE_WEIGHT,
+            )
+        vectors.append(vector)
+    exclude_image_id = region.image_id if region is not None else None
+    page = _images_search(
+        user=user, choice=choice, vectors=vectors, search=search, exclude_image_id=exclude_image_id
+    )
+    return dataclasses.replace(page, parsed=parsed)
 
 
 def images_similar(

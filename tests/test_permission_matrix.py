@@ -80,6 +80,7 @@ EXPECTED: dict[str, tuple[int, int, int, int]] = {
     "api:search_text": (200, 200, 200, 200),
     "api:search_image": (405, 405, 405, 405),
     "api:image_similar": (404, 200, 404, 404),
+    "api:image_region": (404, 200, 404, 404),  # a region of an image one may see
     "api:models": (200, 200, 200, 200),
     "api:unknown_path": (404, 404, 404, 404),
 }

@@ -21,8 +21,10 @@ from search.api.app import api
 from search.api.rendering import results_json
 from search.api.schemas import (
     ERRORS,
+    CombinedQuery,
     ModelOut,
     PageQuery,
+    RegionQuery,
     Results,
     TextQuery,
     text_query_filters,
@@ -31,8 +33,10 @@ from search.model_choice import search_model_choices
 from search.ranking import SearchPage
 from search.rate_limits import image_search_rate_check
 from search.selectors import (
+    Region,
     images_search_by_image,
     images_search_by_text,
+    images_search_combined,
     images_similar,
 )
 from workers.selectors import embedding_model_default
@@ -62,18 +66,45 @@ def search_text(request: HttpRequest, params: Query[TextQuery]) -> HttpResponse:
 
 @api.post("/search/image", response={200: Results, **ERRORS}, summary="Search by an image")
 def search_image(
-    request: HttpRequest, image: File[UploadedFile], params: Query[PageQuery]
+    request: HttpRequest, image: File[UploadedFile], params: Query[CombinedQuery]
 ) -> HttpResponse:
     """Embeds the posted image on the fly (it is not stored) and returns the nearest images.
 
     The image is held to the upload limits: a size in bytes (413 above it), an image format
     the site accepts, and a number of pixels. Anonymous clients may run a limited number of
-    image searches a minute per address (429 above it).
+    image searches a minute per address (429 above it). With ``q`` the words and the image
+    make one query vector (``text_weight``), and the words are read as in /api/search.
     """
     image_search_rate_check(request)
-    page = images_search_by_image(
-        user=request.user, file=image, model_id=params.model, search=params.search_request()
-    )
+    if params.q is not None and params.q.strip():
+        page = images_search_combined(
+            user=request.user, text=params.q, file=image, text_weight=params.text_weight,
+            model_id=params.model, search=params.search_request(), exclude=params.exclude,
+        )  # fmt: skip
+    else:
+        page = images_search_by_image(
+            user=request.user, file=image, model_id=params.model, search=params.search_request()
+        )
+    return _results(request, page)
+
+
+@api.get(
+    "/images/{image_id}/region",
+    response={200: Results, **ERRORS},
+    url_name="image_region",
+    summary="Search by a region of an image you can see, with words if you like",
+)
+def image_region(request: HttpRequest, image_id: int, params: Query[RegionQuery]) -> HttpResponse:
+    """The rectangle (fractions of the image's width and height; the whole image by default)
+    is cut from the stored image and embedded on the fly; with ``q`` the words and the region
+    make one query vector. The image itself is left out of its results. Limited like image
+    searches (429)."""
+    image_search_rate_check(request)
+    region = Region(image_id, params.left, params.top, params.right, params.bottom)
+    page = images_search_combined(
+        user=request.user, text=params.q, region=region, text_weight=params.text_weight,
+        model_id=params.model, search=params.search_request(), exclude=params.exclude,
+    )  # fmt: skip
     return _results(request, page)
 
 

@@ -229,6 +229,30 @@ class TextQuery(PageQuery):
     )
 
 
+class CombinedQuery(PageQuery):
+    q: str | None = Field(
+        None,
+        description='Words to search with the picture ("like this, but at night"); read '
+        "for dates, places, exact words and negatives as in /api/search.",
+        max_length=MAX_QUERY_CHARS,
+    )
+    text_weight: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="With q: the words' share of the one query vector, "
+        "normalize(text_weight * words + (1 - text_weight) * picture).",
+    )
+    exclude: list[str] = Field([], description="Concepts to push away; repeatable.", max_length=10)
+
+
+class RegionQuery(CombinedQuery):
+    left: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of the image's width.")
+    top: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of the image's height.")
+    right: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of the image's width.")
+    bottom: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of the image's height.")
+
+
 def _day_start(day: date | None) -> datetime | None:
     return None if day is None else datetime.combine(day, datetime.min.time(), tzinfo=UTC)
 

@@ -6,6 +6,8 @@ import hashlib
 import secrets
 
 from django.conf import settings
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVector
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Coalesce
@@ -19,6 +21,13 @@ def image_upload_path(instance: Image, filename: str) -> str:
 
 # What browsing and "newest" sort by: when the photo was taken, else when it was uploaded.
 SORTED_AT = Coalesce("taken_at", "created_at")
+
+
+# The words keyword search matches (search.hybrid). The "simple" configuration (no stemming, no
+# stop words) because captions and titles come in any language, Vietnamese included.
+TEXT_SEARCH_CONFIG = "simple"
+IMAGE_WORDS = SearchVector("title", "description", "original_filename", config=TEXT_SEARCH_CONFIG)
+CAPTION_WORDS = SearchVector("text", config=TEXT_SEARCH_CONFIG)
 
 
 class Image(models.Model):
@@ -107,6 +116,13 @@ class Image(models.Model):
             # Browsing and "newest" order by SORTED_AT then id; an expression index rather than a
             # generated column, so adding it never rewrites a large table.
             models.Index(SORTED_AT, "id", name="image_sorted_at_id"),
+            # Keyword search (search.hybrid): the words of the title, description and file
+            # name, and the file name's trigrams. The query repeats IMAGE_WORDS exactly, which
+            # is what lets PostgreSQL answer it from the index.
+            GinIndex(IMAGE_WORDS, name="image_words"),
+            GinIndex(
+                fields=["original_filename"], opclasses=["gin_trgm_ops"], name="image_name_trgm"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -128,6 +144,7 @@ class Caption(models.Model):
                 fields=["image", "lang", "position"], name="caption_unique_lang_position"
             )
         ]
+        indexes = [GinIndex(CAPTION_WORDS, name="caption_words")]
 
     def __str__(self) -> str:
         return self.text[:80]

@@ -68,9 +68,17 @@ def fuse_zsum(scores: Sequence[np.ndarray]) -> np.ndarray:
     return total
 
 
-def fuse_rrf(scores: Sequence[np.ndarray], *, k: int = RRF_K) -> np.ndarray:
-    """Reciprocal-rank fusion: the sum over models of 1 / (k + the candidate's rank)."""
+def fuse_rrf(
+    scores: Sequence[np.ndarray], *, k: int = RRF_K, unlisted_adds_nothing: bool = False
+) -> np.ndarray:
+    """Reciprocal-rank fusion: the sum over models of 1 / (k + the candidate's rank).
+
+    ``unlisted_adds_nothing``: a score of -inf means "not in this ranking at all" (a keyword
+    ranking lists only the images whose words match, ``search.hybrid``) and adds 0, as in
+    Cormack et al.'s RRF over lists, rather than ranking last among the candidates."""
     terms = np.stack([1.0 / (k + competition_ranks(block)) for block in scores])
+    if unlisted_adds_nothing:
+        terms[np.isneginf(np.stack(scores))] = 0.0
     # Added smallest first per candidate: the sum then depends only on the set of terms, so
     # ranks (2, 5) and (5, 2) -- or any permutation over three or more models -- tie exactly.
     terms.sort(axis=0)
@@ -104,7 +112,7 @@ FUSION_CANDIDATES = 300
 SEARCH_FUSION = "rrf"
 
 
-def _similarities(*, model_id: str, vector: QueryVector, image_ids: set[int]) -> dict[int, float]:
+def similarities_of(*, model_id: str, vector: QueryVector, image_ids: set[int]) -> dict[int, float]:
     """Cosine similarity of ``model_id``'s embeddings of ``image_ids`` to ``vector``."""
     rows = (
         ImageEmbedding.objects.filter(model_id=model_id, image_id__in=image_ids)
@@ -164,7 +172,10 @@ def images_search_fused(
     for model_id, vector, found in zip(model_ids, vectors, lists, strict=True):
         missing = set(union) - found.keys()
         if missing:
-            found = {**found, **_similarities(model_id=model_id, vector=vector, image_ids=missing)}
+            found = {
+                **found,
+                **similarities_of(model_id=model_id, vector=vector, image_ids=missing),
+            }
         scores.append(np.array([[found.get(i, -np.inf) for i in union]], dtype=np.float64))
     fused = FUSE[SEARCH_FUSION](scores)[0] if union else np.empty(0)
     best = len(model_ids) / (RRF_K + 1)  # first for every model

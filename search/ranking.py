@@ -221,6 +221,8 @@ class SearchRequest:
     # A cosine-similarity floor: hits below it are left out (refused by a fused search).
     min_score: float | None = None
     sort: str = "relevance"  # one of SEARCH_SORTS
+    # A text search ranks by meaning and by its words at once (search.hybrid).
+    hybrid: bool = False
 
 
 @dataclass(frozen=True)
@@ -292,6 +294,11 @@ def search_validate_page(k: int, offset: int) -> None:
         raise InvalidInput(f"k must be between 1 and {MAX_K}")
     if not 0 <= offset <= MAX_OFFSET:
         raise InvalidInput(f"offset must be between 0 and {MAX_OFFSET}")
+
+
+def filtered_images(*, user: User | AnonymousUser, filters: SearchFilters) -> QuerySet[Image]:
+    """The images a search may return: those ``user`` may see, narrowed by ``filters``."""
+    return _filtered_images(user=user, filters=filters)
 
 
 def _filtered_images(*, user: User | AnonymousUser, filters: SearchFilters) -> QuerySet[Image]:

@@ -40,6 +40,7 @@ from kernel.errors import (
 )
 from search import query_encoder
 from search.fusion import images_search_fused
+from search.hybrid import images_search_hybrid
 from search.model_choice import ModelChoice, model_choose, model_unavailable_message, models_choose
 from search.models import EvaluationRun
 from search.query_parser import ParsedQuery, PlaceLookup, places_lookup_from, query_parse
@@ -160,7 +161,9 @@ def images_search_by_text(
         for m in choice.model_ids
     ]
     search = dataclasses.replace(search, filters=filters)
-    page = _images_search(user=user, choice=choice, vectors=vectors, search=search)
+    page = _images_search(
+        user=user, choice=choice, vectors=vectors, search=search, words=parsed.text
+    )
     return dataclasses.replace(page, parsed=parsed)
 
 
@@ -416,9 +419,18 @@ def _images_search(
     vectors: Sequence[QueryVector],
     search: SearchRequest,
     exclude_image_id: int | None = None,
+    words: str = "",
 ) -> SearchPage:
     """Rank with the chosen model, or fuse the chosen models' rankings: ``vectors[i]`` is
-    ``choice.model_ids[i]``'s query vector."""
+    ``choice.model_ids[i]``'s query vector. ``search.hybrid`` fuses the one model's ranking
+    with the keyword ranking of ``words`` instead (``search.hybrid``)."""
+    if search.hybrid:
+        if choice.fused:
+            raise InvalidInput("hybrid search ranks with one model; choose one, not A+B")
+        return images_search_hybrid(
+            user=user, model_id=choice.model_ids[0], vector=vectors[0], words=words,
+            search=search, exclude_image_id=exclude_image_id,
+        )  # fmt: skip
     if choice.fused:
         return images_search_fused(
             user=user, model_ids=choice.model_ids, vectors=vectors, search=search,

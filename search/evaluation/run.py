@@ -338,6 +338,9 @@ def _protocol_notes(
     report: EvaluationReport, model_ids: Sequence[str], *, ann: bool, fused: bool
 ) -> list[str]:
     notes = [
+        "hybrid (keyword + meaning) ranking is never used here: the queries are Flickr30k "
+        "captions, which are also stored as the images' own captions, so matching their words "
+        "would find each answer by its own text",
         f"queries: all {report.n_queries} {report.lang!r} captions of the "
         f"{report.n_image_queries} {report.split} images, each its own text->image query; "
         + (f"prefixed with {report.prompt!r}" if report.prompt else "no prompt prefix")

@@ -1,0 +1,169 @@
+"""Hybrid search: one ranking over meaning (the model's vector ranking) and words (PostgreSQL
+full-text search over title, description, file name and captions, plus trigram similarity of
+file names), fused by reciprocal rank fusion with the evaluation's own code
+(``search.fusion.fuse_rrf``, its tie rule included).
+
+So an image whose title says "Eiffel" comes up for "eiffel tower" even when its pixels are
+far from what the model thinks the words mean, and a photo named ``IMG_2041.jpg`` is found by
+its name. Each side contributes its best HYBRID_CANDIDATES in the search's scope (visibility
+and every filter). Every image of the union gets its exact cosine (so its rank on the meaning
+side), while an image whose words do not match is not on the keyword side at all and gets
+nothing from it (RRF over lists, ``fuse_rrf(..., unlisted_adds_nothing=True)``): a keyword
+match far down the meaning ranking can then come first, which is the point.
+
+``evaluate`` never ranks this way: its queries are Flickr30k captions, which are stored as the
+images' own captions, so the keyword side would find each answer by its own text.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from django.contrib.auth.models import AnonymousUser, User
+from django.contrib.postgres.search import SearchQuery, SearchRank, TrigramSimilarity
+from django.db.models import FloatField, OuterRef, Q, Subquery, Value
+from django.db.models.functions import Coalesce, Greatest
+
+from gallery.models import CAPTION_WORDS, IMAGE_WORDS, TEXT_SEARCH_CONFIG, Caption
+from kernel.errors import InvalidInput
+from search.fusion import RRF_K, fuse_rrf, similarities_of
+from search.ranking import (
+    QueryVector,
+    SearchFilters,
+    SearchHit,
+    SearchPage,
+    SearchRequest,
+    SearchScope,
+    candidates_nearest,
+    filtered_images,
+    images_with_captions,
+    page_by_date,
+    search_validate_page,
+    search_validate_sort,
+)
+
+# Each side's candidates; the fused page is drawn from their union (as fused search's 300).
+HYBRID_CANDIDATES = 300
+# A file name "matches" words whose trigram similarity reaches this (pg_trgm's own default
+# threshold for its % operator, which the trigram index serves).
+FILENAME_SIMILARITY = 0.3
+HYBRID_FUSION = "rrf"
+
+
+def keyword_candidates(
+    *,
+    user: User | AnonymousUser,
+    filters: SearchFilters | None,
+    words: str,
+    depth: int,
+    exclude_image_id: int | None = None,
+) -> dict[int, float]:
+    """Up to ``depth`` images in the search's scope whose words match ``words`` (image id ->
+    keyword score, higher is better): full-text matches of the title, description and file
+    name (``IMAGE_WORDS``) or of a caption (``CAPTION_WORDS``), and file names similar by
+    trigrams. Any of the words matches; the score is the best of the text ranks (higher when
+    more of the words match) and the file name's similarity."""
+    words = words.strip()
+    if not words:
+        return {}
+    images = filtered_images(user=user, filters=filters or SearchFilters())
+    if exclude_image_id is not None:
+        images = images.exclude(pk=exclude_image_id)
+    # Any of the words (ranked by how many match and how often): a title saying "Eiffel"
+    # matches "eiffel tower". websearch_to_tsquery reads "or" between words and never fails
+    # on punctuation a person types.
+    any_word = " or ".join(re.findall(r"\w+", words))
+    if not any_word:
+        return {}
+    query = SearchQuery(any_word, config=TEXT_SEARCH_CONFIG, search_type="websearch")
+    captions = Caption.objects.annotate(words=CAPTION_WORDS).filter(words=query)
+    best_caption = (
+        captions.filter(image_id=OuterRef("pk"))
+        .annotate(rank=SearchRank(CAPTION_WORDS, query))
+        .order_by("-rank")
+        .values("rank")[:1]
+    )
+    matched = (
+        images.annotate(words=IMAGE_WORDS)
+        .filter(
+            Q(words=query)
+            | Q(pk__in=captions.values("image_id"))
+            | Q(original_filename__trigram_similar=words)
+        )
+        .annotate(
+            keyword=Greatest(
+                SearchRank(IMAGE_WORDS, query),
+                Coalesce(Subquery(best_caption, output_field=FloatField()), Value(0.0)),
+                TrigramSimilarity("original_filename", words),
+                output_field=FloatField(),
+            )
+        )
+        .order_by("-keyword", "pk")
+        .values_list("pk", "keyword")[:depth]
+    )
+    return {pk: float(score) for pk, score in matched}
+
+
+def images_search_hybrid(
+    *,
+    user: User | AnonymousUser,
+    model_id: str,
+    vector: QueryVector,
+    words: str,
+    search: SearchRequest | None = None,
+    exclude_image_id: int | None = None,
+) -> SearchPage:
+    """Images visible to ``user`` ranked by RRF of the vector ranking and the keyword ranking
+    of ``words`` (see the module). A hit's ``score`` is the fused score scaled so that 1 means
+    first on both sides; not a cosine, so ``min_score`` is refused."""
+    search = search or SearchRequest()
+    k, offset = search.k, search.offset
+    search_validate_page(k, offset)
+    sort = search_validate_sort(search.sort)
+    if search.min_score is not None:
+        raise InvalidInput(
+            "min_score is a cosine similarity, and a hybrid search's scores are not one; "
+            "leave it out or search without hybrid"
+        )
+    depth = max(HYBRID_CANDIDATES, offset + k + 1)
+    scope: SearchScope = {
+        "user": user,
+        "filters": search.filters,
+        "exclude_image_id": exclude_image_id,
+    }
+    by_vector, exact = candidates_nearest(model_id=model_id, vector=vector, depth=depth, **scope)
+    by_words = keyword_candidates(
+        user=user, filters=search.filters, words=words, depth=depth,
+        exclude_image_id=exclude_image_id,
+    )  # fmt: skip
+    union = sorted(set(by_vector) | set(by_words))
+    missing = set(union) - by_vector.keys()
+    if missing:
+        by_vector = {
+            **by_vector,
+            **similarities_of(model_id=model_id, vector=vector, image_ids=missing),
+        }
+    scores = [
+        np.array([[by_vector.get(i, -np.inf) for i in union]], dtype=np.float64),
+        np.array([[by_words.get(i, -np.inf) for i in union]], dtype=np.float64),
+    ]
+    fused = fuse_rrf(scores, unlisted_adds_nothing=True)[0] if union else np.empty(0)
+    best = 2 / (RRF_K + 1)  # first on both sides
+    if sort == "date":
+        scaled = {i: float(score) / best for i, score in zip(union, fused, strict=True)}
+        return page_by_date(
+            scaled, k=k, offset=offset, min_score=None, model_id=model_id, exact=exact,
+            fusion=HYBRID_FUSION,
+        )  # fmt: skip
+    order = np.lexsort((np.array(union), -fused))  # fused score descending, then image id
+    chosen = [(union[i], float(fused[i]) / best) for i in order[offset : offset + k]]
+    images = images_with_captions([i for i, _ in chosen])
+    hits = [
+        SearchHit(image=images[i], score=score, captions=tuple(images[i].caption_texts))
+        for i, score in chosen
+    ]
+    return SearchPage(
+        model_id=model_id, hits=hits, k=k, offset=offset, exact=exact,
+        has_more=len(union) > offset + k, fusion=HYBRID_FUSION,
+    )  # fmt: skip

@@ -3,7 +3,7 @@
     .venv/bin/python bench/search_latency.py [--sizes 31783,1000000] [--queries 200] \
         [--ef-search 40,100,200] [--skip-ranking] [--skip-e2e] [--skip-load] \
         [--load-seconds 60] [--clients 50] [--persistent-connections] [--web-dtype int8] \
-        [--fused] [--data-dir DIR] [--database-url URL]
+        [--fused] [--parsed] [--data-dir DIR] [--database-url URL]
 
 For each N in ``--sizes`` it loads N synthetic 512-d unit vectors (clustered like real image
 embeddings: ``N / --points-per-cluster`` centres plus Gaussian noise, the generator of
@@ -28,6 +28,9 @@ from the same distribution:
 With ``--fused``, after the table: fused search ("A+B", two models' HNSW top lists fused by
 RRF) beside one model, on the same queries, with a second model's synthetic vectors stored for
 the same images (bench/_search/fused.py).
+
+With ``--parsed``: queries read the way people ask (a date chip, a negative term, hybrid)
+beside a plain one, without the text encoder (bench/_search/parsed.py).
 
 Then, at N = ``--e2e-size`` (31,783, Flickr30k's size): ``GET /api/search`` served by gunicorn
 exactly as ``./run`` starts it, with the full-size ViT-B/32 CLIP architecture (``CLIPConfig()``,
@@ -102,6 +105,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="give the server the embedded database as DATABASE_URL, so the settings keep "
         "connections open (CONN_MAX_AGE=60) instead of one new connection per request",
     )
+    parser.add_argument(
+        "--parsed", action="store_true", help="date chip, negative and hybrid vs a plain query"
+    )
     _harness.add_arguments(parser, script=SCRIPT)
     parser.add_argument("--reload", action="store_true", help="reload rows even if present")
     args = parser.parse_args(argv)
@@ -126,6 +132,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
     from bench._search.data import dataset_ensure, print_header
     from bench._search.fused import fused_benchmark
     from bench._search.load import load_test
+    from bench._search.parsed import parsed_benchmark
     from bench._search.ranking import vector_benchmark
     from bench._search.server import WebServer, end_to_end
 
@@ -138,6 +145,8 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
                 vector_benchmark(dataset, args, data_dir)
             if args.fused:
                 fused_benchmark(dataset, args, data_dir)
+            if args.parsed:
+                parsed_benchmark(dataset, args, data_dir)
             if size == args.e2e_size and not args.skip_e2e:
                 server = end_to_end(dataset, args, data_dir)
                 load = None if args.skip_load else load_test(server, args, data_dir)

@@ -172,6 +172,15 @@ class Collection(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     images = models.ManyToManyField(Image, through="CollectionItem", related_name="collections")
+    # A smart collection (search.smart): a saved search whose matches are listed live, as the
+    # viewer may see them, after the owner's own items (pinned), minus the images the owner
+    # hid. Empty smart_query: an ordinary collection.
+    smart_query = models.CharField(max_length=1000, blank=True, default="", db_default="")
+    smart_model = models.CharField(max_length=64, blank=True, default="", db_default="")
+    # {"source": "dataset" | "mine" (the owner's uploads), "hybrid": bool}
+    smart_filters = models.JSONField(default=dict, blank=True)
+    smart_min_score = models.FloatField(null=True, blank=True, help_text="Cosine cut-off.")
+    smart_hidden = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["-updated_at", "-id"]

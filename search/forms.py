@@ -15,6 +15,7 @@ class SearchForm(forms.Form):
     source = forms.CharField(required=False)
     min_score = forms.FloatField(required=False, min_value=-1, max_value=1)
     sort = forms.CharField(required=False)  # "relevance" | "date", checked by the selectors
+    hybrid = forms.BooleanField(required=False)  # meaning and words in one ranking
 
     # For the template's input bounds.
     max_k = MAX_K
@@ -24,3 +25,15 @@ class SearchForm(forms.Form):
 
 class ImageQueryForm(forms.Form):
     image = forms.FileField(label="Search with an image")
+
+
+class SavedSearchForm(forms.Form):
+    """Save the search on the page as a collection (``search.smart``)."""
+
+    name = forms.CharField(max_length=120, label="Name")
+    q = forms.CharField(max_length=MAX_QUERY_CHARS)
+    model = forms.CharField(required=False, max_length=64)
+    source = forms.CharField(required=False, max_length=16)
+    hybrid = forms.BooleanField(required=False)
+    min_score = forms.FloatField(required=False, min_value=-1, max_value=1)
+    visibility = forms.CharField(required=False, max_length=16)

@@ -7,17 +7,20 @@ import dataclasses
 from collections.abc import Callable
 from urllib.parse import urlencode
 
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_http_methods, require_POST
 
-from gallery.selectors import collections_of
+from gallery.selectors import collection_get_viewable, collections_of
+from gallery.services.collections import collection_smart_create, collection_smart_hide
 from kernel.db_routing import reads_from_replica
 from kernel.errors import ApplicationError, InvalidInput, NotFound
 from kernel.params import int_param
 from kernel.views import error_response
-from search.forms import ImageQueryForm, SearchForm
+from search.forms import ImageQueryForm, SavedSearchForm, SearchForm
 from search.model_choice import search_models_available
 from search.query_images import QueryImage, query_image_recall, query_image_remember
 from search.ranking import (
@@ -34,6 +37,7 @@ from search.selectors import (
     images_search_by_text,
     images_similar,
 )
+from search.smart import smart_collection_page
 from workers.models import EmbeddingModel
 from workers.selectors import embedding_progress
 
@@ -104,13 +108,14 @@ def _render_results(
         context["best"] = _best_score(request, page)
         context["sort_links"] = _sort_links(request, page)
         context["chips"] = _chip_links(request, page)
+        context["words_link"] = _words_link(request)
         if request.user.is_authenticated and not partial:
             # For the selection bar's "save to" menu.
             context["selection_collections"] = list(collections_of(user=request.user))
         if page.next_offset is not None:
             params = {**(more_params or {}), "model": page.model_id, "k": str(page_size)}
             params.update(offset=str(page.next_offset), best=f"{context['best']:.6f}")
-            for name in ("source", "sort"):
+            for name in ("source", "sort", "hybrid"):
                 value = form.data.get(name) if form.is_bound else None
                 if value:
                     params[name] = value
@@ -174,6 +179,17 @@ def _sort_links(request: HttpRequest, page: SearchPage) -> list[tuple[str, str, 
     return links
 
 
+def _words_link(request: HttpRequest) -> tuple[str, bool]:
+    """(URL, on) of the same search with "match words too" (hybrid ranking) switched."""
+    on = request.GET.get("hybrid", "") not in ("", "0", "false")
+    params = {
+        k: v for k, v in request.GET.items() if k not in {"hybrid", "offset", "best", "shown"}
+    }
+    if not on:
+        params["hybrid"] = "1"
+    return f"{request.path}?{urlencode(params)}", on
+
+
 CHIP_LABELS = {"date": "Taken", "place": "Place", "exclude": "Without", "must": "Exactly"}
 
 
@@ -213,6 +229,7 @@ def _page_args(form: SearchForm) -> tuple[str | None, SearchRequest]:
         filters=SearchFilters(source=data.get("source") or None),
         min_score=data.get("min_score"),
         sort=data.get("sort") or "relevance",
+        hybrid=bool(data.get("hybrid")),
     )
     return data.get("model") or None, search
 
@@ -317,3 +334,73 @@ def similar_page(request: HttpRequest, image_id: int) -> HttpResponse:
         )  # fmt: skip
 
     return _render_results(request, form, run, title="Similar images")
+
+
+# --- Saved searches (smart collections) ------------------------------------------------------
+
+
+class _SignedInRequest(HttpRequest):
+    """What a ``login_required`` view receives (an annotation only): a signed-in ``user``."""
+
+    user: User
+
+
+@reads_from_replica
+def smart_collection_view(request: HttpRequest, collection_id: int) -> HttpResponse:
+    """A saved search's page: what it matches now, as this viewer may see it. A collection
+    shared by link is opened with its token (``?token=``)."""
+    token = request.GET.get("token") or None
+    collection = collection_get_viewable(
+        user=request.user, collection_id=None if token else collection_id, share_token=token
+    )
+    if collection is None or collection.pk != collection_id or not collection.smart_query:
+        return error_response(request, 404, "Not found", "no such saved search")
+    form = SearchForm(request.GET)
+
+    def run(**page: int) -> SearchPage:
+        _, search = _page_args(form)
+        paged = _paged(search, page)
+        return smart_collection_page(
+            user=request.user, collection=collection, k=paged.k, offset=paged.offset
+        )
+
+    response = _render_results(
+        request, form, run, title=collection.name, more_params={"token": token or ""}
+    )
+    return response
+
+
+@login_required
+@require_POST
+def search_save(request: _SignedInRequest) -> HttpResponse:
+    """Save the search on the page as a collection that keeps finding its matches."""
+    form = SavedSearchForm(request.POST)
+    try:
+        if not form.is_valid():
+            field, errors = next(iter(form.errors.items()))
+            raise InvalidInput(f"{field}: {' '.join(str(e) for e in errors)}")
+        data = form.cleaned_data
+        collection = collection_smart_create(
+            owner=request.user, name=data["name"], query=data["q"], model_id=data["model"] or "",
+            source=data["source"] or "", hybrid=bool(data["hybrid"]),
+            min_score=data["min_score"], visibility=data["visibility"] or "private",
+        )  # fmt: skip
+    except ApplicationError as exc:
+        return error_response(request, exc.status, "Not saved", exc.message)
+    return redirect("search-saved", collection_id=collection.pk)
+
+
+@login_required
+@require_POST
+def smart_collection_hide(
+    request: _SignedInRequest, collection_id: int, image_id: int
+) -> HttpResponse:
+    """The owner hides an image from a saved search's matches (``hidden=0`` shows it again)."""
+    try:
+        collection_smart_hide(
+            user=request.user, collection_id=collection_id, image_id=image_id,
+            hidden=request.POST.get("hidden", "1") != "0",
+        )  # fmt: skip
+    except ApplicationError as exc:
+        return error_response(request, exc.status, "Not changed", exc.message)
+    return redirect("search-saved", collection_id=collection_id)

@@ -269,3 +269,54 @@ def collection_item_move(
         CollectionItem.objects.bulk_update(changed, ["position"], batch_size=500)
         Collection.objects.filter(pk=collection_id).update(updated_at=timezone.now())
     return CollectionItemMove(image_id, target + 1, len(order), moved=True)
+
+
+SMART_SOURCES = ("dataset", "mine")
+
+
+def collection_smart_create(
+    *,
+    owner: User,
+    name: str,
+    query: str,
+    model_id: str = "",
+    source: str = "",
+    hybrid: bool = False,
+    min_score: float | None = None,
+    visibility: str = Collection.Visibility.PRIVATE,
+) -> Collection:
+    """Save a search as one of ``owner``'s collections (``search.smart`` lists its matches).
+    ``source`` "mine" means the owner's uploads, whoever views it."""
+    query = query.strip()
+    if not query:
+        raise InvalidInput("a saved search needs words to search for")
+    text_bounded(query, limit=1000, label="query")
+    if source and source not in SMART_SOURCES:
+        raise InvalidInput("source must be 'dataset' or 'mine'")
+    if min_score is not None and not -1 <= min_score <= 1:
+        raise InvalidInput("the cut-off is a cosine similarity, between -1 and 1")
+    with transaction.atomic():
+        collection = collection_create(owner=owner, name=name, visibility=visibility)
+        collection.smart_query, collection.smart_model = query, model_id[:64]
+        collection.smart_filters = {"source": source or None, "hybrid": bool(hybrid)}
+        collection.smart_min_score = min_score
+        collection.save(
+            update_fields=["smart_query", "smart_model", "smart_filters", "smart_min_score"]
+        )
+    return collection
+
+
+def collection_smart_hide(*, user: User, collection_id: int, image_id: int, hidden: bool) -> None:
+    """Hide an image from (or show it again in) the matches of one of ``user``'s saved
+    searches; hiding also takes it out of the pinned items."""
+    with transaction.atomic():
+        collection = _collection_owned(user=user, collection_id=collection_id)
+        collection = Collection.objects.select_for_update().get(pk=collection.pk)
+        if not collection.smart_query:
+            raise InvalidInput("only a saved search has matches to hide")
+        ids = [i for i in collection.smart_hidden if i != image_id]
+        if hidden:
+            ids.append(image_id)
+            collection.items.filter(image_id=image_id).delete()
+        collection.smart_hidden = ids
+        collection.save(update_fields=["smart_hidden", "updated_at"])

@@ -8,13 +8,13 @@ searches the pages run too. Every error is JSON ``{"error": message}`` with its 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from ninja import File, Query
 from ninja.files import UploadedFile
 
+from gallery.selectors import collection_get_viewable
 from kernel.db_routing import replica_call
 from kernel.errors import NotFound
 from search.api.app import api
@@ -26,8 +26,9 @@ from search.api.schemas import (
     PageQuery,
     RegionQuery,
     Results,
+    SavedSearchQuery,
     TextQuery,
-    text_query_filters,
+    text_search_request,
 )
 from search.model_choice import search_model_choices
 from search.ranking import SearchPage
@@ -39,6 +40,7 @@ from search.selectors import (
     images_search_combined,
     images_similar,
 )
+from search.smart import smart_collection_page
 from workers.selectors import embedding_model_default
 
 
@@ -51,7 +53,7 @@ def search_text(request: HttpRequest, params: Query[TextQuery]) -> HttpResponse:
     # Read from a replica; ninja reads the endpoint's signature, so no view decorator here.
     """The words are read for dates, places, exact words and negatives (``parsed`` in the
     answer says how); the structured parameters add to what the words say."""
-    search = dataclasses.replace(params.search_request(), filters=text_query_filters(params))
+    search = text_search_request(params)
     page = replica_call(
         lambda: images_search_by_text(
             user=request.user,
@@ -122,6 +124,31 @@ def image_similar(request: HttpRequest, image_id: int, params: Query[PageQuery])
             model_id=params.model,
             search=params.search_request(),
         )  # fmt: skip
+    )
+    return _results(request, page)
+
+
+@api.get(
+    "/collections/{collection_id}/matches",
+    response={200: Results, **ERRORS},
+    url_name="collection_matches",
+    summary="What a saved search (smart collection) lists now",
+)
+def collection_matches(
+    request: HttpRequest, collection_id: int, params: Query[SavedSearchQuery]
+) -> HttpResponse:
+    """The owner's pinned items, then the saved search's live matches minus the images the
+    owner hid, each only if you may see it. A collection shared by link needs its ``token``."""
+    token = params.token or None
+    collection = collection_get_viewable(
+        user=request.user, collection_id=None if token else collection_id, share_token=token
+    )
+    if collection is None or collection.pk != collection_id or not collection.smart_query:
+        raise NotFound("no such saved search")
+    page = replica_call(
+        lambda: smart_collection_page(
+            user=request.user, collection=collection, k=params.k, offset=params.offset
+        )
     )
     return _results(request, page)
 

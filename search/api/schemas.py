@@ -213,6 +213,12 @@ class TextQuery(PageQuery):
         description="Exact words that must appear (as quoted words in q); repeatable.",
         max_length=10,
     )
+    hybrid: bool = Field(
+        False,
+        description="Rank by meaning and by the words at once: the vector ranking fused with "
+        "full-text search over title, description, file name and captions (reciprocal rank "
+        "fusion; scores are then fused, 1 = first on both, not cosines; min_score refused).",
+    )
     q: str = Field(
         description=(
             "What to look for, in words. Whitespace at either end is ignored, including the "
@@ -253,6 +259,14 @@ class RegionQuery(CombinedQuery):
     bottom: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of the image's height.")
 
 
+class SavedSearchQuery(Schema):
+    k: int = _K
+    offset: int = _OFFSET
+    token: str | None = Field(
+        None, max_length=64, description="The share token of a collection shared by link."
+    )
+
+
 def _day_start(day: date | None) -> datetime | None:
     return None if day is None else datetime.combine(day, datetime.min.time(), tzinfo=UTC)
 
@@ -268,6 +282,13 @@ def text_query_filters(params: TextQuery) -> SearchFilters:
         camera=params.camera or None,
         owner=params.owner or None,
         must=tuple(words for words in params.must if words.strip()),
+    )
+
+
+def text_search_request(params: TextQuery) -> SearchRequest:
+    """A text search's page, filters (``text_query_filters``) and ranking."""
+    return dataclasses.replace(
+        params.search_request(), filters=text_query_filters(params), hybrid=params.hybrid
     )
 
 

@@ -1,0 +1,126 @@
+"""Searches read the way people ask, beside a plain query: the database and parsing work of
+``images_search_by_text`` (query parsing, the place names it may name, the vector arithmetic,
+the ranking and its filters), with the text encoder left out: it is replaced by a lookup of
+each query's synthetic vector, so the rows compare what the parsed forms add.
+
+The images get metadata first (once; a rerun reuses it): a taken date spread over 2015-2024
+for 90% of them (so "July 2023" keeps about 1/130 of the gallery: a selective filter, answered
+exactly), a place for a third, and a title of three words from a small vocabulary for one in
+ten (for hybrid's keyword side). Rows, same queries:
+
+- plain: "w{i}" (one vector, the index);
+- date chip: "w{i} July 2023";
+- broad date chip: "w{i} 2015 to 2022" (80% of the images: the index with the filter);
+- negative: "w{i} -n{i}" (two vectors, one rule);
+- hybrid: "harbour w{i}" with hybrid=True (the vector top 300 and the keyword top 300, RRF).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from bench._search.common import API_K, MachineWatch, Measured
+from bench._search.data import Dataset
+from bench._search.ranking import timed_queries
+
+VOCABULARY = [
+    "harbour",
+    "bridge",
+    "market",
+    "temple",
+    "river",
+    "mountain",
+    "street",
+    "garden",
+    "beach",
+    "tower",
+]
+
+
+def metadata_ensure(dataset: Dataset) -> str:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM gallery_image WHERE taken_at IS NOT NULL")
+        if cursor.fetchone()[0]:
+            return "metadata reused"
+        cursor.execute(
+            """
+            UPDATE gallery_image SET
+              taken_at = CASE WHEN id % 10 <> 0 THEN
+                timestamptz '2015-01-01 00:00+00' + (id * 7919 % 3650) * interval '1 day' END,
+              place_city = CASE id % 3 WHEN 0 THEN 'Hanoi' ELSE '' END,
+              place_country = CASE id % 3 WHEN 0 THEN 'Vietnam' ELSE '' END,
+              title = CASE WHEN id % 10 = 3 THEN
+                (ARRAY[%s])[1 + id % 10] || ' ' || (ARRAY[%s])[1 + id / 10 % 10] || ' '
+                || (ARRAY[%s])[1 + id / 100 % 10] ELSE '' END
+            """.replace("%s", ",".join(f"'{w}'" for w in VOCABULARY))
+        )
+        cursor.execute("VACUUM (ANALYZE) gallery_image")
+    return f"metadata set on {dataset.size:,} images"
+
+
+def parsed_benchmark(dataset: Dataset, args: argparse.Namespace, data_dir: Path) -> None:
+    import dataclasses
+
+    from django.contrib.auth.models import AnonymousUser
+
+    from search import query_encoder
+    from search.ranking import SearchRequest
+    from search.selectors import images_search_by_text
+
+    watch = MachineWatch(data_dir)
+    print(f"  {metadata_ensure(dataset)}", flush=True)
+    count = len(dataset.queries)
+    vectors: dict[str, np.ndarray] = {}
+    for i in range(count):
+        vectors[f"w{i}"] = dataset.queries[i]
+        vectors[f"n{i}"] = dataset.queries[(i + 1) % count]
+        vectors[f"harbour w{i}"] = dataset.queries[i]
+    original = query_encoder.text_embedding
+
+    def lookup(*, model_id: str, text: str) -> np.ndarray:
+        return vectors[text]
+
+    query_encoder.text_embedding = lookup  # type: ignore[assignment]
+    anonymous = AnonymousUser()
+    plain = SearchRequest(k=API_K)
+    forms = [
+        ("plain", lambda i: f"w{i}", plain),
+        ("date chip (July 2023, ~0.8% of images)", lambda i: f"w{i} July 2023", plain),
+        ("broad date chip (2015 to 2022, ~80%)", lambda i: f"w{i} from 2015 to 2022", plain),
+        ("negative term (-n)", lambda i: f"w{i} -n{i}", plain),
+        ("hybrid (keyword + vector, RRF)", lambda i: f"harbour w{i}",
+         dataclasses.replace(plain, hybrid=True)),
+    ]  # fmt: skip
+    rows = []
+    try:
+        for label, text_of, search in forms:
+
+            def one(i: int, text_of=text_of, search=search) -> list[int]:
+                page = images_search_by_text(user=anonymous, text=text_of(int(i)), search=search)
+                return [hit.image.pk for hit in page.hits]
+
+            seconds, results = timed_queries(np.arange(count), one)
+            row = Measured(label, seconds)
+            row.recall = float(np.mean([len(r) for r in results]))  # hits per page
+            rows.append(row)
+    finally:
+        query_encoder.text_embedding = original  # type: ignore[assignment]
+    base = rows[0].pct(95)
+    print(
+        f"\nParsed queries vs a plain one, N={dataset.size:,}, {len(rows[0].seconds)} queries "
+        "each (parsing + database, no text encoder)"
+    )
+    header = f"{'query':<44}{'p50 ms':>9}{'p95 ms':>9}{'p95/plain':>11}{'hits':>7}"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(
+            f"{row.label:<44}{row.pct(50):>9.2f}{row.pct(95):>9.2f}"
+            f"{row.pct(95) / base:>11.2f}{row.recall:>7.1f}"
+        )
+    watch.report("parsed")

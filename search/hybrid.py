@@ -26,7 +26,6 @@ from django.db.models import FloatField, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce, Greatest
 
 from gallery.models import CAPTION_WORDS, IMAGE_WORDS, TEXT_SEARCH_CONFIG, Caption
-from kernel.errors import InvalidInput
 from search.fusion import RRF_K, fuse_rrf, similarities_of
 from search.ranking import (
     QueryVector,
@@ -116,16 +115,12 @@ def images_search_hybrid(
 ) -> SearchPage:
     """Images visible to ``user`` ranked by RRF of the vector ranking and the keyword ranking
     of ``words`` (see the module). A hit's ``score`` is the fused score scaled so that 1 means
-    first on both sides; not a cosine, so ``min_score`` is refused."""
+    first on both sides, not a cosine; ``min_score`` still drops images whose cosine
+    similarity is below it."""
     search = search or SearchRequest()
     k, offset = search.k, search.offset
     search_validate_page(k, offset)
     sort = search_validate_sort(search.sort)
-    if search.min_score is not None:
-        raise InvalidInput(
-            "min_score is a cosine similarity, and a hybrid search's scores are not one; "
-            "leave it out or search without hybrid"
-        )
     depth = max(HYBRID_CANDIDATES, offset + k + 1)
     scope: SearchScope = {
         "user": user,
@@ -144,6 +139,10 @@ def images_search_hybrid(
             **by_vector,
             **similarities_of(model_id=model_id, vector=vector, image_ids=missing),
         }
+    if search.min_score is not None:
+        # Still a floor on the cosine similarity (every image of the union has one), though
+        # the scores shown are fused.
+        union = [i for i in union if by_vector.get(i, -np.inf) >= search.min_score]
     scores = [
         np.array([[by_vector.get(i, -np.inf) for i in union]], dtype=np.float64),
         np.array([[by_words.get(i, -np.inf) for i in union]], dtype=np.float64),

@@ -270,26 +270,32 @@ class Region:
     right: float = 1.0
     bottom: float = 1.0
 
-    def check(self) -> None:
-        width, height = self.right - self.left, self.bottom - self.top
-        inside = 0 <= self.left < self.right <= 1 and 0 <= self.top < self.bottom <= 1
-        if not inside:
-            raise InvalidInput("the region must lie inside the image: 0 <= left < right <= 1 "
-                               "and 0 <= top < bottom <= 1")  # fmt: skip
-        if min(width, height) < REGION_MIN_FRACTION:
-            raise InvalidInput(
-                f"the region is too small: each side must be at least {REGION_MIN_FRACTION:.0%} "
-                "of the image's"
-            )
+    def box(self) -> tuple[float, float, float, float]:
+        """(left, top, right, bottom) as used: edges given the wrong way round are swapped,
+        and a side under REGION_MIN_FRACTION is widened to it around its middle, within the
+        image (so any four fractions name a region; the schema cannot say left < right)."""
+        edges = []
+        for low, high in ((self.left, self.right), (self.top, self.bottom)):
+            if not (0 <= low <= 1 and 0 <= high <= 1):
+                raise InvalidInput("the region's edges are fractions of the image, 0 to 1")
+            low, high = min(low, high), max(low, high)
+            if high - low < REGION_MIN_FRACTION:
+                middle = min(
+                    max((low + high) / 2, REGION_MIN_FRACTION / 2), 1 - REGION_MIN_FRACTION / 2
+                )
+                low, high = middle - REGION_MIN_FRACTION / 2, middle + REGION_MIN_FRACTION / 2
+            edges.append((low, high))
+        (left, right), (top, bottom) = edges
+        return left, top, right, bottom
 
 
 def _region_picture(*, user: User | AnonymousUser, region: Region) -> PILImage:
     """The pixels of ``region`` of an image ``user`` may see (``NotFound`` otherwise)."""
-    region.check()
+    left, top, right, bottom = region.box()
     image = image_get_visible(user=user, image_id=region.image_id)
     if image is None:
         raise NotFound("no such image")
-    shorter = min(region.right - region.left, region.bottom - region.top)
+    shorter = min(right - left, bottom - top)
     min_side = min(REGION_MAX_DECODE_SIDE, math.ceil(DECODE_MIN_SIDE / shorter))
     try:
         with stored_file_open(image.file.name or "") as handle:
@@ -298,9 +304,9 @@ def _region_picture(*, user: User | AnonymousUser, region: Region) -> PILImage:
         raise Conflict(f"image {image.pk}'s file cannot be read: {exc}") from exc
     width, height = picture.size
     box = (
-        round(region.left * width), round(region.top * height),
-        max(round(region.right * width), round(region.left * width) + 1),
-        max(round(region.bottom * height), round(region.top * height) + 1),
+        min(round(left * width), width - 1), min(round(top * height), height - 1),
+        max(round(right * width), round(left * width) + 1),
+        max(round(bottom * height), round(top * height) + 1),
     )  # fmt: skip
     return picture.crop(box)
 

@@ -7,7 +7,7 @@ import django.contrib.postgres.indexes
 import django.contrib.postgres.operations
 import django.contrib.postgres.search
 from django.conf import settings
-from django.db import migrations
+from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
@@ -38,6 +38,14 @@ class Migration(migrations.Migration):
             model_name="image",
             index=django.contrib.postgres.indexes.GinIndex(
                 fields=["original_filename"], name="image_name_trgm", opclasses=["gin_trgm_ops"]
+            ),
+        ),
+        migrations.AddIndex(
+            model_name="image",
+            index=models.Index(
+                condition=models.Q(("place_country", ""), _negated=True),
+                fields=["place_country", "place_region", "place_city", "visibility", "owner"],
+                name="image_places",
             ),
         ),
     ]

@@ -82,9 +82,13 @@ def test_hybrid_keeps_filters_and_privacy(client: Client, tower) -> None:
     assert found(client, hybrid="true", source="mine") == [secret.pk]
 
 
-def test_hybrid_refuses_min_score(client: Client, tower) -> None:
-    response = client.get("/api/search", {"q": "eiffel", "hybrid": "true", "min_score": 0.2})
-    assert response.status_code == 400 and "min_score" in response.json()["error"]
+def test_min_score_stays_a_cosine_floor(client: Client, tower) -> None:
+    answer = client.get(
+        "/api/search", {"q": "eiffel tower", "hybrid": "true", "min_score": 0.0, "k": 50}
+    )
+    ids = {hit["id"] for hit in answer.json()["results"]}
+    # The keyword matches were planted opposite the query (cosine about -1): below the floor.
+    assert ids and not ids & {tower["titled"].pk, tower["captioned"].pk, tower["named"].pk}
 
 
 def test_the_page_switches_hybrid_on(client: Client, tower) -> None:

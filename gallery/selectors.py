@@ -29,6 +29,8 @@ def place_names_visible_to(*, user: User | AnonymousUser) -> set[str]:
         images_visible_to(user=user)
         .exclude(place_country="")
         .values_list("place_city", "place_region", "place_country")
+        # No ordering: the model's (created_at, id) would make every image its own row.
+        .order_by()
         .distinct()
     )
     return {name for row in rows for name in row if name}

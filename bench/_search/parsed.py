@@ -12,7 +12,9 @@ ten (for hybrid's keyword side). Rows, same queries:
 - date chip: "w{i} July 2023";
 - broad date chip: "w{i} 2015 to 2022" (80% of the images: the index with the filter);
 - negative: "w{i} -n{i}" (two vectors, one rule);
-- hybrid: "harbour w{i}" with hybrid=True (the vector top 300 and the keyword top 300, RRF).
+- hybrid: "harbour w{i}" with hybrid=True (the vector top 300 and the keyword top 300, RRF);
+- a smart collection's page: a public saved search of "w{i}" opened anonymously (its search
+  runs at depth 100, the most a saved search lists, then the first 20).
 """
 
 from __future__ import annotations
@@ -63,6 +65,23 @@ def metadata_ensure(dataset: Dataset) -> str:
     return f"metadata set on {dataset.size:,} images"
 
 
+def smart_collections_ensure(count: int) -> list:
+    """One public saved search per query text ("w{i}"), made once and reused."""
+    from django.contrib.auth import get_user_model
+
+    from gallery.models import Collection
+
+    owner, _ = get_user_model().objects.get_or_create(username="bench-saved-searches")
+    found = []
+    for i in range(count):
+        collection, _ = Collection.objects.get_or_create(
+            owner=owner, name=f"saved w{i}",
+            defaults={"smart_query": f"w{i}", "visibility": "public"},
+        )  # fmt: skip
+        found.append(collection)
+    return found
+
+
 def parsed_benchmark(dataset: Dataset, args: argparse.Namespace, data_dir: Path) -> None:
     import dataclasses
 
@@ -71,6 +90,7 @@ def parsed_benchmark(dataset: Dataset, args: argparse.Namespace, data_dir: Path)
     from search import query_encoder
     from search.ranking import SearchRequest
     from search.selectors import images_search_by_text
+    from search.smart import smart_collection_page
 
     watch = MachineWatch(data_dir)
     print(f"  {metadata_ensure(dataset)}", flush=True)
@@ -97,6 +117,7 @@ def parsed_benchmark(dataset: Dataset, args: argparse.Namespace, data_dir: Path)
          dataclasses.replace(plain, hybrid=True)),
     ]  # fmt: skip
     rows = []
+    collections = smart_collections_ensure(count)
     try:
         for label, text_of, search in forms:
 
@@ -108,6 +129,15 @@ def parsed_benchmark(dataset: Dataset, args: argparse.Namespace, data_dir: Path)
             row = Measured(label, seconds)
             row.recall = float(np.mean([len(r) for r in results]))  # hits per page
             rows.append(row)
+
+        def smart(i: int) -> list[int]:
+            page = smart_collection_page(user=anonymous, collection=collections[int(i)], k=API_K)
+            return [hit.image.pk for hit in page.hits]
+
+        seconds, results = timed_queries(np.arange(count), smart)
+        row = Measured("smart collection page (saved 'w{i}')", seconds)
+        row.recall = float(np.mean([len(r) for r in results]))
+        rows.append(row)
     finally:
         query_encoder.text_embedding = original  # type: ignore[assignment]
     base = rows[0].pct(95)

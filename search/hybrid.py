@@ -22,8 +22,7 @@ import re
 import numpy as np
 from django.contrib.auth.models import AnonymousUser, User
 from django.contrib.postgres.search import SearchQuery, SearchRank, TrigramSimilarity
-from django.db.models import FloatField, OuterRef, Q, Subquery, Value
-from django.db.models.functions import Coalesce, Greatest
+from django.db.models import Max
 
 from gallery.models import CAPTION_WORDS, IMAGE_WORDS, TEXT_SEARCH_CONFIG, Caption
 from search.fusion import RRF_K, fuse_rrf, similarities_of
@@ -76,32 +75,35 @@ def keyword_candidates(
     if not any_word:
         return {}
     query = SearchQuery(any_word, config=TEXT_SEARCH_CONFIG, search_type="websearch")
-    captions = Caption.objects.annotate(words=CAPTION_WORDS).filter(words=query)
-    best_caption = (
-        captions.filter(image_id=OuterRef("pk"))
-        .annotate(rank=SearchRank(CAPTION_WORDS, query))
-        .order_by("-rank")
-        .values("rank")[:1]
-    )
-    matched = (
+    # Three queries, each answered from its own GIN index (one statement ORing them made
+    # PostgreSQL compute every visible image's tsvector: 200 ms at 31,783 images), merged here.
+    by_image_words = (
         images.annotate(words=IMAGE_WORDS)
-        .filter(
-            Q(words=query)
-            | Q(pk__in=captions.values("image_id"))
-            | Q(original_filename__trigram_similar=words)
-        )
-        .annotate(
-            keyword=Greatest(
-                SearchRank(IMAGE_WORDS, query),
-                Coalesce(Subquery(best_caption, output_field=FloatField()), Value(0.0)),
-                TrigramSimilarity("original_filename", words),
-                output_field=FloatField(),
-            )
-        )
-        .order_by("-keyword", "pk")
-        .values_list("pk", "keyword")[:depth]
+        .filter(words=query)
+        .annotate(score=SearchRank(IMAGE_WORDS, query))
+        .order_by("-score", "pk")
+        .values_list("pk", "score")[:depth]
     )
-    return {pk: float(score) for pk, score in matched}
+    by_captions = (
+        Caption.objects.annotate(words=CAPTION_WORDS)
+        .filter(words=query, image__in=images)
+        .values("image_id")
+        .annotate(score=Max(SearchRank(CAPTION_WORDS, query)))
+        .order_by("-score", "image_id")
+        .values_list("image_id", "score")[:depth]
+    )
+    by_name = (
+        images.filter(original_filename__trigram_similar=words)
+        .annotate(score=TrigramSimilarity("original_filename", words))
+        .order_by("-score", "pk")
+        .values_list("pk", "score")[:depth]
+    )
+    scores: dict[int, float] = {}
+    for found in (by_image_words, by_captions, by_name):
+        for pk, score in found:
+            scores[pk] = max(scores.get(pk, 0.0), float(score))
+    best = sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:depth]
+    return dict(best)
 
 
 def images_search_hybrid(

@@ -119,6 +119,10 @@ class Image(models.Model):
             # Keyword search (search.hybrid): the words of the title, description and file
             # name, and the file name's trigrams. The query repeats IMAGE_WORDS exactly, which
             # is what lets PostgreSQL answer it from the index.
+            # A search's taken-date range ("beach July 2023"): only photos with a taken date.
+            models.Index(
+                fields=["taken_at"], condition=Q(taken_at__isnull=False), name="image_taken_at"
+            ),
             GinIndex(IMAGE_WORDS, name="image_words"),
             # The place names a search's words may name (gallery.selectors
             # .place_names_visible_to), read by an index-only scan of the few images with a

@@ -87,13 +87,13 @@ class ImageAdmin(admin.ModelAdmin):
         "thumbnail",
         "id",
         "original_filename",
+        "taken",
         "source",
         "owner_link",
         "visibility",
         "split",
         "width",
         "height",
-        "taken",
         "created_at",
     )
     list_display_links = ("thumbnail", "id")

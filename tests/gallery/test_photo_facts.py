@@ -349,7 +349,7 @@ def test_image_page_shows_camera_and_taken_date_with_its_offset() -> None:
         camera_make="Canon", camera_model="Canon EOS R6",
     )  # fmt: skip
     page = signed_in(image.owner).get(reverse("image", args=[image.pk])).content.decode()
-    assert "Saturday 14 June 2025, 10:30" in page and "UTC+02:00" in page
+    assert "Saturday, 14 June 2025, 10:30" in page and "UTC+02:00" in page
     assert 'datetime="2025-06-14T10:30:00+02:00"' in page
     assert '<dd class="camera">Canon EOS R6</dd>' in page
     plain = ImageFactory(owner=image.owner)

@@ -112,11 +112,11 @@ def test_browse_and_date_sorted_search_go_by_the_day_photos_were_taken(
     # The image page walks the same order with its arrows and says when and with what.
     page.locator(f"figure[data-image-id='{ids['late night']}'] a.thumb").click()
     details = page.locator("aside")
-    expect(details).to_contain_text("Saturday 14 June 2025, 20:00")
+    expect(details).to_contain_text("Saturday, 14 June 2025, 20:00")
     expect(details).to_contain_text("UTC-05:00")
     page.get_by_role("link", name="Older →").click()
     expect(page).to_have_url(f"{url}/images/{ids['summer evening']}/")
-    expect(page.locator("aside")).to_contain_text("Saturday 14 June 2025, 23:00")
+    expect(page.locator("aside")).to_contain_text("Saturday, 14 June 2025, 23:00")
 
     # Search sorted by date: the same days, the same order, under the same headers.
     page.goto(f"{url}/search/?q=a+photo&sort=date")
@@ -193,7 +193,7 @@ def test_a_heic_photo_from_a_phone_becomes_a_visible_searchable_image(
     loaded(stage)
     assert stage.evaluate("img => img.naturalWidth") == 160
     expect(page.locator("aside")).to_contain_text("Apple iPhone 15 Pro")
-    expect(page.locator("aside")).to_contain_text("Saturday 14 June 2025, 10:30")
+    expect(page.locator("aside")).to_contain_text("Saturday, 14 June 2025, 10:30")
 
     # Searchable: a text search finds it.
     page.fill("#top-q", "an orange photo")

@@ -390,6 +390,7 @@ def test_heic_upload_is_stored_and_shown_through_a_jpeg() -> None:
     page = client.get(reverse("image", args=[image.pk])).content.decode()
     display = reverse("image-thumb-size", args=[image.pk, 2048])
     assert f'id="stage-image" src="{display}"' in page
+    assert 'download="IMG_0001.HEIC">Download the original</a>' in page
     for url in (display, answer.json()["thumbnail_url"], reverse("image-thumb", args=[image.pk])):
         response = client.get(url)
         assert response["Content-Type"] == "image/jpeg"

@@ -14,9 +14,11 @@ CHECK = "import django; django.setup(); print('started')"
 def start_with(**env: str) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEBUG"}}
     full.update(
-        DJANGO_SETTINGS_MODULE="config.settings.production",
-        CELERY_BROKER_URL="redis://redis.invalid:6379/0",
-        **env,
+        {
+            "DJANGO_SETTINGS_MODULE": "config.settings.production",
+            "CELERY_BROKER_URL": "redis://redis.invalid:6379/0",
+            **env,
+        }
     )
     return subprocess.run(
         [sys.executable, "-c", CHECK],
@@ -44,6 +46,33 @@ def test_production_refuses_to_start_without_a_database_url() -> None:
     result = start_with(SECRET_KEY="x" * 50, DATABASE_URL="")
     assert result.returncode != 0
     assert "Production settings need DATABASE_URL" in result.stderr
+
+
+def test_production_refuses_to_start_without_a_broker_url() -> None:
+    # Without one, it fell back to ./run's embedded Redis socket under the code's folder.
+    result = start_with(
+        SECRET_KEY="x" * 50,
+        DATABASE_URL="postgresql://u@db.invalid:5432/x",
+        CELERY_BROKER_URL="",
+        REDIS_URL="",
+    )
+    assert result.returncode != 0
+    assert "Production settings need CELERY_BROKER_URL (or REDIS_URL)" in result.stderr
+
+
+def test_production_refuses_a_per_process_cache() -> None:
+    # A broker that is not Redis gives no cache URL: rate limits would be per process.
+    configured = dict(SECRET_KEY="x" * 50, DATABASE_URL="postgresql://u@db.invalid:5432/x")
+    refused = start_with(**configured, CELERY_BROKER_URL="amqp://mq.invalid//", CACHE_URL="")
+    assert refused.returncode != 0
+    assert "Production settings need CACHE_URL" in refused.stderr
+
+    given = start_with(
+        **configured,
+        CELERY_BROKER_URL="amqp://mq.invalid//",
+        CACHE_URL="redis://:secret@redis.invalid:6379/1",
+    )
+    assert given.returncode == 0, given.stderr
 
 
 def test_production_starts_when_configured() -> None:

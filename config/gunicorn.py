@@ -4,20 +4,21 @@ import os
 from typing import Any
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("WEB_WORKERS", "2"))
+# WEB_WORKERS, else WEB_CONCURRENCY (the variable gunicorn and hosting platforms use), else 2.
+workers = int(os.environ.get("WEB_WORKERS") or os.environ.get("WEB_CONCURRENCY") or "2")
 threads = 4
 worker_class = "gthread"
 graceful_timeout = 10
 # Loading a large model (or exporting it to ONNX once) before the first request can take longer
 # than gunicorn's 30 s default for a worker to report in.
-timeout = int(os.environ.get("WEB_TIMEOUT", "120"))
+timeout = int(os.environ.get("WEB_TIMEOUT") or "120")
 accesslog = "-"
 # Each worker is replaced after this many requests (plus a random 0..jitter, so the workers do
 # not all restart at once): memory that one request's peak took (a decoded image, numpy
 # buffers) stays with the process otherwise, as the allocator seldom returns it. A worker
 # finishes the requests it holds before it goes; 0 turns recycling off.
-max_requests = int(os.environ.get("WEB_MAX_REQUESTS", "1000"))
-max_requests_jitter = int(os.environ.get("WEB_MAX_REQUESTS_JITTER", "100"))
+max_requests = int(os.environ.get("WEB_MAX_REQUESTS") or "1000")
+max_requests_jitter = int(os.environ.get("WEB_MAX_REQUESTS_JITTER") or "100")
 # Bounded request heads. The line holds a text query of up to 1,000 characters (search.selectors
 # MAX_QUERY_CHARS) percent-encoded, so it gets gunicorn's largest limit rather than its 4 KB
 # default; headers keep gunicorn's defaults, stated so they are not loosened by accident.

@@ -1,6 +1,9 @@
 """Gunicorn settings for ./run and the compose web service (``gunicorn -c config/gunicorn.py``)."""
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
@@ -28,6 +31,38 @@ limit_request_fields = 100
 limit_request_field_size = 8190
 # gunicorn's control socket lives in $HOME and would be shared by every site on the machine.
 control_socket_disable = True
+
+
+# Prometheus across processes: each worker writes its request metrics into files in
+# PROMETHEUS_MULTIPROC_DIR and /metrics sums them (workers.metrics.scrape_registry), so a scrape
+# answered by any worker gives the site's totals, recycled workers' counts included. Set here,
+# in the master before any worker forks; an operator's own folder is honoured (and emptied at
+# start: the files of a previous run would add to this one's counts).
+_metrics_dir_made: list[str] = []
+
+
+def on_starting(server: Any) -> None:  # gunicorn's hook signature
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        for stale in Path(folder).glob("*.db"):
+            stale.unlink()
+    else:
+        folder = tempfile.mkdtemp(prefix="imagesearch-prometheus-")
+        _metrics_dir_made.append(folder)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    # Its live gauges go; its counters and histograms stay in the sums.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def on_exit(server: Any) -> None:
+    for folder in _metrics_dir_made:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def post_worker_init(worker: Any) -> None:  # gunicorn's hook signature

@@ -16,6 +16,40 @@ graceful_timeout = 10
 # than gunicorn's 30 s default for a worker to report in.
 timeout = int(os.environ.get("WEB_TIMEOUT") or "120")
 accesslog = "-"
+# LOG_FORMAT=json: gunicorn's own lines (start-up, worker exits, the access log) as JSON objects
+# too, with the formatter the site's lines use (kernel.log_format). Text keeps gunicorn's own
+# formats, which are timestamped already.
+if (os.environ.get("LOG_FORMAT") or "").strip().lower() == "json":
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            # kernel.log_format's json formatter (named here: the master has not set up Django).
+            "json": {
+                "()": "pythonjsonlogger.json.JsonFormatter",
+                "fmt": "%(levelname)s %(name)s %(message)s",
+                "rename_fields": {"levelname": "level", "name": "logger"},
+                "timestamp": True,
+            }
+        },
+        "handlers": {
+            "error": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            },
+            "access": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stdout",
+            },
+        },
+        "root": {"level": "INFO", "handlers": []},
+        "loggers": {
+            "gunicorn.error": {"level": "INFO", "handlers": ["error"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
+        },
+    }
 # Each worker is replaced after this many requests (plus a random 0..jitter, so the workers do
 # not all restart at once): memory that one request's peak took (a decoded image, numpy
 # buffers) stays with the process otherwise, as the allocator seldom returns it. A worker

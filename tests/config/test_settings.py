@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 from django.conf import settings
 
@@ -105,11 +107,13 @@ def check_deploy(**env: str) -> subprocess.CompletedProcess[str]:
     # an error under --deploy).
     full = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "TMPDIR"}}
     full.update(
-        DJANGO_SETTINGS_MODULE="config.settings.production",
-        SECRET_KEY="k" * 50 + "-not-the-default",
-        DATABASE_URL="postgresql://u@db.invalid:5432/x",
-        CELERY_BROKER_URL="redis://redis.invalid:6379/0",
-        **env,
+        {
+            "DJANGO_SETTINGS_MODULE": "config.settings.production",
+            "SECRET_KEY": "k" * 50 + "-not-the-default",
+            "DATABASE_URL": "postgresql://u@db.invalid:5432/x",
+            "CELERY_BROKER_URL": "redis://redis.invalid:6379/0",
+            **env,
+        }
     )
     return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
@@ -123,6 +127,22 @@ def check_deploy(**env: str) -> subprocess.CompletedProcess[str]:
 
 def test_check_deploy_is_clean_with_production_settings() -> None:
     result = check_deploy()
+    assert result.returncode == 0, result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+def test_check_deploy_is_clean_with_the_documented_environment() -> None:
+    # .env.example's values as given (what `cp .env.example .env` starts from), with what it
+    # asks the operator to fill in.
+    example = (Path(settings.BASE_DIR) / ".env.example").read_text()
+    given = dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", example, re.MULTILINE))
+    given.update(
+        SECRET_KEY="a-long-random-value-" + "x" * 40,
+        DATABASE_URL="postgresql://imagesearch:app-pw@db.invalid:5432/imagesearch",
+        CELERY_BROKER_URL="redis://:redis-pw@redis.invalid:6379/0",
+        LOG_FORMAT="json",
+    )
+    result = check_deploy(**given)
     assert result.returncode == 0, result.stderr
     assert "System check identified no issues" in result.stdout
 

@@ -94,9 +94,7 @@ def test_migrate_as_a_plain_role_needs_the_printed_statement_first(role: dict[st
     with psycopg.connect(admin_uri(role["database"])) as check:
         owners = {
             row[0]
-            for row in check.execute(
-                "SELECT tableowner FROM pg_tables WHERE schemaname = 'public'"
-            )
+            for row in check.execute("SELECT tableowner FROM pg_tables WHERE schemaname = 'public'")
         }
         extensions = {row[0] for row in check.execute("SELECT extname FROM pg_extension")}
     assert owners == {role["role"]}

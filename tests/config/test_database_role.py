@@ -22,6 +22,8 @@ from django.conf import settings
 from config.devserver import roles
 from kernel.db_setup import REQUIRED_EXTENSIONS
 
+pytestmark = pytest.mark.slow  # manage.py migrate three times in subprocesses
+
 ROOT = Path(settings.BASE_DIR)
 INIT_SCRIPT = ROOT / "deploy" / "postgres" / "init-app-role.sh"
 

@@ -19,10 +19,11 @@ from django.db import DatabaseError, transaction
 REQUIRED_EXTENSIONS: tuple[str, ...] = ("vector",)
 SETUP_COMMAND = "python manage.py db_setup_sql"
 
-# SQLSTATEs: insufficient_privilege, and undefined_file (the extension's files are not on the
-# server: "could not open extension control file").
+# SQLSTATEs: insufficient_privilege; and the extension's files are not on the server:
+# feature_not_supported ("is not available", PostgreSQL 18) or undefined_file ("could not open
+# extension control file", before it).
 _NO_PRIVILEGE = "42501"
-_NOT_INSTALLED = "58P01"
+_NOT_INSTALLED = ("0A000", "58P01")
 
 
 def setup_sql(database: str = "") -> str:
@@ -38,7 +39,7 @@ def setup_sql(database: str = "") -> str:
 
 
 def extension_missing_message(name: str, database: str, sqlstate: str | None) -> str:
-    if sqlstate == _NOT_INSTALLED:
+    if sqlstate in _NOT_INSTALLED:
         return (
             f'The PostgreSQL server has no "{name}" extension installed (pgvector >= 0.8 is '
             "needed): install it on the database server (e.g. the pgvector/pgvector image, or "
@@ -74,7 +75,7 @@ class RequiredExtension(CreateExtension):
                 super().database_forwards(app_label, schema_editor, from_state, to_state)
         except DatabaseError as exc:
             sqlstate = _sqlstate(exc)
-            if sqlstate not in (_NO_PRIVILEGE, _NOT_INSTALLED):
+            if sqlstate != _NO_PRIVILEGE and sqlstate not in _NOT_INSTALLED:
                 raise
             database = connection.settings_dict.get("NAME") or ""
             raise CommandError(extension_missing_message(self.name, database, sqlstate)) from exc

@@ -138,3 +138,16 @@ def test_compose_init_script_makes_a_role_that_migrates(role: dict[str, str]) ->
         assert not role_is_superuser(url)
         migrated = manage("migrate", "--noinput", database_url=url)
     assert migrated.returncode == 0, migrated.stderr[-3000:]
+
+
+@pytest.mark.django_db
+def test_an_extension_the_server_lacks_is_named_with_what_to_install() -> None:
+    from django.core.management.base import CommandError
+    from django.db import connection
+
+    from kernel.db_setup import RequiredExtension
+
+    with connection.schema_editor() as editor, pytest.raises(CommandError) as refused:
+        RequiredExtension("no_such_extension").database_forwards("gallery", editor, None, None)
+
+    assert 'has no "no_such_extension" extension installed' in str(refused.value)

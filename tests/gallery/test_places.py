@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 
 from gallery.models import Image
 from gallery.places import place_of
+from gallery.services.images import image_upload
 from gallery.services.places import image_place_fill
-from tests.factories import ImageFactory
+from tests.factories import ImageFactory, UserFactory, jpeg_bytes, photo_bytes
+from tests.gallery.test_photo_facts import rationals
 
 
 def test_positions_resolve_to_places_offline() -> None:
@@ -42,3 +45,18 @@ def test_the_command_fills_images_with_a_position_and_no_place(capsys) -> None:
     assert nowhere.place_country == ""
     call_command("places_fill")
     assert "0 of 0" in capsys.readouterr().out
+
+
+@pytest.mark.django_db
+def test_an_upload_with_a_position_gets_its_place() -> None:
+    content = photo_bytes(gps=("S", rationals(33, 51, 54), "E", rationals(151, 12, 36)))
+    image = image_upload(
+        owner=UserFactory(), file=SimpleUploadedFile("harbour.jpg", content, "image/jpeg")
+    )
+    image.refresh_from_db()
+    assert image.place_city.startswith("Sydney") and image.place_country_code == "AU"
+    assert image.place_region and image.place_country == "Australia"
+    plain = image_upload(
+        owner=UserFactory(), file=SimpleUploadedFile("x.jpg", jpeg_bytes(), "image/jpeg")
+    )
+    assert plain.place_country == ""

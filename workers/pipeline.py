@@ -175,6 +175,9 @@ def images_embed_batch(
     ids = [i.pk for i in images]
     if not images:
         return result
+    # At DEBUG, which images each worker took and embedded (tests/workers/test_multi_host.py
+    # reads them to count each image's trips through a model across the workers' own logs).
+    logger.debug("%s: holds images %s", model_id, ids)
     worker = heartbeat.current()
     if encoder is None:
         try:
@@ -185,11 +188,28 @@ def images_embed_batch(
             worker.note_loaded(model_id)
     batch_size = batch_size or settings.EMBEDDING_BATCH_SIZE
     embedding_jobs_record_attempt(model_id=model_id, image_ids=ids)
+    to_do = [pk for pk in ids if pk in held]  # the jobs this run holds and has yet to do
     with ThreadPoolExecutor(settings.EMBEDDING_DECODE_THREADS, "decode") as pool:
         for batch in _decoded_batches(images, batch_size, pool):
-            embedding_jobs_renew_lease(
-                model_id=model_id, image_ids=[pk for pk, _, _ in batch], lease=lease, owner=owner
+            # Every job this run has yet to do, not only this sub-batch's: a message bigger
+            # than the sub-batch may outlast one lease, and the sweep would meanwhile hand its
+            # later sub-batches to another worker. A job this run no longer holds (its lease
+            # ran out and another run took it) is that run's now: never embedded twice.
+            kept = set(
+                embedding_jobs_renew_lease(
+                    model_id=model_id, image_ids=to_do, lease=lease, owner=owner
+                )
             )
+            lost = {pk for pk, _, _ in batch if pk in held and pk not in kept}
+            if lost:
+                logger.warning(
+                    "%s: %d images were taken by another worker once this one's lease ran "
+                    "out; left to it", model_id, len(lost),
+                )  # fmt: skip
+                result.skipped += len(lost)
+                batch = [entry for entry in batch if entry[0] not in lost]
+            in_hand = {pk for pk, _, _ in batch}
+            to_do = [pk for pk in to_do if pk in kept and pk not in in_hand]
             ok = [(pk, picture) for pk, picture, _ in batch if picture is not None]
             failures = {pk: reason for pk, picture, reason in batch if picture is None}
             if ok:
@@ -201,6 +221,7 @@ def images_embed_batch(
                     replace=replace,
                 )
                 result.embedded += len(ok)
+                logger.debug("%s: embedded images %s", model_id, [pk for pk, _ in ok])
                 if worker is not None:
                     worker.note_embedded(len(ok))
             embedding_jobs_mark_failed(model_id=model_id, failures=failures)

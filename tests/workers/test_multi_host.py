@@ -5,7 +5,7 @@ but URLs passed in the environment.
 - web: gunicorn with the production settings; beat; two healthy Celery workers; a third worker
   whose copy of the ALIGN weights is missing (it loads CLIP only);
 - PostgreSQL + pgvector over TCP with a password, the site connecting as a role that is not a
-  superuser (the superuser created the vector extension first: the one statement a DBA runs);
+  superuser (the superuser first ran what ``manage.py db_setup_sql`` prints, as a DBA does);
 - Redis with a password (broker, database 0; cache, database 1);
 - no shared media folder: the images live in an S3 bucket. No MinIO binary is installable where
   the tests run; moto's standalone server (tests/s3_server.py) speaks the S3 protocol over HTTP,
@@ -97,6 +97,7 @@ def test_web_and_workers_on_separate_hosts_embed_every_image_once(
             "SESSION_COOKIE_SECURE": "false",
             "CSRF_COOKIE_SECURE": "false",
             "SECURE_HSTS_SECONDS": "0",
+            "LOG_FORMAT": "text",  # the workers' lines are read back (tests/multi_host.py)
         }
         worker_env = {**shared, "DJANGO_SETTINGS_MODULE": "tests.multi_host_settings"}
         web = Host(tmp_path, "web-host", {**shared, "WEB_WORKERS": "1"})

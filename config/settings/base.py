@@ -341,7 +341,8 @@ def image_storages(environ: Any = os.environ) -> dict[str, dict[str, Any]]:
             max_pool_connections=64,
         ),
     }
-    backend = "storages.backends.s3.S3Storage"
+    # django-storages' S3Storage, reading each file with one request (gallery.storage).
+    backend = "gallery.storage.OneRequestS3Storage"
     return {
         "default": {"BACKEND": backend, "OPTIONS": options},
         "thumbnails": {"BACKEND": backend, "OPTIONS": {**options, "file_overwrite": True}},

@@ -466,7 +466,7 @@ def pipeline_run(
     """(b)/(c): images_embed_batch into PostgreSQL, from no embeddings for the model."""
     from django.db import connection
 
-    from workers.models import ImageEmbedding
+    from workers.models import EmbeddingJob, ImageEmbedding
     from workers.pipeline import images_embed_batch
 
     results = []
@@ -474,6 +474,8 @@ def pipeline_run(
     def prepare() -> None:
         results.clear()
         ImageEmbedding.objects.filter(model_id=MODEL_ID).delete()
+        # Their jobs too: a job already done is not taken again (only pending jobs are leased).
+        EmbeddingJob.objects.filter(model_id=MODEL_ID).delete()
         # Dead index entries from the previous run would make this run's inserts slower.
         with connection.cursor() as cursor:
             cursor.execute(f"VACUUM {ImageEmbedding._meta.db_table}")

@@ -19,6 +19,7 @@ from kernel.views import DATABASE_ERRORS
 from workers.models import EmbeddingJob, EmbeddingModel
 from workers.queueing import broker_queue_length
 from workers.readiness import embedding_job_counts, live_workers
+from workers.routing import embedding_queue
 
 logger = logging.getLogger(__name__)
 _registered = False
@@ -63,9 +64,12 @@ class SiteCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         queue = _queue_family()
-        length = broker_queue_length(settings.EMBEDDING_QUEUE)
-        if length is not None:
-            queue.add_metric([settings.EMBEDDING_QUEUE], length)
+        # Each model's queue (workers.routing) and the housekeeping one.
+        names = [embedding_queue(m) for m in settings.EMBEDDING_MODELS]
+        for name in [*names, settings.CELERY_TASK_DEFAULT_QUEUE]:
+            length = broker_queue_length(name)
+            if length is not None:
+                queue.add_metric([name], length)
         yield queue
         try:
             counts = embedding_job_counts()

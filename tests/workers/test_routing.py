@@ -30,10 +30,8 @@ ALIGN = "align-base"
 
 
 def photos(n: int, shade: int = 0) -> list:
-    return [
-        ImageFactory(dataset=True, content=jpeg_bytes(color=(i * 20 % 256, shade, 90), size=(48, 32)))
-        for i in range(n)
-    ]
+    colours = [(i * 20 % 256, shade, 90) for i in range(n)]
+    return [ImageFactory(dataset=True, content=jpeg_bytes(color=c, size=(48, 32))) for c in colours]
 
 
 def models_enable(*model_ids: str) -> None:
@@ -59,8 +57,8 @@ def heartbeat_of(worker: Worker) -> WorkerRow | None:
 @pytest.mark.django_db
 def test_batch_size_is_chosen_by_device_unless_set(settings) -> None:
     settings.EMBEDDING_BATCH_SIZE = 0
-    assert (batch_size_for("cuda"), batch_size_for("cuda:1"), batch_size_for("cpu")) == (256, 256, 32)
-    assert batch_size_for("mps") == 32
+    sizes = [batch_size_for(device) for device in ("cuda", "cuda:1", "cpu", "mps")]
+    assert sizes == [256, 256, 32, 32]
     settings.EMBEDDING_DEVICE = "cuda"  # told, not detected: no GPU is needed to report it
     assert heartbeat.WorkerProcess(name="gpu@test").batch_size == 256
     settings.EMBEDDING_DEVICE = "cpu"
@@ -91,6 +89,15 @@ def test_a_worker_serves_the_enabled_models_it_is_given(settings) -> None:
     settings.EMBEDDING_WORKER_MODELS = [ALIGN, "siglip-base-patch16-224"]  # not enabled: left out
     assert worker_models() == [ALIGN]
     assert embedding_queue(ALIGN) == "embed.align-base"
+
+
+def test_the_memory_limit_is_measured_as_celery_measures_prefork_children(settings) -> None:
+    settings.CELERY_WORKER_MAX_MEMORY_PER_CHILD = 1  # KiB: any Python process is past it
+    assert heartbeat.memory_over_limit()
+    settings.CELERY_WORKER_MAX_MEMORY_PER_CHILD = 1024 * 1024 * 1024  # 1 TiB
+    assert not heartbeat.memory_over_limit()
+    settings.CELERY_WORKER_MAX_MEMORY_PER_CHILD = 0  # no limit
+    assert not heartbeat.memory_over_limit()
 
 
 # --- the soft time limit ---------------------------------------------------------------------
@@ -145,9 +152,7 @@ def test_a_batch_past_its_soft_time_limit_releases_its_jobs_to_be_queued_again(
 
 
 @pytest.fixture
-def start_worker(
-    redis_url: str, tiny_models, tmp_path: Path
-) -> Iterator[Callable[..., Worker]]:
+def start_worker(redis_url: str, tiny_models, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     base = worker_environment(
         redis_url, tiny_models,
         EMBEDDING_MODELS=f"{CLIP},{ALIGN}", WORKER_HEARTBEAT_SECONDS="0.5",
@@ -264,9 +269,7 @@ def test_a_model_that_failed_to_load_is_tried_again_and_its_queue_taken(
     models_enable(CLIP)
     images = photos(3)
     later = tmp_path / "weights-arrive-later"
-    worker = start_worker(
-        EMBEDDING_WORKER_MODELS=CLIP, EMBEDDING_MODEL_SOURCES=f"{CLIP}={later}"
-    )
+    worker = start_worker(EMBEDDING_WORKER_MODELS=CLIP, EMBEDDING_MODEL_SOURCES=f"{CLIP}={later}")
     wait_for(lambda: (r := heartbeat_of(worker)) is not None and CLIP in r.models_failed, 120,
              worker.log)  # fmt: skip
     assert heartbeat_of(worker).queues == []

@@ -476,7 +476,7 @@ def pipeline_run(
     """(b)/(c): images_embed_batch into PostgreSQL, from no embeddings for the model."""
     from django.db import connection
 
-    from workers.models import ImageEmbedding
+    from workers.models import EmbeddingJob, ImageEmbedding
     from workers.pipeline import images_embed_batch
 
     results = []
@@ -484,6 +484,9 @@ def pipeline_run(
     def prepare() -> None:
         results.clear()
         ImageEmbedding.objects.filter(model_id=MODEL_ID).delete()
+        # As new images: a "done" job left by the previous run would make the pipeline skip
+        # its image (only pending jobs are taken), and every run after the first embed nothing.
+        EmbeddingJob.objects.filter(model_id=MODEL_ID).delete()
         # Dead index entries from the previous run would make this run's inserts slower.
         with connection.cursor() as cursor:
             cursor.execute(f"VACUUM {ImageEmbedding._meta.db_table}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
@@ -204,7 +204,9 @@ def embeddings_sweep_send(*, model_id: str) -> None:
     """
 
     def send_sweep() -> None:
-        error = task_send(SWEEP_TASK, kwargs={"model_id": model_id}, queue="cpu")
+        error = task_send(
+            SWEEP_TASK, kwargs={"model_id": model_id}, queue=settings.CELERY_TASK_DEFAULT_QUEUE
+        )
         if error is not None:
             logger.warning("broker unavailable (%s): the next sweep queues %s", error, model_id)
 
@@ -655,7 +657,10 @@ class WorkerReport:
     models_loaded: list[str]
     models_failed: dict[str, str]
     embedded: int = 0
+    batches: int = 0
     rate_per_minute: float = 0.0
+    storage_error: str = ""
+    queues: list[str] = field(default_factory=list)
 
 
 def worker_heartbeat_record(*, report: WorkerReport) -> Worker:
@@ -675,7 +680,10 @@ def worker_heartbeat_record(*, report: WorkerReport) -> Worker:
             "models_loaded": report.models_loaded,
             "models_failed": report.models_failed,
             "embedded": report.embedded,
+            "batches": report.batches,
             "rate_per_minute": report.rate_per_minute,
+            "storage_error": report.storage_error[:2000],
+            "queues": report.queues,
             "last_seen": Now(),
         }
         worker, _ = Worker.objects.update_or_create(

@@ -23,7 +23,13 @@ from encoders.registry import model_spec
 from gallery.models import Caption, Image
 from gallery.selectors import collections_visible_to, images_visible_to
 from kernel.errors import InvalidInput, NotAuthenticated, NotFound
-from search.ranking_sql import binding_cursor, image_of_row, ranking_execute, scope_sql
+from search.ranking_sql import (
+    binding_cursor,
+    image_of_row,
+    nearest_lists_execute,
+    ranking_execute,
+    scope_sql,
+)
 from workers.index_scans import hnsw_scan_transaction
 from workers.models import EmbeddingJob, ImageEmbedding
 
@@ -404,6 +410,43 @@ def candidates_nearest(
     if len(rows) < depth and not exact:
         rows, exact = _nearest_rows(**query, depth=depth, exact=True)
     return {image_id: 1.0 - float(distance) for image_id, distance, _ in rows}, exact
+
+
+def candidate_lists_nearest(
+    *,
+    model_ids: Sequence[str],
+    vectors: Sequence[QueryVector],
+    depth: int,
+    **scope: Unpack[SearchScope],
+) -> tuple[list[list[int]], bool]:
+    """Each model's ``depth`` nearest images in the search's scope (image ids, nearest first;
+    ``vectors[i]`` is ``model_ids[i]``'s query), and whether every list is exact: every
+    model's index query in one statement (``search.ranking_sql.nearest_lists_execute``),
+    ordered as its HNSW index orders them (half precision: no full vector is read). The
+    one-model guarantee holds: a list the index leaves short is fetched again without it, so
+    each holds min(depth, the model's images in scope)."""
+    images, exact = _search_scope(
+        user=scope["user"], model_id=model_ids[0], filters=scope["filters"],
+        exclude_image_id=scope["exclude_image_id"], exact=None,
+    )  # fmt: skip
+    wanted = [
+        (model_id, model_spec(model_id).dim, vector, exact)
+        for model_id, vector in zip(model_ids, vectors, strict=True)
+    ]
+    with hnsw_scan_transaction() as alias, binding_cursor(alias) as cursor:
+        query_scope = scope_sql(images, alias=alias)
+        lists = nearest_lists_execute(cursor, lists=wanted, scope=query_scope, depth=depth)
+        short = [i for i, found in enumerate(lists) if len(found) < depth and not wanted[i][3]]
+        if short:
+            again = [(*wanted[i][:3], True) for i in short]
+            for i, found in zip(
+                short,
+                nearest_lists_execute(cursor, lists=again, scope=query_scope, depth=depth),
+                strict=True,
+            ):
+                lists[i] = found
+                wanted[i] = again[short.index(i)]
+    return lists, all(list_exact for *_, list_exact in wanted)
 
 
 def _nearest_rows(

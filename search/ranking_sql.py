@@ -101,12 +101,7 @@ def _statement(*, dim: int, exact: bool, hits: bool, scope: str) -> str:
     embeddings = ImageEmbedding._meta.db_table
     images = Image._meta.db_table
     captions = Caption._meta.db_table
-    # Only the scope's placeholders are %s: each becomes a named one, in order.
-    parts = scope.replace("%%", "\0").split("%s")
-    scope = "".join(
-        part + (f"%(scope_{index})s" if index < len(parts) - 1 else "")
-        for index, part in enumerate(parts)
-    ).replace("\0", "%%")
+    scope = _named_scope(scope)
     query = "(%(vector)s::vector)"
     if exact:
         where = f"e.model_id = %(model_id)s AND e.image_id IN ({scope})"
@@ -159,6 +154,69 @@ def ranking_execute(
     }
     cursor.execute(_statement(dim=dim, exact=exact, hits=hits, scope=scope_text), params)
     return cursor.fetchall()
+
+
+@functools.lru_cache(maxsize=64)
+def _lists_statement(*, dims: tuple[int, ...], exact: tuple[bool, ...], scope: str) -> str:
+    """Several models' nearest images in one statement (one round trip): per model, the ids
+    of its ``depth`` nearest in the scope, in order, as rows (list, image id, position)."""
+    embeddings = ImageEmbedding._meta.db_table
+    scope = _named_scope(scope)
+    branches = []
+    for index, (dim, by_vector) in enumerate(zip(dims, exact, strict=True)):
+        query = f"(%(vector_{index})s::vector)"
+        # The index's own expression (a partial halfvec index per model), or the full vectors
+        # for a list the index left short (a scan of every row in scope).
+        order = (
+            f"c.vector <=> {query}"
+            if by_vector
+            else f"(c.vector::halfvec({dim})) <=> ({query}::halfvec({dim}))"
+        )
+        branches.append(
+            f"""SELECT {index} AS list, u.image_id, u.position FROM unnest(ARRAY(
+                SELECT c.image_id FROM "{embeddings}" c
+                WHERE c.model_id = %(model_{index})s AND c.image_id IN ({scope})
+                ORDER BY {order} LIMIT %(depth)s)) WITH ORDINALITY AS u(image_id, position)"""
+        )
+    return "\nUNION ALL\n".join(branches)
+
+
+def nearest_lists_execute(
+    cursor: CursorWrapper,
+    *,
+    lists: Sequence[tuple[str, int, Sequence[float] | np.ndarray, bool]],
+    scope: tuple[str, tuple[Any, ...]],
+    depth: int,
+) -> list[list[int]]:
+    """Each of ``lists`` (model id, dimension, query vector, exact?) as the ids of its model's
+    ``depth`` nearest images in ``scope``, nearest first, from one statement on ``cursor``."""
+    scope_text, scope_params = scope
+    params: dict[str, Any] = {
+        "depth": depth,
+        **{f"scope_{index}": value for index, value in enumerate(scope_params)},
+    }
+    for index, (model_id, _, vector, _) in enumerate(lists):
+        params[f"model_{index}"] = model_id
+        params[f"vector_{index}"] = BinaryVector(vector)
+    statement = _lists_statement(
+        dims=tuple(dim for _, dim, _, _ in lists),
+        exact=tuple(exact for *_, exact in lists),
+        scope=scope_text,
+    )
+    cursor.execute(statement, params)
+    found: list[list[int]] = [[] for _ in lists]
+    for index, image_id, _ in sorted(cursor.fetchall(), key=lambda row: (row[0], row[2])):
+        found[index].append(image_id)
+    return found
+
+
+def _named_scope(scope: str) -> str:
+    # Only the scope's placeholders are %s: each becomes a named one, in order.
+    parts = scope.replace("%%", "\0").split("%s")
+    return "".join(
+        part + (f"%(scope_{index})s" if index < len(parts) - 1 else "")
+        for index, part in enumerate(parts)
+    ).replace("\0", "%%")
 
 
 def image_of_row(row: Sequence[Any], *, alias: str) -> Image:

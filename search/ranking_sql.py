@@ -140,9 +140,11 @@ def ranking_execute(
     limit: int,
     offset: int,
     hits: bool,
+    explain: bool = False,
 ) -> list[tuple[Any, ...]]:
     """Run the ranking statement on ``cursor`` (a ``binding_cursor``): rows of (image id,
-    cosine distance), plus (caption texts, the image's columns...) with ``hits``."""
+    cosine distance), plus (caption texts, the image's columns...) with ``hits``; with
+    ``explain``, its plan's lines (EXPLAIN, for the tests that check the index is used)."""
     scope_text, scope_params = scope
     params: dict[str, Any] = {
         "vector": BinaryVector(vector),
@@ -152,7 +154,8 @@ def ranking_execute(
         "offset": offset,
         **{f"scope_{index}": value for index, value in enumerate(scope_params)},
     }
-    cursor.execute(_statement(dim=dim, exact=exact, hits=hits, scope=scope_text), params)
+    statement = _statement(dim=dim, exact=exact, hits=hits, scope=scope_text)
+    cursor.execute(f"EXPLAIN {statement}" if explain else statement, params)
     return cursor.fetchall()
 
 

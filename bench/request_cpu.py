@@ -48,9 +48,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", type=int, default=0, help="cProfile: show N functions")
     parser.add_argument("--path", default="/api/search?q={text}", help="{text}: a query text")
-    parser.add_argument(
-        "--fused", action="store_true", help="search with both bench models (A+B)"
-    )
+    parser.add_argument("--fused", action="store_true", help="search with both bench models (A+B)")
     parser.add_argument("--points-per-cluster", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reload", action="store_true")

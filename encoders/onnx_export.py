@@ -167,7 +167,7 @@ INT8_PROBE = "queries-v1"
 
 def int8_checked(meta: Mapping[str, Any]) -> bool:
     """Whether ``meta`` (an export's meta.json) holds an int8 check on today's probe inputs."""
-    return meta.get("int8", {}).get("probe") == INT8_PROBE
+    return bool(meta.get("int8", {}).get("probe") == INT8_PROBE)
 
 
 def quantize_int8(probe: ExportProbe, *, export_dir: Path, run_graph: RunGraph) -> dict[str, Any]:

@@ -42,7 +42,9 @@ class EmbeddingModelEvaluationsAdmin(EmbeddingModelAdmin):
     beside the published figure for the same weights."""
 
     change_list_template = "admin/search/embeddingmodel/change_list.html"
-    list_display = (*EmbeddingModelAdmin.list_display, "query_encoder")
+
+    def get_list_display(self, request: HttpRequest) -> tuple[Any, ...]:
+        return (*super().get_list_display(request), "query_encoder")
 
     @admin.display(description="Query encoder (this web process)")
     def query_encoder(self, obj: EmbeddingModel) -> str:

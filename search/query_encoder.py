@@ -11,7 +11,6 @@ import functools
 import logging
 import threading
 import time
-
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,7 +99,7 @@ def query_encoder_for(model_id: str) -> Encoder:
         raise failed[1].with_traceback(None)
     try:
         encoder = encoder_for(model_id, dtype=dtype)
-        if auto and dtype == "int8" and encoder.backend != "onnx":
+        if auto and dtype == "int8" and getattr(encoder, "backend", "") != "onnx":
             # ONNX Runtime could not serve it: torch's int8 has no recorded check.
             encoder = encoder_for(model_id, dtype="float32")
     except WeightsUnavailableError as exc:

@@ -71,10 +71,12 @@ def binding_cursor(alias: str) -> Iterator[CursorWrapper]:
     connection.ensure_connection()
     raw = psycopg.Cursor(connection.connection)
     raw.adapters.register_dumper(BinaryVector, _BinaryVectorDumper)
+    # Django's wrappers take any DB-API cursor; the stubs name only their own.
+    inner: Any = raw
     wrapped = (
-        connection.make_debug_cursor(raw)
+        connection.make_debug_cursor(inner)
         if connection.queries_logged
-        else connection.make_cursor(raw)
+        else connection.make_cursor(inner)
     )
     try:
         yield wrapped
@@ -115,7 +117,7 @@ def _statement(*, dim: int, exact: bool, hits: bool, scope: str) -> str:
             WHERE c.model_id = %(model_id)s AND c.image_id IN ({scope})
             ORDER BY (c.vector::halfvec({dim})) <=> ({query}::halfvec({dim}))
             LIMIT %(candidates)s))"""
-    columns = "e.image_id, (e.vector <=> {query}) AS distance".format(query=query)
+    columns = f"e.image_id, (e.vector <=> {query}) AS distance"
     join = ""
     if hits:
         image_columns = ", ".join(f'i."{name}"' for name in _IMAGE_FIELDS)

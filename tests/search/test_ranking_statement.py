@@ -105,9 +105,17 @@ def test_the_statement_takes_its_candidates_from_the_models_index() -> None:
         rows = "\n".join(
             row[0]
             for row in ranking_execute(
-                cursor, model_id=CLIP, dim=512, vector=clustered(1, seed=1)[0],
-                scope=scope_sql(scope, alias=alias), exact=False, candidates=40, limit=21,
-                offset=0, hits=True, explain=True,
+                cursor,
+                model_id=CLIP,
+                dim=512,
+                vector=clustered(1, seed=1)[0],
+                scope=scope_sql(scope, alias=alias),
+                exact=False,
+                candidates=40,
+                limit=21,
+                offset=0,
+                hits=True,
+                explain=True,
             )  # fmt: skip
         )
     # The parameter's value is shown in the plan: drop the 512 floats.

@@ -417,6 +417,7 @@ def candidate_lists_nearest(
     model_ids: Sequence[str],
     vectors: Sequence[QueryVector],
     depth: int,
+    ef_search: int | None = None,
     **scope: Unpack[SearchScope],
 ) -> tuple[list[list[int]], bool]:
     """Each model's ``depth`` nearest images in the search's scope (image ids, nearest first;
@@ -424,7 +425,8 @@ def candidate_lists_nearest(
     model's index query in one statement (``search.ranking_sql.nearest_lists_execute``),
     ordered as its HNSW index orders them (half precision: no full vector is read). The
     one-model guarantee holds: a list the index leaves short is fetched again without it, so
-    each holds min(depth, the model's images in scope)."""
+    each holds min(depth, the model's images in scope). ``ef_search``: the index scans'
+    hnsw.ef_search (None: the server's)."""
     images, exact = _search_scope(
         user=scope["user"], model_id=model_ids[0], filters=scope["filters"],
         exclude_image_id=scope["exclude_image_id"], exact=None,
@@ -433,7 +435,10 @@ def candidate_lists_nearest(
         (model_id, model_spec(model_id).dim, vector, exact)
         for model_id, vector in zip(model_ids, vectors, strict=True)
     ]
-    with hnsw_scan_transaction() as alias, binding_cursor(alias) as cursor:
+    with (
+        hnsw_scan_transaction(ef_search=ef_search) as alias,
+        binding_cursor(alias) as cursor,
+    ):
         query_scope = scope_sql(images, alias=alias)
         lists = nearest_lists_execute(cursor, lists=wanted, scope=query_scope, depth=depth)
         short = [i for i, found in enumerate(lists) if len(found) < depth and not wanted[i][3]]

@@ -91,15 +91,15 @@ FUSE: dict[str, Callable[[Sequence[np.ndarray]], np.ndarray]] = {
 # Each model's candidates: the fused top k is drawn from their union, and each candidate's
 # rank within a model is its place in that model's list (past every listed one for an image
 # the model did not list). Chosen by measurement against RRF over the whole gallery (the
-# evaluation's, search.fusion.fuse_rrf): the fused top 20's agreement with it, 100 queries on
-# bench/search_latency.py's 31,783 clustered vectors with exact top lists, was 0.966 / 0.984 /
-# 0.995 / 0.998 / 1.000 at 600 / 700 / 800 / 900 / 1,000 candidates (0.854 at 300); 1,000
-# leaves room for the index's approximate lists (bench/search_latency.py --fused measures the
-# product's own). The lists cost an index scan each and no full vector (see
-# ``candidate_lists_nearest``).
+# evaluation's, ``fuse_rrf``): the fused top 20's agreement with it on bench/search_latency.py's
+# 31,783 clustered vectors per model. With exact top lists (numpy, 100 queries) it was 0.854 /
+# 0.966 / 0.984 / 0.995 / 0.998 / 1.000 at 300 / 600 / 700 / 800 / 900 / 1,000 candidates.
+# With the product's lists (HNSW, 60 queries, bench/README.md): 0.973 at 1,000 candidates and
+# ef_search 40, 0.993 at ef_search 200, 0.996 at ef_search 1000 (the same database CPU, about
+# 33 ms per search on a loaded 2-core box), 0.990 at 800 / 1000. The lists read no full vector
+# and need no second query for the images a model did not list.
 FUSION_CANDIDATES = 1000
-# hnsw.ef_search of those index scans (pgvector's largest): measured with the lists above,
-# ef_search 40 (pgvector's default, the one-model search's) agreed 0.977 at 1,000 candidates.
+# hnsw.ef_search of those index scans (pgvector's largest), SET LOCAL in their transaction.
 FUSION_EF_SEARCH = 1000
 SEARCH_FUSION = "rrf"
 

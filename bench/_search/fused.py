@@ -6,8 +6,9 @@ are alike, as real models roughly do), other centres and noise. Then, for the sa
 
 - one model: ``images_search_by_vector`` (clip-vit-base-patch32, k = API_K), the API's work;
 - fused: ``images_search_fused`` (both models' top FUSION_CANDIDATES through their HNSW
-  indexes, the union scored by both, RRF), the same k;
-- the check a fused request runs first: ``models_choose("A+B")`` (both complete);
+  indexes in one statement, each candidate ranked by its place in each list, RRF), the same k;
+- the check a fused request runs first: ``models_choose("A+B")`` (both complete: one
+  statement once the completeness is recorded, which the first call does);
 - agreement of the fused top k with RRF computed exactly in numpy over the whole gallery
   (``search.fusion.fuse_rrf``), the ranking fused search approximates with top lists.
 

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('workers', '0002_worker_heartbeat_job_lease_owner'),
+        ('workers', '0003_worker_storage_queues_batches'),
     ]
 
     operations = [

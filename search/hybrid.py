@@ -23,9 +23,10 @@ import numpy as np
 from django.contrib.auth.models import AnonymousUser, User
 from django.contrib.postgres.search import SearchQuery, SearchRank, TrigramSimilarity
 from django.db.models import Max
+from pgvector.django import CosineDistance
 
 from gallery.models import CAPTION_WORDS, IMAGE_WORDS, TEXT_SEARCH_CONFIG, Caption
-from search.fusion import RRF_K, fuse_rrf, similarities_of
+from search.fusion import RRF_K, fuse_rrf
 from search.ranking import (
     QueryVector,
     SearchFilters,
@@ -40,6 +41,7 @@ from search.ranking import (
     search_validate_page,
     search_validate_sort,
 )
+from workers.models import ImageEmbedding
 
 # Each side's candidates; the fused page is drawn from their union (as fused search's 300).
 HYBRID_CANDIDATES = 300
@@ -47,6 +49,17 @@ HYBRID_CANDIDATES = 300
 # threshold for its % operator, which the trigram index serves).
 FILENAME_SIMILARITY = 0.3
 HYBRID_FUSION = "rrf"
+
+
+def _similarities(*, model_id: str, vector: QueryVector, image_ids: set[int]) -> dict[int, float]:
+    """Cosine similarity of ``model_id``'s embeddings of ``image_ids`` to ``vector``: the
+    meaning-side score of keyword matches the vector top list did not hold."""
+    rows = (
+        ImageEmbedding.objects.filter(model_id=model_id, image_id__in=image_ids)
+        .annotate(distance=CosineDistance("vector", list(vector)))
+        .values_list("image_id", "distance")
+    )
+    return {image_id: 1.0 - float(distance) for image_id, distance in rows}
 
 
 def keyword_candidates(
@@ -139,7 +152,7 @@ def images_search_hybrid(
     if missing:
         by_vector = {
             **by_vector,
-            **similarities_of(model_id=model_id, vector=vector, image_ids=missing),
+            **_similarities(model_id=model_id, vector=vector, image_ids=missing),
         }
     if search.min_score is not None:
         # Still a floor on the cosine similarity (every image of the union has one), though

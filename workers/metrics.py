@@ -37,6 +37,7 @@ from workers.readiness import (
     live_workers,
     workers_embedded,
 )
+from workers.routing import embedding_queue
 
 logger = logging.getLogger(__name__)
 _registered = False
@@ -108,9 +109,12 @@ class SiteCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         queue = _queue_family()
-        length = broker_queue_length(settings.EMBEDDING_QUEUE)
-        if length is not None:
-            queue.add_metric([settings.EMBEDDING_QUEUE], length)
+        # Each model's queue (workers.routing) and the housekeeping one.
+        names = [embedding_queue(m) for m in settings.EMBEDDING_MODELS]
+        for name in [*names, settings.CELERY_TASK_DEFAULT_QUEUE]:
+            length = broker_queue_length(name)
+            if length is not None:
+                queue.add_metric([name], length)
         yield queue
         try:
             counts = embedding_job_counts()

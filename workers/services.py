@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
@@ -191,8 +191,29 @@ def embedding_model_enable(*, model_id: str) -> EmbeddingModel:
     state, _ = EmbeddingModel.objects.update_or_create(
         model_id=model_id, defaults={"enabled": True}
     )
+    embedding_completeness_forget(model_id=model_id)
     embeddings_sweep_send(model_id=model_id)
     return state
+
+
+def embedding_completeness_forget(*, model_id: str) -> None:
+    """Void ``model_id``'s recorded completeness (``EmbeddingModel.embeddings_complete``): for
+    changes its O(1) check cannot see (no newer image, no pending job), such as embeddings
+    deleted with the model disabled, or a model enabled again."""
+    EmbeddingModel.objects.filter(model_id=model_id).update(
+        embeddings_complete=False, completeness_version=F("completeness_version") + 1
+    )
+
+
+def embedding_completeness_record(*, model_id: str, version: int, through_image_id: int) -> bool:
+    """Record that ``model_id`` has embedded every image up to ``through_image_id`` (nothing
+    remaining, as ``embedding_progress`` counted it), unless its completeness was voided since
+    ``version`` was read (a change made while it was counted). Returns whether it was kept."""
+    return bool(
+        EmbeddingModel.objects.filter(model_id=model_id, completeness_version=version).update(
+            embeddings_complete=True, complete_through_image_id=through_image_id
+        )
+    )
 
 
 def embeddings_sweep_send(*, model_id: str) -> None:
@@ -204,7 +225,9 @@ def embeddings_sweep_send(*, model_id: str) -> None:
     """
 
     def send_sweep() -> None:
-        error = task_send(SWEEP_TASK, kwargs={"model_id": model_id}, queue="cpu")
+        error = task_send(
+            SWEEP_TASK, kwargs={"model_id": model_id}, queue=settings.CELERY_TASK_DEFAULT_QUEUE
+        )
         if error is not None:
             logger.warning("broker unavailable (%s): the next sweep queues %s", error, model_id)
 
@@ -237,6 +260,7 @@ def embedding_model_disable(*, model_id: str, delete_embeddings: bool = False) -
         EmbeddingJob.objects.filter(model_id=model_id, status=EmbeddingJob.Status.PENDING).delete()
         # Images lost their jobs: the next enable's sweep must look at every image again.
         EmbeddingModel.objects.filter(model_id=model_id).update(jobs_cursor=0)
+        embedding_completeness_forget(model_id=model_id)
         if not delete_embeddings:
             return 0
         EmbeddingJob.objects.filter(model_id=model_id).delete()
@@ -503,13 +527,27 @@ def embedding_jobs_start(
 
 def embedding_jobs_renew_lease(
     *, model_id: str, image_ids: Sequence[int], lease: timedelta, owner: str
-) -> None:
-    EmbeddingJob.objects.filter(
-        model_id=model_id,
-        image_id__in=image_ids,
-        status=EmbeddingJob.Status.PENDING,
-        lease_owner=owner,
-    ).update(lease_until=_lease_end(lease))
+) -> list[int]:
+    """Extend this run's hold on the pending jobs of ``image_ids`` it still holds; return
+    their images. A job missing from the answer was taken by another run once this run's lease
+    ran out (or was finished by one): this run must leave it alone."""
+    table = EmbeddingJob._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {table} SET lease_until = now() + make_interval(secs => %(lease)s)
+            WHERE model_id = %(model)s AND image_id = ANY(%(ids)s) AND status = 'pending'
+              AND lease_owner = %(owner)s
+            RETURNING image_id
+            """,
+            {
+                "model": model_id,
+                "ids": list(image_ids),
+                "owner": owner,
+                "lease": lease.total_seconds(),
+            },
+        )
+        return [row[0] for row in cursor.fetchall()]
 
 
 def embedding_jobs_record_attempt(*, model_id: str, image_ids: Sequence[int]) -> None:
@@ -641,7 +679,10 @@ class WorkerReport:
     models_loaded: list[str]
     models_failed: dict[str, str]
     embedded: int = 0
+    batches: int = 0
     rate_per_minute: float = 0.0
+    storage_error: str = ""
+    queues: list[str] = field(default_factory=list)
 
 
 def worker_heartbeat_record(*, report: WorkerReport) -> Worker:
@@ -661,7 +702,10 @@ def worker_heartbeat_record(*, report: WorkerReport) -> Worker:
             "models_loaded": report.models_loaded,
             "models_failed": report.models_failed,
             "embedded": report.embedded,
+            "batches": report.batches,
             "rate_per_minute": report.rate_per_minute,
+            "storage_error": report.storage_error[:2000],
+            "queues": report.queues,
             "last_seen": Now(),
         }
         worker, _ = Worker.objects.update_or_create(

@@ -341,7 +341,8 @@ def image_storages(environ: Any = os.environ) -> dict[str, dict[str, Any]]:
             max_pool_connections=64,
         ),
     }
-    backend = "storages.backends.s3.S3Storage"
+    # django-storages' S3Storage, reading each file with one request (gallery.storage).
+    backend = "gallery.storage.OneRequestS3Storage"
     return {
         "default": {"BACKEND": backend, "OPTIONS": options},
         "thumbnails": {"BACKEND": backend, "OPTIONS": {**options, "file_overwrite": True}},
@@ -406,7 +407,9 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_DEFAULT_QUEUE = "cpu"
+# Housekeeping (the sweep, index builds): every worker consumes it from the start. Embedding
+# batches go to one queue per model instead (EMBEDDING_WORKER_MODELS, workers.routing).
+CELERY_TASK_DEFAULT_QUEUE = "maintenance"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_RESULT_EXPIRES = 3600
 # A visibility timeout longer than the longest batch keeps Redis from handing a batch that
@@ -429,8 +432,10 @@ EMBEDDING_MODEL_SOURCES = env_map("EMBEDDING_MODEL_SOURCES")
 EMBEDDING_DEVICE = os.environ.get("EMBEDDING_DEVICE", "auto")
 # Empty: fp16 on CUDA, fp32 elsewhere. "int8" = dynamic-quantised CPU path (see README).
 EMBEDDING_DTYPE = os.environ.get("EMBEDDING_DTYPE", "")
-# Precision of the web process's query encoder (text and query images); empty: as
-# EMBEDDING_DTYPE. "int8" roughly halves CPU query latency (see README for its accuracy).
+# Precision of the web process's query encoder (text and query images). "auto" (what empty
+# means, unless EMBEDDING_DTYPE is set): int8 on the CPU when the int8 graphs' check against
+# float32 passes for the installed weights (cosine >= 0.99 on a fixed probe set, recorded
+# beside the ONNX export), float32 otherwise; "float32" or "int8" force one (see README).
 SEARCH_QUERY_DTYPE = os.environ.get("SEARCH_QUERY_DTYPE", "")
 # "beach -people": the query vector is normalize(q - w * sum of the excluded concepts' unit
 # vectors), w this weight (search/query_vectors.py; README "Search the way people ask").
@@ -440,12 +445,32 @@ SEARCH_NEGATIVE_WEIGHT = float(os.environ.get("SEARCH_NEGATIVE_WEIGHT", "0.5"))
 EMBEDDING_BACKEND = os.environ.get("EMBEDDING_BACKEND", "auto")
 # Intra-op threads of each ONNX Runtime session: 1 per web worker, as OMP_NUM_THREADS for torch.
 EMBEDDING_ONNX_THREADS = int(os.environ.get("EMBEDDING_ONNX_THREADS", 1))
-# Images per forward pass (and per Celery task).
-EMBEDDING_BATCH_SIZE = int(os.environ.get("EMBEDDING_BATCH_SIZE", 32))
+# Images per forward pass; 0 (the default): by the worker's device, 256 on CUDA, 32 elsewhere
+# (workers.routing.batch_size_for). The sweep sizes a model's batches for the largest batch a
+# live worker serving it reports.
+EMBEDDING_BATCH_SIZE = int(os.environ.get("EMBEDDING_BATCH_SIZE") or 0)
 # Threads decoding images while the model runs on the previous batch.
 EMBEDDING_DECODE_THREADS = int(os.environ.get("EMBEDDING_DECODE_THREADS", 2))
-# Queue for embedding batches: GPU workers consume "gpu"; CPU workers consume both.
-EMBEDDING_QUEUE = os.environ.get("EMBEDDING_QUEUE", "gpu")
+# The models this worker serves (a subset of EMBEDDING_MODELS; empty: all enabled). Each model's
+# batches go to its own queue, "embed.<model id>", which a worker consumes once it has reached
+# the image storage and loaded the model: a GPU host can serve the big models and a CPU host
+# the small ones.
+EMBEDDING_WORKER_MODELS = env_list("EMBEDDING_WORKER_MODELS", "")
+# Uploads within this many seconds go out as one batch task per model (0: one task per upload).
+EMBEDDING_COALESCE_SECONDS = float(os.environ.get("EMBEDDING_COALESCE_SECONDS", 2))
+# An embedding task running this long is stopped: its jobs go back to waiting, unsent, for the
+# sweep to queue again (not failed). Past the hard limit, a task that did not stop (stuck in
+# native code) has its worker process killed; a supervisor restarts it, and the lease runs out.
+EMBEDDING_TASK_SOFT_TIME_LIMIT = float(os.environ.get("EMBEDDING_TASK_SOFT_TIME_LIMIT", 600))
+EMBEDDING_TASK_TIME_LIMIT = float(os.environ.get("EMBEDDING_TASK_TIME_LIMIT", 900))
+# A worker (solo pool) or pool child (prefork) using more than this much resident memory, in KiB,
+# after a task is replaced (a warm shutdown; compose and ./run restart it); 0: no limit.
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = int(
+    os.environ.get("CELERY_WORKER_MAX_MEMORY_PER_CHILD") or 8 * 1024 * 1024
+)
+# A model a worker could not load (or a storage it could not reach) is tried again after this
+# many seconds, doubling each time up to 16 times as long.
+WORKER_RETRY_SECONDS = float(os.environ.get("WORKER_RETRY_SECONDS", 30))
 # How often the worker started by ./run sweeps for images lacking embeddings: the longest a
 # job whose worker died, or that waited for a model's weights, waits to be sent again.
 EMBEDDING_SWEEP_SECONDS = int(os.environ.get("EMBEDDING_SWEEP_SECONDS", 60))
@@ -585,6 +610,6 @@ CELERY_BEAT_SCHEDULE = {
     "embeddings-sweep": {
         "task": "workers.tasks.embeddings_sweep_task",
         "schedule": float(EMBEDDING_SWEEP_SECONDS),
-        "options": {"queue": "cpu"},
+        "options": {"queue": CELERY_TASK_DEFAULT_QUEUE},
     },
 }

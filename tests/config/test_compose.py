@@ -264,13 +264,19 @@ def test_workers_have_a_heartbeat_healthcheck(config: dict[str, Any]) -> None:
         assert check["start_period"], name  # models load before the first heartbeat
 
 
-def test_workers_run_celery_on_the_gpu_queue(config: dict[str, Any]) -> None:
+def test_workers_run_one_celery_process_and_choose_their_models(config: dict[str, Any]) -> None:
     for name in WORKERS:
-        command = command_text(config["services"][name])
+        service = config["services"][name]
+        command = command_text(service)
         assert command.startswith("celery -A config worker"), name
+        # One process per GPU (or per CPU host, with threads inside the batch).
         assert "--pool=solo" in command, name
-        queues = re.search(r"--queues[= ](\S+)", command).group(1).split(",")
-        assert "gpu" in queues, name
+        # No fixed queues: the worker adds each model's queue itself once it loads the model
+        # (workers.heartbeat); a fixed --queues would take batches before the checks.
+        assert "--queues" not in command and " -Q" not in command, name
+        assert "EMBEDDING_WORKER_MODELS" in service["environment"], name
+    cpu = config["services"]["worker-cpu"]["environment"]
+    assert cpu["OMP_NUM_THREADS"] == cpu["EMBEDDING_ONNX_THREADS"] == "4"
 
 
 def test_gpu_worker_reserves_an_nvidia_gpu_and_gets_a_cuda_torch(

@@ -29,8 +29,8 @@ from gallery.models import Image
 from kernel.db_routing import replica_state, replicas_forget
 from kernel.middleware import READ_YOUR_WRITES_COOKIE
 from tests.factories import ImageFactory, UserFactory, jpeg_bytes
-from workers.services import embedding_models_sync_from_settings, embeddings_store
 from workers.models import EmbeddingModel
+from workers.services import embedding_models_sync_from_settings, embeddings_store
 
 ALIAS = "replica_0"
 # The replica's alias exists only while a test runs (the ``replica`` fixture): the test

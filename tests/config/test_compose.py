@@ -344,6 +344,7 @@ def test_replicas_profile_puts_only_the_web_behind_pgbouncer_in_transaction_mode
         assert "@postgres:5432/" in services[name]["environment"]["DATABASE_URL"], name
     # By default the web's URL is everyone's.
     default = config["services"]
-    assert default["web"]["environment"]["DATABASE_URL"] == (
-        default["migrate"]["environment"]["DATABASE_URL"]
+    assert (
+        default["web"]["environment"]["DATABASE_URL"]
+        == (default["migrate"]["environment"]["DATABASE_URL"])
     )

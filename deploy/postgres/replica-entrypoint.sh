@@ -9,6 +9,8 @@ set -eu
 
 PGDATA="${PGDATA:-/var/lib/postgresql/data}"
 export PGDATA
+# The account the server runs as (the image's postgres; tests give their own).
+PG_OS_USER="${PG_OS_USER:-postgres}"
 
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
     until pg_isready -q -h "$PRIMARY_HOST" -p "${PRIMARY_PORT:-5432}" -U "$PGUSER" -d "$PGDATABASE"; do
@@ -21,9 +23,9 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
         "SELECT pg_create_physical_replication_slot('$REPLICA_SLOT')
          WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '$REPLICA_SLOT')"
     mkdir -p "$PGDATA"
-    chown postgres:postgres "$PGDATA"
+    chown "$PG_OS_USER:$PG_OS_USER" "$PGDATA"
     chmod 700 "$PGDATA"
-    if ! gosu postgres pg_basebackup -h "$PRIMARY_HOST" -p "${PRIMARY_PORT:-5432}" -U "$PGUSER" \
+    if ! gosu "$PG_OS_USER" pg_basebackup -h "$PRIMARY_HOST" -p "${PRIMARY_PORT:-5432}" -U "$PGUSER" \
         -D "$PGDATA" -R -X stream -S "$REPLICA_SLOT" --checkpoint=fast --progress; then
         echo "postgres-replica: pg_basebackup failed. If the primary said 'no pg_hba.conf entry" \
             "for replication connection', its volume predates the replicas profile: add" \

@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/embed_throughput.py \
         [--images 300] [--batch-sizes 32,64] [--device cpu|cuda] [--dtype fp32|fp16|int8] \
-        [--threads N] [--backends torch,onnx] [--storage local|s3] [--data-dir DIR] \
+        [--threads N] [--backends torch,onnx] [--storage local,s3] [--data-dir DIR] \
         [--database-url URL]
 
 Uses the full-size ViT-B/32 CLIP architecture (``CLIPConfig()`` defaults) with random, seeded
@@ -28,7 +28,9 @@ photo costs. Rows of the table:
     (the int8 rule: cosine >= 0.99). The backend column says which runs each row.
 
 ``--storage s3`` reads the images through S3-compatible object storage (django-storages and
-boto3, as a worker on another host does) instead of the local folder: a bucket on a moto S3
+boto3, as a worker on another host does) instead of the local folder, and ``--storage
+local,s3`` gives the (s) and pipeline rows for both, side by side (the ``storage`` column), with
+the same encoders and images: a bucket on a moto S3
 server started here in its own process on loopback (no MinIO binary installs here; a site's own
 bucket is never used, see bench/_harness.py). Loopback has no network latency: the difference
 to the local folder is the storage API's and the HTTP round trips' own cost.
@@ -82,6 +84,7 @@ class Row:
     images: int
     seconds: float  # wall clock, best of --repeat runs
     cpu_seconds: float  # this process's CPU time (all threads) in that run; not PostgreSQL's
+    storage: str = "-"  # where the images were read from, for the rows that read them
 
     @property
     def rate(self) -> float:
@@ -114,9 +117,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cosine-images", type=int, default=64)
     parser.add_argument(
         "--storage",
-        choices=["local", "s3"],
         default="local",
-        help="where the pipeline rows read images from (default %(default)s; see above)",
+        help="where the pipeline rows read images from: local, s3, or local,s3 for both "
+        "(default %(default)s; see above)",
     )
     _harness.add_arguments(parser, script=SCRIPT)
     parser.add_argument(
@@ -129,6 +132,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.dtype == "int8" and args.device == "cuda":
         parser.error("--dtype int8 (dynamic quantisation) runs on CPU only")
     args.batch_sizes = [int(size) for size in args.batch_sizes.split(",") if size.strip()]
+    args.storage = [kind.strip() for kind in args.storage.split(",") if kind.strip()]
+    if not args.storage or not set(args.storage) <= {"local", "s3"}:
+        parser.error("--storage takes local and/or s3")
     if args.backends is not None:
         args.backends = [name.strip() for name in args.backends.split(",") if name.strip()]
         if not set(args.backends) <= {"torch", "onnx"}:
@@ -159,10 +165,8 @@ def run(args: argparse.Namespace, *, device: str, dtype: str, data_dir: Path) ->
     image_ids = _harness.fake_images_replace(
         len(paths), files=paths, media_root=Path(settings.MEDIA_ROOT)
     )
-    with bench_storage(args.storage, paths, media_root=Path(settings.MEDIA_ROOT)) as where:
-        print(f"images read from: {where}", flush=True)
-        measure(args, device=device, dtype=dtype, data_dir=data_dir, model_dir=model_dir,
-                paths=paths, image_ids=image_ids)  # fmt: skip
+    measure(args, device=device, dtype=dtype, data_dir=data_dir, model_dir=model_dir,
+            paths=paths, image_ids=image_ids)  # fmt: skip
 
 
 def measure(
@@ -191,7 +195,6 @@ def measure(
     seed_dtype = "fp32" if dtype == "int8" else dtype  # the seed project had no int8 path
     rows = [seed_loop(model_dir, paths, device=device, dtype=seed_dtype, repeat=args.repeat)]
     print(f"  (a) done: {rows[0].rate:.1f} images/s", flush=True)
-    rows.append(storage_read(image_ids, repeat=args.repeat))
 
     dtypes = [dtype]
     if device == "cpu" and dtype != "int8" and not args.no_int8:
@@ -224,19 +227,24 @@ def measure(
                     encoder, decoded, batch=batch, dtype=variant, label=label, repeat=args.repeat
                 )
             )
-            for mode in ("tasks", "stream"):
-                rows.append(
-                    pipeline_run(
-                        encoder,
-                        image_ids,
-                        batch=batch,
-                        mode=mode,
-                        dtype=variant,
-                        label=label,
-                        repeat=args.repeat,
-                    )
+    media_root = Path(settings.MEDIA_ROOT)
+    for kind in args.storage:
+        with bench_storage(kind, paths, media_root=media_root) as where:
+            print(f"images read from: {where}", flush=True)
+            rows.append(storage_read(image_ids, repeat=args.repeat, storage=kind))
+            for (backend, variant), encoder in encoders.items():
+                label = {("torch", "int8"): "(c)"}.get((backend, variant)) or (
+                    "(d)" if backend == "onnx" else "(b)"
                 )
-            print(f"  {backend} {variant} batch {batch} done", flush=True)
+                for batch in args.batch_sizes:
+                    for mode in ("tasks", "stream"):
+                        rows.append(
+                            pipeline_run(
+                                encoder, image_ids, batch=batch, mode=mode, dtype=variant,
+                                label=label, repeat=args.repeat, storage=kind,
+                            )
+                        )  # fmt: skip
+                    print(f"  {kind}: {backend} {variant} batch {batch} done", flush=True)
 
     print_table(rows)
     # Other work on the machine skews every row; this says how busy it was while measuring.
@@ -436,7 +444,7 @@ def encoder_only(
     )
 
 
-def storage_read(image_ids: Sequence[int], *, repeat: int) -> Row:
+def storage_read(image_ids: Sequence[int], *, repeat: int, storage: str) -> Row:
     """(s): every image's bytes fetched through the site's image storage, one after another,
     as the pipeline's decode threads fetch them (no decoding, no model): the storage's cost."""
     from gallery.models import Image
@@ -450,7 +458,8 @@ def storage_read(image_ids: Sequence[int], *, repeat: int) -> Row:
                 handle.read()
 
     seconds, cpu = timed("cpu", work, repeat=repeat)
-    return Row("(s) storage read only (bytes, no decode)", "-", "-", 1, len(names), seconds, cpu)
+    method = "(s) storage read only (bytes, no decode)"
+    return Row(method, "-", "-", 1, len(names), seconds, cpu, storage=storage)
 
 
 def pipeline_run(
@@ -462,11 +471,12 @@ def pipeline_run(
     dtype: str,
     label: str,
     repeat: int,
+    storage: str,
 ) -> Row:
     """(b)/(c): images_embed_batch into PostgreSQL, from no embeddings for the model."""
     from django.db import connection
 
-    from workers.models import ImageEmbedding
+    from workers.models import EmbeddingJob, ImageEmbedding
     from workers.pipeline import images_embed_batch
 
     results = []
@@ -474,6 +484,9 @@ def pipeline_run(
     def prepare() -> None:
         results.clear()
         ImageEmbedding.objects.filter(model_id=MODEL_ID).delete()
+        # As new images: a "done" job left by the previous run would make the pipeline skip
+        # its image (only pending jobs are taken), and every run after the first embed nothing.
+        EmbeddingJob.objects.filter(model_id=MODEL_ID).delete()
         # Dead index entries from the previous run would make this run's inserts slower.
         with connection.cursor() as cursor:
             cursor.execute(f"VACUUM {ImageEmbedding._meta.db_table}")
@@ -501,7 +514,7 @@ def pipeline_run(
     if embedded != len(image_ids) or failed or stored != len(image_ids):
         raise RuntimeError(f"pipeline embedded {embedded}, stored {stored}, failed {failed}")
     method = f"{label} pipeline into Postgres, {mode}"
-    return Row(method, dtype, encoder.backend, batch, len(image_ids), seconds, cpu)
+    return Row(method, dtype, encoder.backend, batch, len(image_ids), seconds, cpu, storage)
 
 
 # --- output -----------------------------------------------------------------------------
@@ -510,7 +523,8 @@ def pipeline_run(
 def print_table(rows: Sequence[Row]) -> None:
     baseline = rows[0].rate
     header = (
-        f"{'method':<46} {'backend':<7} {'dtype':<5} {'batch':>5} {'images':>6} {'s':>7} "
+        f"{'method':<46} {'storage':<7} {'backend':<7} {'dtype':<5} {'batch':>5} "
+        f"{'images':>6} {'s':>7} "
         f"{'cpu s':>7} "
         f"{'img/s':>7} {'x (a)':>6}"
     )
@@ -519,7 +533,8 @@ def print_table(rows: Sequence[Row]) -> None:
     print("-" * len(header))
     for row in rows:
         print(
-            f"{row.method:<46} {row.backend:<7} {row.dtype:<5} {row.batch or '-':>5} "
+            f"{row.method:<46} {row.storage:<7} {row.backend:<7} {row.dtype:<5} "
+            f"{row.batch or '-':>5} "
             f"{row.images:>6} "
             f"{row.seconds:>7.2f} {row.cpu_seconds:>7.2f} {row.rate:>7.1f} "
             f"{row.rate / baseline:>6.2f}"

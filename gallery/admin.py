@@ -18,7 +18,7 @@ from django.utils.html import format_html
 
 from gallery.models import Caption, Collection, CollectionItem, Image
 from gallery.services.images import images_staff_delete, images_staff_visibility_set
-from gallery.templatetags.gallery_ui import image_display_name
+from gallery.templatetags.gallery_ui import image_display_name, utc_offset
 from gallery.views.images import image_file_response, image_thumbnail_response
 from kernel.errors import ApplicationError, InvalidInput
 from kernel.params import int_param
@@ -87,6 +87,7 @@ class ImageAdmin(admin.ModelAdmin):
         "thumbnail",
         "id",
         "original_filename",
+        "taken",
         "source",
         "owner_link",
         "visibility",
@@ -100,7 +101,13 @@ class ImageAdmin(admin.ModelAdmin):
     # and retry actions first, to this admin (it registers a subclass in its place).
     list_filter = ("source", "visibility", OwnerFilter, "split", "created_at")
     search_fields = ("original_filename", "sha256", "owner__username", "captions__text")
-    readonly_fields = ("thumbnail", "original", "width", "height", "sha256", "created_at")
+    readonly_fields = (
+        "thumbnail", "original", "width", "height", "sha256", "created_at",
+        # What the file's EXIF said, read at upload or import (or by backfill_photo_facts).
+        "taken", "camera_make", "camera_model", "latitude", "longitude",
+    )  # fmt: skip
+    # Shown as one "taken" line with its offset instead.
+    exclude = ("taken_at", "taken_offset")
     autocomplete_fields = ("owner",)
     inlines = [CaptionInline]
     date_hierarchy = "created_at"
@@ -121,6 +128,15 @@ class ImageAdmin(admin.ModelAdmin):
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
         images_staff_delete(images=queryset)
+
+    @admin.display(description="Taken", ordering="taken_at", empty_value="-")
+    def taken(self, obj: Image) -> str | None:
+        """When the photo was taken as its camera showed it, with the UTC offset when known."""
+        taken = obj.taken_local
+        if taken is None:
+            return None
+        offset = "" if obj.taken_offset is None else f" {utc_offset(obj.taken_offset)}"
+        return f"{taken:%Y-%m-%d %H:%M}{offset}"
 
     @admin.display(description="Owner", ordering="owner__username")
     def owner_link(self, obj: Image) -> str:

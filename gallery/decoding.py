@@ -24,7 +24,18 @@ class UploadTooLarge(UploadRejected, TooLarge):
     """An upload over UPLOAD_MAX_BYTES (HTTP 413 where it reaches the API)."""
 
 
-ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
+# HEIF is phones' HEIC (Pillow reads it through pillow-heif, registered in GalleryConfig).
+ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF"}
+# What a browser shows as it is; the others are shown through a JPEG made from them.
+BROWSER_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP"}
+# Stored files are named by their format (``upload.<format>``; the data set's are .jpg).
+_BROWSER_EXTENSIONS = {"jpeg", "jpg", "png", "webp", "gif", "bmp"}
+
+
+def file_shown_by_browsers(name: str) -> bool:
+    """Whether a stored image file (by its name) is one every browser shows as it is."""
+    return name.rsplit(".", 1)[-1].lower() in _BROWSER_EXTENSIONS
+
 
 # Images are decoded no smaller than this on their shorter side: twice the largest input of
 # any model (384 px), so the model's own resize sees what it would see from the original.

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from encoders import ImageDecodeError, open_image
+from gallery.exif import NO_FACTS, PhotoFacts, photo_facts_read
 
 SPLITS = ("train", "val", "test")
 # Karpathy's split, the one the CLIP and ALIGN papers' 1K test figures use.
@@ -154,6 +155,7 @@ class Flickr30kFile:
     reason: str = ""
     # Set by the importer once the bytes are in the media storage (and dropped from memory).
     stored_as: str = ""
+    facts: PhotoFacts = NO_FACTS  # what its EXIF says (Flickr kept it in some photos)
 
 
 def flickr30k_file_check(
@@ -181,6 +183,7 @@ def flickr30k_file_check(
         sha256=hashlib.sha256(content).hexdigest(),
         width=decoded.width,
         height=decoded.height,
+        facts=photo_facts_read(io.BytesIO(content)),
     )
 
 

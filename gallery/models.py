@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import UTC, date, datetime, timedelta, timezone
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Coalesce
+from django.utils import timezone as django_timezone
 
 
 def image_upload_path(instance: Image, filename: str) -> str:
@@ -111,6 +113,29 @@ class Image(models.Model):
 
     def __str__(self) -> str:
         return self.title or self.original_filename or f"image {self.pk}"
+
+    @property
+    def taken_local(self) -> datetime | None:
+        """When the photo was taken as the camera's clock showed it (naive: shown as it is,
+        never converted to the viewer's zone), or None when its EXIF did not say."""
+        if self.taken_at is None:
+            return None
+        zone = UTC if self.taken_offset is None else timezone(timedelta(minutes=self.taken_offset))
+        return self.taken_at.astimezone(zone).replace(tzinfo=None)
+
+    @property
+    def when(self) -> datetime:
+        """When a photo is shown as being from (naive, as shown): its taken time, else its
+        upload time in the site's zone. Cards, day headers and the image page use it."""
+        taken = self.taken_local
+        if taken is not None:
+            return taken
+        return django_timezone.localtime(self.created_at).replace(tzinfo=None)
+
+    @property
+    def day(self) -> date:
+        """The day of ``when``: what browse and date-sorted results group by."""
+        return self.when.date()
 
 
 class Caption(models.Model):

@@ -10,7 +10,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Count, Q, QuerySet
 
 from gallery.hooks import image_index
-from gallery.models import ApiToken, Collection, CollectionItem, Image
+from gallery.models import SORTED_AT, ApiToken, Collection, CollectionItem, Image
 
 
 def images_visible_to(*, user: User | AnonymousUser) -> QuerySet[Image]:
@@ -109,8 +109,10 @@ BROWSE_FILTERS = ("all", "mine", "dataset", "public")
 
 
 def images_browse(*, user: User | AnonymousUser, show: str = "all") -> QuerySet[Image]:
-    """Images for the browse page, newest first: everything ``user`` may see ("all"), their
-    own uploads ("mine"), the data set's photos ("dataset") or anyone's public images."""
+    """Images for the browse page, newest first by when they were taken (else uploaded), then
+    by id: everything ``user`` may see ("all"), their own uploads ("mine"), the data set's
+    photos ("dataset") or anyone's public images. The order is total (id breaks ties), so pages
+    neither repeat nor skip an image, and it is the index ``image_sorted_at_id``'s."""
     images = images_visible_to(user=user)
     if show == "mine":
         images = images.filter(owner_id=user.pk) if user.is_authenticated else images.none()
@@ -118,7 +120,26 @@ def images_browse(*, user: User | AnonymousUser, show: str = "all") -> QuerySet[
         images = images.filter(source=Image.Source.FLICKR30K)
     elif show == "public":
         images = images.filter(visibility=Image.Visibility.PUBLIC)
-    return images.order_by("-created_at", "-id").prefetch_related("captions")
+    return images.order_by(SORTED_AT.desc(), "-id").prefetch_related("captions")
+
+
+@dataclass(frozen=True)
+class BrowseNeighbours:
+    newer: int | None  # the id of the image just before in browse order
+    older: int | None  # just after
+
+
+def image_browse_neighbours(*, user: User | AnonymousUser, image: Image) -> BrowseNeighbours:
+    """The images next to ``image`` in the browse order of everything ``user`` may see (the
+    image page's arrow keys); images taken at the same instant are ordered by id."""
+    visible = images_visible_to(user=user).alias(sorted_at=SORTED_AT)
+    at = image.taken_at or image.created_at
+    newer = visible.filter(Q(sorted_at__gt=at) | Q(sorted_at=at, pk__gt=image.pk))
+    older = visible.filter(Q(sorted_at__lt=at) | Q(sorted_at=at, pk__lt=image.pk))
+    return BrowseNeighbours(
+        newer=newer.order_by("sorted_at", "pk").values_list("pk", flat=True).first(),
+        older=older.order_by("-sorted_at", "-pk").values_list("pk", flat=True).first(),
+    )
 
 
 def image_collections_visible(*, image: Image, user: User | AnonymousUser) -> QuerySet[Collection]:

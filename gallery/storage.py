@@ -20,7 +20,11 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from django.core.files import File
+from django.core.files.base import ContentFile
 from django.core.files.storage import FileSystemStorage, Storage, storages
+from s3transfer.constants import ALLOWED_DOWNLOAD_ARGS as DOWNLOAD_ARGS
+from storages.backends.s3 import S3Storage
+from storages.utils import clean_name
 
 from kernel.errors import Unavailable
 
@@ -146,3 +150,26 @@ class ReplacingFileSystemStorage(FileSystemStorage):
             os.unlink(partial)
             raise
         return name.replace("\\", "/")
+
+
+class OneRequestS3Storage(S3Storage):
+    """django-storages' S3 storage, reading a file with one GetObject.
+
+    Its own S3File asks twice before it fetches (a HeadObject to fail early, then s3transfer's
+    size probe): three round trips for every image a worker embeds, which on a bucket in
+    another building is most of a batch's time. Writes, URLs and deletes are unchanged; a
+    gzip-aware storage keeps the original path, which decompresses.
+    """
+
+    def _open(self, name: str, mode: str = "rb") -> File[Any]:
+        if "w" in mode or "b" not in mode or self.gzip:
+            return super()._open(name, mode)  # type: ignore[no-any-return]
+        key = self._normalize_name(clean_name(name))
+        extra = {k: v for k, v in self.get_object_parameters(name).items() if k in DOWNLOAD_ARGS}
+        try:
+            body = self.bucket.Object(key).get(**extra)["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                raise FileNotFoundError(f"File does not exist: {key}") from exc
+            raise
+        return ContentFile(body, name=name)

@@ -7,10 +7,12 @@ from collections.abc import Callable
 from contextlib import ExitStack
 
 from django.conf import settings
+from django.core.signals import request_finished
 from django.db import connections
 from django.http import HttpRequest, HttpResponse
 from django.utils.cache import add_never_cache_headers, patch_vary_headers
 
+from kernel import log_format
 from kernel.database_watchdog import watchdog
 from kernel.db_routing import SAFE_METHODS, primary_pinned, replica_aliases
 from kernel.views import DATABASE_ERRORS, database_unavailable, error_response
@@ -176,4 +178,23 @@ class PrivatePagesNotStoredMiddleware:
         if user is not None and user.is_authenticated and not response.has_header("Cache-Control"):
             add_never_cache_headers(response)
             patch_vary_headers(response, ["Cookie"])
+        return response
+
+
+class RequestIdMiddleware:
+    """Gives each request an id (the proxy's X-Request-ID when it looks like one, else a new
+    one), which every log line written for it carries (kernel.log_format) and the response
+    echoes, so a person reporting a problem can quote it."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+        request_finished.connect(log_format.request_id_clear, dispatch_uid="kernel.request_id")
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        request_id = log_format.request_id_accept(
+            request.headers.get(log_format.REQUEST_ID_HEADER, "")
+        )
+        log_format.request_id_bind(request_id)
+        response = self.get_response(request)
+        response[log_format.REQUEST_ID_HEADER] = request_id
         return response

@@ -20,7 +20,7 @@ from django.db.models.functions import Cast
 from pgvector.django import CosineDistance, HalfVectorField
 
 from encoders.registry import model_spec
-from gallery.models import Caption, Image
+from gallery.models import SORTED_AT, Caption, Image
 from gallery.selectors import collections_visible_to, images_visible_to
 from kernel.errors import InvalidInput, NotAuthenticated, NotFound
 from workers.index_scans import hnsw_scan_transaction
@@ -378,7 +378,12 @@ def page_by_date(
     if cutoff is not None and min_score is not None:
         cutoff = max(cutoff, min_score)
     relevant = [i for i, score in scored.items() if cutoff is not None and score >= cutoff]
-    dated = Image.objects.filter(pk__in=relevant).values_list("pk", "created_at")
+    # Newest by when the photo was taken (else uploaded), as browsing orders them.
+    dated = (
+        Image.objects.filter(pk__in=relevant)
+        .annotate(sorted_at=SORTED_AT)
+        .values_list("pk", "sorted_at")
+    )
     newest = [pk for pk, _ in sorted(dated, key=lambda row: (row[1], row[0]), reverse=True)]
     chosen = newest[offset : offset + k]
     images = images_with_captions(chosen)

@@ -96,7 +96,9 @@
       var row = document.createElement("li");
       var preview = document.createElement("img");
       preview.alt = "";
-      if (file.type.indexOf("image/") === 0) preview.src = URL.createObjectURL(file);
+      // A HEIC from a phone is an image the browser may not show: the server's JPEG replaces it.
+      var shown = /^image\/(jpeg|png|webp|gif|bmp|avif)$/.test(file.type);
+      if (shown) preview.src = URL.createObjectURL(file);
       var body = document.createElement("div");
       var name = document.createElement("div");
       name.className = "name";
@@ -141,6 +143,7 @@
         }
         status.className = "status";
         status.innerHTML = "";
+        if (!shown && answer.thumbnail_url) preview.src = answer.thumbnail_url;
         var link = document.createElement("a");
         link.href = answer.url;
         link.textContent = answer.message;
@@ -227,7 +230,7 @@
     var input = form.querySelector("input[type=file]");
     var field = document.querySelector("[data-slash-focus]");
     var pick = document.querySelector("[data-image-pick]");
-    function isImage(file) { return file && file.type.indexOf("image/") === 0; }
+    function isImage(file) { return file && (file.type.indexOf("image/") === 0 || /\.hei[cf]$/i.test(file.name)); }
     function go() {
       var model = document.getElementById("top-model");
       if (model) {
@@ -285,6 +288,25 @@
       if (picker.getBoundingClientRect().right > document.documentElement.clientWidth - 4) {
         picker.classList.add("picker-end");
       }
+    });
+  });
+
+  // Day headers: a page appended by "Older images" / "More results" starts with the header of
+  // its first day, which the page above may already end with; the repeat goes.
+  document.addEventListener("htmx:afterSettle", function () {
+    var previous = null;
+    document.querySelectorAll(".day-header").forEach(function (header) {
+      if (previous && previous.dataset.day === header.dataset.day) {
+        var section = header.closest("section");
+        header.remove();
+        if (section && section.previousElementSibling && section.previousElementSibling.matches("section")) {
+          var grid = section.querySelector(".grid");
+          var above = section.previousElementSibling.querySelector(".grid");
+          if (grid && above) { while (grid.firstChild) above.appendChild(grid.firstChild); section.remove(); }
+        }
+        return;
+      }
+      previous = header;
     });
   });
 

@@ -95,3 +95,37 @@ def evaluate(*args: str) -> str:
     out = io.StringIO()
     call_command("evaluate", *args, stdout=out, stderr=io.StringIO())
     return out.getvalue()
+
+
+def photo_bytes(
+    *,
+    taken: object = None,
+    offset: object = None,
+    make: object = None,
+    model: object = None,
+    gps: tuple[str, tuple[float, ...], str, tuple[float, ...]] | None = None,
+    image_format: str = "JPEG",
+    color: tuple[int, int, int] = (40, 120, 200),
+    size: tuple[int, int] = (64, 48),
+) -> bytes:
+    """A small photo whose EXIF holds what is given: DateTimeOriginal ``taken``
+    ("2025:06:14 10:30:00") with OffsetTimeOriginal ``offset``, Make and Model, and a GPS
+    position (lat ref, (deg, min, sec), lon ref, (deg, min, sec)). ``image_format`` "HEIF"
+    makes a HEIC (pillow-heif's encoder)."""
+    exif = PILImage.Exif()
+    if make is not None:
+        exif[0x010F] = make
+    if model is not None:
+        exif[0x0110] = model
+    if taken is not None or offset is not None:
+        ifd = exif.get_ifd(0x8769)
+        if taken is not None:
+            ifd[0x9003] = taken
+        if offset is not None:
+            ifd[0x9011] = offset
+    if gps is not None:
+        ifd = exif.get_ifd(0x8825)
+        ifd[1], ifd[2], ifd[3], ifd[4] = gps
+    buffer = io.BytesIO()
+    PILImage.new("RGB", size, color).save(buffer, image_format, exif=exif.tobytes())
+    return buffer.getvalue()

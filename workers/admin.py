@@ -326,8 +326,8 @@ class WorkerAdmin(admin.ModelAdmin):
     workers write these rows; one that stops beating leaves the list (and is pruned)."""
 
     list_display = (
-        "name", "hostname", "pid", "device", "batch_size", "loads", "cannot_load", "rate",
-        "embedded", "started_at", "last_seen",
+        "name", "hostname", "pid", "device", "batch_size", "storage", "loads", "cannot_load",
+        "takes", "rate", "embedded", "batches", "started_at", "last_seen",
     )  # fmt: skip
     list_filter = ("device",)
 
@@ -347,6 +347,15 @@ class WorkerAdmin(admin.ModelAdmin):
     @admin.display(description="Cannot load")
     def cannot_load(self, obj: Worker) -> str:
         return "; ".join(f"{m}: {why}" for m, why in sorted(obj.models_failed.items())) or "-"
+
+    @admin.display(description="Image storage")
+    def storage(self, obj: Worker) -> str:
+        # A worker that cannot reach the storage takes no batches: say so, with why.
+        return f"unreachable, takes no batches: {obj.storage_error}" if obj.storage_error else "ok"
+
+    @admin.display(description="Queues taken")
+    def takes(self, obj: Worker) -> str:
+        return ", ".join(obj.queues) or "none"
 
     @admin.display(description="Images/min")
     def rate(self, obj: Worker) -> str:

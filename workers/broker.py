@@ -12,6 +12,7 @@ from celery import current_app as celery_app
 from kernel.broker import BROKER_ERRORS
 
 EMBED_TASK = "workers.tasks.embed_images_task"
+EMBED_PENDING_TASK = "workers.tasks.embed_pending_task"
 SWEEP_TASK = "workers.tasks.embeddings_sweep_task"
 INDEX_BUILD_TASK = "workers.tasks.embedding_index_build_task"
 
@@ -22,12 +23,15 @@ def task_send(
     queue: str,
     args: Sequence[object] = (),
     kwargs: dict[str, object] | None = None,
+    countdown: float | None = None,
 ) -> BaseException | None:
     """Send task ``name``; None when sent, else the error of a broker that cannot be reached
     (the caller says what waits for the next sweep). Results are never kept: outcomes are
-    recorded on the jobs."""
+    recorded on the jobs. ``countdown``: run no sooner than that many seconds from now."""
     try:
-        celery_app.send_task(name, args=args, kwargs=kwargs, queue=queue, ignore_result=True)
+        celery_app.send_task(
+            name, args=args, kwargs=kwargs, queue=queue, ignore_result=True, countdown=countdown
+        )
     except BROKER_ERRORS as exc:
         return exc
     return None

@@ -143,6 +143,11 @@ class Worker(models.Model):
     # model id -> why this worker could not load it
     models_failed = models.JSONField(default=dict, blank=True)
     embedded = models.PositiveBigIntegerField(default=0, help_text="Images since start.")
+    batches = models.PositiveBigIntegerField(default=0, help_text="Model calls since start.")
+    # Why the worker cannot reach the image storage ("" when it can): it takes no batches then.
+    storage_error = models.TextField(blank=True)
+    # The embedding queues it consumes (one per model it loaded, none while storage is away).
+    queues = ArrayField(models.CharField(max_length=128), default=list, blank=True)
     rate_per_minute = models.FloatField(default=0.0)
     started_at = models.DateTimeField()
     # From the database's clock (now()), like every comparison with it.

@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.db.models import Exists, OuterRef
@@ -25,7 +26,9 @@ from gallery.models import Image
 from gallery.storage import StorageUnreachable, stored_file_open
 from workers import heartbeat
 from workers.encoder_cache import encoder_for
+from workers.limits import time_limits
 from workers.models import EmbeddingJob, ImageEmbedding
+from workers.routing import batch_size_for, device_resolved
 from workers.selectors import embedding_model_loaded_elsewhere, embedding_model_unavailable_reason
 from workers.services import (
     embedding_jobs_create_missing,
@@ -175,6 +178,9 @@ def images_embed_batch(
     ids = [i.pk for i in images]
     if not images:
         return result
+    # At DEBUG, which images each worker took and embedded (tests/workers/test_multi_host.py
+    # reads them to count each image's trips through a model across the workers' own logs).
+    logger.debug("%s: holds images %s", model_id, ids)
     worker = heartbeat.current()
     if encoder is None:
         try:
@@ -183,13 +189,31 @@ def images_embed_batch(
             raise ModelUnavailableError(model_id, str(exc)) from exc
         if worker is not None:
             worker.note_loaded(model_id)
-    batch_size = batch_size or settings.EMBEDDING_BATCH_SIZE
+    if not batch_size:
+        batch_size = worker.batch_size if worker is not None else batch_size_for(device_resolved())
     embedding_jobs_record_attempt(model_id=model_id, image_ids=ids)
+    to_do = [pk for pk in ids if pk in held]  # the jobs this run holds and has yet to do
     with ThreadPoolExecutor(settings.EMBEDDING_DECODE_THREADS, "decode") as pool:
         for batch in _decoded_batches(images, batch_size, pool):
-            embedding_jobs_renew_lease(
-                model_id=model_id, image_ids=[pk for pk, _, _ in batch], lease=lease, owner=owner
+            # Every job this run has yet to do, not only this sub-batch's: a message bigger
+            # than the sub-batch may outlast one lease, and the sweep would meanwhile hand its
+            # later sub-batches to another worker. A job this run no longer holds (its lease
+            # ran out and another run took it) is that run's now: never embedded twice.
+            kept = set(
+                embedding_jobs_renew_lease(
+                    model_id=model_id, image_ids=to_do, lease=lease, owner=owner
+                )
             )
+            lost = {pk for pk, _, _ in batch if pk in held and pk not in kept}
+            if lost:
+                logger.warning(
+                    "%s: %d images were taken by another worker once this one's lease ran "
+                    "out; left to it", model_id, len(lost),
+                )  # fmt: skip
+                result.skipped += len(lost)
+                batch = [entry for entry in batch if entry[0] not in lost]
+            in_hand = {pk for pk, _, _ in batch}
+            to_do = [pk for pk in to_do if pk in kept and pk not in in_hand]
             ok = [(pk, picture) for pk, picture, _ in batch if picture is not None]
             failures = {pk: reason for pk, picture, reason in batch if picture is None}
             if ok:
@@ -201,6 +225,7 @@ def images_embed_batch(
                     replace=replace,
                 )
                 result.embedded += len(ok)
+                logger.debug("%s: embedded images %s", model_id, [pk for pk, _ in ok])
                 if worker is not None:
                     worker.note_embedded(len(ok))
             embedding_jobs_mark_failed(model_id=model_id, failures=failures)
@@ -223,6 +248,9 @@ def embedding_batch_run(*, model_id: str, image_ids: Sequence[int]) -> dict[str,
       the sweep queues them again (they never fail for it);
     - the database went away: raised, for the task to retry; the jobs' lease runs out if it
       never comes back, and the sweep queues them again;
+    - the run passed EMBEDDING_TASK_SOFT_TIME_LIMIT: the jobs it holds go back to waiting,
+      unsent, with the reason, for the sweep to queue again (not failed; what was stored is
+      kept);
     - anything else: the reason goes on the jobs, which are retried by the next sweeps and
       marked failed after EMBEDDING_MAX_ATTEMPTS.
     A batch that runs after the model was unavailable queues the waiting backlog at once.
@@ -230,11 +258,28 @@ def embedding_batch_run(*, model_id: str, image_ids: Sequence[int]) -> dict[str,
     owner = uuid.uuid4().hex
     worker = heartbeat.current()
     try:
-        result = images_embed_batch(model_id=model_id, image_ids=image_ids, owner=owner)
+        with time_limits(
+            soft=settings.EMBEDDING_TASK_SOFT_TIME_LIMIT,
+            hard=settings.EMBEDDING_TASK_TIME_LIMIT,
+            kill=worker is not None,
+        ):
+            result = images_embed_batch(model_id=model_id, image_ids=image_ids, owner=owner)
+    except SoftTimeLimitExceeded:
+        reason = (
+            f"stopped at the time limit ({settings.EMBEDDING_TASK_SOFT_TIME_LIMIT:g}s, "
+            "EMBEDDING_TASK_SOFT_TIME_LIMIT); queued again by the sweep"
+        )
+        logger.warning("%s: batch of %d images %s", model_id, len(image_ids), reason)
+        embedding_jobs_note_blocked(
+            model_id=model_id, image_ids=image_ids, reason=reason, owner=owner
+        )
+        return {"embedded": 0, "time_limit": reason}
     except StorageUnreachable as exc:
         # Not the images' fault: the jobs wait, pending and unsent with the reason (the admin
         # shows it), and the sweep sends them again; no attempt is spent towards "failed".
         logger.warning("%s: batch of %d images waits: %s", model_id, len(image_ids), exc)
+        if worker is not None:  # no more batches until a check finds the storage again
+            worker.note_storage_unreachable(str(exc))
         embedding_jobs_note_blocked(
             model_id=model_id, image_ids=image_ids, reason=str(exc), owner=owner,
             attempt_returned=True,
@@ -284,3 +329,20 @@ def embedding_batch_run(*, model_id: str, image_ids: Sequence[int]) -> dict[str,
         logger.info("%s loads again: queueing the images that waited for it", model_id)
         embeddings_enqueue_missing(model_id=model_id)
     return result.as_dict()
+
+
+def embedding_pending_run(*, model_id: str) -> dict[str, object]:
+    """The coalesced task's body: claim up to one worker batch of ``model_id``'s jobs that
+    were never sent (uploads) or lost their lease, and run it; a full claim leaves the rest to
+    another task. Safe to run twice: a second run claims what is left, usually nothing."""
+    from workers.queueing import embedding_pending_claim, embedding_pending_continue
+
+    worker = heartbeat.current()
+    limit = worker.batch_size if worker is not None else batch_size_for(device_resolved())
+    image_ids = embedding_pending_claim(model_id=model_id, limit=limit)
+    if not image_ids:
+        return {"embedded": 0, "claimed": 0}
+    if len(image_ids) == limit:
+        embedding_pending_continue(model_id)
+    result = embedding_batch_run(model_id=model_id, image_ids=image_ids)
+    return {**result, "claimed": len(image_ids)}

@@ -248,3 +248,10 @@ def embedding_model_loaded_elsewhere(*, model_id: str, hostname: str, pid: int) 
         .exclude(hostname=hostname, pid=pid)
         .exists()
     )
+
+
+def embedding_model_batch_size_live(*, model_id: str) -> int | None:
+    """The largest batch size among live workers that load ``model_id`` (what the sweep sizes
+    its batches for, so a GPU worker gets whole batches), or None when none is live."""
+    sizes = workers_live().filter(models_loaded__contains=[model_id]).values_list("batch_size")
+    return max((size for (size,) in sizes), default=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
@@ -204,7 +204,9 @@ def embeddings_sweep_send(*, model_id: str) -> None:
     """
 
     def send_sweep() -> None:
-        error = task_send(SWEEP_TASK, kwargs={"model_id": model_id}, queue="cpu")
+        error = task_send(
+            SWEEP_TASK, kwargs={"model_id": model_id}, queue=settings.CELERY_TASK_DEFAULT_QUEUE
+        )
         if error is not None:
             logger.warning("broker unavailable (%s): the next sweep queues %s", error, model_id)
 
@@ -503,13 +505,27 @@ def embedding_jobs_start(
 
 def embedding_jobs_renew_lease(
     *, model_id: str, image_ids: Sequence[int], lease: timedelta, owner: str
-) -> None:
-    EmbeddingJob.objects.filter(
-        model_id=model_id,
-        image_id__in=image_ids,
-        status=EmbeddingJob.Status.PENDING,
-        lease_owner=owner,
-    ).update(lease_until=_lease_end(lease))
+) -> list[int]:
+    """Extend this run's hold on the pending jobs of ``image_ids`` it still holds; return
+    their images. A job missing from the answer was taken by another run once this run's lease
+    ran out (or was finished by one): this run must leave it alone."""
+    table = EmbeddingJob._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {table} SET lease_until = now() + make_interval(secs => %(lease)s)
+            WHERE model_id = %(model)s AND image_id = ANY(%(ids)s) AND status = 'pending'
+              AND lease_owner = %(owner)s
+            RETURNING image_id
+            """,
+            {
+                "model": model_id,
+                "ids": list(image_ids),
+                "owner": owner,
+                "lease": lease.total_seconds(),
+            },
+        )
+        return [row[0] for row in cursor.fetchall()]
 
 
 def embedding_jobs_record_attempt(*, model_id: str, image_ids: Sequence[int]) -> None:
@@ -641,7 +657,10 @@ class WorkerReport:
     models_loaded: list[str]
     models_failed: dict[str, str]
     embedded: int = 0
+    batches: int = 0
     rate_per_minute: float = 0.0
+    storage_error: str = ""
+    queues: list[str] = field(default_factory=list)
 
 
 def worker_heartbeat_record(*, report: WorkerReport) -> Worker:
@@ -661,7 +680,10 @@ def worker_heartbeat_record(*, report: WorkerReport) -> Worker:
             "models_loaded": report.models_loaded,
             "models_failed": report.models_failed,
             "embedded": report.embedded,
+            "batches": report.batches,
             "rate_per_minute": report.rate_per_minute,
+            "storage_error": report.storage_error[:2000],
+            "queues": report.queues,
             "last_seen": Now(),
         }
         worker, _ = Worker.objects.update_or_create(

@@ -33,6 +33,21 @@ def embed_images_task(model_id: str, image_ids: list[int]) -> dict[str, object]:
     return pipeline.embedding_batch_run(model_id=model_id, image_ids=image_ids)
 
 
+@shared_task(
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=True,
+    retry_backoff_max=60,
+    max_retries=5,
+)
+def embed_pending_task(model_id: str) -> dict[str, object]:
+    """Embed the uploads of ``model_id`` that are waiting (coalesced: one task per window)."""
+    if model_id not in embedding_models_enabled():
+        return {"skipped": 0, "reason": f"{model_id} is not enabled"}
+    return pipeline.embedding_pending_run(model_id=model_id)
+
+
 @shared_task(acks_late=True, autoretry_for=TRANSIENT_ERRORS, retry_backoff=True, max_retries=3)
 def embeddings_sweep_task(model_id: str | None = None) -> dict[str, int]:
     """Queue batches for images lacking an embedding (backfill, new models, lost batches)."""

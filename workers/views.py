@@ -10,10 +10,11 @@ import hmac
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kernel.views import LOOPBACK, process_checks
 from workers import readiness
+from workers.metrics import scrape_registry
 
 NO_LIVE_WORKER = (
     "No embedding worker has a fresh heartbeat: searches and uploads work, new images wait "
@@ -58,8 +59,9 @@ def metrics_allowed(request: HttpRequest) -> bool:
 
 
 def metrics(request: HttpRequest) -> HttpResponse:
-    """Prometheus's text format: django-prometheus's request metrics and workers.metrics."""
+    """Prometheus's text format: django-prometheus's request metrics (summed over gunicorn's
+    processes) and workers.metrics."""
     if not metrics_allowed(request):
         # 404, not 403: an address that may not scrape learns nothing about the endpoint.
         return HttpResponse(status=404)
-    return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+    return HttpResponse(generate_latest(scrape_registry()), content_type=CONTENT_TYPE_LATEST)

@@ -171,7 +171,7 @@ class Launcher:
         self.children = [
             Child(
                 "worker",
-                [*celery, "--quiet", "worker", "--pool=solo", "--queues=gpu,cpu",
+                [*celery, "--quiet", "worker", "--pool=solo",
                  "--loglevel=INFO", "--hostname=worker@%h"],
                 ready_marker=" ready.",
             ),

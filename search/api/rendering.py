@@ -7,6 +7,8 @@ from typing import Any
 
 from django.urls import reverse
 
+from gallery.exif import camera_name
+from gallery.models import Image
 from search.ranking import SearchPage
 
 
@@ -50,8 +52,23 @@ def results_json(page: SearchPage) -> dict[str, Any]:
                 "source": hit.image.source,
                 "width": hit.image.width,
                 "height": hit.image.height,
+                "taken_at": taken_at_json(hit.image),
+                "camera": camera_name(make=hit.image.camera_make, model=hit.image.camera_model),
             }
             for hit in page.hits
         ],
     }
     return results
+
+
+def taken_at_json(image: Image) -> str | None:
+    """``Hit.taken_at``: the taken time as the camera showed it, with its offset when known."""
+    taken = image.taken_local
+    if taken is None:
+        return None
+    text = taken.isoformat(timespec="seconds")
+    if image.taken_offset is not None:
+        sign = "-" if image.taken_offset < 0 else "+"
+        hours, minutes = divmod(abs(image.taken_offset), 60)
+        text += f"{sign}{hours:02d}:{minutes:02d}"
+    return text

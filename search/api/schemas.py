@@ -28,6 +28,12 @@ class Hit(Schema):
     source: str
     width: int
     height: int
+    taken_at: str | None = Field(
+        description="When the photo was taken (its EXIF), as the camera's clock showed it: "
+        'ISO 8601 with the UTC offset where the photo recorded one ("2025-06-14T10:30:00+02:00"), '
+        'without one where it did not ("2025-06-14T10:30:00"). Null when unknown.'
+    )
+    camera: str = Field(description='The camera that took it ("Canon EOS R6"); empty if unknown.')
 
 
 class Results(Schema):

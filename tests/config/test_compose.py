@@ -14,9 +14,12 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
+
+from kernel.db_setup import setup_sql
 
 pytestmark = pytest.mark.slow  # runs docker-compose on the deployment files
 
@@ -36,6 +39,14 @@ DOCUMENTED_VAR = re.compile(r"^#?\s*([A-Z][A-Z0-9_]*)=", re.MULTILINE)
 
 APP_SERVICES = ("migrate", "web", "worker-gpu", "worker-cpu")
 WORKERS = ("worker-gpu", "worker-cpu")
+GUNICORN_CONF = ROOT / "config" / "gunicorn.py"
+# What an operator must choose: compose refuses to start without each of them.
+SECRETS = {
+    "SECRET_KEY": "k",
+    "POSTGRES_PASSWORD": "superuser-pw",
+    "POSTGRES_APP_PASSWORD": "app-pw",
+    "REDIS_PASSWORD": "redis-pw",
+}
 
 
 def settings_env_vars() -> set[str]:
@@ -77,8 +88,8 @@ def compose(
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The compose file as docker-compose resolves it, with only SECRET_KEY given."""
-    result = compose(tmp_path_factory.mktemp("compose"), "config", env={"SECRET_KEY": "k"})
+    """The compose file as docker-compose resolves it, with only the secrets given."""
+    result = compose(tmp_path_factory.mktemp("compose"), "config", env=SECRETS)
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
 
@@ -105,17 +116,29 @@ def mounts(service: dict[str, Any]) -> dict[str, str]:
     return found
 
 
-def test_compose_file_is_valid_with_only_secret_key_set(tmp_path: Path) -> None:
-    result = compose(tmp_path, "config", "-q", env={"SECRET_KEY": "k"})
+def test_compose_file_is_valid_with_only_the_secrets_set(tmp_path: Path) -> None:
+    result = compose(tmp_path, "config", "-q", env=SECRETS)
 
     assert result.returncode == 0, result.stderr
 
 
-def test_compose_refuses_to_run_without_a_secret_key(tmp_path: Path) -> None:
-    result = compose(tmp_path, "config", "-q")
+@pytest.mark.parametrize(
+    ("unset", "message"),
+    [
+        ("SECRET_KEY", "SECRET_KEY is not set"),
+        ("POSTGRES_PASSWORD", "set POSTGRES_PASSWORD"),
+        ("POSTGRES_APP_PASSWORD", "set POSTGRES_APP_PASSWORD"),
+        ("REDIS_PASSWORD", "set REDIS_PASSWORD"),
+    ],
+)
+def test_compose_refuses_to_run_without_each_secret(
+    tmp_path: Path, unset: str, message: str
+) -> None:
+    # Empty counts as unset: no password defaults to a known value.
+    result = compose(tmp_path, "config", "-q", env={**SECRETS, unset: ""})
 
     assert result.returncode != 0
-    assert "SECRET_KEY is not set" in result.stderr
+    assert message in result.stderr
 
 
 def test_env_example_drives_compose_once_a_secret_key_is_filled_in(tmp_path: Path) -> None:
@@ -124,16 +147,22 @@ def test_env_example_drives_compose_once_a_secret_key_is_filled_in(tmp_path: Pat
     # The example ships no usable key: copied unchanged, compose still refuses.
     assert compose(tmp_path, "config", "-q").returncode != 0
 
-    (tmp_path / ".env").write_text(
-        re.sub(r"^SECRET_KEY=.*$", "SECRET_KEY=from-dot-env", example, flags=re.MULTILINE)
-    )
+    filled = example
+    for name in SECRETS:
+        # Each ships empty (asserted here), so a copied example cannot run with a known value.
+        assert re.search(rf"^{name}=$", example, re.MULTILINE), name
+        filled = re.sub(rf"^{name}=$", f"{name}={name.lower()}-from-dot-env", filled, flags=re.M)
+    (tmp_path / ".env").write_text(filled)
     result = compose(tmp_path, "config")
 
     assert result.returncode == 0, result.stderr
-    password = re.search(r"^POSTGRES_PASSWORD=(.+)$", example, re.MULTILINE).group(1)
-    web_env = yaml.safe_load(result.stdout)["services"]["web"]["environment"]
-    assert web_env["SECRET_KEY"] == "from-dot-env"
-    assert f":{password}@postgres:5432/" in web_env["DATABASE_URL"]
+    services = yaml.safe_load(result.stdout)["services"]
+    web_env = services["web"]["environment"]
+    assert web_env["SECRET_KEY"] == "secret_key-from-dot-env"
+    assert ":postgres_app_password-from-dot-env@postgres:5432/" in web_env["DATABASE_URL"]
+    assert ":redis_password-from-dot-env@redis:6379/" in web_env["CELERY_BROKER_URL"]
+    postgres_env = services["postgres"]["environment"]
+    assert postgres_env["POSTGRES_PASSWORD"] == "postgres_password-from-dot-env"
 
 
 def test_postgres_is_pgvector_with_a_healthcheck_and_a_named_volume(
@@ -152,6 +181,32 @@ def test_redis_has_a_healthcheck_and_persists_its_queue(config: dict[str, Any]) 
     assert "redis-cli ping" in healthcheck_text(redis)
     assert "--appendonly yes" in command_text(redis)
     assert mounts(redis)["/data"] in config["volumes"]
+    # A password, which redis-cli (the healthcheck) reads from REDISCLI_AUTH.
+    # ($$: docker-compose config keeps the escape that leaves the variable to the shell.)
+    assert '--requirepass "$$REDISCLI_AUTH"' in command_text(redis)
+    assert redis["environment"]["REDISCLI_AUTH"] == SECRETS["REDIS_PASSWORD"]
+
+
+def test_the_app_connects_as_a_role_the_init_script_creates(config: dict[str, Any]) -> None:
+    postgres = config["services"]["postgres"]
+    env = postgres["environment"]
+    mounted = mounts(postgres)["/docker-entrypoint-initdb.d/10-app-role.sh"]
+    script = ROOT / "deploy" / "postgres" / "init-app-role.sh"
+
+    # The test runs compose on a copy of the file in a temporary folder.
+    assert mounted.endswith("/deploy/postgres/init-app-role.sh")
+    assert env["POSTGRES_APP_USER"] != env["POSTGRES_USER"]
+    for name in APP_SERVICES:
+        url = urlsplit(config["services"][name]["environment"]["DATABASE_URL"])
+        assert (url.username, url.password) == (
+            env["POSTGRES_APP_USER"],
+            SECRETS["POSTGRES_APP_PASSWORD"],
+        ), name
+    # The script creates what `manage.py db_setup_sql` prints (tests/config/test_database_role.py
+    # runs it against a real server).
+    for statement in setup_sql().splitlines():
+        if not statement.startswith("--"):
+            assert statement in script.read_text()
 
 
 def test_app_services_use_production_settings_and_the_compose_servers(
@@ -162,7 +217,10 @@ def test_app_services_use_production_settings_and_the_compose_servers(
         assert env["DJANGO_SETTINGS_MODULE"] == "config.settings.production", name
         assert env["DATABASE_URL"].startswith("postgresql://"), name
         assert "@postgres:5432/" in env["DATABASE_URL"], name
-        assert env["CELERY_BROKER_URL"].startswith("redis://redis:6379/"), name
+        broker = urlsplit(env["CELERY_BROKER_URL"])
+        assert (broker.hostname, broker.port) == ("redis", 6379), name
+        assert broker.password == SECRETS["REDIS_PASSWORD"], name
+        assert urlsplit(env["CELERY_RESULT_BACKEND"]).password == SECRETS["REDIS_PASSWORD"], name
 
 
 def test_every_setting_reaches_the_app_containers(config: dict[str, Any]) -> None:
@@ -188,13 +246,37 @@ def test_web_waits_for_migrations_and_has_an_http_healthcheck(config: dict[str, 
     assert "http://127.0.0.1:8000/health/" in healthcheck_text(web)
 
 
-def test_workers_run_celery_on_the_gpu_queue(config: dict[str, Any]) -> None:
+def test_the_web_servers_settings_reach_the_containers(config: dict[str, Any]) -> None:
+    read = set(SETTINGS_VAR.findall(GUNICORN_CONF.read_text()))
+    # Guards the regex: config/gunicorn.py certainly reads these.
+    assert {"WEB_WORKERS", "WEB_CONCURRENCY", "WEB_TIMEOUT"} <= read
+    # GUNICORN_BIND is ./run's; compose gives --bind on the command line instead. Without
+    # PROMETHEUS_MULTIPROC_DIR gunicorn makes its own folder, inside the container.
+    wanted = read - {"GUNICORN_BIND", "PROMETHEUS_MULTIPROC_DIR"}
+    missing = wanted - set(config["services"]["web"]["environment"])
+    assert not missing, f"web does not receive {sorted(missing)}"
+
+
+def test_workers_have_a_heartbeat_healthcheck(config: dict[str, Any]) -> None:
     for name in WORKERS:
-        command = command_text(config["services"][name])
+        check = config["services"][name]["healthcheck"]
+        assert "manage.py worker_alive" in healthcheck_text(config["services"][name]), name
+        assert check["start_period"], name  # models load before the first heartbeat
+
+
+def test_workers_run_one_celery_process_and_choose_their_models(config: dict[str, Any]) -> None:
+    for name in WORKERS:
+        service = config["services"][name]
+        command = command_text(service)
         assert command.startswith("celery -A config worker"), name
+        # One process per GPU (or per CPU host, with threads inside the batch).
         assert "--pool=solo" in command, name
-        queues = re.search(r"--queues[= ](\S+)", command).group(1).split(",")
-        assert "gpu" in queues, name
+        # No fixed queues: the worker adds each model's queue itself once it loads the model
+        # (workers.heartbeat); a fixed --queues would take batches before the checks.
+        assert "--queues" not in command and " -Q" not in command, name
+        assert "EMBEDDING_WORKER_MODELS" in service["environment"], name
+    cpu = config["services"]["worker-cpu"]["environment"]
+    assert cpu["OMP_NUM_THREADS"] == cpu["EMBEDDING_ONNX_THREADS"] == "4"
 
 
 def test_gpu_worker_reserves_an_nvidia_gpu_and_gets_a_cuda_torch(
@@ -277,12 +359,11 @@ def replicas_config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The compose file with the ``replicas`` profile on and the web pointed at its services,
     as the README's *Read replicas* tells an operator to set .env."""
     env = {
-        "SECRET_KEY": "k",
-        "POSTGRES_PASSWORD": "pw",
+        **SECRETS,
         "WEB_DATABASE_HOST": "pgbouncer",
         "WEB_DATABASE_PORT": "6432",
         "DATABASE_PGBOUNCER": "transaction",
-        "DATABASE_REPLICA_URLS": "postgresql://imagesearch:pw@postgres-replica:5432/imagesearch",
+        "DATABASE_REPLICA_URLS": "postgresql://imagesearch:app-pw@postgres-replica:5432/imagesearch",
     }
     result = compose(
         tmp_path_factory.mktemp("compose-replicas"), "--profile", "replicas", "config", env=env
@@ -301,7 +382,8 @@ def test_replicas_profile_runs_a_streaming_standby_of_the_postgres_service(
     assert replica["image"] == primary["image"]
     assert replica["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert replica["environment"]["PRIMARY_HOST"] == "postgres"
-    assert replica["environment"]["PGPASSWORD"] == "pw"
+    # The superuser streams WAL and makes the slot; the app's role has no REPLICATION.
+    assert replica["environment"]["PGPASSWORD"] == SECRETS["POSTGRES_PASSWORD"]
     assert replica["environment"]["PGUSER"] == primary["environment"]["POSTGRES_USER"]
     assert "pg_isready" in healthcheck_text(replica)
     # Its own volume: a standby never shares the primary's data directory.
@@ -316,10 +398,12 @@ def test_replicas_profile_runs_a_streaming_standby_of_the_postgres_service(
     text = (ROOT / "deploy" / "postgres" / Path(script).name).read_text()
     assert "pg_basebackup" in text and " -R " in text and "docker-entrypoint.sh" in text
     # The primary's fresh volume allows replication connections from the compose network.
-    init = [t for t in mounts(primary) if t.startswith("/docker-entrypoint-initdb.d/")]
-    assert len(init) == 1
-    init_script = Path(mounts(primary)[init[0]]).name
-    assert "host replication" in (ROOT / "deploy" / "postgres" / init_script).read_text()
+    init_scripts = [
+        (ROOT / "deploy" / "postgres" / Path(source).name).read_text()
+        for target, source in mounts(primary).items()
+        if target.startswith("/docker-entrypoint-initdb.d/")
+    ]
+    assert any("host replication" in text for text in init_scripts)
     # Off by default (the profile above): nothing plain `up` starts waits for it.
     for service in config["services"].values():
         assert "postgres-replica" not in service.get("depends_on", {})
@@ -336,6 +420,10 @@ def test_replicas_profile_puts_only_the_web_behind_pgbouncer_in_transaction_mode
     assert str(pgbouncer["environment"]["LISTEN_PORT"]) == "6432"
     assert "@postgres:5432/" in pgbouncer["environment"]["DATABASE_URL"]
     web = services["web"]["environment"]
+    # The pool and the web log in as the app's role, as every app service does.
+    app_login = urlsplit(services["migrate"]["environment"]["DATABASE_URL"]).netloc.split("@")[0]
+    assert urlsplit(pgbouncer["environment"]["DATABASE_URL"]).netloc.split("@")[0] == app_login
+    assert urlsplit(web["DATABASE_URL"]).netloc.split("@")[0] == app_login
     assert "@pgbouncer:6432/" in web["DATABASE_URL"]
     assert web["DATABASE_PGBOUNCER"] == "transaction"
     assert web["DATABASE_REPLICA_URLS"].endswith("@postgres-replica:5432/imagesearch")

@@ -23,9 +23,10 @@ HUGE = str(200 * 1024 * 1024)
 
 
 def test_the_body_limit_runs_before_anything_reads_the_body() -> None:
-    # Only django-prometheus's counter comes first, and it never reads the body.
-    assert settings.MIDDLEWARE[:2] == [
+    # Only django-prometheus's counter and the request id come first; neither reads the body.
+    assert settings.MIDDLEWARE[:3] == [
         "django_prometheus.middleware.PrometheusBeforeMiddleware",
+        "kernel.middleware.RequestIdMiddleware",
         "kernel.middleware.RequestBodyLimitMiddleware",
     ]
     assert settings.MIDDLEWARE.index("django.middleware.csrf.CsrfViewMiddleware") > 0

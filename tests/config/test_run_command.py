@@ -131,7 +131,8 @@ def test_run_keeps_the_site_up_when_parts_die_and_sigterm_stops_everything(
             assert "[run] worker stopped (killed by SIGKILL); restarting in" in site.log()
 
             # A task queued before Redis is killed is still there after its restart, and done.
-            celery_control("cancel_consumer", "gpu")  # the worker leaves the queue alone for now
+            # The worker leaves the model's queue alone for now.
+            celery_control("cancel_consumer", "embed.clip-vit-base-patch32")
             csv_path, images = mini_flickr30k(tmp_path / "flickr")
             imported = subprocess.run(
                 [str(RUN), "manage", "import_flickr30k", "--csv", str(csv_path),
@@ -140,14 +141,15 @@ def test_run_keeps_the_site_up_when_parts_die_and_sigterm_stops_everything(
             )  # fmt: skip
             assert imported.returncode == 0, imported.stdout + imported.stderr
             queue = redis.Redis(unix_socket_path=str(socket_path))
-            assert queue.llen("gpu") == 1
+            assert queue.llen("embed.clip-vit-base-patch32") == 1
             find_child(launcher, "redis-server").kill()
             site.wait_until(lambda: "[run] redis is back" in site.log(), 60, "redis")
-            assert redis.Redis(unix_socket_path=str(socket_path)).llen("gpu") == 1
+            model_queue = redis.Redis(unix_socket_path=str(socket_path))
+            assert model_queue.llen("embed.clip-vit-base-patch32") == 1
             site.wait_until(
                 lambda: site.log().count("Connected to redis") >= 3, 60, "the worker on Redis"
             )
-            celery_control("add_consumer", "gpu")
+            celery_control("add_consumer", "embed.clip-vit-base-patch32")
             pg = f"host={data_dir / 'postgres'} user=postgres dbname=postgres"
             with psycopg.connect(pg) as conn:
                 count = "SELECT count(*) FROM search_imageembedding"

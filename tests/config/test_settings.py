@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 from django.conf import settings
 
@@ -14,9 +16,11 @@ CHECK = "import django; django.setup(); print('started')"
 def start_with(**env: str) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEBUG"}}
     full.update(
-        DJANGO_SETTINGS_MODULE="config.settings.production",
-        CELERY_BROKER_URL="redis://redis.invalid:6379/0",
-        **env,
+        {
+            "DJANGO_SETTINGS_MODULE": "config.settings.production",
+            "CELERY_BROKER_URL": "redis://redis.invalid:6379/0",
+            **env,
+        }
     )
     return subprocess.run(
         [sys.executable, "-c", CHECK],
@@ -44,6 +48,33 @@ def test_production_refuses_to_start_without_a_database_url() -> None:
     result = start_with(SECRET_KEY="x" * 50, DATABASE_URL="")
     assert result.returncode != 0
     assert "Production settings need DATABASE_URL" in result.stderr
+
+
+def test_production_refuses_to_start_without_a_broker_url() -> None:
+    # Without one, it fell back to ./run's embedded Redis socket under the code's folder.
+    result = start_with(
+        SECRET_KEY="x" * 50,
+        DATABASE_URL="postgresql://u@db.invalid:5432/x",
+        CELERY_BROKER_URL="",
+        REDIS_URL="",
+    )
+    assert result.returncode != 0
+    assert "Production settings need CELERY_BROKER_URL (or REDIS_URL)" in result.stderr
+
+
+def test_production_refuses_a_per_process_cache() -> None:
+    # A broker that is not Redis gives no cache URL: rate limits would be per process.
+    configured = dict(SECRET_KEY="x" * 50, DATABASE_URL="postgresql://u@db.invalid:5432/x")
+    refused = start_with(**configured, CELERY_BROKER_URL="amqp://mq.invalid//", CACHE_URL="")
+    assert refused.returncode != 0
+    assert "Production settings need CACHE_URL" in refused.stderr
+
+    given = start_with(
+        **configured,
+        CELERY_BROKER_URL="amqp://mq.invalid//",
+        CACHE_URL="redis://:secret@redis.invalid:6379/1",
+    )
+    assert given.returncode == 0, given.stderr
 
 
 def test_production_starts_when_configured() -> None:
@@ -76,11 +107,13 @@ def check_deploy(**env: str) -> subprocess.CompletedProcess[str]:
     # an error under --deploy).
     full = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "TMPDIR"}}
     full.update(
-        DJANGO_SETTINGS_MODULE="config.settings.production",
-        SECRET_KEY="k" * 50 + "-not-the-default",
-        DATABASE_URL="postgresql://u@db.invalid:5432/x",
-        CELERY_BROKER_URL="redis://redis.invalid:6379/0",
-        **env,
+        {
+            "DJANGO_SETTINGS_MODULE": "config.settings.production",
+            "SECRET_KEY": "k" * 50 + "-not-the-default",
+            "DATABASE_URL": "postgresql://u@db.invalid:5432/x",
+            "CELERY_BROKER_URL": "redis://redis.invalid:6379/0",
+            **env,
+        }
     )
     return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
@@ -94,6 +127,22 @@ def check_deploy(**env: str) -> subprocess.CompletedProcess[str]:
 
 def test_check_deploy_is_clean_with_production_settings() -> None:
     result = check_deploy()
+    assert result.returncode == 0, result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+def test_check_deploy_is_clean_with_the_documented_environment() -> None:
+    # .env.example's values as given (what `cp .env.example .env` starts from), with what it
+    # asks the operator to fill in.
+    example = (Path(settings.BASE_DIR) / ".env.example").read_text()
+    given = dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", example, re.MULTILINE))
+    given.update(
+        SECRET_KEY="a-long-random-value-" + "x" * 40,
+        DATABASE_URL="postgresql://imagesearch:app-pw@db.invalid:5432/imagesearch",
+        CELERY_BROKER_URL="redis://:redis-pw@redis.invalid:6379/0",
+        LOG_FORMAT="json",
+    )
+    result = check_deploy(**given)
     assert result.returncode == 0, result.stderr
     assert "System check identified no issues" in result.stdout
 

@@ -23,7 +23,7 @@ from PIL import Image as PILImage
 from config.settings.base import image_storages
 from encoders import open_image
 from gallery.models import Image
-from gallery.storage import image_storage
+from gallery.storage import image_storage, stored_file_open
 from tests.factories import ImageFactory, UserFactory, jpeg_bytes
 from tests.s3_server import Bucket
 from workers import pipeline
@@ -176,3 +176,22 @@ def test_storage_down_keeps_the_jobs_waiting_with_the_reason(
     result = pipeline.embedding_batch_run(model_id=CLIP, image_ids=ids)
     assert result["embedded"] == 2
     assert set(jobs.values_list("status", flat=True)) == {"done"}
+
+
+def test_reading_an_image_from_the_bucket_is_one_request(s3_bucket: Bucket) -> None:
+    """A worker reads every image it embeds: one GetObject each, not django-storages' HEAD,
+    HEAD (s3transfer's size probe) and GET, three round trips to the bucket per image."""
+    image = ImageFactory(dataset=True, content=jpeg_bytes(size=(40, 30)))
+    storage = image_storage()
+    calls: list[str] = []
+    events = storage.connection.meta.client.meta.events
+    events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+
+    with stored_file_open(image.file.name) as handle:
+        assert handle.read() == s3_bucket.read(image.file.name)
+    assert calls == ["GetObject"]
+
+    calls.clear()
+    with pytest.raises(FileNotFoundError), stored_file_open("images/no/such.jpg"):
+        pass
+    assert calls == ["GetObject"]

@@ -8,6 +8,7 @@ ones are committed under docs/ for the README).
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 SIZES = {"desktop": (1280, 800), "phone": (390, 844), "small-phone": (360, 740)}
 CLIP = "clip-vit-base-patch32"
 AXE = Axe()
+TAKEN_DAYS = [datetime(2025, 6, 14, 8, tzinfo=UTC), datetime(2025, 6, 7, 9, tzinfo=UTC),
+              datetime(2024, 12, 25, 10, tzinfo=UTC)]  # fmt: skip
 
 
 @pytest.fixture
@@ -46,10 +49,16 @@ def site(live_server, tiny_models) -> dict:
             dataset=True,
             content=jpeg_bytes(color=colour, size=(160 + 40 * (index % 3), 120)),
             original_filename=f"flickr{index}.jpg",
+            # Taken on three different days, two or three photos a day, and some not known
+            # (those fall back to their upload time: today): browse shows day headers.
+            taken_at=None if index % 4 == 3 else TAKEN_DAYS[index % 3] + timedelta(hours=index),
         )
         image.captions.create(text=f"a photo of scene number {index} at the beach", position=0)
         photos.append(image)
-    mine = ImageFactory(owner=owner, original_filename="my-dog.jpg")
+    mine = ImageFactory(
+        owner=owner, original_filename="my-dog.jpg", taken_at=TAKEN_DAYS[0], taken_offset=120,
+        camera_make="Canon", camera_model="Canon EOS R6",
+    )  # fmt: skip
     shared = CollectionFactory(owner=owner, name="Beach trip", visibility="unlisted")
     CollectionItemFactory(collection=shared, image=mine, query="dog")
     CollectionItemFactory(collection=shared, image=photos[0], query="beach")
@@ -118,6 +127,7 @@ def test_every_page_fits_the_screen_and_passes_axe(
         pages = {
             "home": "/",
             "search": "/search/?q=a+dog+on+the+beach",
+            "search-date": "/search/?q=a+dog+on+the+beach&sort=date",
             "similar": f"/search/similar/{first}/",
             "image": f"/images/{site['mine'].pk}/",
             "image-dataset": f"/images/{first}/",

@@ -3,7 +3,7 @@ paging, and privacy in both orders, through the selector, the API and the page."
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -194,3 +194,32 @@ def test_fused_search_sorts_by_date_within_its_relevant_ranks(
     newest = sorted(images[:16], key=lambda i: (created[i.pk], i.pk), reverse=True)
     assert [hit["id"] for hit in data["results"]] == [i.pk for i in newest]
     assert data["sort"] == "date" and data["fusion"] == "rrf"
+
+
+def test_date_order_goes_by_when_photos_were_taken_and_the_api_says_when_and_with_what(
+    client: Client, world, monkeypatch
+) -> None:
+    monkeypatch.setattr("search.query_encoder.text_embedding", lambda **kwargs: QUERY)
+    good_new, good_edge, good_mid = world["good"]
+    # Uploaded two days ago, taken in 2001 (at 10:30 in UTC-05:00): now the oldest.
+    Image.objects.filter(pk=good_new.pk).update(
+        taken_at=datetime(2001, 5, 6, 15, 30, tzinfo=UTC), taken_offset=-300,
+        camera_make="FUJIFILM", camera_model="FinePix S2Pro",
+    )  # fmt: skip
+    # Uploaded 30 days ago, its camera's clock (no offset recorded) said yesterday.
+    yesterday = (timezone.now() - timedelta(days=1)).replace(microsecond=0)
+    Image.objects.filter(pk=world["best"].pk).update(taken_at=yesterday)
+    page = images_search_by_vector(
+        user=ANON, model_id=CLIP, vector=QUERY, search=SearchRequest(k=10, sort="date")
+    )
+    expected = [world["best"].pk, good_edge.pk, good_mid.pk, good_new.pk]
+    assert ids(page) == expected
+    data = client.get("/api/search", {"q": "a dog", "sort": "date"}).json()
+    assert [hit["id"] for hit in data["results"]] == expected
+    hits = {hit["id"]: hit for hit in data["results"]}
+    assert hits[good_new.pk]["taken_at"] == "2001-05-06T10:30:00-05:00"
+    assert hits[good_new.pk]["camera"] == "FUJIFILM FinePix S2Pro"
+    assert hits[world["best"].pk]["taken_at"] == yesterday.replace(tzinfo=None).isoformat()
+    assert (hits[good_mid.pk]["taken_at"], hits[good_mid.pk]["camera"]) == (None, "")
+    hit_schema = client.get("/api/openapi.json").json()["components"]["schemas"]["Hit"]
+    assert {"taken_at", "camera"} <= set(hit_schema["properties"])

@@ -40,7 +40,7 @@ def test_a_lost_broker_is_one_line_each_without_a_traceback(tmp_path: Path) -> N
     with log.open("w") as out:
         worker = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "config", "--quiet", "worker", "--pool=solo",
-             "--queues=gpu,cpu", "--loglevel=INFO", "--hostname=lost@%h"],
+             "--loglevel=INFO", "--hostname=lost@%h"],
             cwd=settings.BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:

@@ -29,7 +29,7 @@ class Worker:
         self.log = log
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool=solo",
-             "--queues=gpu,cpu", "--loglevel=INFO", "--without-mingle", "--without-gossip"],
+             "--loglevel=INFO", "--without-mingle", "--without-gossip"],
             cwd=settings.BASE_DIR, env=env, stdout=log.open("a"), stderr=subprocess.STDOUT,
         )  # fmt: skip
 

@@ -103,7 +103,7 @@ def test_metrics_has_request_metrics_and_the_sites_gauges() -> None:
     assert metric(text, "imagesearch_workers_live") == 2
     assert metric(text, "imagesearch_embedding_model_live", model=MODEL) == 1
     assert metric(text, "imagesearch_embedding_model_live", model=OTHER) == 0
-    assert metric(text, "imagesearch_broker_queue_length", queue="gpu") >= 0
+    assert metric(text, "imagesearch_broker_queue_length", queue="embed.clip-vit-base-patch32") >= 0
 
 
 def test_metrics_refuses_other_addresses_without_the_token(settings) -> None:

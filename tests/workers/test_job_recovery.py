@@ -11,6 +11,7 @@ from django.utils import timezone
 from tests.factories import ImageFactory, jpeg_bytes
 from workers import queueing
 from workers.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
+from workers.routing import embedding_queue
 from workers.services import embedding_jobs_create_missing
 from workers.tasks import embed_images_task
 
@@ -30,7 +31,7 @@ def purge_embedding_queue() -> None:
     from config.celery import app
 
     with app.connection_for_write() as connection:
-        connection.default_channel.queue_purge(queueing.settings.EMBEDDING_QUEUE)
+        connection.default_channel.queue_purge(embedding_queue(CLIP))
 
 
 def model_state() -> EmbeddingModel:
@@ -158,25 +159,31 @@ def test_a_sent_but_lost_message_is_sent_again_when_the_queue_is_empty(
     embedding_jobs_create_missing(model_id=CLIP)
     old = timezone.now() - timedelta(seconds=settings.EMBEDDING_LOST_AFTER_SECONDS + 5)
     EmbeddingJob.objects.update(enqueued_at=old)  # sent a while ago, never taken
-    assert queueing.broker_queue_length(settings.EMBEDDING_QUEUE) == 0
+    assert queueing.broker_queue_length(embedding_queue(CLIP)) == 0
     assert sweep(django_capture_on_commit_callbacks) == [sorted(i.pk for i in images)]
     # Sent moments ago: left to the queue.
     assert sweep(django_capture_on_commit_callbacks) == []
 
 
-def test_uploads_record_when_their_job_was_sent(
+def test_an_upload_leaves_its_job_to_the_coalesced_task_of_its_model(
     redis_url, django_capture_on_commit_callbacks
 ) -> None:
+    from django.core.cache import cache
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     from gallery.services.images import image_upload
     from tests.factories import UserFactory
 
     purge_embedding_queue()
-    upload = SimpleUploadedFile("dog.jpg", jpeg_bytes(), content_type="image/jpeg")
-    with django_capture_on_commit_callbacks(execute=True):
-        image = image_upload(owner=UserFactory(), file=upload)
-    job = EmbeddingJob.objects.get(image=image, model_id=CLIP)
-    assert job.enqueued_at is not None
-    assert queueing.broker_queue_length(queueing.settings.EMBEDDING_QUEUE) == 1
+    cache.clear()
+    owner = UserFactory()
+    for shade, name in enumerate(("dog.jpg", "cat.jpg", "owl.jpg")):
+        content = jpeg_bytes(color=(40 * shade, 90, 40))
+        upload = SimpleUploadedFile(name, content, content_type="image/jpeg")
+        with django_capture_on_commit_callbacks(execute=True):
+            image_upload(owner=owner, file=upload)
+    # Unsent: the task claims them when it runs (and the sweep would, were it lost).
+    assert list(EmbeddingJob.objects.values_list("enqueued_at", flat=True)) == [None] * 3
+    # One task for the three uploads, in the model's own queue.
+    assert queueing.broker_queue_length(embedding_queue(CLIP)) == 1
     purge_embedding_queue()

@@ -106,6 +106,46 @@ def test_two_deliveries_of_one_batch_at_once_embed_each_image_once(model_calls) 
     assert set(EmbeddingJob.objects.values_list("status", flat=True)) == {"done"}
 
 
+@pytest.mark.django_db
+def test_a_run_longer_than_its_lease_keeps_what_it_holds_and_leaves_what_another_took(
+    model_calls, monkeypatch
+) -> None:
+    """A message bigger than the worker's sub-batch (an import queued in batches of 48 for
+    workers that embed 8 at a time) can outlast one lease: every sub-batch renews the lease of
+    all the jobs still to do, and a job another run took meanwhile is not embedded again."""
+    ids = [i.pk for i in photos(6)]
+    embedding_jobs_create_missing(model_id=CLIP)
+    real_store = pipeline.embeddings_store
+    leases_left: list[bool] = []
+
+    def store(**kwargs: object) -> int:
+        stored = real_store(**kwargs)
+        if not leases_left:
+            # The first sub-batch took longer than the lease: every lease the run took at its
+            # start has run out, and another run took the next image.
+            EmbeddingJob.objects.filter(image_id__in=ids[2:]).update(
+                lease_until=timezone.now() - timedelta(seconds=1)
+            )
+            assert embedding_jobs_start(model_id=CLIP, image_ids=ids[2:3], lease=LEASE, owner="o")
+        leases_left.append(
+            not EmbeddingJob.objects.filter(
+                image_id__in=ids[4:], lease_until__lt=timezone.now()
+            ).exists()
+        )
+        return stored
+
+    monkeypatch.setattr(pipeline, "embeddings_store", store)
+    result = pipeline.images_embed_batch(model_id=CLIP, image_ids=ids, batch_size=2)
+
+    assert (result.embedded, result.skipped) == (5, 1)
+    assert model_calls["images"] == 5  # never the image the other run holds
+    assert set(ImageEmbedding.objects.values_list("image_id", flat=True)) == set(ids) - {ids[2]}
+    taken = EmbeddingJob.objects.get(image_id=ids[2])
+    assert (taken.status, taken.lease_owner) == ("pending", "o")
+    # The second sub-batch renewed the third's leases too: nobody could take them meanwhile.
+    assert leases_left[1:] == [True, True]
+
+
 def database_now() -> timezone.datetime:
     with connection.cursor() as cursor:
         cursor.execute("SELECT now()")

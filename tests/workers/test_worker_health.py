@@ -11,7 +11,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.utils import timezone
 
 from config.celery import app
@@ -20,6 +19,7 @@ from tests.workers.test_celery_worker import Worker, wait_for, worker_environmen
 from workers import queueing
 from workers.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
 from workers.models import Worker as WorkerRow
+from workers.routing import embedding_queue
 from workers.selectors import workers_live
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -73,7 +73,7 @@ def test_a_worker_records_its_heartbeat_and_leaves_the_list(settings, start_work
         [CLIP],
         {},
         "cpu",
-        settings.EMBEDDING_BATCH_SIZE,
+        32,  # EMBEDDING_BATCH_SIZE 0: by the device
     )
     assert row.name.startswith("celery@")
     first_seen = row.last_seen
@@ -112,7 +112,8 @@ def test_a_worker_that_cannot_load_a_model_does_not_block_one_that_can(start_wor
     # Every image went through the healthy worker's model, once; the broken one took none.
     wait_for(lambda: heartbeat_of(healthy).embedded == 12, 30, healthy.log)
     assert heartbeat_of(broken).embedded == 0
-    assert "stops taking embedding batches" in broken.log.read_text()
+    assert "it takes no embedding batches of it" in broken.log.read_text()
+    assert heartbeat_of(broken).queues == []
 
     # The healthy worker goes: now no live worker loads the model, and the site says so.
     healthy.stop()
@@ -134,7 +135,7 @@ def test_every_batch_delivered_twice_to_two_workers_is_embedded_once(start_worke
         for _ in range(2):
             app.send_task(
                 "workers.tasks.embed_images_task", args=(CLIP, ids[start : start + 3]),
-                queue=settings.EMBEDDING_QUEUE, task_id=f"batch-{start}",
+                queue=embedding_queue(CLIP), task_id=f"batch-{start}",
             )  # fmt: skip
     stored = ImageEmbedding.objects.filter(model_id=CLIP)
     wait_for(lambda: stored.count() == 12, 180, workers[0].log)
@@ -145,9 +146,7 @@ def test_every_batch_delivered_twice_to_two_workers_is_embedded_once(start_worke
     # Each worker counts the images its model embedded; their heartbeats carry the counts.
     wait_for(lambda: model_calls() >= 12, 30, workers[0].log)
     # Every message has run by now (both queues drained); one more beat each for late counts.
-    wait_for(
-        lambda: queueing.broker_queue_length(settings.EMBEDDING_QUEUE) == 0, 60, workers[1].log
-    )
+    wait_for(lambda: queueing.broker_queue_length(embedding_queue(CLIP)) == 0, 60, workers[1].log)
     time.sleep(1.5)
     assert model_calls() == 12
     assert sorted(stored.values_list("image_id", flat=True)) == sorted(ids)

@@ -85,6 +85,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--fused", action="store_true", help="also time fused search (two models) vs one"
     )
+    parser.add_argument(
+        "--fusion-sweep",
+        default="",
+        help="with --fused: CANDIDATES:EF_SEARCH pairs (comma-separated) to time and check "
+        "fused search's agreement with whole-gallery RRF at, e.g. 1000:40,1000:1000",
+    )
     parser.add_argument("--e2e-size", type=int, default=31_783)
     parser.add_argument("--e2e-queries", type=int, default=None, help="default: --queries")
     parser.add_argument("--load-seconds", type=float, default=60.0)

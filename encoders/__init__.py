@@ -15,6 +15,7 @@ from .images import DEFAULT_MAX_PIXELS, DecodedPicture, decode_image, open_image
 from .registry import (
     MODELS,
     clear_encoder_cache,
+    device_resolve,
     load_encoder,
     loaded_model_ids,
     model_spec,
@@ -32,6 +33,7 @@ __all__ = [
     "UnknownModelError",
     "WeightsUnavailableError",
     "clear_encoder_cache",
+    "device_resolve",
     "load_encoder",
     "loaded_model_ids",
     "model_spec",

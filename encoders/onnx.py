@@ -77,6 +77,7 @@ class OnnxEncoder(ProcessorEncoder):
         sessions: Mapping[str, Any],
         export_dir: Path,
         quantization: str | None,
+        int8_min_cosine: float | None = None,
     ) -> None:
         super().__init__(
             model_id=model_id,
@@ -86,6 +87,9 @@ class OnnxEncoder(ProcessorEncoder):
             quantization=quantization,
         )
         self.export_dir = export_dir
+        # The int8 check's lowest cosine to float32 (None: int8 was not asked for): with
+        # ``quantization`` None it was asked for and refused (below MIN_INT8_COSINE).
+        self.int8_min_cosine = int8_min_cosine
         self._sessions = dict(sessions)
 
     def __repr__(self) -> str:
@@ -188,12 +192,14 @@ def _load(
     meta = json.loads((export_dir / "meta.json").read_text())
     files = {tower: f"{tower}.onnx" for tower in _TOWERS}
     quantization = None
+    int8_min_cosine = None
     if quantize:
-        if "int8" not in meta:
+        if not onnx_export.int8_checked(meta):
             with _locked(cache_dir, export_dir.name):
                 meta = onnx_export.quantize_int8(probe, export_dir=export_dir, run_graph=run_graph)
         # Judged on the recorded cosine at each load, so a changed rule applies to old exports.
-        if meta["int8"]["min_cosine"] >= MIN_INT8_COSINE:
+        int8_min_cosine = float(meta["int8"]["min_cosine"])
+        if int8_min_cosine >= MIN_INT8_COSINE:
             files = {tower: f"{tower}.int8.onnx" for tower in _TOWERS}
             quantization = INT8
         else:
@@ -214,6 +220,7 @@ def _load(
         sessions=sessions,
         export_dir=export_dir,
         quantization=quantization,
+        int8_min_cosine=int8_min_cosine,
     )
 
 

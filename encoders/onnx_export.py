@@ -160,16 +160,27 @@ _DYNAMIC_AXES = {
 }
 
 
+# Names the inputs the int8 check runs on; an export whose recorded check used other inputs is
+# checked again (quantising again is seconds, once per weights and versions).
+INT8_PROBE = "queries-v1"
+
+
+def int8_checked(meta: Mapping[str, Any]) -> bool:
+    """Whether ``meta`` (an export's meta.json) holds an int8 check on today's probe inputs."""
+    return bool(meta.get("int8", {}).get("probe") == INT8_PROBE)
+
+
 def quantize_int8(probe: ExportProbe, *, export_dir: Path, run_graph: RunGraph) -> dict[str, Any]:
-    """Quantise both towers once (dynamic int8) and record their lowest cosine to float32."""
+    """Quantise both towers once (dynamic int8) and record their lowest cosine to float32 on
+    the probe's inputs: the query texts of ``ExportProbe.int8_texts`` and the check images."""
     # Read again under the lock: another process may have quantised while this one waited.
     meta: dict[str, Any] = json.loads((export_dir / "meta.json").read_text())
-    if "int8" in meta:
+    if int8_checked(meta):
         return meta
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     cosines = []
-    for tower, inputs in (("text", probe.check_texts()), ("vision", probe.check_images())):
+    for tower, inputs in (("text", probe.int8_texts()), ("vision", probe.check_images())):
         source, target = export_dir / f"{tower}.onnx", export_dir / f"{tower}.int8.onnx"
         scratch = target.with_name(f"{target.name}.tmp{os.getpid()}")
         # Per-channel weight scales: one outlier channel no longer coarsens every other
@@ -184,7 +195,15 @@ def quantize_int8(probe: ExportProbe, *, export_dir: Path, run_graph: RunGraph) 
         int8 = l2_normalised(run_graph(target, inputs))
         cosines.append(float(np.sum(full * int8, axis=1).min()))
     minimum = min(cosines)
-    meta = {**meta, "int8": {"min_cosine": minimum}}
+    meta = {
+        **meta,
+        "int8": {
+            "min_cosine": minimum,
+            "min_cosine_text": cosines[0],
+            "min_cosine_vision": cosines[1],
+            "probe": INT8_PROBE,
+        },
+    }
     scratch = export_dir / f"meta.json.tmp{os.getpid()}"
     scratch.write_text(json.dumps(meta, indent=2))
     os.replace(scratch, export_dir / "meta.json")
@@ -237,11 +256,38 @@ class ExportProbe:
             ]
         )
 
+    def int8_texts(self) -> dict[str, np.ndarray]:
+        """What the int8 text tower is checked on: the check texts and a fixed set of search
+        queries, short and long, as people type them (the query encoder's real input)."""
+        return self._encoder.text_inputs(
+            [
+                "a red car parked in front of an old stone house on a rainy evening",
+                "dog",
+                "ein Hund im Schnee",
+                *INT8_PROBE_QUERIES,
+            ]
+        )
+
     def trace_images(self) -> dict[str, np.ndarray]:
         return self._encoder.image_inputs([_photo(0, 64, 48), _photo(1, 48, 64)])
 
     def check_images(self) -> dict[str, np.ndarray]:
         return self._encoder.image_inputs([_photo(2, 80, 40), _photo(3, 50, 50), _photo(4, 30, 90)])
+
+
+# Search queries the int8 text tower is checked on (INT8_PROBE names this list: change both).
+INT8_PROBE_QUERIES = (
+    "two dogs running on the beach",
+    "a man riding a bicycle down a city street",
+    "children playing soccer in a park",
+    "a woman in a red dress holding an umbrella",
+    "sunset over the mountains",
+    "a plate of food on a wooden table",
+    "people waiting at a train station at night",
+    "a black and white photo of an old man smiling",
+    "cat",
+    "une femme qui lit un livre dans un café",
+)
 
 
 def _photo(seed: int, width: int, height: int) -> Image.Image:

@@ -136,6 +136,12 @@ def load_encoder(
     return encoder
 
 
+def device_resolve(device: str | None = None) -> str:
+    """The device ``load_encoder`` runs on when given ``device`` (None: the best available,
+    as ``load_encoder`` picks it); ``EncoderError`` for one that is unknown or absent."""
+    return _resolve_device(device)
+
+
 def loaded_model_ids() -> frozenset[str]:
     """Ids of the models this process holds a loaded encoder of (any device, dtype or backend):
     what a warm-up has loaded, or what ``clear_encoder_cache`` would free."""

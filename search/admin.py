@@ -1,5 +1,6 @@
 """Search's admin: the evaluation runs, and on the embedding models page (workers'), each
-model's latest evaluation runs beside the published figure for the same weights."""
+model's latest evaluation runs beside the published figure for the same weights, and the
+precision its query encoder runs in."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 
 from search.models import EvaluationRun
+from search.query_encoder import query_precision
 from search.selectors import evaluation_runs_latest
 from workers.admin import EmbeddingModelAdmin
 from workers.models import EmbeddingModel
@@ -40,6 +42,18 @@ class EmbeddingModelEvaluationsAdmin(EmbeddingModelAdmin):
     beside the published figure for the same weights."""
 
     change_list_template = "admin/search/embeddingmodel/change_list.html"
+
+    def get_list_display(self, request: HttpRequest) -> tuple[Any, ...]:
+        return (*super().get_list_display(request), "query_encoder")
+
+    @admin.display(description="Query encoder (this web process)")
+    def query_encoder(self, obj: EmbeddingModel) -> str:
+        """The precision searches encode queries in, and why: int8 where its check against
+        float32 passed for these weights (SEARCH_QUERY_DTYPE "auto"), float32 otherwise."""
+        precision = query_precision(obj.model_id)
+        if precision is None:
+            return "not loaded in this process yet (loads on its first search)"
+        return f"{precision.dtype} ({precision.backend}): {precision.reason}"
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None

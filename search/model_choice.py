@@ -9,13 +9,15 @@ import re
 from dataclasses import dataclass
 
 from django.db import connections, router
+from django.db.models import Max
 
 from encoders import UnknownModelError
 from encoders.registry import model_spec
 from gallery.models import Image
 from kernel.errors import Conflict, InvalidInput, Unavailable
 from workers.models import EmbeddingJob, EmbeddingModel, ImageEmbedding
-from workers.selectors import embedding_progress
+from workers.selectors import EmbeddingProgress, embedding_progress
+from workers.services import embedding_completeness_record
 
 # A fused search ("A+B") ranks with two models at once (``search.fusion``). In a query string
 # "+" reads as a space, so "A B" is the same choice (a link typed by hand), and "B+A" is "A+B".
@@ -30,6 +32,14 @@ class _EnabledModel:
     unavailable_reason: str
     has_embeddings: bool
     has_pending: bool  # embedding jobs waiting: a search then reports its coverage
+    # Every image embedded, as last recorded (EmbeddingModel.embeddings_complete) and still
+    # true: no image newer than the record; with has_pending False, nothing remains.
+    recorded_complete: bool = False
+    completeness_version: int = 0
+
+    @property
+    def known_complete(self) -> bool:
+        return self.recorded_complete and not self.has_pending
 
 
 def _models_enabled_state() -> dict[str, _EnabledModel]:
@@ -46,13 +56,19 @@ def _models_enabled_state() -> dict[str, _EnabledModel]:
     models = EmbeddingModel._meta.db_table
     embeddings = ImageEmbedding._meta.db_table
     jobs = EmbeddingJob._meta.db_table
+    images = Image._meta.db_table
     with connections[router.db_for_read(EmbeddingModel)].cursor() as cursor:
+        # Every EXISTS is one index probe (the model's first embedding, its first pending job,
+        # the images' primary key past the recorded one), whatever the number of rows.
         cursor.execute(
             f"""
             SELECT m.model_id, m.is_default, m.unavailable_reason,
                    EXISTS (SELECT 1 FROM "{embeddings}" e WHERE e.model_id = m.model_id),
                    EXISTS (SELECT 1 FROM "{jobs}" j
-                           WHERE j.model_id = m.model_id AND j.status = %s)
+                           WHERE j.model_id = m.model_id AND j.status = %s),
+                   m.embeddings_complete AND NOT EXISTS (
+                       SELECT 1 FROM "{images}" i WHERE i.id > m.complete_through_image_id),
+                   m.completeness_version
             FROM "{models}" m
             WHERE m.enabled
             """,
@@ -68,7 +84,10 @@ def _default_of(models: dict[str, _EnabledModel]) -> str | None:
 
 def search_models_available() -> list[str]:
     """Enabled models that have at least one embedding, default first."""
-    models = _models_enabled_state()
+    return _available(_models_enabled_state())
+
+
+def _available(models: dict[str, _EnabledModel]) -> list[str]:
     default = _default_of(models)
     with_rows = [m for m, state in models.items() if state.has_embeddings]
     return sorted(with_rows, key=lambda m: (m != default, m))
@@ -135,8 +154,8 @@ def _choose(spec: str | None, models: dict[str, _EnabledModel], *, fusable: bool
         (_one_model(part, models) for part in parts), key=lambda m: (m != default, m)
     )
     for model_id in model_ids:
-        progress = embedding_progress(model_id=model_id)
-        if progress.remaining:
+        progress = _incomplete_progress(models[model_id])
+        if progress is not None:
             raise InvalidInput(
                 f"fused search with {model_id} is not available yet: it still has "
                 f"{progress.remaining} of {progress.total} images to embed. Search with one "
@@ -144,6 +163,22 @@ def _choose(spec: str | None, models: dict[str, _EnabledModel], *, fusable: bool
             )
     pending = any(models[m].has_pending for m in model_ids)
     return ModelChoice(tuple(model_ids), pending=pending)
+
+
+def _incomplete_progress(state: _EnabledModel) -> EmbeddingProgress | None:
+    """None when ``state``'s model has embedded every image (fused search may use it), else
+    its progress. Answered from the models' state (no query) once recorded; counted
+    (``embedding_progress``) only when not, and the count recorded when it is complete."""
+    if state.known_complete:
+        return None
+    newest = Image.objects.aggregate(newest=Max("pk"))["newest"] or 0  # before counting
+    progress = embedding_progress(model_id=state.model_id)
+    if progress.remaining:
+        return progress
+    embedding_completeness_record(
+        model_id=state.model_id, version=state.completeness_version, through_image_id=newest
+    )
+    return None
 
 
 def _one_model(model_id: str | None, models: dict[str, _EnabledModel]) -> str:
@@ -188,8 +223,9 @@ def _model_choice_split(model: str) -> list[str]:
 def search_model_choices() -> list[str]:
     """What one may search with, default first: each model of ``search_models_available``,
     then "A+B" for each pair of them whose embeddings are both complete."""
-    models = search_models_available()
+    states = _models_enabled_state()
+    models = _available(states)
     if len(models) < 2:
         return models
-    complete = [m for m in models if not embedding_progress(model_id=m).remaining]
+    complete = [m for m in models if _incomplete_progress(states[m]) is None]
     return models + [FUSED_SEPARATOR.join(pair) for pair in itertools.combinations(complete, 2)]

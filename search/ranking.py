@@ -23,6 +23,13 @@ from encoders.registry import model_spec
 from gallery.models import SORTED_AT, Caption, Image
 from gallery.selectors import collections_visible_to, images_visible_to
 from kernel.errors import InvalidInput, NotAuthenticated, NotFound
+from search.ranking_sql import (
+    binding_cursor,
+    image_of_row,
+    nearest_lists_execute,
+    ranking_execute,
+    scope_sql,
+)
 from workers.index_scans import hnsw_scan_transaction
 from workers.models import EmbeddingJob, ImageEmbedding
 
@@ -343,19 +350,18 @@ def images_search_by_vector(
         "exclude_image_id": exclude_image_id,
     }  # fmt: skip
     # One row past the page tells whether another page exists, without a count.
-    depth = offset + k + 1
-    ranked, exact = images_search_queryset(**query, depth=depth)
-    rows = ranked_rows(ranked[offset:depth])
+    rows, exact = _nearest_rows(**query, depth=offset + k + 1, offset=offset, hits=True)
     if len(rows) <= k and not exact:
         # Short from the index: its scan may have stopped at max_scan_tuples inside a block of
         # rows this user cannot see (someone's private uploads nearest to the query). Whether
         # more visible matches exist only a scan without the index can tell.
-        ranked, exact = images_search_queryset(**query, exact=True)
-        rows = ranked_rows(ranked[offset : offset + k + 1])
+        rows, exact = _nearest_rows(
+            **query, depth=offset + k + 1, offset=offset, hits=True, exact=True
+        )
     has_more = len(rows) > k
     hits = [
-        SearchHit(row.image, score=1.0 - float(row.distance), captions=tuple(row.caption_texts))
-        for row in rows[:k]
+        SearchHit(image, score=1.0 - float(distance), captions=tuple(captions))
+        for image, distance, captions in rows[:k]
     ]
     if min_score is not None:
         kept = [hit for hit in hits if hit.score >= min_score]
@@ -405,14 +411,85 @@ def candidates_nearest(
     and whether they are exact. The one-model path's guarantee holds: a list the index leaves
     short is fetched again without it, so it holds min(depth, images in scope)."""
     query: _SearchQuery = {"model_id": model_id, "vector": vector, **scope}
-    ranked, exact = images_search_queryset(**query, depth=depth)
-    rows = ranked_rows(ranked.prefetch_related(None).values_list("image_id", "distance")[:depth])
+    rows, exact = _nearest_rows(**query, depth=depth)
     if len(rows) < depth and not exact:
-        ranked, exact = images_search_queryset(**query, exact=True)
-        rows = ranked_rows(
-            ranked.prefetch_related(None).values_list("image_id", "distance")[:depth]
-        )
-    return {image_id: 1.0 - float(distance) for image_id, distance in rows}, exact
+        rows, exact = _nearest_rows(**query, depth=depth, exact=True)
+    return {image_id: 1.0 - float(distance) for image_id, distance, _ in rows}, exact
+
+
+def candidate_lists_nearest(
+    *,
+    model_ids: Sequence[str],
+    vectors: Sequence[QueryVector],
+    depth: int,
+    ef_search: int | None = None,
+    **scope: Unpack[SearchScope],
+) -> tuple[list[list[int]], bool]:
+    """Each model's ``depth`` nearest images in the search's scope (image ids, nearest first;
+    ``vectors[i]`` is ``model_ids[i]``'s query), and whether every list is exact: every
+    model's index query in one statement (``search.ranking_sql.nearest_lists_execute``),
+    ordered as its HNSW index orders them (half precision: no full vector is read). The
+    one-model guarantee holds: a list the index leaves short is fetched again without it, so
+    each holds min(depth, the model's images in scope). ``ef_search``: the index scans'
+    hnsw.ef_search (None: the server's)."""
+    images, exact = _search_scope(
+        user=scope["user"], model_id=model_ids[0], filters=scope["filters"],
+        exclude_image_id=scope["exclude_image_id"], exact=None,
+    )  # fmt: skip
+    wanted = [
+        (model_id, model_spec(model_id).dim, vector, exact)
+        for model_id, vector in zip(model_ids, vectors, strict=True)
+    ]
+    with (
+        hnsw_scan_transaction(ef_search=ef_search) as alias,
+        binding_cursor(alias) as cursor,
+    ):
+        query_scope = scope_sql(images, alias=alias)
+        lists = nearest_lists_execute(cursor, lists=wanted, scope=query_scope, depth=depth)
+        short = [i for i, found in enumerate(lists) if len(found) < depth and not wanted[i][3]]
+        if short:
+            again = [(*wanted[i][:3], True) for i in short]
+            for i, found in zip(
+                short,
+                nearest_lists_execute(cursor, lists=again, scope=query_scope, depth=depth),
+                strict=True,
+            ):
+                lists[i] = found
+                wanted[i] = again[short.index(i)]
+    return lists, all(list_exact for *_, list_exact in wanted)
+
+
+def _nearest_rows(
+    *,
+    user: User | AnonymousUser,
+    model_id: str,
+    vector: QueryVector,
+    filters: SearchFilters | None,
+    exclude_image_id: int | None,
+    depth: int,
+    offset: int = 0,
+    hits: bool = False,
+    exact: bool | None = None,
+) -> tuple[list[tuple[Any, float, list[str]]], bool]:
+    """The rows ``offset`` to ``depth`` of a search's ranking, and whether it was exact: the
+    query of ``images_search_queryset`` run as ``search.ranking_sql``'s written-out statement
+    (the vector a binary parameter), in the index scan's transaction. Each row is (the
+    ``Image`` with ``hits``, else its id; the cosine distance; the caption texts, with
+    ``hits``)."""
+    images, exact = _search_scope(
+        user=user, model_id=model_id, filters=filters, exclude_image_id=exclude_image_id,
+        exact=exact,
+    )  # fmt: skip
+    with hnsw_scan_transaction() as alias, binding_cursor(alias) as cursor:
+        rows = ranking_execute(
+            cursor, model_id=model_id, dim=model_spec(model_id).dim, vector=vector,
+            scope=scope_sql(images, alias=alias), exact=exact,
+            candidates=max(RERANK_CANDIDATES, depth), limit=depth - offset, offset=offset,
+            hits=hits,
+        )  # fmt: skip
+    if hits:
+        return [(image_of_row(row, alias=alias), row[1], row[2]) for row in rows], exact
+    return [(row[0], row[1], []) for row in rows], exact
 
 
 def search_coverage(
@@ -447,13 +524,10 @@ def images_search_queryset(
     HNSW index otherwise. ``depth`` is how many rows the caller will read (offset + page): the
     index path returns at most max(RERANK_CANDIDATES, depth) (see ``embeddings_ranked``).
     """
-    filters = filters or SearchFilters()
-    images = _filtered_images(user=user, filters=filters)
-    if exclude_image_id is not None:
-        images = images.exclude(pk=exclude_image_id)
-    if exact is None:
-        candidates = ImageEmbedding.objects.filter(model_id=model_id, image__in=images)
-        exact = filters.active and _at_most(candidates, EXACT_SEARCH_MAX_ROWS)
+    images, exact = _search_scope(
+        user=user, model_id=model_id, filters=filters, exclude_image_id=exclude_image_id,
+        exact=exact,
+    )  # fmt: skip
     ranked = (
         embeddings_ranked(model_id=model_id, vector=vector, exact=exact, images=images, depth=depth)
         .select_related("image")
@@ -461,6 +535,26 @@ def images_search_queryset(
         .defer("vector")
     )
     return ranked, exact
+
+
+def _search_scope(
+    *,
+    user: User | AnonymousUser,
+    model_id: str,
+    filters: SearchFilters | None,
+    exclude_image_id: int | None,
+    exact: bool | None,
+) -> tuple[QuerySet[Image], bool]:
+    """The images a search may return, and whether to rank them exactly (``exact`` None:
+    exact for filters matching at most EXACT_SEARCH_MAX_ROWS rows, the index otherwise)."""
+    filters = filters or SearchFilters()
+    images = _filtered_images(user=user, filters=filters)
+    if exclude_image_id is not None:
+        images = images.exclude(pk=exclude_image_id)
+    if exact is None:
+        candidates = ImageEmbedding.objects.filter(model_id=model_id, image__in=images)
+        exact = filters.active and _at_most(candidates, EXACT_SEARCH_MAX_ROWS)
+    return images, exact
 
 
 def _at_most(queryset: QuerySet, limit: int) -> bool:

@@ -248,9 +248,10 @@ def stop_all(hosts: list[Host]) -> None:
 
 
 def celery_worker(host: Host, node: str) -> Host:
-    """A Celery worker as compose starts one (solo pool, the embedding and CPU queues)."""
+    """A Celery worker as compose starts one (solo pool; it takes the housekeeping queue, then
+    each model's queue itself once the model loads)."""
     return host.start(
-        "-m", "celery", "-A", "config", "worker", "--pool=solo", "--queues=gpu,cpu",
+        "-m", "celery", "-A", "config", "worker", "--pool=solo",
         "--concurrency=1", f"--hostname={node}", "--loglevel=INFO",
         "--without-mingle", "--without-gossip",
     )  # fmt: skip

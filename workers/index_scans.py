@@ -24,7 +24,9 @@ from workers.models import ImageEmbedding
 
 
 @contextmanager
-def hnsw_scan_transaction(*, using: str | None = None) -> Iterator[str]:
+def hnsw_scan_transaction(
+    *, using: str | None = None, ef_search: int | None = None
+) -> Iterator[str]:
     """A transaction in which HNSW index scans run with the site's settings: pgvector's
     iterative scan (``HNSW_ITERATIVE_SCAN``), which keeps scanning past rows a filter drops
     until the LIMIT is met instead of returning a short page.
@@ -33,13 +35,23 @@ def hnsw_scan_transaction(*, using: str | None = None) -> Iterator[str]:
     yielded: the index queries must run on it (``queryset.using(alias)``), as a ``SET LOCAL``
     holds only on its own connection. Inside an outer transaction (a test, an atomic request)
     it joins that one (no savepoint: these are reads) and the settings hold until it ends.
+
+    ``ef_search``: hnsw.ef_search for this transaction too (the scan's candidate list; None
+    leaves the server's), for index queries that read deeper than one page.
     """
     alias = using or router.db_for_read(ImageEmbedding)
     with transaction.atomic(using=alias, savepoint=False):
         with connections[alias].cursor() as cursor:
             # set_config(..., true) is SET LOCAL with the value as a parameter.
-            cursor.execute(
-                "SELECT set_config('hnsw.iterative_scan', %s, true)",
-                [settings.HNSW_ITERATIVE_SCAN],
-            )
+            if ef_search is None:
+                cursor.execute(
+                    "SELECT set_config('hnsw.iterative_scan', %s, true)",
+                    [settings.HNSW_ITERATIVE_SCAN],
+                )
+            else:
+                cursor.execute(
+                    "SELECT set_config('hnsw.iterative_scan', %s, true), "
+                    "set_config('hnsw.ef_search', %s, true)",
+                    [settings.HNSW_ITERATIVE_SCAN, str(ef_search)],
+                )
         yield alias

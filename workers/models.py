@@ -66,6 +66,15 @@ class EmbeddingModel(models.Model):
     # one only above it, so its cost follows the newest images, not the whole table
     # (workers.services.embedding_jobs_create_missing). 0 until the first sweep after enabling.
     jobs_cursor = models.BigIntegerField(default=0)
+    # Fused search asks whether the model has embedded every image (nothing remaining, as
+    # workers.selectors.embedding_progress counts) on every request: that count is recorded here
+    # once it comes out complete, for the images up to complete_through_image_id, and holds
+    # while no newer image exists, no job is pending and completeness_version is unchanged
+    # (search.model_choice reads all three in its one statement). Enabling or disabling the
+    # model bumps the version (workers.services.embedding_completeness_forget).
+    embeddings_complete = models.BooleanField(default=False, editable=False)
+    complete_through_image_id = models.BigIntegerField(default=0, editable=False)
+    completeness_version = models.BigIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

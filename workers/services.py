@@ -191,8 +191,29 @@ def embedding_model_enable(*, model_id: str) -> EmbeddingModel:
     state, _ = EmbeddingModel.objects.update_or_create(
         model_id=model_id, defaults={"enabled": True}
     )
+    embedding_completeness_forget(model_id=model_id)
     embeddings_sweep_send(model_id=model_id)
     return state
+
+
+def embedding_completeness_forget(*, model_id: str) -> None:
+    """Void ``model_id``'s recorded completeness (``EmbeddingModel.embeddings_complete``): for
+    changes its O(1) check cannot see (no newer image, no pending job), such as embeddings
+    deleted with the model disabled, or a model enabled again."""
+    EmbeddingModel.objects.filter(model_id=model_id).update(
+        embeddings_complete=False, completeness_version=F("completeness_version") + 1
+    )
+
+
+def embedding_completeness_record(*, model_id: str, version: int, through_image_id: int) -> bool:
+    """Record that ``model_id`` has embedded every image up to ``through_image_id`` (nothing
+    remaining, as ``embedding_progress`` counted it), unless its completeness was voided since
+    ``version`` was read (a change made while it was counted). Returns whether it was kept."""
+    return bool(
+        EmbeddingModel.objects.filter(model_id=model_id, completeness_version=version).update(
+            embeddings_complete=True, complete_through_image_id=through_image_id
+        )
+    )
 
 
 def embeddings_sweep_send(*, model_id: str) -> None:
@@ -239,6 +260,7 @@ def embedding_model_disable(*, model_id: str, delete_embeddings: bool = False) -
         EmbeddingJob.objects.filter(model_id=model_id, status=EmbeddingJob.Status.PENDING).delete()
         # Images lost their jobs: the next enable's sweep must look at every image again.
         EmbeddingModel.objects.filter(model_id=model_id).update(jobs_cursor=0)
+        embedding_completeness_forget(model_id=model_id)
         if not delete_embeddings:
             return 0
         EmbeddingJob.objects.filter(model_id=model_id).delete()

@@ -6,8 +6,9 @@ are alike, as real models roughly do), other centres and noise. Then, for the sa
 
 - one model: ``images_search_by_vector`` (clip-vit-base-patch32, k = API_K), the API's work;
 - fused: ``images_search_fused`` (both models' top FUSION_CANDIDATES through their HNSW
-  indexes, the union scored by both, RRF), the same k;
-- the check a fused request runs first: ``models_choose("A+B")`` (both complete);
+  indexes in one statement, each candidate ranked by its place in each list, RRF), the same k;
+- the check a fused request runs first: ``models_choose("A+B")`` (both complete: one
+  statement once the completeness is recorded, which the first call does);
 - agreement of the fused top k with RRF computed exactly in numpy over the whole gallery
   (``search.fusion.fuse_rrf``), the ranking fused search approximates with top lists.
 
@@ -24,7 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from bench import _harness
-from bench._search.common import API_K, MODEL_ID, WARM_UP_QUERIES, MachineWatch, Measured
+from bench._search.common import (
+    API_K,
+    MODEL_ID,
+    WARM_UP_QUERIES,
+    MachineWatch,
+    Measured,
+    server_cpu_seconds,
+)
 from bench._search.data import LOAD_CHUNK, NOISE, Dataset
 from bench._search.ranking import recall_at, timed_queries
 
@@ -131,6 +139,11 @@ def fused_benchmark(dataset: Dataset, args: argparse.Namespace, data_dir: Path) 
         exact_ids.append([int(i) + 1 for i in order])  # row i is image id i + 1
     rows[1].recall = recall_at(fused_ids, exact_ids, API_K)
 
+    sweep = []
+    for pair in filter(None, args.fusion_sweep.split(",")):
+        candidates, ef_search = (int(part) for part in pair.split(":"))
+        sweep.append(fusion_variant(candidates, ef_search, fused, positions, exact_ids, data_dir))
+
     print(
         f"\nFused vs one model, N={dataset.size:,} per model, {len(rows[0].seconds)} queries "
         f"(database + fusion, no query encoding); recall@{API_K} of fused against RRF over "
@@ -142,4 +155,32 @@ def fused_benchmark(dataset: Dataset, args: argparse.Namespace, data_dir: Path) 
     for row in rows:
         recall = "" if row.recall is None else f"{row.recall:.3f}"
         print(f"{row.label:<56}{row.pct(50):>9.2f}{row.pct(95):>9.2f}{recall:>9}")
+    for line in sweep:
+        print(line)
     watch.report("fused")
+
+
+def fusion_variant(
+    candidates: int, ef_search: int, fused, positions, exact_ids, data_dir: Path
+) -> str:
+    """One row of ``--fusion-sweep``: fused search with FUSION_CANDIDATES and FUSION_EF_SEARCH
+    set so, its agreement with whole-gallery RRF and its CPU per search (this process, and the
+    bench's PostgreSQL)."""
+    from search import fusion
+
+    saved = fusion.FUSION_CANDIDATES, fusion.FUSION_EF_SEARCH
+    fusion.FUSION_CANDIDATES, fusion.FUSION_EF_SEARCH = candidates, ef_search
+    try:
+        database_before, web_before = server_cpu_seconds(data_dir)[1], time.process_time()
+        seconds, ids = timed_queries(positions, fused)
+        web = (time.process_time() - web_before) * 1000 / len(positions)
+        database = (server_cpu_seconds(data_dir)[1] - database_before) * 1000 / len(positions)
+    finally:
+        fusion.FUSION_CANDIDATES, fusion.FUSION_EF_SEARCH = saved
+    row = Measured("", seconds)
+    return (
+        f"  sweep: {candidates} candidates, ef_search {ef_search}: agreement "
+        f"{recall_at(ids, exact_ids, API_K):.3f}, p50 / p95 {row.pct(50):.1f} / "
+        f"{row.pct(95):.1f} ms, CPU per search: this process {web:.2f} ms + PostgreSQL "
+        f"{database:.2f} ms (warm-up queries included)"
+    )

@@ -33,6 +33,9 @@ CELERY_RESULT_BACKEND = CELERY_BROKER_URL
 # Worker processes started by the tests get the test's media folder through the environment.
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT") or TEST_DATA_DIR / "media")
 EMBEDDING_DEVICE = "cpu"
+# Tests compare query vectors with stored ones exactly; the int8 default ("auto") has its own
+# tests (tests/search/test_query_precision.py), which set it.
+SEARCH_QUERY_DTYPE = os.environ.get("SEARCH_QUERY_DTYPE") or "float32"
 STORAGES = {
     **image_storages(),
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

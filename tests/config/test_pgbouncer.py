@@ -54,7 +54,13 @@ def observe(execute, sql, params, many, context):
         raw = context["connection"].connection
         setting = raw.execute("SHOW hnsw.iterative_scan").fetchone()[0]
         pid = raw.execute("SELECT pg_backend_pid()").fetchone()[0]
-        seen.append({"setting": setting, "pid": pid, "status": raw.info.transaction_status.name})
+        seen.append({
+            "setting": setting, "pid": pid, "status": raw.info.transaction_status.name,
+            # The query vector as one binary parameter, not a literal in the statement.
+            "binary_vector": any(
+                type(value).__name__ == "BinaryVector" for value in dict(params or {}).values()
+            ) and "'[" not in sql,
+        })
     return result
 
 def search():
@@ -68,6 +74,12 @@ with connection.execute_wrapper(observe):
 with connection.cursor() as cursor:
     cursor.execute("SELECT current_setting('hnsw.iterative_scan', true), pg_backend_pid()")
     after_setting, after_pid = cursor.fetchone()
+# Fused search's lists: several index queries in one statement, through the same pooler.
+lists, _ = ranking.candidate_lists_nearest(
+    model_ids=[args["model"], args["model"]], vectors=[args["vector"], args["vector"]], depth=20,
+    user=User.objects.get(pk=args["owner"]), filters=SearchFilters(source="mine"),
+    exclude_image_id=None,
+)
 pool = connection.pool
 settings.HNSW_ITERATIVE_SCAN = "off"
 control = search()
@@ -75,6 +87,7 @@ print(json.dumps({
     "hits": [hit.image.pk for hit in page.hits], "scores": [hit.score for hit in page.hits],
     "exact": page.exact, "seen": seen, "after_setting": after_setting, "after_pid": after_pid,
     "control_exact": control.exact, "control_hits": [hit.image.pk for hit in control.hits],
+    "lists": lists,
     "server_side_cursors_off": connection.settings_dict["DISABLE_SERVER_SIDE_CURSORS"],
     "prepare_threshold": connection.connection.prepare_threshold,
     "pooled": pool is not None and connection.connection is not None
@@ -170,10 +183,15 @@ def assert_searched_with_the_scan_setting_and_nothing_leaked(found: dict[str, An
     assert not found["exact"] and len(found["hits"]) == 20
     assert found["control_exact"] and len(found["control_hits"]) == 20
     assert found["scores"] == sorted(found["scores"], reverse=True)
-    # Each index query ran inside a transaction that had the setting...
+    # Each index query ran inside a transaction that had the setting, its vector bound as a
+    # binary parameter...
     assert found["seen"] and all(
-        seen["setting"] == "strict_order" and seen["status"] == "INTRANS" for seen in found["seen"]
+        seen["setting"] == "strict_order" and seen["status"] == "INTRANS" and seen["binary_vector"]
+        for seen in found["seen"]
     )
+    # ...as did fused search's two lists in one statement: each the page's images.
+    assert found["lists"][0] == found["lists"][1]
+    assert set(found["lists"][0]) == set(found["hits"])
     # ...and the next transaction, on the same server connection, does not.
     assert found["after_pid"] == found["seen"][-1]["pid"]
     assert found["after_setting"] in ("off", "", None)

@@ -50,7 +50,8 @@ pytestmark = pytest.mark.slow  # a whole deployment in subprocesses
 CLIP, ALIGN = "clip-vit-base-patch32", "align-base"
 MODELS = (CLIP, ALIGN)
 LEASE_SECONDS = 6
-EMBEDDING_QUEUE = "gpu"  # the queue the workers take embedding batches from
+# The queues the workers take embedding batches from: one per model (workers.routing).
+MODEL_QUEUES = [f"embed.{model_id}" for model_id in MODELS]
 PASSWORD = "a-long-Passphrase-42!"
 
 
@@ -106,6 +107,9 @@ def test_web_and_workers_on_separate_hosts_embed_every_image_once(
         workers = {name: Host(tmp_path, f"{name}-host", worker_env) for name in ("a", "b", "c")}
         for worker in workers.values():
             worker.env["EMBEDDING_MODEL_SOURCES"] = worker.models_copy(tiny_model_dirs)
+        # Host c stands for a GPU host: bigger batches, so CLIP's queued batches are its size
+        # (the biggest a live worker serving the model takes) and a and b split them in 8s.
+        workers["c"].env["EMBEDDING_BATCH_SIZE"] = "48"
         # Host c's copy of ALIGN never arrived: it can load CLIP only.
         broken = workers["c"].dir / "models" / ALIGN
         for path in sorted(broken.rglob("*"), reverse=True):
@@ -181,12 +185,13 @@ def test_web_and_workers_on_separate_hosts_embed_every_image_once(
                 timeout=30,
             )  # fmt: skip
             assert signed_up.status_code == 200 and "sessionid" in browser.cookies, signed_up.text
-            # Host c alone takes the uploads' batches at first: it embeds their CLIP and hands
-            # their ALIGN batches back (it cannot load ALIGN), and the sweep sends those again.
+            # Host c alone takes the uploads' batches at first: it embeds their CLIP; it never
+            # took ALIGN's queue (it cannot load ALIGN), so ALIGN's batch waits there.
             healthy = ["a@host-a", "b@host-b"]
-            assert control.control.cancel_consumer(
-                EMBEDDING_QUEUE, destination=healthy, reply=True, timeout=10
-            ), "workers a and b did not answer"
+            for name in MODEL_QUEUES:
+                assert control.control.cancel_consumer(
+                    name, destination=healthy, reply=True, timeout=10
+                ), "workers a and b did not answer"
             uploaded = []
             browser.get(f"{base}/upload/", timeout=30).raise_for_status()
             for n in range(4):
@@ -202,20 +207,24 @@ def test_web_and_workers_on_separate_hosts_embed_every_image_once(
                 assert answer.status_code == 201, answer.text
                 uploaded.append(answer.json()["id"])
             wait_for(
-                lambda: "handed back to the workers that load it" in workers["c"].read_log(),
-                120, "worker c to hand an ALIGN batch back", *logs,
+                lambda: {(CLIP, i) for i in uploaded} <= set(embedded_by(workers["c"].read_log())),
+                120, "worker c to embed the uploads with CLIP", *logs,
             )  # fmt: skip
-            # Handed back, not held against the model: the site keeps ALIGN (a and b load it),
-            # and the uploads wait for them with nothing against them, as the person sees.
+            # Not held against the model: the site keeps ALIGN (a and b load it), and the
+            # uploads wait for them with nothing against them, as the person sees.
             assert query(
                 "SELECT unavailable_reason FROM search_embeddingmodel WHERE model_id = %s", ALIGN
             ) == [("",)]
             status = browser.get(f"{base}/images/{uploaded[0]}/status", timeout=30).json()
             align = next(m for m in status["models"] if m["model_id"] == ALIGN)
-            assert align["state"] in {"pending", "ready"} and align["reason"] == "", status
-            assert control.control.add_consumer(
-                EMBEDDING_QUEUE, destination=healthy, reply=True, timeout=10
+            assert align["state"] == "pending" and align["reason"] == "", status
+            assert not query("SELECT 1 FROM search_imageembedding WHERE model_id = %s", ALIGN), (
+                "an ALIGN embedding before any worker that loads ALIGN took its queue"
             )
+            for name in MODEL_QUEUES:
+                assert control.control.add_consumer(
+                    name, destination=healthy, reply=True, timeout=10
+                )
             # --- The importer on the web's host: its files go to the bucket.
             csv_path, images_dir = flickr30k_like(
                 web.dir / "flickr30k", 12, first=5000, size=(96, 72)
@@ -261,17 +270,14 @@ def test_web_and_workers_on_separate_hosts_embed_every_image_once(
             csv_path, images_dir = flickr30k_like(
                 web.dir / "flickr30k-2", 48, first=6000, size=(1600, 1200)
             )
-            # Queued as one batch of 48 per model (the importer's batch size), which the
-            # workers take in sub-batches of 8: a run long enough to catch.
-            manage(
-                web, "import_flickr30k", "--csv", str(csv_path), "--images", str(images_dir),
-                EMBEDDING_BATCH_SIZE="48",
-            )  # fmt: skip
+            # CLIP's 48 are queued as one batch (host c's size), which a or b would embed in
+            # sub-batches of 8 and c in one pass: a run long enough to catch.
+            manage(web, "import_flickr30k", "--csv", str(csv_path), "--images", str(images_dir))
             new = sorted({i for (i,) in query("SELECT id FROM gallery_image")} - image_ids)
             assert len(new) == 48
 
             def victim() -> tuple[str, str, list[int]] | None:
-                for node in ("a", "b"):
+                for node in workers:
                     for model_id in MODELS:
                         hand = batch_in_hand(workers[node].read_log(), model_id)
                         # At least two sub-batches to go: the kill lands mid-batch.
@@ -299,7 +305,7 @@ def test_web_and_workers_on_separate_hosts_embed_every_image_once(
             # its visibility timeout (an hour): within this wait, only the lease and the sweep
             # can have sent the batch again.
             wait_for(lambda: embedded_pairs() == every, 180, "the dead worker's batch", *logs)
-            survivor = "b" if node == "a" else "a"
+            survivors = [other for other in workers if other != node]
             # Taken again only once the dead worker's lease had run out (the database's clock),
             # never while it might still have been running; then by a live worker, once.
             (taken_again,) = query(
@@ -309,9 +315,7 @@ def test_web_and_workers_on_separate_hosts_embed_every_image_once(
             assert taken_again >= lease_end
             calls = wait_for(lambda: model_calls_covering(every), 30, "the logs", *logs)
             assert set(calls.values()) == {1}, calls
-            redone = embedded_by(workers[survivor].read_log()) + embedded_by(
-                workers["c"].read_log()
-            )
+            redone = [pair for n in survivors for pair in embedded_by(workers[n].read_log())]
             assert {(model_id, i) for i in lost} <= set(redone)
             assert query("SELECT DISTINCT status FROM search_embeddingjob") == [("done",)]
             # The web still reports the live workers, and both models as theirs.

@@ -352,3 +352,87 @@ def test_dockerfile_installs_the_pinned_torch_from_a_chosen_index() -> None:
     assert torch_install < dockerfile.index("pip install -r requirements.txt")
     assert re.search(r"^USER (?!root)\w+", dockerfile, re.MULTILINE)
     assert "collectstatic" in dockerfile
+
+
+@pytest.fixture(scope="module")
+def replicas_config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The compose file with the ``replicas`` profile on and the web pointed at its services,
+    as the README's *Read replicas* tells an operator to set .env."""
+    env = {
+        **SECRETS,
+        "WEB_DATABASE_HOST": "pgbouncer",
+        "WEB_DATABASE_PORT": "6432",
+        "DATABASE_PGBOUNCER": "transaction",
+        "DATABASE_REPLICA_URLS": "postgresql://imagesearch:app-pw@postgres-replica:5432/imagesearch",
+    }
+    result = compose(
+        tmp_path_factory.mktemp("compose-replicas"), "--profile", "replicas", "config", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_replicas_profile_runs_a_streaming_standby_of_the_postgres_service(
+    replicas_config: dict[str, Any], config: dict[str, Any]
+) -> None:
+    services = replicas_config["services"]
+    replica, primary = services["postgres-replica"], services["postgres"]
+
+    assert replica["profiles"] == ["replicas"]
+    assert replica["image"] == primary["image"]
+    assert replica["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert replica["environment"]["PRIMARY_HOST"] == "postgres"
+    # The superuser streams WAL and makes the slot; the app's role has no REPLICATION.
+    assert replica["environment"]["PGPASSWORD"] == SECRETS["POSTGRES_PASSWORD"]
+    assert replica["environment"]["PGUSER"] == primary["environment"]["POSTGRES_USER"]
+    assert "pg_isready" in healthcheck_text(replica)
+    # Its own volume: a standby never shares the primary's data directory.
+    data = mounts(replica)["/var/lib/postgresql/data"]
+    assert data in replicas_config["volumes"]
+    assert data != mounts(primary)["/var/lib/postgresql/data"]
+    # The entrypoint mounted is the script in the repository, and it clones with -R.
+    entrypoint = " ".join(replica["entrypoint"])
+    script = next(
+        source for target, source in mounts(replica).items() if target in entrypoint.split()
+    )
+    text = (ROOT / "deploy" / "postgres" / Path(script).name).read_text()
+    assert "pg_basebackup" in text and " -R " in text and "docker-entrypoint.sh" in text
+    # The primary's fresh volume allows replication connections from the compose network.
+    init_scripts = [
+        (ROOT / "deploy" / "postgres" / Path(source).name).read_text()
+        for target, source in mounts(primary).items()
+        if target.startswith("/docker-entrypoint-initdb.d/")
+    ]
+    assert any("host replication" in text for text in init_scripts)
+    # Off by default (the profile above): nothing plain `up` starts waits for it.
+    for service in config["services"].values():
+        assert "postgres-replica" not in service.get("depends_on", {})
+
+
+def test_replicas_profile_puts_only_the_web_behind_pgbouncer_in_transaction_mode(
+    replicas_config: dict[str, Any], config: dict[str, Any]
+) -> None:
+    services = replicas_config["services"]
+    pgbouncer = services["pgbouncer"]
+
+    assert pgbouncer["profiles"] == ["replicas"]
+    assert pgbouncer["environment"]["POOL_MODE"] == "transaction"
+    assert str(pgbouncer["environment"]["LISTEN_PORT"]) == "6432"
+    assert "@postgres:5432/" in pgbouncer["environment"]["DATABASE_URL"]
+    web = services["web"]["environment"]
+    # The pool and the web log in as the app's role, as every app service does.
+    app_login = urlsplit(services["migrate"]["environment"]["DATABASE_URL"]).netloc.split("@")[0]
+    assert urlsplit(pgbouncer["environment"]["DATABASE_URL"]).netloc.split("@")[0] == app_login
+    assert urlsplit(web["DATABASE_URL"]).netloc.split("@")[0] == app_login
+    assert "@pgbouncer:6432/" in web["DATABASE_URL"]
+    assert web["DATABASE_PGBOUNCER"] == "transaction"
+    assert web["DATABASE_REPLICA_URLS"].endswith("@postgres-replica:5432/imagesearch")
+    # Advisory locks and CREATE INDEX CONCURRENTLY need a session: never through the pooler.
+    for name in ("migrate", "worker-cpu", "worker-gpu", "beat"):
+        assert "@postgres:5432/" in services[name]["environment"]["DATABASE_URL"], name
+    # By default the web's URL is everyone's.
+    default = config["services"]
+    assert (
+        default["web"]["environment"]["DATABASE_URL"]
+        == (default["migrate"]["environment"]["DATABASE_URL"])
+    )

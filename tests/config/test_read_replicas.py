@@ -29,6 +29,7 @@ from gallery.models import Image
 from kernel.db_routing import replica_state, replicas_forget
 from kernel.middleware import READ_YOUR_WRITES_COOKIE
 from tests.factories import ImageFactory, UserFactory, jpeg_bytes
+from workers.models import EmbeddingModel
 from workers.services import embedding_models_sync_from_settings, embeddings_store
 
 ALIAS = "replica_0"
@@ -108,6 +109,12 @@ def _ranked_on(captured: CaptureQueriesContext) -> bool:
     return any("<=>" in query["sql"] for query in captured.captured_queries)
 
 
+def _models_state_read_on(captured: CaptureQueriesContext) -> bool:
+    """Whether search.model_choice's one query for the enabled models' state ran there."""
+    table = EmbeddingModel._meta.db_table
+    return any(f'FROM "{table}" m' in query["sql"] for query in captured.captured_queries)
+
+
 def _image_ids(html: str) -> set[int]:
     return {int(i) for i in re.findall(r'href="/images/(\d+)/"', html)}
 
@@ -123,6 +130,8 @@ def test_a_search_runs_on_the_standby(client: Client, replica: Standby) -> None:
     assert response.status_code == 200
     assert {photos[1].pk, photos[2].pk} <= _image_ids(response.content.decode())
     assert _ranked_on(on_replica) and not _ranked_on(on_primary)
+    # Nothing of the search itself reads the primary, the models' state (raw SQL) included.
+    assert _models_state_read_on(on_replica) and not _models_state_read_on(on_primary)
     # The very connection that ranked is the standby's.
     with connections[ALIAS].cursor() as cursor:
         cursor.execute("SELECT pg_is_in_recovery()")

@@ -14,8 +14,8 @@ import dataclasses
 
 from django.contrib.auth.models import AnonymousUser, User
 
-from gallery.models import Collection
-from gallery.selectors import collection_items_visible
+from gallery.models import Collection, Image
+from gallery.selectors import collection_items_visible, images_visible_to
 from kernel.errors import InvalidInput
 from search.ranking import (
     MAX_K,
@@ -29,6 +29,33 @@ from search.ranking import (
 from search.selectors import images_search_by_text
 
 SMART_MATCHES_MAX = MAX_K
+
+
+@dataclasses.dataclass(frozen=True)
+class SmartOwnerControls:
+    """What the owner's pin and hide buttons need: which listed images are pinned, and the
+    hidden ones (most recently hidden first) for the "Hidden" list that shows them again."""
+
+    collection: Collection
+    pinned_ids: frozenset[int]
+    hidden: list[Image]
+
+
+def smart_owner_controls(
+    *, user: User | AnonymousUser, collection: Collection
+) -> SmartOwnerControls | None:
+    """The controls for ``user`` on a saved search's page: None unless ``user`` owns it, so
+    a viewer (signed in or holding the share link) never gets them."""
+    if not user.is_authenticated or collection.owner_id != user.pk:
+        return None
+    hidden_ids = list(reversed(collection.smart_hidden or []))
+    found = {image.pk: image for image in images_visible_to(user=user).filter(pk__in=hidden_ids)}
+    pinned = collection.items.values_list("image_id", flat=True)
+    return SmartOwnerControls(
+        collection=collection,
+        pinned_ids=frozenset(pinned),
+        hidden=[found[pk] for pk in hidden_ids if pk in found],
+    )
 
 
 def smart_search_request(collection: Collection) -> SearchRequest:

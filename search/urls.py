@@ -13,4 +13,9 @@ urlpatterns = [
         views.smart_collection_hide,
         name="search-saved-hide",
     ),
+    path(
+        "saved/<int:collection_id>/pin/<int:image_id>/",
+        views.smart_collection_pin,
+        name="search-saved-pin",
+    ),
 ]

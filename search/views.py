@@ -15,7 +15,11 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from gallery.selectors import collection_get_viewable, collections_of
-from gallery.services.collections import collection_smart_create, collection_smart_hide
+from gallery.services.collections import (
+    collection_smart_create,
+    collection_smart_hide,
+    collection_smart_pin,
+)
 from kernel.db_routing import reads_from_replica
 from kernel.errors import ApplicationError, InvalidInput, NotFound
 from kernel.params import int_param
@@ -37,7 +41,7 @@ from search.selectors import (
     images_search_by_text,
     images_similar,
 )
-from search.smart import smart_collection_page
+from search.smart import smart_collection_page, smart_owner_controls
 from workers.models import EmbeddingModel
 from workers.selectors import embedding_progress
 
@@ -76,6 +80,7 @@ def _render_results(
     more_params: dict[str, str] | None = None,
     query_image: QueryImage | None = None,
     status: int = 200,
+    extra: dict[str, object] | None = None,
 ) -> HttpResponse:
     """Render the search page with what ``run`` finds; an ``ApplicationError`` it raises is
     shown on the page with its HTTP status (the pages' one mapping of errors to HTTP).
@@ -92,6 +97,7 @@ def _render_results(
         "query_text": request.GET.get("q", ""),
         "query_model": request.GET.get("model", ""),
         "query_image": query_image,
+        **(extra or {}),
     }
     page_size = 0
     try:
@@ -364,10 +370,11 @@ def smart_collection_view(request: HttpRequest, collection_id: int) -> HttpRespo
             user=request.user, collection=collection, k=paged.k, offset=paged.offset
         )
 
-    response = _render_results(
-        request, form, run, title=collection.name, more_params={"token": token or ""}
+    # The pin and hide buttons (and the list of hidden images) are the owner's alone.
+    extra = {"smart": smart_owner_controls(user=request.user, collection=collection)}
+    return _render_results(
+        request, form, run, title=collection.name, more_params={"token": token or ""}, extra=extra
     )
-    return response
 
 
 @login_required
@@ -390,17 +397,47 @@ def search_save(request: _SignedInRequest) -> HttpResponse:
     return redirect("search-saved", collection_id=collection.pk)
 
 
+def _smart_changed(
+    request: HttpRequest, collection_id: int, change: Callable[[], None], answer: dict[str, object]
+) -> HttpResponse:
+    """Run an owner's change to a saved search; the page's script (asking for JSON) gets
+    ``answer``, a plain form a redirect back to the page (post/redirect/get)."""
+    try:
+        change()
+    except ApplicationError as exc:
+        return error_response(request, exc.status, "Not changed", exc.message)
+    if "application/json" in request.headers.get("Accept", ""):
+        return JsonResponse(answer)
+    return redirect("search-saved", collection_id=collection_id)
+
+
 @login_required
 @require_POST
 def smart_collection_hide(
     request: _SignedInRequest, collection_id: int, image_id: int
 ) -> HttpResponse:
     """The owner hides an image from a saved search's matches (``hidden=0`` shows it again)."""
-    try:
-        collection_smart_hide(
-            user=request.user, collection_id=collection_id, image_id=image_id,
-            hidden=request.POST.get("hidden", "1") != "0",
-        )  # fmt: skip
-    except ApplicationError as exc:
-        return error_response(request, exc.status, "Not changed", exc.message)
-    return redirect("search-saved", collection_id=collection_id)
+    hidden = request.POST.get("hidden", "1") != "0"
+    return _smart_changed(
+        request, collection_id,
+        lambda: collection_smart_hide(
+            user=request.user, collection_id=collection_id, image_id=image_id, hidden=hidden
+        ),
+        {"image_id": image_id, "hidden": hidden},
+    )  # fmt: skip
+
+
+@login_required
+@require_POST
+def smart_collection_pin(
+    request: _SignedInRequest, collection_id: int, image_id: int
+) -> HttpResponse:
+    """The owner pins an image to the top of a saved search (``pinned=0`` unpins it)."""
+    pinned = request.POST.get("pinned", "1") != "0"
+    return _smart_changed(
+        request, collection_id,
+        lambda: collection_smart_pin(
+            user=request.user, collection_id=collection_id, image_id=image_id, pinned=pinned
+        ),
+        {"image_id": image_id, "pinned": pinned},
+    )  # fmt: skip

@@ -502,3 +502,188 @@
     }
   });
 })();
+
+// === Issue 24, part 5: a saved search's owner pins and hides results ========================
+// The card's pin and hide buttons (and the Hidden list's "Show again") are plain forms that
+// post and come back to the page; here they are sent in the background instead: a pinned
+// card moves to the end of the pinned group at the top, a hidden one leaves the grid for the
+// Hidden list, and the status line offers to undo the hide.
+(function () {
+  "use strict";
+  var removed = {}; // image id -> where a card hidden on this page stood, to put it back
+
+  function say(text, undo) {
+    var line = document.getElementById("smart-status");
+    if (!line) return;
+    line.textContent = text;
+    if (!undo) return;
+    var button = document.createElement("button");
+    button.type = "button";
+    button.textContent = "Undo";
+    button.addEventListener("click", function () { line.textContent = ""; undo(); });
+    line.append(" ", button);
+  }
+
+  // One request per form at a time; the button says it is working (aria-busy) but keeps its
+  // focus, which disabling it would lose.
+  function post(form, override, done) {
+    if (form.getAttribute("data-busy")) return;
+    var data = new FormData(form);
+    if (override) data.set(override[0], override[1]);
+    var button = form.querySelector("button");
+    form.setAttribute("data-busy", "1");
+    if (button) button.setAttribute("aria-busy", "true");
+    fetch(form.action, { method: "POST", body: data, credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (r) { return r.json().catch(function () { return { error: "the server answered " + r.status }; }); })
+      .then(function (answer) { if (answer.error) say(answer.error); else done(answer); })
+      .catch(function () { say("The connection was lost; try again."); })
+      .then(function () {
+        form.removeAttribute("data-busy");
+        if (button) button.removeAttribute("aria-busy");
+      });
+  }
+
+  function setPinned(card, on) {
+    card.classList.toggle("pinned", on);
+    var form = card.querySelector("form[data-smart=pin]");
+    var button = form.querySelector("button");
+    form.querySelector("[name=pinned]").value = on ? "0" : "1";
+    button.setAttribute("aria-pressed", on ? "true" : "false");
+    button.title = on ? "Unpin: list it among the matches again" : "Pin to the top of this saved search";
+    var badge = card.querySelector(".pin-badge");
+    if (on && !badge) {
+      badge = document.createElement("span");
+      badge.className = "badge pin-badge";
+      badge.title = "Pinned: listed first";
+      badge.textContent = "pinned";
+      card.querySelector(".card-meta").prepend(badge);
+    } else if (!on && badge) {
+      badge.remove();
+    }
+  }
+
+  // Pinned cards lead the grid; a card pinned or unpinned goes just after the others.
+  function placeAfterPinned(card) {
+    var grid = card.parentNode;
+    var pinned = Array.prototype.filter.call(grid.querySelectorAll(":scope > .result.pinned"), function (c) { return c !== card; });
+    if (pinned.length) pinned[pinned.length - 1].after(card);
+    else grid.prepend(card);
+  }
+
+  function hiddenCount(delta) {
+    var list = document.getElementById("smart-hidden");
+    if (!list) return;
+    var count = list.querySelector("[data-smart-hidden-count]");
+    var n = Math.max(0, parseInt(count.textContent, 10) + delta);
+    count.textContent = String(n);
+    list.hidden = n === 0;
+  }
+
+  // The Hidden list's row for a card just hidden: its thumbnail, name and "Show again".
+  function listHidden(card, hideForm) {
+    var list = document.querySelector("#smart-hidden .smart-hidden-list");
+    if (!list) return;
+    var img = card.querySelector(".thumb img");
+    var row = document.createElement("li");
+    row.setAttribute("data-image-id", card.getAttribute("data-image-id"));
+    var thumb = document.createElement("img");
+    thumb.src = img.src;
+    thumb.alt = "";
+    thumb.width = 48;
+    thumb.height = 48;
+    var name = document.createElement("span");
+    name.className = "smart-hidden-name";
+    name.textContent = name.title = img.alt;
+    var form = document.createElement("form");
+    form.method = "post";
+    form.action = hideForm.action;
+    form.className = "inline";
+    form.setAttribute("data-smart", "unhide");
+    form.append(hideForm.querySelector("[name=csrfmiddlewaretoken]").cloneNode());
+    var flag = document.createElement("input");
+    flag.type = "hidden";
+    flag.name = "hidden";
+    flag.value = "0";
+    var button = document.createElement("button");
+    button.type = "submit";
+    button.textContent = "Show again";
+    button.setAttribute("aria-label", "Show " + img.alt.slice(0, 60) + " again");
+    form.append(flag, button);
+    row.append(thumb, name, form);
+    list.prepend(row);
+    hiddenCount(1);
+  }
+
+  function unlistHidden(id) {
+    var row = document.querySelector("#smart-hidden li[data-image-id='" + id + "']");
+    if (row) { row.remove(); hiddenCount(-1); }
+  }
+
+  // Put a card hidden on this page back where it stood; false when it was not on this page.
+  function restore(id) {
+    var place = removed[id];
+    if (!place) return false;
+    delete removed[id];
+    if (place.next && place.next.parentNode === place.parent) place.parent.insertBefore(place.card, place.next);
+    else place.parent.append(place.card);
+    return place.card;
+  }
+
+  function pin(form) {
+    var card = form.closest(".result");
+    var on = form.querySelector("[name=pinned]").value !== "0";
+    post(form, null, function () {
+      setPinned(card, on);
+      placeAfterPinned(card);
+      form.querySelector("button").focus();
+      say(on ? "Pinned to the top." : "Unpinned.");
+    });
+  }
+
+  function hide(form) {
+    var card = form.closest(".result");
+    var id = card.getAttribute("data-image-id");
+    var wasPinned = card.classList.contains("pinned");
+    post(form, null, function () {
+      var next = card.nextElementSibling;
+      removed[id] = { card: card, parent: card.parentNode, next: card.nextSibling };
+      card.remove();
+      listHidden(card, form);
+      say("Hidden from this saved search.", function () {
+        // Hiding a pinned card unpinned it; undoing pins it again (which also shows it).
+        var undoForm = wasPinned ? card.querySelector("form[data-smart=pin]") : form;
+        post(undoForm, wasPinned ? ["pinned", "1"] : ["hidden", "0"], function () {
+          unlistHidden(id);
+          var back = restore(id);
+          if (back) back.querySelector(".thumb").focus();
+          say("Shown again.");
+        });
+      });
+      // Keyboard users carry on from the next card (or the Undo, after the last one).
+      var focus = (next && next.querySelector(".thumb")) || document.querySelector("#smart-status button");
+      if (focus) focus.focus();
+    });
+  }
+
+  function unhide(form) {
+    var row = form.closest("li");
+    var id = row.getAttribute("data-image-id");
+    post(form, null, function () {
+      unlistHidden(id);
+      var back = restore(id);
+      // Hiding unpinned it: it comes back among the matches, after the pinned cards.
+      if (back && back.classList.contains("pinned")) { setPinned(back, false); placeAfterPinned(back); }
+      say(back ? "Shown again." : "Shown again: it is back among the matches when the page is next opened.");
+    });
+  }
+
+  document.addEventListener("submit", function (event) {
+    var form = event.target.closest("form[data-smart]");
+    if (!form) return;
+    event.preventDefault();
+    var kind = form.getAttribute("data-smart");
+    if (kind === "pin") pin(form);
+    else if (kind === "hide") hide(form);
+    else unhide(form);
+  });
+})();

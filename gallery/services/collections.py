@@ -320,3 +320,22 @@ def collection_smart_hide(*, user: User, collection_id: int, image_id: int, hidd
             collection.items.filter(image_id=image_id).delete()
         collection.smart_hidden = ids
         collection.save(update_fields=["smart_hidden", "updated_at"])
+
+
+def collection_smart_pin(*, user: User, collection_id: int, image_id: int, pinned: bool) -> None:
+    """Pin an image to the top of one of ``user``'s saved searches (it becomes one of the
+    collection's own items, listed first) or unpin it. Pinning shows a hidden image again:
+    the owner asked to see it first, so it cannot stay hidden."""
+    with transaction.atomic():
+        collection = _collection_owned(user=user, collection_id=collection_id)
+        collection = Collection.objects.select_for_update().get(pk=collection.pk)
+        if not collection.smart_query:
+            raise InvalidInput("only a saved search has matches to pin")
+        if not pinned:
+            collection_item_remove(user=user, collection_id=collection.pk, image_id=image_id)
+            Collection.objects.filter(pk=collection.pk).update(updated_at=timezone.now())
+            return
+        collection_item_add(user=user, collection_id=collection.pk, image_id=image_id)
+        if image_id in collection.smart_hidden:
+            collection.smart_hidden = [i for i in collection.smart_hidden if i != image_id]
+            collection.save(update_fields=["smart_hidden", "updated_at"])

@@ -8,6 +8,7 @@ from gallery.templatetags.gallery_ui import image_display_name
 from search.model_choice import search_model_choices
 from search.ranking import SearchHit
 from search.selectors import MAX_QUERY_CHARS
+from search.smart import SmartOwnerControls
 
 register = template.Library()
 
@@ -39,3 +40,10 @@ def hit_name(hit: SearchHit) -> str:
     """What a search hit's image is called (see ``gallery_ui.image_name``), from the captions
     the search fetched with it."""
     return image_display_name(hit.image, first_caption=hit.captions[0] if hit.captions else "")
+
+
+@register.filter
+def pinned_in(image_id: int, smart: SmartOwnerControls | None) -> bool:
+    """Whether the owner of the saved search on the page pinned this image (False for anyone
+    else: they get no controls)."""
+    return smart is not None and image_id in smart.pinned_ids

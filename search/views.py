@@ -97,6 +97,8 @@ def _render_results(
         "query_text": request.GET.get("q", ""),
         "query_model": request.GET.get("model", ""),
         "query_image": query_image,
+        # A saved search's owner controls (search.smart.SmartOwnerControls); none elsewhere.
+        "smart": None,
         **(extra or {}),
     }
     page_size = 0
@@ -371,7 +373,9 @@ def smart_collection_view(request: HttpRequest, collection_id: int) -> HttpRespo
         )
 
     # The pin and hide buttons (and the list of hidden images) are the owner's alone.
-    extra = {"smart": smart_owner_controls(user=request.user, collection=collection)}
+    extra: dict[str, object] = {
+        "smart": smart_owner_controls(user=request.user, collection=collection)
+    }
     return _render_results(
         request, form, run, title=collection.name, more_params={"token": token or ""}, extra=extra
     )

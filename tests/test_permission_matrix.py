@@ -87,6 +87,7 @@ EXPECTED: dict[str, tuple[int, int, int, int]] = {
     "search-saved": (404, 404, 404, 404),
     "search-save": (LOGIN, 405, 405, 405),
     "search-saved-hide": (LOGIN, 405, 405, 405),
+    "search-saved-pin": (LOGIN, 405, 405, 405),  # POST only (test_smart_collection_controls.py)
     "api:models": (200, 200, 200, 200),
     "api:unknown_path": (404, 404, 404, 404),
 }

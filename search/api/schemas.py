@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import re
 from datetime import UTC, date, datetime
+from typing import Annotated
 
 from ninja import Field, Schema
-from pydantic import field_validator
+from pydantic import StringConstraints, field_validator
 
 from search.ranking import MAX_K, MAX_OFFSET, SEARCH_SORTS, SearchFilters, SearchRequest
 from search.selectors import MAX_QUERY_CHARS
@@ -199,6 +200,12 @@ QUERY_WHITESPACE = "".join(c for c in map(chr, range(0x110000)) if c.isspace())
 QUERY_PATTERN = f"^[^\\u0000]*[^\\u0000{_regex_class(QUERY_WHITESPACE)}][^\\u0000]*$"
 
 
+# PostgreSQL text cannot hold a NUL character: a word list or name with one is refused (400)
+# before it reaches a statement, as a query is.
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+Words = Annotated[str, StringConstraints(max_length=MAX_QUERY_CHARS, pattern=NO_NUL_PATTERN)]
+
+
 class TextQuery(PageQuery):
     taken_after: date | None = Field(None, description="Taken on or after this day (UTC).")
     taken_before: date | None = Field(None, description="Taken before this day (UTC).")
@@ -206,15 +213,20 @@ class TextQuery(PageQuery):
         None,
         description="A city, region or country as resolved from the images' GPS positions.",
         max_length=100,
+        pattern=NO_NUL_PATTERN,
     )
-    camera: str | None = Field(None, description="Camera make or model.", max_length=100)
-    owner: str | None = Field(None, description="The uploader's username.", max_length=150)
-    exclude: list[str] = Field(
+    camera: str | None = Field(
+        None, description="Camera make or model.", max_length=100, pattern=NO_NUL_PATTERN
+    )
+    owner: str | None = Field(
+        None, description="The uploader's username.", max_length=150, pattern=NO_NUL_PATTERN
+    )
+    exclude: list[Words] = Field(
         [],
         description="Concepts to push away (as -word in q); repeat the parameter for more.",
         max_length=10,
     )
-    must: list[str] = Field(
+    must: list[Words] = Field(
         [],
         description="Exact words that must appear (as quoted words in q); repeatable.",
         max_length=10,
@@ -247,6 +259,7 @@ class CombinedQuery(PageQuery):
         description='Words to search with the picture ("like this, but at night"); read '
         "for dates, places, exact words and negatives as in /api/search.",
         max_length=MAX_QUERY_CHARS,
+        pattern=NO_NUL_PATTERN,
     )
     text_weight: float = Field(
         0.5,
@@ -255,7 +268,9 @@ class CombinedQuery(PageQuery):
         description="With q: the words' share of the one query vector, "
         "normalize(text_weight * words + (1 - text_weight) * picture).",
     )
-    exclude: list[str] = Field([], description="Concepts to push away; repeatable.", max_length=10)
+    exclude: list[Words] = Field(
+        [], description="Concepts to push away; repeatable.", max_length=10
+    )
 
 
 class RegionQuery(CombinedQuery):

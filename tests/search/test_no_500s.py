@@ -118,3 +118,18 @@ def test_odd_paging_numbers_are_a_400_on_pages_and_api(client: Client, name: str
     assert api.status_code == 400 and api.json()["error"], (name, value)
     similar = client.get("/api/images/1/similar", {name: value})
     assert similar.status_code == 400, (name, value)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", ["must", "exclude", "place", "camera", "owner"])
+def test_a_nul_in_a_search_word_parameter_is_a_400(client: Client, name: str) -> None:
+    # PostgreSQL text cannot hold NUL: this reached a statement and answered 500 (schemathesis).
+    response = client.get("/api/search", {"q": "red", name: "sa\x00F"})
+    assert response.status_code == 400, response.content
+    assert name in response.json()["error"]
+
+
+@pytest.mark.django_db
+def test_a_nul_in_words_with_a_picture_is_a_400(client: Client) -> None:
+    response = client.get("/api/images/1/region", {"q": "at night\x00"})
+    assert response.status_code == 400, response.content

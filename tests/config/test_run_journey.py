@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,8 @@ SITE_POST_ROUTES = {
     "account", "api-tokens", "upload", "search-image", "image-visibility", "image-details",
     "image-delete", "collection-add", "collections", "collection-edit", "collection-details",
     "collection-item-note", "collection-item-move", "collection-item-remove", "selection-save",
-    "selection-delete", "collection-share-rotate",
+    "selection-delete", "collection-share-rotate", "search-save", "search-saved-pin",
+    "search-saved-hide",
 }  # fmt: skip
 
 # Odd input that once answered 500 somewhere; each must be a 4xx (or a page) now.
@@ -172,6 +174,22 @@ def test_a_new_person_uses_the_whole_site_under_run(
         assert anonymous.get(fresh[0]).status_code == 200
         remove = person.form(page, "collection-item-remove")
         assert person.submit(remove).status_code == 200
+
+        # Save the search; on its page pin the red square, then hide it (and it is listed as
+        # hidden, with its "Show again").
+        save = person.form("/search/?q=red", "search-save")
+        answer = person.submit(save, {"name": "Red things"})
+        assert answer.status_code == 200 and "/search/saved/" in answer.url, answer.url
+        saved = urllib.parse.urlsplit(answer.url).path
+        assert f"/images/{red}/" in answer.text
+
+        def card_form(route: str):
+            forms = person.forms_in(person.get(saved))
+            return next(f for f in forms if f.route == route and f"/{red}/" in f.action)
+
+        assert person.submit(card_form("search-saved-pin")).status_code == 200
+        answer = person.submit(card_form("search-saved-hide"))
+        assert answer.status_code == 200 and "Hidden" in answer.text, answer.text[:3000]
 
         # Delete the other image through the selection bar's Delete (its formaction).
         blue = next(i for i in ids if i != red)

@@ -163,20 +163,39 @@ def images_search_fused(
         scores.append(np.array([[-place.get(i, np.inf) for i in union]], dtype=np.float64))
     fused = FUSE[SEARCH_FUSION](scores)[0] if union else np.empty(0)
     best = len(model_ids) / (RRF_K + 1)  # first for every model
+    return fused_page(
+        union, fused / best, k=k, offset=offset, sort=sort,
+        model_id=FUSED_SEPARATOR.join(model_ids), exact=exact, fusion=SEARCH_FUSION,
+    )  # fmt: skip
+
+
+def fused_page(
+    union: list[int],
+    scores: np.ndarray,
+    *,
+    k: int,
+    offset: int,
+    sort: str,
+    model_id: str,
+    exact: bool,
+    fusion: str,
+) -> SearchPage:
+    """A page of a fused ranking: ``scores[i]`` (1 = first everywhere) belongs to image
+    ``union[i]``; by score then image id, or newest first among the best (``sort="date"``)."""
     if sort == "date":
-        scaled = {i: float(score) / best for i, score in zip(union, fused, strict=True)}
+        scaled = {i: float(score) for i, score in zip(union, scores, strict=True)}
         return page_by_date(
-            scaled, k=k, offset=offset, min_score=None, model_id=FUSED_SEPARATOR.join(model_ids),
-            exact=exact, fusion=SEARCH_FUSION,
+            scaled, k=k, offset=offset, min_score=None, model_id=model_id, exact=exact,
+            fusion=fusion,
         )  # fmt: skip
-    order = np.lexsort((np.array(union), -fused))  # fused score descending, then image id
-    chosen = [(union[i], float(fused[i]) / best) for i in order[offset : offset + k]]
+    order = np.lexsort((np.array(union), -scores))  # fused score descending, then image id
+    chosen = [(union[i], float(scores[i])) for i in order[offset : offset + k]]
     images = images_with_captions([i for i, _ in chosen])
     hits = [
         SearchHit(image=images[i], score=score, captions=tuple(images[i].caption_texts))
         for i, score in chosen
     ]
     return SearchPage(
-        model_id=FUSED_SEPARATOR.join(model_ids), hits=hits, k=k, offset=offset, exact=exact,
-        has_more=len(union) > offset + k, fusion=SEARCH_FUSION,
+        model_id=model_id, hits=hits, k=k, offset=offset, exact=exact,
+        has_more=len(union) > offset + k, fusion=fusion,
     )  # fmt: skip

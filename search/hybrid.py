@@ -26,18 +26,15 @@ from django.db.models import Max
 from pgvector.django import CosineDistance
 
 from gallery.models import CAPTION_WORDS, IMAGE_WORDS, TEXT_SEARCH_CONFIG, Caption
-from search.fusion import RRF_K, fuse_rrf
+from search.fusion import RRF_K, fuse_rrf, fused_page
 from search.ranking import (
     QueryVector,
     SearchFilters,
-    SearchHit,
     SearchPage,
     SearchRequest,
     SearchScope,
     candidates_nearest,
     filtered_images,
-    images_with_captions,
-    page_by_date,
     search_validate_page,
     search_validate_sort,
 )
@@ -164,20 +161,7 @@ def images_search_hybrid(
     ]
     fused = fuse_rrf(scores, unlisted_adds_nothing=True)[0] if union else np.empty(0)
     best = 2 / (RRF_K + 1)  # first on both sides
-    if sort == "date":
-        scaled = {i: float(score) / best for i, score in zip(union, fused, strict=True)}
-        return page_by_date(
-            scaled, k=k, offset=offset, min_score=None, model_id=model_id, exact=exact,
-            fusion=HYBRID_FUSION,
-        )  # fmt: skip
-    order = np.lexsort((np.array(union), -fused))  # fused score descending, then image id
-    chosen = [(union[i], float(fused[i]) / best) for i in order[offset : offset + k]]
-    images = images_with_captions([i for i, _ in chosen])
-    hits = [
-        SearchHit(image=images[i], score=score, captions=tuple(images[i].caption_texts))
-        for i, score in chosen
-    ]
-    return SearchPage(
-        model_id=model_id, hits=hits, k=k, offset=offset, exact=exact,
-        has_more=len(union) > offset + k, fusion=HYBRID_FUSION,
+    return fused_page(
+        union, fused / best, k=k, offset=offset, sort=sort, model_id=model_id, exact=exact,
+        fusion=HYBRID_FUSION,
     )  # fmt: skip

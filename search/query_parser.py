@@ -28,7 +28,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 # A place lookup: a phrase as typed ("hanoi", "Hà Nội") to the place name as stored, or None.
@@ -529,3 +529,8 @@ def places_lookup_from(names: Iterator[str] | list[str] | set[str]) -> PlaceLook
         return known.get(fold(phrase))
 
     return lookup
+
+
+def day_start(day: date | None) -> datetime | None:
+    """The first instant of ``day`` in UTC (taken dates are matched by UTC days)."""
+    return None if day is None else datetime.combine(day, time.min, tzinfo=UTC)

@@ -16,7 +16,7 @@ import math
 import threading
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, date, datetime, time
+from datetime import datetime
 
 import numpy as np
 from django.conf import settings
@@ -43,7 +43,13 @@ from search.fusion import images_search_fused
 from search.hybrid import images_search_hybrid
 from search.model_choice import ModelChoice, model_choose, model_unavailable_message, models_choose
 from search.models import EvaluationRun
-from search.query_parser import ParsedQuery, PlaceLookup, places_lookup_from, query_parse
+from search.query_parser import (
+    ParsedQuery,
+    PlaceLookup,
+    day_start,
+    places_lookup_from,
+    query_parse,
+)
 from search.query_vectors import vector_combined, vector_without
 from search.ranking import (
     QueryVector,
@@ -151,40 +157,45 @@ def images_search_by_text(
     text = search_validate_text(text)
     search_validate_page(search.k, search.offset)
     negatives_extra = [search_validate_text(term) for term in exclude if term.strip()]
-    lookup = places_lookup_from(place_names_visible_to(user=user))
-    parsed = query_parse(text, now=now or timezone.now(), place_lookup=lookup)
-    filters = filters_with_parsed(search.filters, parsed, place_lookup=lookup)
+    parsed, search = _query_read(user=user, text=text, search=search, now=now)
     negatives = list(dict.fromkeys([*parsed.exclude, *negatives_extra]))
     choice = models_choose(model_id)
     vectors = [
-        _text_query_vector(m, text=parsed.search_text, negatives=negatives)
+        _without_negatives(m, _text_vector(m, parsed.search_text), negatives)
         for m in choice.model_ids
     ]
-    search = dataclasses.replace(search, filters=filters)
     page = _images_search(
         user=user, choice=choice, vectors=vectors, search=search, words=parsed.text
     )
     return dataclasses.replace(page, parsed=parsed)
 
 
-def _text_query_vector(model_id: str, *, text: str, negatives: Sequence[str]) -> np.ndarray:
-    """The query vector of ``text`` excluding ``negatives`` (``search.query_vectors``)."""
+def _query_read(
+    *, user: User | AnonymousUser, text: str, search: SearchRequest, now: datetime | None
+) -> tuple[ParsedQuery, SearchRequest]:
+    """``text`` read for dates, places, exact words and negatives (places among those
+    ``user`` may see), and ``search`` with its filters narrowed by what was read."""
+    lookup = places_lookup_from(place_names_visible_to(user=user))
+    parsed = query_parse(text, now=now or timezone.now(), place_lookup=lookup)
+    filters = filters_with_parsed(search.filters, parsed, place_lookup=lookup)
+    return parsed, dataclasses.replace(search, filters=filters)
 
-    def embed(words: str) -> np.ndarray:
-        return _query_vector(
-            model_id, functools.partial(query_encoder.text_embedding, model_id=model_id, text=words)
-        )
 
-    positive = embed(text)
-    if not negatives:
-        return positive
-    return vector_without(
-        positive, [embed(term) for term in negatives], weight=settings.SEARCH_NEGATIVE_WEIGHT
+def _text_vector(model_id: str, text: str) -> np.ndarray:
+    return _query_vector(
+        model_id, functools.partial(query_encoder.text_embedding, model_id=model_id, text=text)
     )
 
 
-def _day_start(day: date | None) -> datetime | None:
-    return None if day is None else datetime.combine(day, time.min, tzinfo=UTC)
+def _without_negatives(model_id: str, vector: np.ndarray, negatives: Sequence[str]) -> np.ndarray:
+    """``vector`` excluding the concepts ``negatives`` by the rule of ``search.query_vectors``."""
+    if not negatives:
+        return vector
+    return vector_without(
+        vector,
+        [_text_vector(model_id, term) for term in negatives],
+        weight=settings.SEARCH_NEGATIVE_WEIGHT,
+    )
 
 
 def filters_with_parsed(
@@ -194,8 +205,8 @@ def filters_with_parsed(
     dates intersect, places and exact words add up. A structured place is read like a typed
     one ("hanoi" is the stored "Hanoi"), else used as given."""
     filters = filters or SearchFilters()
-    after = [d for d in (filters.taken_after, _day_start(parsed.taken_after)) if d is not None]
-    before = [d for d in (filters.taken_before, _day_start(parsed.taken_before)) if d is not None]
+    after = [d for d in (filters.taken_after, day_start(parsed.taken_after)) if d is not None]
+    before = [d for d in (filters.taken_before, day_start(parsed.taken_before)) if d is not None]
     places = [place_lookup(p) or p for p in filters.places]
     return dataclasses.replace(
         filters,
@@ -339,11 +350,7 @@ def images_search_combined(
     negatives = [search_validate_text(term) for term in exclude if term.strip()]
     if text is not None and text.strip():
         text = search_validate_text(text)
-        lookup = places_lookup_from(place_names_visible_to(user=user))
-        parsed = query_parse(text, now=now or timezone.now(), place_lookup=lookup)
-        search = dataclasses.replace(
-            search, filters=filters_with_parsed(search.filters, parsed, place_lookup=lookup)
-        )
+        parsed, search = _query_read(user=user, text=text, search=search, now=now)
         negatives = list(dict.fromkeys([*parsed.exclude, *negatives]))
     choice = models_choose(model_id)
     with image_query_slot():
@@ -362,25 +369,9 @@ def images_search_combined(
     for m, picture_vector in zip(choice.model_ids, pictures, strict=True):
         parts = [(picture_vector, 1.0 - text_weight)]
         if parsed is not None and text_weight > 0:
-            words = _query_vector(
-                m,
-                functools.partial(
-                    query_encoder.text_embedding, model_id=m, text=parsed.search_text
-                ),
-            )
-            parts.append((words, text_weight))
+            parts.append((_text_vector(m, parsed.search_text), text_weight))
         vector = vector_combined([(v, w) for v, w in parts if w > 0])
-        if negatives:
-            vector = vector_without(
-                vector,
-                [
-                    _query_vector(
-                        m, functools.partial(query_encoder.text_embedding, model_id=m, text=term)
-                    )
-                    for term in negatives
-                ],
-                weight=settings.SEARCH_NEGATIVE_WEIGHT,
-            )
+        vector = _without_negatives(m, vector, negatives)
         vectors.append(vector)
     exclude_image_id = region.image_id if region is not None else None
     page = _images_search(

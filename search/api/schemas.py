@@ -14,6 +14,7 @@ from typing import Annotated
 from ninja import Field, Schema
 from pydantic import StringConstraints, field_validator
 
+from search.query_parser import day_start
 from search.ranking import MAX_K, MAX_OFFSET, SEARCH_SORTS, SearchFilters, SearchRequest
 from search.selectors import MAX_QUERY_CHARS
 
@@ -288,17 +289,13 @@ class SavedSearchQuery(Schema):
     )
 
 
-def _day_start(day: date | None) -> datetime | None:
-    return None if day is None else datetime.combine(day, datetime.min.time(), tzinfo=UTC)
-
-
 def text_query_filters(params: TextQuery) -> SearchFilters:
     """A text search's structured filters: the page's filters plus taken dates, place,
     camera, owner and exact words (the words of ``q`` add theirs in the selector)."""
     return dataclasses.replace(
         params.filters(),
-        taken_after=_day_start(params.taken_after),
-        taken_before=_day_start(params.taken_before),
+        taken_after=day_start(params.taken_after),
+        taken_before=day_start(params.taken_before),
         places=(params.place,) if params.place else (),
         camera=params.camera or None,
         owner=params.owner or None,

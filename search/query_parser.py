@@ -359,21 +359,28 @@ def _take_ranges(work: _Work, now: datetime, ranges: list[_Range]) -> None:
             first = _date_range(match.group("a"), now)
             if first is None:
                 continue
-            # The longest start of the tail that is a date ("2021 beach" -> "2021").
-            tail_words = tail.split()
-            for n in range(min(MAX_DATE_WORDS, len(tail_words)), 0, -1):
-                phrase = " ".join(tail_words[:n])
-                if _GAP in phrase:
-                    continue
-                second = _date_range(phrase, now)
-                if second is None:
-                    continue
-                end = match.start("b") + tail.index(phrase) + len(phrase)
-                # "from 2021 to 2019" means the same years as "from 2019 to 2021".
-                found = _Range(min(first.after, second.after), max(first.before, second.before))
-                ranges.append(found)
-                work.take(match.start(), end, "date", _range_value(found))
-                break
+            named = _date_prefix(tail, now)
+            if named is None:
+                continue
+            phrase, second = named
+            end = match.start("b") + tail.index(phrase) + len(phrase)
+            # "from 2021 to 2019" means the same years as "from 2019 to 2021".
+            found = _Range(min(first.after, second.after), max(first.before, second.before))
+            ranges.append(found)
+            work.take(match.start(), end, "date", _range_value(found))
+
+
+def _date_prefix(tail: str, now: datetime) -> tuple[str, _Range] | None:
+    """The longest start of ``tail`` that is a date, and its range ("2021 beach" -> "2021")."""
+    words = tail.split()
+    for n in range(min(MAX_DATE_WORDS, len(words)), 0, -1):
+        phrase = " ".join(words[:n])
+        if _GAP in phrase:
+            continue
+        found = _date_range(phrase, now)
+        if found is not None:
+            return phrase, found
+    return None
 
 
 def _take_bounds(work: _Work, now: datetime, ranges: list[_Range]) -> None:
@@ -381,23 +388,17 @@ def _take_bounds(work: _Work, now: datetime, ranges: list[_Range]) -> None:
     for pattern, _ in _BOUND_PATTERNS:
         for match in list(pattern.finditer(work.text)):
             tail = match.group("a")
-            tail_words = tail.split()
-            for n in range(min(MAX_DATE_WORDS, len(tail_words)), 0, -1):
-                phrase = " ".join(tail_words[:n])
-                if _GAP in phrase:
-                    continue
-                named = _date_range(phrase, now)
-                if named is None:
-                    continue
-                op = match.group("op").casefold()
-                if op in _BEFORE_WORDS:
-                    found = _Range(date(1, 1, 1), named.after)
-                else:
-                    found = _Range(named.after, date(9999, 12, 31))
-                end = match.start("a") + tail.index(phrase) + len(phrase)
-                ranges.append(found)
-                work.take(match.start(), end, "date", _range_value(found))
-                break
+            prefix = _date_prefix(tail, now)
+            if prefix is None:
+                continue
+            phrase, named = prefix
+            if match.group("op").casefold() in _BEFORE_WORDS:
+                found = _Range(date(1, 1, 1), named.after)
+            else:
+                found = _Range(named.after, date(9999, 12, 31))
+            end = match.start("a") + tail.index(phrase) + len(phrase)
+            ranges.append(found)
+            work.take(match.start(), end, "date", _range_value(found))
 
 
 def _take_dates(work: _Work, now: datetime, ranges: list[_Range]) -> None:

@@ -14,6 +14,11 @@ statement Django sends goes through an execute wrapper that counts it. A connect
 with an unchanged count for the whole bound is stuck in one statement, or in a call Django makes
 without a wrapper (the health check's ``SELECT 1``, a COMMIT). The bound is met within one poll
 (``POLL_SECONDS``) after it passes.
+
+With Django's psycopg pool (DATABASE_POOL) the health check is the pool's: it runs while the
+pool hands a connection out, before Django holds it, so the watch also follows the connection
+the pool is checking for the watched request (``_pool_check_watched``); the pool drops one that
+was cut and hands out another.
 """
 
 from __future__ import annotations
@@ -41,10 +46,15 @@ class _Watch:
     def __init__(self, connection: BaseDatabaseWrapper, stall_seconds: float) -> None:
         self.connection = connection
         self.stall_seconds = stall_seconds
+        self.thread = threading.get_ident()
         self.statements = 0
         self.seen_statements = -1
         self.busy_since: float | None = None
-        self.cut = False
+        # The connection a pool is checking for this request before handing it out.
+        self.pending: Any = None
+        # The psycopg connection cut, if any: a replacement the request goes on with (the
+        # pool's next one, or Django's new one after a failed health check) is watched afresh.
+        self.cut: Any = None
 
     def count_statement(
         self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any
@@ -53,8 +63,12 @@ class _Watch:
         return execute(sql, params, many, context)
 
     def check(self, now: float) -> None:
-        psycopg_connection = self.connection.connection
-        if self.cut or psycopg_connection is None or psycopg_connection.closed:
+        psycopg_connection = self.connection.connection or self.pending
+        if (
+            psycopg_connection is None
+            or psycopg_connection is self.cut
+            or psycopg_connection.closed
+        ):
             self.busy_since = None
             return
         if psycopg_connection.pgconn.transaction_status != pq.TransactionStatus.ACTIVE:
@@ -64,7 +78,7 @@ class _Watch:
             self.busy_since, self.seen_statements = now, self.statements
             return
         if now - self.busy_since >= self.stall_seconds:
-            self.cut = True
+            self.cut = psycopg_connection
             _socket_shut_down(psycopg_connection.pgconn.socket)
             logger.warning(
                 "database call unanswered for %.0f s: connection cut (DATABASE_STALL_SECONDS)",
@@ -94,7 +108,10 @@ class DatabaseStallWatchdog:
     def watching(self, connection: BaseDatabaseWrapper, *, stall_seconds: float) -> Iterator[None]:
         """Watch ``connection`` (this thread's) for the duration of the block."""
         watch = _Watch(connection, stall_seconds)
+        pool = getattr(connection, "pool", None)  # Django's psycopg pool, when configured
         with self._lock:
+            if pool is not None:
+                self._pool_check_watched(pool)
             self._watches.add(watch)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
@@ -107,6 +124,37 @@ class DatabaseStallWatchdog:
         finally:
             with self._lock:
                 self._watches.discard(watch)
+
+    def _pool_check_watched(self, pool: Any) -> None:
+        """Make ``pool``'s health check visible to the watches of the thread it runs in (the
+        requesting thread, inside ``getconn``), once per pool; called under the lock.
+
+        Django makes the pool with its check (``ConnectionPool.check_connection``, an empty
+        query) and offers no way to pass another, so the check is wrapped where psycopg_pool
+        keeps it (``_check``, psycopg-pool 3.3, pinned; tests/config/test_database_stall.py
+        fails if it moves)."""
+        check = pool._check
+        if check is None or getattr(check, "stall_watched", False):
+            return
+
+        def watched(conn: Any) -> None:
+            with self._lock:
+                mine = [
+                    w
+                    for w in self._watches
+                    if w.thread == threading.get_ident()
+                    and getattr(w.connection, "pool", None) is pool
+                ]
+            for watch in mine:
+                watch.pending, watch.busy_since = conn, None
+            try:
+                check(conn)
+            finally:
+                for watch in mine:
+                    watch.pending = None
+
+        watched.stall_watched = True  # type: ignore[attr-defined]
+        pool._check = watched
 
     def _poll(self) -> None:
         while True:

@@ -12,6 +12,8 @@ import logging
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -154,3 +156,111 @@ def test_a_new_connection_to_a_silent_server_gives_up_after_the_connect_timeout(
         silent.close()
         handler.close_all()
     assert "timeout expired" in str(failed.value)
+
+
+# Runs in a subprocess whose settings turn on Django's psycopg pool (DATABASE_POOL, one
+# connection at most) against the test database, as a web process's would: the pool is made
+# from settings at start-up and cannot be switched on in this process. Requests go over HTTP to
+# the site's WSGI application in a server thread, so that each ends as a deployed one does
+# (its connection goes back to the pool; Django's test client keeps it instead). Prints what
+# each step saw, as JSON.
+POOLED = """
+import json, os, signal, sys, threading, urllib.error, urllib.request
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+import django
+django.setup()
+from django.core.wsgi import get_wsgi_application
+from django.db import connection
+from django.db.backends.signals import connection_created
+
+HANG_SECONDS = float(sys.argv[1])
+pids = []  # the backend of each connection a request took from the pool, in order
+freeze_next = []
+
+def taken(sender, connection, **kwargs):
+    pid = connection.connection.info.backend_pid
+    pids.append(pid)
+    if freeze_next:
+        freeze_next.pop()
+        os.kill(pid, signal.SIGSTOP)
+
+connection_created.connect(taken)
+
+class Quiet(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
+
+server = make_server("127.0.0.1", 0, get_wsgi_application(), handler_class=Quiet)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+URL = f"http://127.0.0.1:{server.server_port}/api/models"
+
+def get():
+    # The client gives up after HANG_SECONDS: a hang detector, not a speed threshold.
+    try:
+        with urllib.request.urlopen(URL, timeout=HANG_SECONDS) as response:
+            return response.status, response.read().decode()[:300]
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()[:300]
+
+def frozen_for_at_most(pid):
+    # Without the watchdog the backend is continued after HANG_SECONDS and the request ends
+    # on it, which the test's assertions refuse.
+    timer = threading.Timer(HANG_SECONDS, os.kill, (pid, signal.SIGCONT))
+    timer.start()
+    return timer
+
+seen = {"pooled": connection.pool is not None}
+seen["first"] = get()[0]
+idle = pids[-1]
+
+# 1. The pool's idle connection freezes between requests: the pool's check of it when the next
+#    request takes it (the health check, which the pool runs) is cut, the pool drops it, and
+#    the request goes on with a new connection.
+os.kill(idle, signal.SIGSTOP)
+timer = frozen_for_at_most(idle)
+seen["after_idle_freeze"] = get()
+timer.cancel()
+os.kill(idle, signal.SIGCONT)
+seen["idle_frozen"], seen["idle_then"] = idle, pids[-1]
+
+# 2. The connection freezes in the middle of a request: a 503, and the pool does not hand the
+#    cut connection to the next request.
+freeze_next.append(True)
+before = len(pids)
+seen["during_freeze"] = get()
+busy = pids[before]
+os.kill(busy, signal.SIGCONT)
+seen["after_thaw"] = get()[0]
+seen["busy_frozen"], seen["busy_then"] = busy, pids[-1]
+server.shutdown()
+print(json.dumps(seen))
+"""
+
+
+def test_the_watchdog_cuts_stalled_calls_with_the_connection_pool_on(settings) -> None:
+    """DATABASE_POOL=on: a connection frozen while it waits in the pool is cut when the pool
+    checks it for the next request (which then gets a new one and answers 200), and one frozen
+    during a request gives the 503 and is never handed out again."""
+    db = connection.settings_dict
+    url = f"postgresql://{db['USER']}@/{db['NAME']}?host={db['HOST']}&port={db['PORT'] or 5432}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATABASE_")}
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings.test", DATABASE_URL=url, DATABASE_POOL="on",
+        DATABASE_POOL_MIN_SIZE="1", DATABASE_POOL_MAX_SIZE="1",
+        DATABASE_STALL_SECONDS=str(STALL_SECONDS),
+    )  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", POOLED, str(HANG_SECONDS)],
+        env=env, cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=4 * HANG_SECONDS,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["pooled"] and seen["first"] == 200
+
+    assert seen["after_idle_freeze"][0] == 200, seen["after_idle_freeze"]
+    assert seen["idle_then"] != seen["idle_frozen"]  # cut, dropped, replaced
+    status, body = seen["during_freeze"]
+    assert status == 503 and "database is not reachable" in body, body
+    assert seen["after_thaw"] == 200
+    assert seen["busy_then"] != seen["busy_frozen"]
+    assert done.stderr.count("connection cut (DATABASE_STALL_SECONDS)") == 2, done.stderr[-4000:]

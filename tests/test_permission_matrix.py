@@ -202,6 +202,9 @@ ADMIN_PAGES = {
     # Any image's file and thumbnail, the private one here too (gallery/admin.py).
     "admin:gallery_image_file": 200,
     "admin:gallery_image_thumb": 200,
+    # The embedding models page's index-build progress, as JSON (tests/workers/
+    # test_index_progress.py).
+    "admin:workers_embeddingmodel_index_progress": 200,
 }
 # Rows that no form makes: runs come from the evaluate command, workers' from their own
 # heartbeats, and django-axes' records from sign-ins.

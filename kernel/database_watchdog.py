@@ -63,7 +63,9 @@ class _Watch:
         return execute(sql, params, many, context)
 
     def check(self, now: float) -> None:
-        psycopg_connection = self.connection.connection or self.pending
+        psycopg_connection = self.connection.connection
+        if psycopg_connection is None:
+            psycopg_connection = self.pending
         if (
             psycopg_connection is None
             or psycopg_connection is self.cut
@@ -132,8 +134,8 @@ class DatabaseStallWatchdog:
         Django makes the pool with its check (``ConnectionPool.check_connection``, an empty
         query) and offers no way to pass another, so the check is wrapped where psycopg_pool
         keeps it (``_check``, psycopg-pool 3.3, pinned; tests/config/test_database_stall.py
-        fails if it moves)."""
-        check = pool._check
+        fails if it moves; the pool's check then goes unwatched, as before)."""
+        check = getattr(pool, "_check", None)
         if check is None or getattr(check, "stall_watched", False):
             return
 

@@ -15,6 +15,7 @@ from django.test import Client
 from django.urls import reverse
 from playwright.sync_api import Page, expect
 
+from tests.config.test_csp import watch_violations
 from tests.factories import PASSWORD, UserFactory
 from tests.workers.test_index_build import (  # noqa: F401  # indexes_restored: autouse fixture
     CLIP,
@@ -119,9 +120,10 @@ def test_only_staff_who_may_view_models_get_the_progress() -> None:
 def test_the_models_page_follows_a_build_without_a_reload(live_server, page: Page) -> None:
     """Chromium on the models page while a build is held: the column shows the build's phase;
     let go, the build swaps its index in, and the column turns to "ready" in the same page
-    (the polling, not a reload: a mark set on the page survives)."""
+    (the polling, not a reload: a mark set on the page survives), under the site's CSP."""
     EmbeddingModel.objects.get_or_create(model_id=CLIP)
     embeddings_add(200)
+    violations = watch_violations(page)
     staff = UserFactory(is_staff=True, is_superuser=True)
     page.goto(f"{live_server.url}/admin/login/?next={CHANGELIST}")
     page.fill("#id_username", staff.username)
@@ -149,3 +151,4 @@ def test_the_models_page_follows_a_build_without_a_reload(live_server, page: Pag
     expect(state).to_have_attribute("data-index-status", "ready")
     expect(page.locator(".index-reload")).to_have_count(0)
     assert page.evaluate("window.servedOnce") is True  # the same page, never reloaded
+    assert violations == [], "\n".join(violations)

@@ -24,7 +24,7 @@ from gallery.exif import PhotoFacts, photo_facts_read
 from gallery.models import Image
 from gallery.selectors import image_get_owned
 from gallery.services._checks import selection_ids, text_bounded, visibility_check
-from gallery.services.places import image_place_fill
+from gallery.services.places import PLACE_FIELDS, image_place_fill
 from gallery.signals import images_added
 from gallery.storage import (
     StorageUnreachable,
@@ -369,6 +369,12 @@ class PhotoFactsBackfillResult:
     missing: int  # rows whose file is not in the storage (left as they are)
 
 
+def _image_place_refill(image: Image) -> None:
+    for name in PLACE_FIELDS:
+        setattr(image, name, "")
+    image_place_fill(image)
+
+
 def images_photo_facts_backfill(
     *,
     redo: bool = False,
@@ -381,14 +387,15 @@ def images_photo_facts_backfill(
     Files are read through the image storage (a local folder or a bucket), ``batch_size`` rows
     at a time by ascending id, each batch written in one transaction; a row is written only if
     its facts changed, so a second run (or one that overlaps an upload) writes nothing new and
-    an interrupted run is simply run again. Place names are not touched.
+    an interrupted run is simply run again. Place names are resolved again where the position
+    changed (a corrected or removed GPS tag must not leave the old town on the photo).
     """
     images = Image.objects.all()
     if not redo:
         images = images.filter(
             taken_at__isnull=True, camera_make="", camera_model="", latitude__isnull=True
         )
-    images = images.order_by("pk").only("pk", "file", *PHOTO_FACT_FIELDS)
+    images = images.order_by("pk").only("pk", "file", *PHOTO_FACT_FIELDS, *PLACE_FIELDS)
     read = updated = missing = 0
     last = 0
     while batch := list(images.filter(pk__gt=last)[:batch_size]):
@@ -404,12 +411,15 @@ def images_photo_facts_backfill(
             read += 1
             values = asdict(facts)
             if any(getattr(image, name) != value for name, value in values.items()):
+                moved = (image.latitude, image.longitude) != (facts.latitude, facts.longitude)
                 for name, value in values.items():
                     setattr(image, name, value)
+                if moved:
+                    _image_place_refill(image)
                 changed.append(image)
         if changed:
             with transaction.atomic():
-                Image.objects.bulk_update(changed, PHOTO_FACT_FIELDS)
+                Image.objects.bulk_update(changed, (*PHOTO_FACT_FIELDS, *PLACE_FIELDS))
             updated += len(changed)
         if progress is not None:
             progress(PhotoFactsBackfillResult(read, updated, missing))

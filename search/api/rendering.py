@@ -7,17 +7,19 @@ from typing import Any
 
 from django.urls import reverse
 
+from gallery.decoding import file_shown_by_browsers
 from gallery.exif import camera_name
 from gallery.models import Image
+from gallery.services.images import DISPLAY_SIZE
 from search.query_parser import ParsedQuery
 from search.ranking import SearchPage
 
 
-def _url_maker(name: str) -> Callable[[int], str]:
-    """``reverse(name, args=[image_id])`` for many ids at the cost of one ``reverse``: a page
-    of hits would otherwise resolve each of its three URLs once per hit."""
+def _url_maker(name: str, *args: int) -> Callable[[int], str]:
+    """``reverse(name, args=[image_id, *args])`` for many ids at the cost of one ``reverse``: a
+    page of hits would otherwise resolve each of its URLs once per hit."""
     marker = 2**31 - 1  # an image id no route refuses, replaced by each hit's
-    prefix, _, suffix = reverse(name, args=[marker]).partition(str(marker))
+    prefix, _, suffix = reverse(name, args=[marker, *args]).partition(str(marker))
     return lambda image_id: f"{prefix}{int(image_id)}{suffix}"
 
 
@@ -28,6 +30,7 @@ def results_json(page: SearchPage) -> dict[str, Any]:
     (the tests check the answers against the OpenAPI schema)."""
     thumbnail_url = _url_maker("image-thumb")
     image_url = _url_maker("image-file")
+    display_copy_url = _url_maker("image-thumb-size", DISPLAY_SIZE)
     similar_url = _url_maker("api:image_similar")
     results = {
         "model": page.model_id,
@@ -47,6 +50,11 @@ def results_json(page: SearchPage) -> dict[str, Any]:
                 "score": round(hit.score, 5),
                 "thumbnail_url": thumbnail_url(hit.image.pk),
                 "image_url": image_url(hit.image.pk),
+                "display_url": (
+                    image_url
+                    if file_shown_by_browsers(hit.image.file.name or "")
+                    else display_copy_url
+                )(hit.image.pk),
                 "similar_url": similar_url(hit.image.pk),
                 "title": hit.image.title,
                 "description": hit.image.description,

@@ -23,7 +23,11 @@ class Hit(Schema):
     id: int
     score: float
     thumbnail_url: str
-    image_url: str
+    image_url: str = Field(description="The uploaded file as it was stored (HEIC and TIFF too).")
+    display_url: str = Field(
+        description="A file every browser shows: image_url for JPEG, PNG, GIF and WebP; a JPEG "
+        "of at most 2048 px for HEIC and TIFF."
+    )
     similar_url: str
     title: str = Field(description="The owner's title; empty when none is set.")
     description: str = Field(description="The owner's description; empty when none is set.")

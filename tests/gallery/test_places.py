@@ -8,7 +8,7 @@ from django.core.management import call_command
 
 from gallery.models import Image
 from gallery.places import place_of
-from gallery.services.images import image_upload
+from gallery.services.images import image_upload, images_photo_facts_backfill
 from gallery.services.places import image_place_fill
 from tests.factories import ImageFactory, UserFactory, jpeg_bytes, photo_bytes
 from tests.gallery.test_photo_facts import rationals
@@ -60,3 +60,33 @@ def test_an_upload_with_a_position_gets_its_place() -> None:
         owner=UserFactory(), file=SimpleUploadedFile("x.jpg", jpeg_bytes(), "image/jpeg")
     )
     assert plain.place_country == ""
+
+
+@pytest.mark.django_db
+def test_backfill_redo_resolves_the_place_again_where_the_position_changed() -> None:
+    sydney = photo_bytes(gps=("S", rationals(33, 51, 54), "E", rationals(151, 12, 36)))
+    # Stored with a stale position and its town: the file now says Sydney.
+    moved = ImageFactory(
+        content=sydney, latitude=48.8566, longitude=2.3522,
+        place_city="Paris", place_region="Ile-de-France", place_country="France",
+        place_country_code="FR",
+    )  # fmt: skip
+    # The file has no GPS any more (stripped): the old names must go with the position.
+    stripped = ImageFactory(
+        latitude=21.0285, longitude=105.8542, place_region="Hanoi", place_country="Vietnam",
+        place_country_code="VN",
+    )  # fmt: skip
+    # A re-read that finds the same position leaves the names alone (an operator's edit).
+    same = ImageFactory(content=sydney)
+    images_photo_facts_backfill(redo=True)
+    Image.objects.filter(pk=same.pk).update(place_city="Kept", place_country_code="XX")
+    images_photo_facts_backfill(redo=True)
+
+    moved.refresh_from_db()
+    assert (moved.place_country_code, moved.place_country) == ("AU", "Australia")
+    assert moved.place_city.startswith("Sydney")
+    stripped.refresh_from_db()
+    assert stripped.latitude is None
+    assert not (stripped.place_region or stripped.place_country or stripped.place_country_code)
+    same.refresh_from_db()
+    assert (same.place_city, same.place_country_code) == ("Kept", "XX")

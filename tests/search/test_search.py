@@ -440,8 +440,26 @@ def test_results_carry_scores_thumbnails_and_captions(client: Client, tiny_model
     first = next(r for r in data["results"] if r["id"] == images[0].pk)
     assert first["captions"] == ["a dog on a beach"]
     assert first["thumbnail_url"] == f"/images/{images[0].pk}/thumb"
+    assert first["image_url"] == first["display_url"] == f"/images/{images[0].pk}/file"
     assert -1.0 <= first["score"] <= 1.0
     assert client.get("/api/models").json() == [{"id": CLIP, "default": True}]
+
+
+def test_a_heic_or_tiff_hit_is_displayed_through_a_jpeg_copy(client: Client, tiny_models) -> None:
+    # Browsers other than Safari show no HEIC, none shows TIFF: a client that puts display_url
+    # in an <img> must get a picture, and image_url must still be the file as uploaded.
+    heic, tiff, jpeg = dataset(3)[0]
+    for image, name in (
+        (heic, "uploads/a.heif"),
+        (tiff, "uploads/b.tiff"),
+        (jpeg, "uploads/c.jpg"),
+    ):
+        Image.objects.filter(pk=image.pk).update(file=name)
+    hits = {r["id"]: r for r in client.get("/api/search", {"q": "dog", "k": 3}).json()["results"]}
+    for image in (heic, tiff):
+        assert hits[image.pk]["image_url"] == f"/images/{image.pk}/file"
+        assert hits[image.pk]["display_url"] == f"/images/{image.pk}/thumb/2048"
+    assert hits[jpeg.pk]["display_url"] == f"/images/{jpeg.pk}/file"
 
 
 def test_openapi_schema_is_served(client: Client) -> None:

@@ -345,7 +345,8 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
                 self.message_user(
                     request,
                     f"{model_id}: the task queue cannot be reached ({error}); build the index "
-                    f"with `python manage.py embedding_index_build --model {model_id}`.",
+                    f"with `python manage.py embedding_index_build --model {model_id}` on a "
+                    "host whose DATABASE_URL reaches PostgreSQL directly (a worker's).",
                     messages.ERROR,
                 )
                 continue

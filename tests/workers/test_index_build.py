@@ -18,6 +18,7 @@ import numpy as np
 import psycopg
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connection, transaction
 from django.test import Client
 from django.urls import reverse
@@ -148,6 +149,13 @@ def test_the_command_builds_concurrently_swaps_the_index_in_and_search_uses_it()
     out = io.StringIO()
     call_command("embedding_index_build", "--all", stdout=out)
     assert "every model's search index is current" in out.getvalue()
+
+
+def test_the_command_refuses_a_transaction_pooler_and_says_how_to_run_it(settings) -> None:
+    settings.DATABASE_PGBOUNCER = "transaction"
+    with pytest.raises(CommandError, match="DATABASE_PGBOUNCER unset") as refused:
+        call_command("embedding_index_build", "--model", CLIP, stdout=io.StringIO())
+    assert "worker-cpu" in str(refused.value)
 
 
 @contextmanager

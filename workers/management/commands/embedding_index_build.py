@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from encoders import EncoderError, model_spec
@@ -36,6 +37,18 @@ class Command(BaseCommand):
         parser.add_argument("--database", default="default")
 
     def handle(self, *args: object, **options: object) -> None:
+        if settings.DATABASE_PGBOUNCER == "transaction":
+            # A build sets maintenance_work_mem for its session, holds a session advisory lock
+            # and runs outside a transaction: a transaction pooler would spread those over
+            # server connections, so the memory setting is lost and the lock may be left held.
+            raise CommandError(
+                "DATABASE_PGBOUNCER=transaction: this connection goes through a transaction "
+                "pooler, which an index build cannot use. Run the build with DATABASE_URL "
+                "straight to PostgreSQL and DATABASE_PGBOUNCER unset (with docker compose: "
+                "`docker compose exec -e DATABASE_PGBOUNCER= worker-cpu python manage.py "
+                "embedding_index_build ...`, a worker's DATABASE_URL is direct), or queue it "
+                "from the admin's Embedding models page."
+            )
         using = str(options["database"])
         rebuild = bool(options["rebuild"])
         if options["all"]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import platform
 import shutil
+import subprocess
 import sys
 import threading
 import warnings
@@ -243,3 +245,58 @@ def test_a_copied_model_reuses_the_export(tiny_dirs, tmp_path, cache_dir):
 
     assert second is not first
     assert second.export_dir == first.export_dir
+
+
+# Runs an export's float32 and int8 graphs in one process and prints each one's outputs, so the
+# same comparison can run natively and on an emulated CPU.
+_GRAPHS_RUN = """
+import sys, numpy as np, onnxruntime as ort
+export_dir, inputs_file, out_file = sys.argv[1:]
+outputs = {}
+for tower in ("text", "vision"):
+    inputs = dict(np.load(inputs_file.replace("TOWER", tower)))
+    for name in (tower, tower + ".int8"):
+        path = export_dir + "/" + name + ".onnx"
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        feed = {i.name: inputs[i.name] for i in session.get_inputs()}
+        outputs[name] = session.run(None, feed)[0]
+np.savez(out_file, **outputs)
+"""
+
+# Intel's AVX2 generation: no AVX-512 VNNI, where onnxruntime's u8 x s8 kernel can saturate.
+CPU_WITHOUT_VNNI = "Haswell"
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+@pytest.mark.slow  # onnxruntime under qemu
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="an x86_64 CPU model is emulated")
+def test_int8_onnx_answers_the_same_on_a_cpu_without_vnni(tiny_dirs, cache_dir, tmp_path):
+    qemu = shutil.which("qemu-x86_64")
+    assert qemu, "qemu-user is needed for this check (./run test installs it)"
+    int8 = load("clip", tiny_dirs["clip"], dtype="int8", onnx_cache_dir=cache_dir)
+    assert int8.quantization == "int8-dynamic"
+    queries = ["dog", "ein Hund im Schnee", *onnx_export.INT8_PROBE_QUERIES]
+    np.savez(tmp_path / "text.npz", **int8.text_inputs(queries))
+    np.savez(tmp_path / "vision.npz", **int8.image_inputs(noise_images()))
+    (tmp_path / "run.py").write_text(_GRAPHS_RUN)
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    args = [sys.executable, tmp_path / "run.py", int8.export_dir, tmp_path / "TOWER.npz"]
+
+    subprocess.run([*args, tmp_path / "native.npz"], check=True, capture_output=True)
+    subprocess.run(
+        [qemu, "-cpu", CPU_WITHOUT_VNNI, "-E", f"PYTHONPATH={':'.join(site)}",
+         *args, tmp_path / "emulated.npz"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+    native, emulated = np.load(tmp_path / "native.npz"), np.load(tmp_path / "emulated.npz")
+    for tower in ("text", "vision"):
+        full, quantised = _unit(emulated[tower]), _unit(emulated[f"{tower}.int8"])
+        # The int8 graph kept under the rule here keeps to it on the other CPU ...
+        assert np.sum(full * quantised, axis=1).min() >= onnx_backend.MIN_INT8_COSINE
+        # ... because it computes the same thing there (saturating kernels would not).
+        same = np.sum(quantised * _unit(native[f"{tower}.int8"]), axis=1).min()
+        assert same > 0.9999

@@ -10,6 +10,7 @@ import logging
 import sys
 
 from django.conf import settings
+from django.core.exceptions import TooManyFieldsSent, TooManyFilesSent
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
@@ -69,6 +70,19 @@ def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    # Django's own request limits end here, raised while it reads the body: say which one, since
+    # the person can act on it (send fewer files), and that nothing of the request was kept.
+    if isinstance(exception, TooManyFilesSent):
+        message = (
+            f"At most {settings.DATA_UPLOAD_MAX_NUMBER_FILES} files can be sent at once. "
+            "Nothing was stored: choose fewer files and send them again."
+        )
+        return error_response(
+            request, 400, "Too many files", message, next_step=(request.path, "Go back")
+        )
+    if isinstance(exception, TooManyFieldsSent):
+        message = "The form sent more fields than the site accepts. Nothing was stored."
+        return error_response(request, 400, "Too many fields", message)
     return error_response(request, 400, "Bad request", "The request could not be understood.")
 
 

@@ -286,6 +286,14 @@ def upload(request: AuthenticatedHttpRequest) -> HttpResponse:
     each file's progress and result); without the script, the form posts them all at once."""
     wants_json = "application/json" in request.headers.get("Accept", "")
     if request.method == "POST" and wants_json:
+        sent = len(request.FILES.getlist("file"))
+        if sent > 1:
+            # This answer has room for one file's result: taking one and dropping the rest
+            # silently would lose the others.
+            return JsonResponse(
+                {"error": f"send one file per request here ({sent} were sent); nothing was stored"},
+                status=400,
+            )
         form = UploadForm(request.POST, request.FILES)
         if not form.is_valid():
             return JsonResponse({"error": form_error_message(form)}, status=400)
@@ -309,21 +317,44 @@ def upload(request: AuthenticatedHttpRequest) -> HttpResponse:
             status=200 if image.duplicate else 201,
         )
     form = UploadForm(request.POST or None, request.FILES or None)
-    if request.method == "POST" and form.is_valid():
-        files = request.FILES.getlist("file") or [form.cleaned_data["file"]]
-        stored = 0
-        for file in files:
-            one = UploadForm(request.POST, MultiValueDict({"file": [file]}))
-            image, message = _upload_one(request, one) if one.is_valid() else (None, "")
-            if image is None:
-                form.add_error("file", message or form_error_message(one))
-                continue
-            stored += 1
-            (messages.info if image.duplicate else messages.success)(request, message)
-        if stored and not form.errors:
-            return redirect(reverse("home") + "?show=mine")
-    status = 400 if form.errors else 200
+    errors: list[str] = []
+    if request.method == "POST":
+        files = request.FILES.getlist("file")
+        form.is_valid()
+        if not files:
+            errors = ["Choose at least one photo to upload."]
+        elif "visibility" in form.errors:
+            errors = ["Visibility: " + " ".join(form.errors["visibility"])]
+        else:
+            # Each file on its own: one bad file (empty, corrupt, too big) is named and the
+            # others are stored, whichever place it had in the selection.
+            stored = 0
+            for file in files:
+                one = UploadForm(request.POST, MultiValueDict({"file": [file]}))
+                if one.is_valid():
+                    image, message = _upload_one(request, one)
+                else:
+                    image, message = (
+                        None,
+                        " ".join(one.errors.get("file", [])) or (form_error_message(one)),
+                    )
+                if image is None:
+                    errors.append(f"{file.name}: {message}")
+                    continue
+                stored += 1
+                (messages.info if image.duplicate else messages.success)(request, message)
+            if stored and not errors:
+                return redirect(reverse("home") + "?show=mine")
+            if stored:
+                messages.info(request, f"Stored {stored} of {len(files)} files.")
+        form = UploadForm(initial={"visibility": request.POST.get("visibility")})
+    status = 400 if errors else 200
     # The limit in the words of the server's own refusal (gallery.decoding.image_file_size_check).
     limit = f"{settings.UPLOAD_MAX_BYTES / 1e6:.0f} MB"
-    context = {"form": form, "max_bytes": settings.UPLOAD_MAX_BYTES, "limit": limit}
+    context = {
+        "form": form,
+        "errors": errors,
+        "max_bytes": settings.UPLOAD_MAX_BYTES,
+        "limit": limit,
+    }
     return render(request, "gallery/upload.html", context, status=status)

@@ -398,6 +398,7 @@ def _take_bounds(work: _Work, now: datetime, ranges: list[_Range]) -> None:
                 found = _Range(named.after, date(9999, 12, 31))
             end = match.start("a") + tail.index(phrase) + len(phrase)
             ranges.append(found)
+            end = _with_dangling_connector(work, match.start(), end)
             work.take(match.start(), end, "date", _range_value(found))
 
 
@@ -410,14 +411,34 @@ def _take_dates(work: _Work, now: datetime, ranges: list[_Range]) -> None:
         if found is None:
             continue
         ranges.append(found)
-        work.take(
-            _with_preposition(work, start, _DATE_PREPOSITIONS), end, "date", _range_value(found)
-        )
+        start = _with_preposition(work, start, _DATE_PREPOSITIONS)
+        end = _with_dangling_connector(work, start, end)
+        work.take(start, end, "date", _range_value(found))
         taken_until = end
 
 
 # A chip takes the word before it when it is one of these: "beach in July 2023" leaves "beach".
-_DATE_PREPOSITIONS = _word_set("in on during of from vào trong")
+# "between" and "từ" start a range whose second date may not be typed (yet): the one date given
+# is the chip, and the range's words go with it rather than into the search by meaning.
+_DATE_PREPOSITIONS = _word_set("in on during of from between vào trong từ giữa")
+_RANGE_CONNECTORS = _word_set("to and until till - đến tới và")
+_BETWEEN_WORDS = _word_set("between giữa")
+
+
+def _with_dangling_connector(work: _Work, start: int, end: int) -> int:
+    """``end``, or the end of the range word after it when no date follows that word: at the
+    end of the query ("dogs from 2019 to"), or the "and" of a "between" ("between 2020 and
+    beach" leaves "beach")."""
+    after = [w for w in work.words() if w[0] >= end]
+    if not after or work.text[end : after[0][0]].strip():
+        return end
+    word = after[0][2].casefold()
+    if word not in _RANGE_CONNECTORS:
+        return end
+    opened_with = work.text[start:end].split()[0].casefold()
+    if len(after) == 1 or (opened_with in _BETWEEN_WORDS and word in {"and", "và"}):
+        return after[0][1]
+    return end
 
 
 def _with_preposition(work: _Work, start: int, prepositions: frozenset[str]) -> int:

@@ -31,6 +31,12 @@ TABLE: list[tuple[str, str, list[tuple[str, str, str]]]] = [
     ("from 2021 to 2019", "", [(D, "from 2021 to 2019", "2019-01-01..2022-01-01")]),
     ("between May 2020 and August 2020 beach", "beach",
      [(D, "between May 2020 and August 2020", "2020-05-01..2020-09-01")]),
+    # A range not finished (yet): its one date is the chip, and its words are not searched for.
+    ("beach between 2020 and", "beach", [(D, "between 2020 and", "2020-01-01..2021-01-01")]),
+    ("between 2020 and beach", "beach", [(D, "between 2020 and", "2020-01-01..2021-01-01")]),
+    ("dogs from 2019 to", "dogs", [(D, "from 2019 to", "2019-01-01..2020-01-01")]),
+    ("dogs 2019 to cats", "dogs to cats", [(D, "2019", "2019-01-01..2020-01-01")]),
+    ("biển từ năm 2019 đến", "biển", [(D, "từ năm 2019 đến", "2019-01-01..")]),
     ("before 2020 snow", "snow", [(D, "before 2020", "..2020-01-01")]),
     ("snow since 2021", "snow", [(D, "since 2021", "2021-01-01..")]),
     ("yesterday", "", [(D, "yesterday", "2026-12-01..2026-12-02")]),

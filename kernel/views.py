@@ -12,6 +12,7 @@ import sys
 from django.conf import settings
 from django.core.exceptions import TooManyFieldsSent, TooManyFilesSent
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -83,6 +84,19 @@ def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
     if isinstance(exception, TooManyFieldsSent):
         message = "The form sent more fields than the site accepts. Nothing was stored."
         return error_response(request, 400, "Too many fields", message)
+    if isinstance(exception, MultiPartParserError):
+        # Django reads at most 1 KB of each part's headers: a file name of about 900
+        # characters or more is the usual way to pass it.
+        if "header size" in str(exception):
+            message = (
+                "A file's name is too long to be sent (keep it under a few hundred "
+                "characters). Nothing was stored: rename the file and send it again."
+            )
+        else:
+            message = "The upload could not be read. Nothing was stored; please send it again."
+        return error_response(
+            request, 400, "Upload not readable", message, next_step=(request.path, "Go back")
+        )
     return error_response(request, 400, "Bad request", "The request could not be understood.")
 
 

@@ -55,6 +55,16 @@
   // Upload: one pick-or-drop area; each file one row with a preview, a progress bar (XHR upload
   // events), then the server's answer and live indexing status; one line above the rows counts
   // the batch ("3 of 45 indexed"), and indexed rows shrink to a line.
+  // The server keeps 255 characters of a file's name and reads about 1 KB of a part's
+  // headers: a longer name is shortened here (its extension kept) rather than refused there.
+  function uploadName(name) {
+    var chars = Array.from(name);
+    if (chars.length <= 150) return name;
+    var dot = name.lastIndexOf(".");
+    var extension = dot > 0 && name.length - dot <= 10 ? name.slice(dot) : "";
+    return chars.slice(0, 150 - Array.from(extension).length).join("") + extension;
+  }
+
   function uploadInit(zone) {
     var input = document.getElementById(zone.getAttribute("data-input"));
     var list = document.getElementById(zone.getAttribute("data-list"));
@@ -124,7 +134,7 @@
         return;
       }
       var data = new FormData();
-      data.append("file", file);
+      data.append("file", file, uploadName(file.name));
       data.append("visibility", form.querySelector("[name=visibility]").value);
       data.append("csrfmiddlewaretoken", form.querySelector("[name=csrfmiddlewaretoken]").value);
       var xhr = new XMLHttpRequest();

@@ -12,10 +12,11 @@ import uuid
 
 import pytest
 from django.conf import settings
+from playwright.sync_api import Page, expect
 
 from gallery.models import Image
 from tests.clients import HttpSession
-from tests.factories import UserFactory
+from tests.factories import PASSWORD, UserFactory
 from tests.gallery.test_upload_races_and_quota import png_bytes, signed_in_session
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -121,3 +122,38 @@ def test_the_scripts_json_upload_takes_one_file_and_refuses_several(live_server)
         "send one file per request here (2 were sent); nothing was stored"
     )
     assert not Image.objects.filter(owner=owner).exists()
+
+
+def test_a_file_name_too_long_to_read_is_named_as_the_reason(live_server) -> None:
+    owner = UserFactory()
+    session, token = signed_in_session(live_server, owner)
+    files = [("a" * 1200 + ".png", png_bytes(1))]
+
+    status, page = post_files(session, token, files, accept="text/html")
+    json_status, answer = post_files(session, token, files, accept="application/json")
+
+    assert status == json_status == 400
+    assert "name is too long to be sent" in page
+    assert "name is too long to be sent" in json.loads(answer)["error"]
+    assert not Image.objects.filter(owner=owner).exists()
+
+
+def test_the_upload_page_shortens_a_name_too_long_to_send(live_server, page: Page) -> None:
+    # 250 emoji are 1,000 bytes of UTF-8: past what the server reads of a part's headers.
+    # (No disk takes such a name; some phones' share sheets and zip tools make them.)
+    owner = UserFactory()
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("#id_username", owner.username)
+    page.fill("#id_password", PASSWORD)
+    page.click("main button[type=submit]")
+    page.wait_for_url(f"{live_server.url}/")
+    page.goto(f"{live_server.url}/upload/")
+    name = "🌊" * 250 + ".png"
+
+    page.set_input_files(
+        "#id_file", files=[{"name": name, "mimeType": "image/png", "buffer": png_bytes(3)}]
+    )
+
+    expect(page.locator("#upload-rows li .badge")).to_have_count(1)
+    stored = Image.objects.get(owner=owner)
+    assert stored.original_filename == "🌊" * 146 + ".png"

@@ -4,6 +4,7 @@ at reduced scale). Every refusal is an ``UploadRejected`` with a reason for the 
 
 from __future__ import annotations
 
+import re
 import struct
 import warnings
 from dataclasses import dataclass
@@ -130,7 +131,8 @@ def _image_file_header_check(*, file: UploadedFile, label: str) -> tuple[str, in
                 image_format = probe.format or ""
                 width, height = probe.size
     except PILImage.DecompressionBombError as exc:
-        raise UploadRejected(f"{label}: image too large: {exc}") from exc
+        # Pillow's own words name its limit, not the site's, and call the file an attack.
+        raise UploadRejected(f"{label}: image too large: {_pixels_over(exc)}") from exc
     except (PILImage.UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UploadRejected(f"{label} is not an image we can read") from exc
     finally:
@@ -138,8 +140,19 @@ def _image_file_header_check(*, file: UploadedFile, label: str) -> tuple[str, in
     if image_format not in ALLOWED_FORMATS:
         raise UploadRejected(f"{label}: {image_format} images are not supported")
     if width * height > settings.UPLOAD_MAX_PIXELS:
-        raise UploadRejected(f"{label}: image too large: {width}x{height}")
+        raise UploadRejected(
+            f"{label}: image too large: {width}x{height} is {width * height / 1e6:.1f} "
+            f"megapixels and the limit is {settings.UPLOAD_MAX_PIXELS / 1e6:.1f}"
+        )
     return image_format, width, height
+
+
+def _pixels_over(error: Exception) -> str:
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    limit = f"the limit is {settings.UPLOAD_MAX_PIXELS / 1e6:.1f}"
+    if found is None:
+        return f"far more megapixels than {limit}"
+    return f"{int(found[1]) / 1e6:.1f} megapixels and {limit}"
 
 
 _JPEG_PROGRESSIVE_FRAMES = {0xC2, 0xC6, 0xCA, 0xCE}  # SOF markers of progressive frames

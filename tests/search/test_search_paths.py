@@ -195,7 +195,10 @@ def test_query_image_over_the_pixel_limit_is_refused_before_decoding(
     monkeypatch.setattr("gallery.decoding.open_image", no_decode)
     response = client.post("/api/search/image", {"image": png_file((2000, 2000), mode="1")})
     assert response.status_code == 400
-    assert response.json() == {"error": "the query image: image too large: 2000x2000"}
+    assert response.json() == {
+        "error": "the query image: image too large: 2000x2000 is 4.0 megapixels "
+        "and the limit is 1.0"
+    }
     page = client.post("/search/image/", {"image": png_file((2000, 2000), mode="1")})
     assert page.status_code == 400 and "image too large: 2000x2000" in page.content.decode()
 

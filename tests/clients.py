@@ -10,6 +10,9 @@ import urllib.parse
 import urllib.request
 
 from django.test import Client
+from playwright.sync_api import Page
+
+from tests.factories import PASSWORD
 
 CSRF_FIELD = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
 
@@ -53,3 +56,12 @@ class HttpSession:
     def post_form(self, path: str, fields: dict[str, str]) -> tuple[int, str, str]:
         """GET the page, then POST its form with the CSRF token it carries."""
         return self.open(path, {"csrfmiddlewaretoken": self.csrf_token(path), **fields})
+
+
+def browser_sign_in(page: Page, url: str, username: str) -> None:
+    """Sign ``username`` in through the login form, as a person does, and land on the home page."""
+    page.goto(f"{url}/accounts/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.click("main button[type=submit]")
+    page.wait_for_url(f"{url}/")

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import Page
 
+from tests.clients import browser_sign_in
 from tests.factories import (
-    PASSWORD,
     CollectionFactory,
     CollectionItemFactory,
     ImageFactory,
@@ -21,14 +21,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 WIDTH, HEIGHT = 360, 740
 LONG_USERNAME = "a" * 75 + "b" * 75  # Django's limit
 LONG_WORD = "Sommerferienerinnerungsfotosammlung" * 6  # no place a line may break
-
-
-def sign_in(page: Page, url: str, username: str) -> None:
-    page.goto(f"{url}/accounts/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.click("main button[type=submit]")
-    page.wait_for_url(f"{url}/")
 
 
 def inside_the_screen(page: Page, selector: str) -> bool:
@@ -43,7 +35,7 @@ def test_long_names_fit_a_360px_screen(live_server, page: Page) -> None:
     collection = CollectionFactory(owner=owner, name=LONG_WORD[:120], description=LONG_WORD)
     CollectionItemFactory(collection=collection, image=image, query=LONG_WORD[:200])
     page.set_viewport_size({"width": WIDTH, "height": HEIGHT})
-    sign_in(page, live_server.url, LONG_USERNAME)
+    browser_sign_in(page, live_server.url, LONG_USERNAME)
 
     for path in ["/", f"/images/{image.pk}/", "/collections/", f"/collections/{collection.pk}/",
                  "/accounts/", "/upload/"]:  # fmt: skip

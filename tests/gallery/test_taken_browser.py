@@ -15,7 +15,8 @@ from django.utils import timezone
 from playwright.sync_api import Browser, Locator, Page, expect
 
 from gallery.models import Image
-from tests.factories import PASSWORD, ImageFactory, UserFactory, photo_bytes
+from tests.clients import browser_sign_in
+from tests.factories import ImageFactory, UserFactory, photo_bytes
 from tests.gallery.test_pages_layout import SIZES, check
 from tests.workers import test_celery_worker
 from workers.models import ImageEmbedding
@@ -27,14 +28,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 CLIP = "clip-vit-base-patch32"
 WORKER_WAIT_MS = 180_000  # the worker loads the model first; not a speed check
-
-
-def sign_in(page: Page, url: str, username: str) -> None:
-    page.goto(f"{url}/accounts/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.click("main button[type=submit]")
-    page.wait_for_url(f"{url}/")
 
 
 def loaded(image: Locator) -> None:
@@ -103,7 +96,7 @@ def test_browse_and_date_sorted_search_go_by_the_day_photos_were_taken(
     width, height = SIZES[size]
     page = browser.new_context(viewport={"width": width, "height": height}).new_page()
     url = live_server.url
-    sign_in(page, url, owner.username)
+    browser_sign_in(page, url, owner.username)
     page.goto(f"{url}/?show=mine")
     expect(page.locator("h2.day-header").first).to_have_text("Today")
     assert grouped(page) == expected
@@ -139,7 +132,7 @@ def test_more_results_continue_a_day_without_repeating_its_header(live_server, p
         ImageFactory(owner=owner, taken_at=at(2025, 6, 13, 12) - timedelta(minutes=n))
         for n in range(20)
     ]
-    sign_in(page, live_server.url, owner.username)
+    browser_sign_in(page, live_server.url, owner.username)
     page.goto(f"{live_server.url}/?show=mine")
     page.evaluate("window.__noReload = 1")
     expect(page.locator("figure[data-image-id]")).to_have_count(60)
@@ -165,7 +158,7 @@ def test_a_heic_photo_from_a_phone_becomes_a_visible_searchable_image(
     )  # fmt: skip
     url = live_server.url
     page = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
-    sign_in(page, url, owner.username)
+    browser_sign_in(page, url, owner.username)
     page.goto(f"{url}/upload/")
     accept = page.locator("#id_file").get_attribute("accept") or ""
     assert ".heic" in accept and ".heif" in accept

@@ -15,8 +15,8 @@ from django.conf import settings
 from playwright.sync_api import Page, expect
 
 from gallery.models import Image
-from tests.clients import HttpSession
-from tests.factories import PASSWORD, UserFactory
+from tests.clients import HttpSession, browser_sign_in
+from tests.factories import UserFactory
 from tests.gallery.test_upload_races_and_quota import png_bytes, signed_in_session
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -142,11 +142,7 @@ def test_the_upload_page_shortens_a_name_too_long_to_send(live_server, page: Pag
     # 250 emoji are 1,000 bytes of UTF-8: past what the server reads of a part's headers.
     # (No disk takes such a name; some phones' share sheets and zip tools make them.)
     owner = UserFactory()
-    page.goto(f"{live_server.url}/accounts/login/")
-    page.fill("#id_username", owner.username)
-    page.fill("#id_password", PASSWORD)
-    page.click("main button[type=submit]")
-    page.wait_for_url(f"{live_server.url}/")
+    browser_sign_in(page, live_server.url, owner.username)
     page.goto(f"{live_server.url}/upload/")
     name = "🌊" * 250 + ".png"
 

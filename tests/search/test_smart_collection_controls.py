@@ -12,6 +12,7 @@ from django.urls import reverse
 from playwright.sync_api import Browser, expect
 
 from gallery.models import Collection, CollectionItem
+from tests.clients import browser_sign_in
 from tests.factories import PASSWORD, ImageFactory, UserFactory
 from tests.gallery.test_pages_layout import SIZES, check
 from tests.search.test_smart_collections import saved  # noqa: F401 (fixture)
@@ -136,11 +137,7 @@ def test_the_owner_hides_one_and_pins_another_in_the_browser(
     owner.save()
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()
-    page.goto(f"{live_server.url}/accounts/login/")
-    page.fill("#id_username", owner.username)
-    page.fill("#id_password", PASSWORD)
-    page.click("main button[type=submit]")
-    page.wait_for_url(f"{live_server.url}/")
+    browser_sign_in(page, live_server.url, owner.username)
     page.goto(f"{live_server.url}{reverse('search-saved', args=[collection.pk])}")
     cards = page.locator(".grid.results figure.result")
     expect(cards).to_have_count(3)

@@ -324,7 +324,7 @@ def upload(request: AuthenticatedHttpRequest) -> HttpResponse:
         if not files:
             errors = ["Choose at least one photo to upload."]
         elif "visibility" in form.errors:
-            errors = ["Visibility: " + " ".join(form.errors["visibility"])]
+            errors = ["Visibility: " + " ".join(str(e) for e in form.errors["visibility"])]
         else:
             # Each file on its own: one bad file (empty, corrupt, too big) is named and the
             # others are stored, whichever place it had in the selection.
@@ -334,10 +334,8 @@ def upload(request: AuthenticatedHttpRequest) -> HttpResponse:
                 if one.is_valid():
                     image, message = _upload_one(request, one)
                 else:
-                    image, message = (
-                        None,
-                        " ".join(one.errors.get("file", [])) or (form_error_message(one)),
-                    )
+                    said = [str(error) for error in one.errors.get("file", [])]
+                    image, message = None, " ".join(said) or form_error_message(one)
                 if image is None:
                     errors.append(f"{file.name}: {message}")
                     continue

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Iterable
 from typing import Any
 
+import psycopg
 from django.db import connections
 from psycopg import sql
 
-from encoders.registry import MODELS
+from encoders.registry import MODELS, model_spec
 
 TABLE = "search_imageembedding"  # ImageEmbedding._meta.db_table (not imported: migrations use this)
 _MAX_NAME = 63  # PostgreSQL's identifier length
@@ -103,15 +105,28 @@ def partition_truncate(*, model_id: str, using: str = "default") -> int:
         conn = _psycopg_connection(cursor)
         cursor.execute(sql.SQL("SELECT count(*) FROM {}").format(name).as_string(conn))
         rows = int(cursor.fetchone()[0])
+        # The foreign key to the images is checked at commit (Django's DEFERRABLE INITIALLY
+        # DEFERRED), and TRUNCATE refuses a table with such checks pending (rows written
+        # earlier in this transaction): run them now, then defer the key again as declared.
+        cursor.execute(
+            "SELECT quote_ident(conname) FROM pg_constraint WHERE conrelid = %s::regclass "
+            "AND contype = 'f' AND condeferred",
+            [_quoted(TABLE)],
+        )
+        deferred = ", ".join(row[0] for row in cursor.fetchall())
+        if deferred:
+            cursor.execute(f"SET CONSTRAINTS {deferred} IMMEDIATE")
         cursor.execute(sql.SQL("TRUNCATE {}").format(name).as_string(conn))
+        if deferred:
+            cursor.execute(f"SET CONSTRAINTS {deferred} DEFERRED")
     return rows
 
 
 # --- The move from the flat table ---------------------------------------------------------
 
 
-class PartitionMoveTooBig(RuntimeError):
-    """The flat table holds more rows than an in-place move may lock it for."""
+class PartitionMoveRefused(RuntimeError):
+    """The move cannot run: the flat table is too big to lock for it, or another move runs."""
 
 
 ONLINE_COMMAND = "python manage.py embedding_table_partition"
@@ -198,14 +213,14 @@ def table_convert_in_place(cursor: Any, *, max_rows: int) -> bool:
     """Make the flat embedding table partitioned, inside the caller's transaction: lock it,
     create the partitioned table with a partition per registered model and per model found in
     its rows, copy the rows, swap the names, carry the id sequence on. Refuses
-    (``PartitionMoveTooBig``) above ``max_rows`` rows, which would lock the table too long: the
+    (``PartitionMoveRefused``) above ``max_rows`` rows, which would lock the table too long: the
     online command does those. Returns False when the table is already partitioned."""
     if table_is_partitioned(cursor):
         return False
     cursor.execute(f'LOCK TABLE "{TABLE}" IN ACCESS EXCLUSIVE MODE')
     rows = flat_rows(cursor, at_most=max_rows + 1)
     if rows > max_rows:
-        raise PartitionMoveTooBig(
+        raise PartitionMoveRefused(
             f"{TABLE} holds more than EMBEDDING_PARTITION_IN_PLACE_MAX_ROWS={max_rows} "
             f"embeddings: moving them in place would lock uploads and searches out for the "
             f"whole copy. Partition it online first with `{ONLINE_COMMAND}` (searches and "
@@ -220,3 +235,193 @@ def table_convert_in_place(cursor: Any, *, max_rows: int) -> bool:
     sequence_follow(cursor, sequence=_NEW_SEQUENCE)
     table_swap(cursor, constraints=constraints, indexes=indexes)
     return True
+
+
+# --- The online move (manage.py embedding_table_partition) ---------------------------------
+
+_TRIGGER = "search_imageembedding_mirror"
+_MIRROR_FUNCTION = "search_imageembedding_mirror_row"
+
+
+def _temporary_name(name: str) -> str:
+    """The name a constraint or index of the flat table has on the partitioned copy until the
+    swap (the flat one still holds the real one): stable, so a rerun finds it."""
+    return "tmp_" + hashlib.sha256(name.encode()).hexdigest()[:24]
+
+
+def _mirror_sql() -> list[str]:
+    """A trigger on the flat table repeating each write on the partitioned copy, in the same
+    transaction: what the batched copy has passed is kept current, and what it has not reached
+    is replaced by the copy's own (ON CONFLICT DO NOTHING) or already there."""
+    columns = ", ".join(COLUMNS)
+    values = ", ".join(f"NEW.{column}" for column in COLUMNS)
+    return [
+        f"""CREATE OR REPLACE FUNCTION "{_MIRROR_FUNCTION}"() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP IN ('UPDATE', 'DELETE') THEN
+                DELETE FROM "{_NEW}" WHERE id = OLD.id AND model_id = OLD.model_id;
+            END IF;
+            IF TG_OP IN ('INSERT', 'UPDATE') THEN
+                DELETE FROM "{_NEW}" WHERE id = NEW.id AND model_id = NEW.model_id;
+                INSERT INTO "{_NEW}" ({columns}) VALUES ({values});
+            END IF;
+            RETURN NULL;
+        END $$""",
+        f'DROP TRIGGER IF EXISTS "{_TRIGGER}" ON "{TABLE}"',
+        f'CREATE TRIGGER "{_TRIGGER}" AFTER INSERT OR UPDATE OR DELETE ON "{TABLE}" '
+        f'FOR EACH ROW EXECUTE FUNCTION "{_MIRROR_FUNCTION}"()',
+    ]
+
+
+def table_partition_online(
+    *,
+    using: str = "default",
+    batch: int = 10_000,
+    pause: float = 0.0,
+    say: Any = None,
+    lock_timeout: str = "5s",
+) -> bool:
+    """Move the flat embedding table to a partitioned one without stopping uploads or
+    searches; returns False when it already is partitioned.
+
+    1. The partitioned copy (``_NEW``): a partition per registered model and per model in the
+       rows, its keys and b-tree indexes under temporary names (empty: instant).
+    2. A trigger on the flat table mirrors every write to the copy from then on.
+    3. The rows are copied in batches by id, each its own short transaction (``FOR SHARE``
+       waits for a write in flight on a row, so that a delete racing the copy is not undone).
+    4. Each model's HNSW index is built CONCURRENTLY on its partition (searches use the flat
+       table's partial indexes meanwhile).
+    5. One short transaction, under the flat table's lock (retried while ``lock_timeout``
+       runs out): the sequence carried on, the flat table dropped, the copy given its name,
+       its constraints', indexes' and sequence's names.
+    Run it again after a failure: each step checks what is there.
+    """
+    from workers.indexes import (
+        _index_ddl,
+        _own_connection,
+        hnsw_build_memory,
+        hnsw_build_memory_cap,
+        hnsw_build_name,
+    )
+
+    def note(text: str) -> None:
+        if say is not None:
+            say(text)
+
+    with _own_connection(using) as conn, conn.cursor() as cursor:
+        if table_is_partitioned(cursor):
+            return False
+        cursor.execute("SELECT pg_try_advisory_lock(hashtext('embedding table partition'))")
+        if not cursor.fetchone()[0]:
+            raise PartitionMoveRefused("another embedding_table_partition is running")
+        constraints, indexes = _flat_layout(cursor)
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [_quoted(_NEW)])
+        if not cursor.fetchone()[0]:
+            cursor.execute(f'SELECT DISTINCT model_id FROM "{TABLE}"')
+            model_ids = sorted(set(MODELS) | {row[0] for row in cursor.fetchall()})
+            with conn.transaction():
+                table_create_partitioned(
+                    cursor, name=_NEW, sequence=_NEW_SEQUENCE, model_ids=model_ids
+                )
+                cursor.execute(
+                    f'ALTER TABLE "{_NEW}" ADD CONSTRAINT '
+                    f'"{_temporary_name(TABLE + "_pkey")}" PRIMARY KEY (id, model_id)'
+                )
+                for constraint in constraints:
+                    name = constraint.split('"')[1]
+                    cursor.execute(
+                        f'ALTER TABLE "{_NEW}" '
+                        + constraint.replace(_quoted(name), _quoted(_temporary_name(name)), 1)
+                    )
+                for index in indexes:
+                    name = index.split()[2]
+                    cursor.execute(
+                        index.replace(f" {name} ", f" {_quoted(_temporary_name(name))} ", 1)
+                        .replace(f'ON public."{TABLE}" ', f'ON public."{_NEW}" ', 1)
+                        .replace(f"ON public.{TABLE} ", f'ON public."{_NEW}" ', 1)
+                    )
+            note(f"created {_NEW} with partitions for {', '.join(model_ids)}")
+        with conn.transaction():
+            for statement in _mirror_sql():
+                cursor.execute(statement)
+        note("writes to the flat table are mirrored to the partitioned one")
+        # Copy every row (a rerun's already there are skipped by the ON CONFLICT), by id.
+        after, copied = 0, 0
+        columns = ", ".join(COLUMNS)
+        while True:
+            with conn.transaction():
+                cursor.execute(
+                    f'WITH rows AS (SELECT {columns} FROM "{TABLE}" WHERE id > %s '
+                    f"ORDER BY id LIMIT %s FOR SHARE), "
+                    f'copied AS (INSERT INTO "{_NEW}" ({columns}) SELECT {columns} FROM rows '
+                    f"ON CONFLICT DO NOTHING) SELECT max(id), count(*) FROM rows",
+                    [after, batch],
+                )
+                last, count = cursor.fetchone()
+            if not count:
+                break
+            after, copied = last, copied + count
+            note(f"copied {copied:,} rows (up to id {after:,})")
+            time.sleep(pause)
+        # Each model's index, on its partition, without locking writes.
+        for model_id in sorted(MODELS):
+            build = hnsw_build_name(model_id)
+            cursor.execute(
+                "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
+                [_quoted(build)],
+            )
+            row = cursor.fetchone()
+            if row and row[0]:
+                continue
+            cursor.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{build}"')  # a failed build's
+            cursor.execute(f'SELECT count(*) FROM "{partition_name(model_id)}"')
+            rows = int(cursor.fetchone()[0])
+            memory = hnsw_build_memory(
+                rows=rows, dim=model_spec(model_id).dim, cap=hnsw_build_memory_cap(cursor)
+            )
+            cursor.execute(
+                "SELECT set_config('maintenance_work_mem', %s, false)", [f"{memory // 1024}kB"]
+            )
+            statement, params = _index_ddl(model_id=model_id, name=build, concurrently=True)
+            cursor.execute(statement, params)
+            note(f"built {model_id}'s index on its partition ({rows:,} rows)")
+        # The swap, under the flat table's lock for a moment.
+        while True:
+            try:
+                with conn.transaction():
+                    cursor.execute("SELECT set_config('lock_timeout', %s, true)", [lock_timeout])
+                    cursor.execute(f'LOCK TABLE "{TABLE}" IN ACCESS EXCLUSIVE MODE')
+                    cursor.execute(f'DROP TRIGGER "{_TRIGGER}" ON "{TABLE}"')
+                    sequence_follow(cursor, sequence=_NEW_SEQUENCE)
+                    _swap_online(cursor, constraints=constraints, indexes=indexes)
+                    cursor.execute(f'DROP FUNCTION "{_MIRROR_FUNCTION}"()')
+                break
+            except psycopg.errors.LockNotAvailable:
+                note("the table is busy: trying the swap again")
+        cursor.execute("SELECT pg_advisory_unlock(hashtext('embedding table partition'))")
+    note(f"{TABLE} is partitioned by model")
+    return True
+
+
+def _swap_online(cursor: Any, *, constraints: list[str], indexes: list[str]) -> None:
+    from workers.indexes import hnsw_build_name, hnsw_index_name
+
+    cursor.execute(f'DROP TABLE "{TABLE}"')
+    cursor.execute(f'ALTER TABLE "{_NEW}" RENAME TO "{TABLE}"')
+    cursor.execute(f'ALTER SEQUENCE "{_NEW_SEQUENCE}" RENAME TO "{SEQUENCE}"')
+    cursor.execute(f'ALTER SEQUENCE "{SEQUENCE}" OWNED BY "{TABLE}".id')
+    names = [TABLE + "_pkey"] + [c.split('"')[1] for c in constraints]
+    for name in names:
+        cursor.execute(
+            f'ALTER TABLE "{TABLE}" RENAME CONSTRAINT '
+            f"{_quoted(_temporary_name(name))} TO {_quoted(name)}"
+        )
+    for index in indexes:
+        name = index.split()[2].strip('"')
+        cursor.execute(f"ALTER INDEX {_quoted(_temporary_name(name))} RENAME TO {_quoted(name)}")
+    for model_id in MODELS:
+        cursor.execute(
+            f"ALTER INDEX IF EXISTS {_quoted(hnsw_build_name(model_id))} "
+            f"RENAME TO {_quoted(hnsw_index_name(model_id))}"
+        )

@@ -25,7 +25,7 @@ from django.db.migrations.state import StateApps
 def partition(apps: StateApps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     from encoders.registry import MODELS
     from workers.indexes import embedding_indexes_ensure, hnsw_index_name
-    from workers.partitions import PartitionMoveTooBig, table_convert_in_place
+    from workers.partitions import PartitionMoveRefused, table_convert_in_place
 
     connection = schema_editor.connection
     limit = int(getattr(settings, "EMBEDDING_PARTITION_IN_PLACE_MAX_ROWS", 200_000))
@@ -36,7 +36,7 @@ def partition(apps: StateApps, schema_editor: BaseDatabaseSchemaEditor) -> None:
         had_index = {row[0] for row in cursor.fetchall()}
         try:
             moved = table_convert_in_place(cursor, max_rows=limit)
-        except PartitionMoveTooBig as exc:
+        except PartitionMoveRefused as exc:
             raise RuntimeError(str(exc)) from None
     if moved:
         rebuild = [m for m in sorted(MODELS) if hnsw_index_name(m) in had_index]

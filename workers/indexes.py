@@ -1,8 +1,7 @@
 """The per-model HNSW indexes, one on each model's partition of the embedding table (see
-``workers.models``, ``workers.partitions``): their names,
-their state, building them online (``embedding_index_build``: CREATE INDEX CONCURRENTLY with
-progress, then a swap), creating the small ones inline after migrate, and dropping one for a
-bulk load."""
+``workers.models``, ``workers.partitions``): their names, their state, building them online
+(``embedding_index_build``: CREATE INDEX CONCURRENTLY with progress, then a swap), creating the
+small ones inline after migrate, and dropping one for a bulk load."""
 
 from __future__ import annotations
 
@@ -130,8 +129,9 @@ def _index_valid(cursor: Any, name: str) -> bool | None:
 def embedding_indexes_ensure(
     *, using: str = "default", model_ids: Iterable[str] | None = None, concurrently: bool = False
 ) -> None:
-    """Create the partial HNSW index of each registered model that lacks one, then drop the
-    model's indexes built with other storage or graph parameters (searches used them meanwhile).
+    """Create the HNSW index of each registered model that lacks one (on its partition, made
+    first if missing), then drop the model's indexes built with other storage or graph
+    parameters (searches used them meanwhile).
 
     Inline, whatever the table's size: for tests, benchmarks and the post-migrate hook's small
     models. A site's big tables are built online by ``embedding_index_build``.

@@ -90,7 +90,7 @@ def hnsw_build_memory_cap(cursor: Any) -> int:
     return int(cursor.fetchone()[0])
 
 
-def _index_ddl(*, model_id: str, name: str, concurrently: bool) -> tuple[str, list[str]]:
+def index_ddl(*, model_id: str, name: str, concurrently: bool) -> tuple[str, list[str]]:
     """The model's HNSW index, on its own partition (``workers.partitions``): every row there is
     the model's, so no WHERE; a search's ``model_id = '<model>'`` prunes to the partition and
     its index."""
@@ -156,7 +156,7 @@ def embedding_indexes_ensure(
                 cursor.execute(
                     "SELECT set_config('maintenance_work_mem', %s, false)", [f"{memory // 1024}kB"]
                 )
-                sql, params = _index_ddl(model_id=model_id, name=name, concurrently=concurrently)
+                sql, params = index_ddl(model_id=model_id, name=name, concurrently=concurrently)
                 cursor.execute(sql, params)
                 cursor.execute("RESET maintenance_work_mem")
             for old in _older_indexes(cursor, model_id=model_id, keep=name):
@@ -347,7 +347,7 @@ class IndexBuildResult:
     dropped: list[str]  # old indexes dropped, and leftovers of failed builds
 
 
-def _own_connection(using: str) -> psycopg.Connection[Any]:
+def own_connection(using: str) -> psycopg.Connection[Any]:
     """A connection of the build's own, in autocommit (CREATE INDEX CONCURRENTLY runs in no
     transaction), so that its memory settings touch no other work's session."""
     params = connections[using].get_connection_params()
@@ -380,7 +380,7 @@ def embedding_index_build(
     started = time.monotonic()
     dropped: list[str] = []
     partitions_ensure(using=using, model_ids=[model_id])  # a model registered since migrate
-    with _own_connection(using) as conn, conn.cursor() as cursor:
+    with own_connection(using) as conn, conn.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [f"hnsw build {model_id}"])
         locked = cursor.fetchone()
         if not (locked and locked[0]):
@@ -405,7 +405,7 @@ def embedding_index_build(
                     "SELECT set_config('max_parallel_maintenance_workers', %s, false)",
                     [str(settings.HNSW_BUILD_PARALLEL_WORKERS)],
                 )
-            sql, params = _index_ddl(model_id=model_id, name=build_name, concurrently=True)
+            sql, params = index_ddl(model_id=model_id, name=build_name, concurrently=True)
             try:
                 _run_watched(
                     conn, cursor, sql, params, using=using, on_progress=on_progress,
@@ -461,7 +461,7 @@ def _run_watched(
         if on_progress is None:
             worker.join()
         else:
-            with _own_connection(using) as watcher, watcher.cursor() as watch:
+            with own_connection(using) as watcher, watcher.cursor() as watch:
                 while worker.is_alive():
                     worker.join(poll_seconds)
                     progress = _progress_read(watch, pid=pid)

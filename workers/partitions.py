@@ -7,30 +7,28 @@ purpose: an embedding of a model without a partition fails loudly ("no partition
 model registry, created after every migrate and wherever a model's state row is made; a
 model's embeddings are deleted by emptying its partition (TRUNCATE), not row by row.
 
-The layout itself is made by workers 0005 (in place, for a small table) or by
-``manage.py embedding_table_partition`` (online, for a big one): ``table_convert_in_place``
-below is the in-place move, shared by both.
+The layout itself is made by workers 0005 (in place, for a small table:
+``table_convert_in_place`` below) or by ``manage.py embedding_table_partition`` (online, for a
+big one: ``workers.partition_move``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-import time
 from collections.abc import Iterable
 from typing import Any
 
-import psycopg
 from django.db import connections
 from psycopg import sql
 
-from encoders.registry import MODELS, model_spec
+from encoders.registry import MODELS
 
 TABLE = "search_imageembedding"  # ImageEmbedding._meta.db_table (not imported: migrations use this)
 _MAX_NAME = 63  # PostgreSQL's identifier length
 # The in-place move's working names; never seen outside its transaction.
-_NEW = TABLE + "_partitioned"
-_NEW_SEQUENCE = TABLE + "_partitioned_id_seq"
+NEW_TABLE = TABLE + "_partitioned"
+NEW_SEQUENCE = TABLE + "_partitioned_id_seq"
 SEQUENCE = TABLE + "_id_seq"
 # The columns, in the order Django created them (search 0001), as the partitioned table has them.
 COLUMNS = ("id", "model_id", "vector", "created_at", "image_id")
@@ -56,11 +54,11 @@ def table_is_partitioned(cursor: Any) -> bool:
 
 
 def partition_exists(cursor: Any, model_id: str) -> bool:
-    cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [_quoted(partition_name(model_id))])
+    cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [quoted(partition_name(model_id))])
     return bool(cursor.fetchone()[0])
 
 
-def _quoted(name: str) -> str:
+def quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -111,7 +109,7 @@ def partition_truncate(*, model_id: str, using: str = "default") -> int:
         cursor.execute(
             "SELECT quote_ident(conname) FROM pg_constraint WHERE conrelid = %s::regclass "
             "AND contype = 'f' AND condeferred",
-            [_quoted(TABLE)],
+            [quoted(TABLE)],
         )
         deferred = ", ".join(row[0] for row in cursor.fetchall())
         if deferred:
@@ -137,7 +135,7 @@ def flat_rows(cursor: Any, *, at_most: int) -> int:
     return int(cursor.fetchone()[0])
 
 
-def _flat_layout(cursor: Any) -> tuple[list[str], list[str]]:
+def flat_layout(cursor: Any) -> tuple[list[str], list[str]]:
     """The flat table's constraints other than its primary key, as ``ADD CONSTRAINT`` clauses,
     and its b-tree indexes other than the constraints' and the HNSW ones, as their DDL (the
     HNSW indexes are built again per partition: a partition's needs no WHERE)."""
@@ -146,7 +144,7 @@ def _flat_layout(cursor: Any) -> tuple[list[str], list[str]]:
         "WHERE conrelid = to_regclass(%s) AND contype IN ('u', 'f', 'c', 'x') ORDER BY conname",
         [TABLE],
     )
-    constraints = [f"ADD CONSTRAINT {_quoted(name)} {definition}" for name, definition in cursor]
+    constraints = [f"ADD CONSTRAINT {quoted(name)} {definition}" for name, definition in cursor]
     cursor.execute(
         "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) FROM pg_index i "
         "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
@@ -187,17 +185,17 @@ def sequence_follow(cursor: Any, *, sequence: str) -> None:
         last, called = cursor.fetchone()
         highest = max(highest, last if called else last - 1)
     cursor.execute(
-        "SELECT setval(%s::regclass, %s, %s)", [_quoted(sequence), max(highest, 1), highest > 0]
+        "SELECT setval(%s::regclass, %s, %s)", [quoted(sequence), max(highest, 1), highest > 0]
     )
 
 
 def table_swap(cursor: Any, *, constraints: list[str], indexes: list[str]) -> None:
-    """Drop the flat table and give the partitioned one (``_NEW``) its name, its sequence, its
+    """Drop the flat table and give the partitioned one (``NEW_TABLE``) its name, its sequence, its
     primary key with the partition key in it, and the flat one's other constraints and
     b-tree indexes, under their own names (on each partition too)."""
     cursor.execute(f'DROP TABLE "{TABLE}"')
-    cursor.execute(f'ALTER TABLE "{_NEW}" RENAME TO "{TABLE}"')
-    cursor.execute(f'ALTER SEQUENCE "{_NEW_SEQUENCE}" RENAME TO "{SEQUENCE}"')
+    cursor.execute(f'ALTER TABLE "{NEW_TABLE}" RENAME TO "{TABLE}"')
+    cursor.execute(f'ALTER SEQUENCE "{NEW_SEQUENCE}" RENAME TO "{SEQUENCE}"')
     cursor.execute(f'ALTER SEQUENCE "{SEQUENCE}" OWNED BY "{TABLE}".id')
     # A partitioned table's unique constraints must hold the partition key.
     cursor.execute(
@@ -228,200 +226,10 @@ def table_convert_in_place(cursor: Any, *, max_rows: int) -> bool:
         )
     cursor.execute(f'SELECT DISTINCT model_id FROM "{TABLE}"')
     model_ids = sorted(set(MODELS) | {row[0] for row in cursor.fetchall()})
-    constraints, indexes = _flat_layout(cursor)
-    table_create_partitioned(cursor, name=_NEW, sequence=_NEW_SEQUENCE, model_ids=model_ids)
+    constraints, indexes = flat_layout(cursor)
+    table_create_partitioned(cursor, name=NEW_TABLE, sequence=NEW_SEQUENCE, model_ids=model_ids)
     columns = ", ".join(COLUMNS)
-    cursor.execute(f'INSERT INTO "{_NEW}" ({columns}) SELECT {columns} FROM "{TABLE}"')
-    sequence_follow(cursor, sequence=_NEW_SEQUENCE)
+    cursor.execute(f'INSERT INTO "{NEW_TABLE}" ({columns}) SELECT {columns} FROM "{TABLE}"')
+    sequence_follow(cursor, sequence=NEW_SEQUENCE)
     table_swap(cursor, constraints=constraints, indexes=indexes)
     return True
-
-
-# --- The online move (manage.py embedding_table_partition) ---------------------------------
-
-_TRIGGER = "search_imageembedding_mirror"
-_MIRROR_FUNCTION = "search_imageembedding_mirror_row"
-
-
-def _temporary_name(name: str) -> str:
-    """The name a constraint or index of the flat table has on the partitioned copy until the
-    swap (the flat one still holds the real one): stable, so a rerun finds it."""
-    return "tmp_" + hashlib.sha256(name.encode()).hexdigest()[:24]
-
-
-def _mirror_sql() -> list[str]:
-    """A trigger on the flat table repeating each write on the partitioned copy, in the same
-    transaction: what the batched copy has passed is kept current, and what it has not reached
-    is replaced by the copy's own (ON CONFLICT DO NOTHING) or already there."""
-    columns = ", ".join(COLUMNS)
-    values = ", ".join(f"NEW.{column}" for column in COLUMNS)
-    return [
-        f"""CREATE OR REPLACE FUNCTION "{_MIRROR_FUNCTION}"() RETURNS trigger
-        LANGUAGE plpgsql AS $$
-        BEGIN
-            IF TG_OP IN ('UPDATE', 'DELETE') THEN
-                DELETE FROM "{_NEW}" WHERE id = OLD.id AND model_id = OLD.model_id;
-            END IF;
-            IF TG_OP IN ('INSERT', 'UPDATE') THEN
-                DELETE FROM "{_NEW}" WHERE id = NEW.id AND model_id = NEW.model_id;
-                INSERT INTO "{_NEW}" ({columns}) VALUES ({values});
-            END IF;
-            RETURN NULL;
-        END $$""",
-        f'DROP TRIGGER IF EXISTS "{_TRIGGER}" ON "{TABLE}"',
-        f'CREATE TRIGGER "{_TRIGGER}" AFTER INSERT OR UPDATE OR DELETE ON "{TABLE}" '
-        f'FOR EACH ROW EXECUTE FUNCTION "{_MIRROR_FUNCTION}"()',
-    ]
-
-
-def table_partition_online(
-    *,
-    using: str = "default",
-    batch: int = 10_000,
-    pause: float = 0.0,
-    say: Any = None,
-    lock_timeout: str = "5s",
-) -> bool:
-    """Move the flat embedding table to a partitioned one without stopping uploads or
-    searches; returns False when it already is partitioned.
-
-    1. The partitioned copy (``_NEW``): a partition per registered model and per model in the
-       rows, its keys and b-tree indexes under temporary names (empty: instant).
-    2. A trigger on the flat table mirrors every write to the copy from then on.
-    3. The rows are copied in batches by id, each its own short transaction (``FOR SHARE``
-       waits for a write in flight on a row, so that a delete racing the copy is not undone).
-    4. Each model's HNSW index is built CONCURRENTLY on its partition (searches use the flat
-       table's partial indexes meanwhile).
-    5. One short transaction, under the flat table's lock (retried while ``lock_timeout``
-       runs out): the sequence carried on, the flat table dropped, the copy given its name,
-       its constraints', indexes' and sequence's names.
-    Run it again after a failure: each step checks what is there.
-    """
-    from workers.indexes import (
-        _index_ddl,
-        _own_connection,
-        hnsw_build_memory,
-        hnsw_build_memory_cap,
-        hnsw_build_name,
-    )
-
-    def note(text: str) -> None:
-        if say is not None:
-            say(text)
-
-    with _own_connection(using) as conn, conn.cursor() as cursor:
-        if table_is_partitioned(cursor):
-            return False
-        cursor.execute("SELECT pg_try_advisory_lock(hashtext('embedding table partition'))")
-        if not cursor.fetchone()[0]:
-            raise PartitionMoveRefused("another embedding_table_partition is running")
-        constraints, indexes = _flat_layout(cursor)
-        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [_quoted(_NEW)])
-        if not cursor.fetchone()[0]:
-            cursor.execute(f'SELECT DISTINCT model_id FROM "{TABLE}"')
-            model_ids = sorted(set(MODELS) | {row[0] for row in cursor.fetchall()})
-            with conn.transaction():
-                table_create_partitioned(
-                    cursor, name=_NEW, sequence=_NEW_SEQUENCE, model_ids=model_ids
-                )
-                cursor.execute(
-                    f'ALTER TABLE "{_NEW}" ADD CONSTRAINT '
-                    f'"{_temporary_name(TABLE + "_pkey")}" PRIMARY KEY (id, model_id)'
-                )
-                for constraint in constraints:
-                    name = constraint.split('"')[1]
-                    cursor.execute(
-                        f'ALTER TABLE "{_NEW}" '
-                        + constraint.replace(_quoted(name), _quoted(_temporary_name(name)), 1)
-                    )
-                for index in indexes:
-                    name = index.split()[2]
-                    cursor.execute(
-                        index.replace(f" {name} ", f" {_quoted(_temporary_name(name))} ", 1)
-                        .replace(f'ON public."{TABLE}" ', f'ON public."{_NEW}" ', 1)
-                        .replace(f"ON public.{TABLE} ", f'ON public."{_NEW}" ', 1)
-                    )
-            note(f"created {_NEW} with partitions for {', '.join(model_ids)}")
-        with conn.transaction():
-            for statement in _mirror_sql():
-                cursor.execute(statement)
-        note("writes to the flat table are mirrored to the partitioned one")
-        # Copy every row (a rerun's already there are skipped by the ON CONFLICT), by id.
-        after, copied = 0, 0
-        columns = ", ".join(COLUMNS)
-        while True:
-            with conn.transaction():
-                cursor.execute(
-                    f'WITH rows AS (SELECT {columns} FROM "{TABLE}" WHERE id > %s '
-                    f"ORDER BY id LIMIT %s FOR SHARE), "
-                    f'copied AS (INSERT INTO "{_NEW}" ({columns}) SELECT {columns} FROM rows '
-                    f"ON CONFLICT DO NOTHING) SELECT max(id), count(*) FROM rows",
-                    [after, batch],
-                )
-                last, count = cursor.fetchone()
-            if not count:
-                break
-            after, copied = last, copied + count
-            note(f"copied {copied:,} rows (up to id {after:,})")
-            time.sleep(pause)
-        # Each model's index, on its partition, without locking writes.
-        for model_id in sorted(MODELS):
-            build = hnsw_build_name(model_id)
-            cursor.execute(
-                "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
-                [_quoted(build)],
-            )
-            row = cursor.fetchone()
-            if row and row[0]:
-                continue
-            cursor.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{build}"')  # a failed build's
-            cursor.execute(f'SELECT count(*) FROM "{partition_name(model_id)}"')
-            rows = int(cursor.fetchone()[0])
-            memory = hnsw_build_memory(
-                rows=rows, dim=model_spec(model_id).dim, cap=hnsw_build_memory_cap(cursor)
-            )
-            cursor.execute(
-                "SELECT set_config('maintenance_work_mem', %s, false)", [f"{memory // 1024}kB"]
-            )
-            statement, params = _index_ddl(model_id=model_id, name=build, concurrently=True)
-            cursor.execute(statement, params)
-            note(f"built {model_id}'s index on its partition ({rows:,} rows)")
-        # The swap, under the flat table's lock for a moment.
-        while True:
-            try:
-                with conn.transaction():
-                    cursor.execute("SELECT set_config('lock_timeout', %s, true)", [lock_timeout])
-                    cursor.execute(f'LOCK TABLE "{TABLE}" IN ACCESS EXCLUSIVE MODE')
-                    cursor.execute(f'DROP TRIGGER "{_TRIGGER}" ON "{TABLE}"')
-                    sequence_follow(cursor, sequence=_NEW_SEQUENCE)
-                    _swap_online(cursor, constraints=constraints, indexes=indexes)
-                    cursor.execute(f'DROP FUNCTION "{_MIRROR_FUNCTION}"()')
-                break
-            except psycopg.errors.LockNotAvailable:
-                note("the table is busy: trying the swap again")
-        cursor.execute("SELECT pg_advisory_unlock(hashtext('embedding table partition'))")
-    note(f"{TABLE} is partitioned by model")
-    return True
-
-
-def _swap_online(cursor: Any, *, constraints: list[str], indexes: list[str]) -> None:
-    from workers.indexes import hnsw_build_name, hnsw_index_name
-
-    cursor.execute(f'DROP TABLE "{TABLE}"')
-    cursor.execute(f'ALTER TABLE "{_NEW}" RENAME TO "{TABLE}"')
-    cursor.execute(f'ALTER SEQUENCE "{_NEW_SEQUENCE}" RENAME TO "{SEQUENCE}"')
-    cursor.execute(f'ALTER SEQUENCE "{SEQUENCE}" OWNED BY "{TABLE}".id')
-    names = [TABLE + "_pkey"] + [c.split('"')[1] for c in constraints]
-    for name in names:
-        cursor.execute(
-            f'ALTER TABLE "{TABLE}" RENAME CONSTRAINT '
-            f"{_quoted(_temporary_name(name))} TO {_quoted(name)}"
-        )
-    for index in indexes:
-        name = index.split()[2].strip('"')
-        cursor.execute(f"ALTER INDEX {_quoted(_temporary_name(name))} RENAME TO {_quoted(name)}")
-    for model_id in MODELS:
-        cursor.execute(
-            f"ALTER INDEX IF EXISTS {_quoted(hnsw_build_name(model_id))} "
-            f"RENAME TO {_quoted(hnsw_index_name(model_id))}"
-        )

@@ -5,7 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from workers.partitions import PartitionMoveRefused, table_partition_online
+from workers.partition_move import table_partition_online
+from workers.partitions import PartitionMoveRefused
 
 
 class Command(BaseCommand):

@@ -5,6 +5,7 @@ workers 0005's in-place move, which would lock uploads and searches out for the 
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from typing import Any
 
@@ -124,11 +125,17 @@ def table_partition_online(
                         + constraint.replace(quoted(name), quoted(_temporary_name(name)), 1)
                     )
                 for index in indexes:
+                    # "CREATE INDEX name ON [schema.]table USING ...", as pg_get_indexdef
+                    # writes it: the copy's temporary name, on the copy.
                     name = index.split()[2]
+                    renamed = index.replace(f" {name} ", f" {quoted(_temporary_name(name))} ", 1)
                     cursor.execute(
-                        index.replace(f" {name} ", f" {quoted(_temporary_name(name))} ", 1)
-                        .replace(f'ON public."{TABLE}" ', f'ON public."{NEW_TABLE}" ', 1)
-                        .replace(f"ON public.{TABLE} ", f'ON public."{NEW_TABLE}" ', 1)
+                        re.sub(
+                            rf' ON (\S+\.)?"?{TABLE}"? USING ',
+                            lambda m: f' ON {m.group(1) or ""}"{NEW_TABLE}" USING ',
+                            renamed,
+                            count=1,
+                        )
                     )
             note(f"created {NEW_TABLE} with partitions for {', '.join(model_ids)}")
         with conn.transaction():

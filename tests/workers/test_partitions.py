@@ -14,7 +14,13 @@ from django.db import IntegrityError, connection, transaction
 from encoders.registry import MODELS
 from gallery.models import Image
 from search.ranking import embeddings_nearest
-from search.ranking_sql import binding_cursor, ranking_execute, scope_sql
+from search.ranking_sql import (
+    BinaryVector,
+    _lists_statement,
+    binding_cursor,
+    ranking_execute,
+    scope_sql,
+)
 from tests.factories import ImageFactory
 from workers.index_scans import hnsw_scan_transaction
 from workers.indexes import hnsw_index_name
@@ -181,3 +187,30 @@ def test_a_registered_model_without_a_partition_gets_one(settings) -> None:
     assert partition_name(ALIGN) not in partitions()
     embedding_model_enable(model_id=ALIGN)
     assert partition_name(ALIGN) in partitions()
+
+
+def test_a_fused_search_plan_reads_each_models_partition_by_its_index() -> None:
+    """The fused search's one statement (a branch per model, ``search.ranking_sql``) takes each
+    model's list from its own partition's HNSW index."""
+    ids = [image.pk for image in ImageFactory.create_batch(4)]
+    embeddings_store(model_id=CLIP, image_ids=ids, vectors=unit_rows(4, 512))
+    embeddings_store(model_id=ALIGN, image_ids=ids, vectors=unit_rows(4, 640, seed=1))
+    with hnsw_scan_transaction() as alias, binding_cursor(alias) as cursor:
+        cursor.execute("SET LOCAL enable_sort = off")
+        scope, scope_params = scope_sql(Image.objects.all(), alias=alias)
+        statement = _lists_statement(dims=(512, 640), exact=(False, False), scope=scope)
+        params = {
+            "depth": 20,
+            "model_0": CLIP,
+            "vector_0": BinaryVector(unit_rows(1, 512, seed=2)[0]),
+            "model_1": ALIGN,
+            "vector_1": BinaryVector(unit_rows(1, 640, seed=3)[0]),
+            **{f"scope_{index}": value for index, value in enumerate(scope_params)},
+        }
+        cursor.execute("EXPLAIN " + statement, params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    for model_id in (CLIP, ALIGN):
+        scan = f"Index Scan using {hnsw_index_name(model_id)} on {partition_name(model_id)}"
+        assert scan in plan, plan
+    others = [partition_name(m) for m in MODELS if m not in (CLIP, ALIGN)]
+    assert not [name for name in others if name in plan], plan

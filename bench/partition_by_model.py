@@ -11,7 +11,7 @@ one seed per model, every image embedded by every model) go into two layouts, ea
 ``vector`` column, stored out of line like the product's):
 
 - ``flat``: one table, ``UNIQUE (image_id, model_id)``, a b-tree on model_id, and per model the
-  DDL of ``workers.indexes`` (``_index_ddl``: ``USING hnsw ((vector::halfvec(512))
+  DDL of ``workers.indexes`` (``_index_ddl`` at the time: ``USING hnsw ((vector::halfvec(512))
   halfvec_cosine_ops) WITH (m = 32, ef_construction = 128) WHERE model_id = '...'``);
 - ``partitioned``: ``PARTITION BY LIST (model_id)``, a partition per model, ``PRIMARY KEY (id,
   model_id)`` (a partitioned table's keys must hold the partition key), and per partition the

@@ -97,8 +97,9 @@ def embeddings_ranked(
 
     Approximate (the default): the nearest max(RERANK_CANDIDATES, ``depth``) by the model's
     halfvec HNSW index, ranked again exactly on the full vectors (pgvector's re-rank pattern).
-    The candidate query repeats the partial index's ``vector::halfvec(dim)`` cast and its WHERE,
-    which is what lets PostgreSQL answer it from the index, and it holds the ``images`` filter
+    The candidate query repeats the index's ``vector::halfvec(dim)`` cast and filters by the
+    model (pruning the table to the model's partition), which is what lets PostgreSQL answer it
+    from the index, and it holds the ``images`` filter
     itself, so that an iterative index scan skips rows outside them before its LIMIT. At most
     that many rows come back: ``depth`` is how many the caller reads (offset + page).
 
@@ -116,7 +117,11 @@ def embeddings_ranked(
         half = Cast("vector", HalfVectorField(dimensions=model_spec(model_id).dim))
         nearest = embeddings.order_by(CosineDistance(half, query))
         candidates = nearest.values("pk")[: max(RERANK_CANDIDATES, depth)]
-        embeddings = ImageEmbedding.objects.filter(_PkInArray(ArraySubquery(candidates)))
+        # model_id again on the outer lookup: the planner then reads the candidates by the
+        # model's partition's primary key only, not every partition's.
+        embeddings = ImageEmbedding.objects.filter(
+            _PkInArray(ArraySubquery(candidates)), model_id=model_id
+        )
     return embeddings.annotate(distance=CosineDistance("vector", query)).order_by("distance")
 
 

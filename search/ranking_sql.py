@@ -108,11 +108,12 @@ def _statement(*, dim: int, exact: bool, hits: bool, scope: str) -> str:
     if exact:
         where = f"e.model_id = %(model_id)s AND e.image_id IN ({scope})"
     else:
-        # The candidates: the model's partial halfvec index answers this ORDER BY ... LIMIT
-        # (the same cast and WHERE as the index), the scope inside it so that an iterative
-        # scan skips rows outside it. ANY(ARRAY(...)) is an InitPlan, run once (see
+        # The candidates: the halfvec index of the model's partition answers this ORDER BY ...
+        # LIMIT (the same cast as the index), the scope inside it so that an iterative scan
+        # skips rows outside it. ANY(ARRAY(...)) is an InitPlan, run once (see
         # search.ranking._PkInArray); the candidates are then ranked by the full vectors.
-        where = f"""e.id = ANY(ARRAY(
+        # The outer lookup names the model too, pruned to its partition's primary key.
+        where = f"""e.model_id = %(model_id)s AND e.id = ANY(ARRAY(
             SELECT c.id FROM "{embeddings}" c
             WHERE c.model_id = %(model_id)s AND c.image_id IN ({scope})
             ORDER BY (c.vector::halfvec({dim})) <=> ({query}::halfvec({dim}))
@@ -170,8 +171,8 @@ def _lists_statement(*, dims: tuple[int, ...], exact: tuple[bool, ...], scope: s
     branches = []
     for index, (dim, by_vector) in enumerate(zip(dims, exact, strict=True)):
         query = f"(%(vector_{index})s::vector)"
-        # The index's own expression (a partial halfvec index per model), or the full vectors
-        # for a list the index left short (a scan of every row in scope).
+        # The index's own expression (a halfvec index on each model's partition), or the full
+        # vectors for a list the index left short (a scan of every row in scope).
         order = (
             f"c.vector <=> {query}"
             if by_vector

@@ -13,8 +13,9 @@ class WorkersConfig(AppConfig):
         from gallery.signals import images_added
         from workers import metrics, queueing, selectors
 
-        # Indexes follow the model registry, not a migration: registering a model (one entry
-        # in encoders.registry) gets it an index on the next migrate, inline while it is small;
+        # Partitions and indexes follow the model registry, not a migration: registering a
+        # model (one entry in encoders.registry) gets it a partition and an index on the next
+        # migrate, inline while it is small;
         # a big one is built online by `manage.py embedding_index_build`.
         post_migrate.connect(_ensure_indexes, sender=self, dispatch_uid="workers_hnsw_indexes")
         # gallery tells the index about new images, and asks it about them, without importing
@@ -35,8 +36,11 @@ def _ensure_indexes(
     sender: AppConfig, using: str = "default", verbosity: int = 1, **kwargs: Any
 ) -> None:
     from workers.indexes import embedding_indexes_after_migrate
+    from workers.partitions import partitions_ensure
     from workers.services import embedding_models_sync_from_settings
 
     stdout = kwargs.get("stdout") if verbosity else None
+    # Each registered model's partition of the embedding table, before its index.
+    partitions_ensure(using=using)
     embedding_indexes_after_migrate(using=using, stdout=stdout)
     embedding_models_sync_from_settings()

@@ -1,7 +1,7 @@
-"""The per-model HNSW indexes on the one embedding table (see ``workers.models``): their names,
-their state, building them online (``embedding_index_build``: CREATE INDEX CONCURRENTLY with
-progress, then a swap), creating the small ones inline after migrate, and dropping one for a
-bulk load."""
+"""The per-model HNSW indexes, one on each model's partition of the embedding table (see
+``workers.models``, ``workers.partitions``): their names, their state, building them online
+(``embedding_index_build``: CREATE INDEX CONCURRENTLY with progress, then a swap), creating the
+small ones inline after migrate, and dropping one for a bulk load."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from django.db.backends.utils import CursorWrapper
 from encoders.registry import MODELS, model_spec
 from kernel.errors import Conflict
 from workers.models import ImageEmbedding
+from workers.partitions import partition_name, partitions_ensure
 
 logger = logging.getLogger(__name__)
 
@@ -89,16 +90,17 @@ def hnsw_build_memory_cap(cursor: Any) -> int:
     return int(cursor.fetchone()[0])
 
 
-def _index_ddl(*, model_id: str, name: str, concurrently: bool) -> tuple[str, list[str]]:
+def index_ddl(*, model_id: str, name: str, concurrently: bool) -> tuple[str, list[str]]:
+    """The model's HNSW index, on its own partition (``workers.partitions``): every row there is
+    the model's, so no WHERE; a search's ``model_id = '<model>'`` prunes to the partition and
+    its index."""
     spec = model_spec(model_id)
-    table = ImageEmbedding._meta.db_table
     mode = "CONCURRENTLY " if concurrently else ""
     return (
-        f'CREATE INDEX {mode}"{name}" ON "{table}" '
+        f'CREATE INDEX {mode}"{name}" ON "{partition_name(model_id)}" '
         f"USING hnsw ((vector::halfvec({spec.dim})) {HNSW_OPCLASS}) "
-        f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}) "
-        f"WHERE model_id = %s",
-        [model_id],
+        f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})",
+        [],
     )
 
 
@@ -127,18 +129,20 @@ def _index_valid(cursor: Any, name: str) -> bool | None:
 def embedding_indexes_ensure(
     *, using: str = "default", model_ids: Iterable[str] | None = None, concurrently: bool = False
 ) -> None:
-    """Create the partial HNSW index of each registered model that lacks one, then drop the
-    model's indexes built with other storage or graph parameters (searches used them meanwhile).
+    """Create the HNSW index of each registered model that lacks one (on its partition, made
+    first if missing), then drop the model's indexes built with other storage or graph
+    parameters (searches used them meanwhile).
 
     Inline, whatever the table's size: for tests, benchmarks and the post-migrate hook's small
     models. A site's big tables are built online by ``embedding_index_build``.
     ``concurrently`` builds without blocking reads and writes of the table; it cannot run
     inside a transaction.
     """
-    table = ImageEmbedding._meta.db_table
     mode = "CONCURRENTLY " if concurrently else ""
+    model_ids = list(model_ids or MODELS)
+    partitions_ensure(using=using, model_ids=model_ids)
     with connections[using].cursor() as cursor:
-        for model_id in model_ids or MODELS:
+        for model_id in model_ids:
             name = hnsw_index_name(model_id)
             valid = _index_valid(cursor, name)
             if valid is False:  # left by a killed concurrent build: never used, rebuild it
@@ -152,23 +156,22 @@ def embedding_indexes_ensure(
                 cursor.execute(
                     "SELECT set_config('maintenance_work_mem', %s, false)", [f"{memory // 1024}kB"]
                 )
-                sql, params = _index_ddl(model_id=model_id, name=name, concurrently=concurrently)
+                sql, params = index_ddl(model_id=model_id, name=name, concurrently=concurrently)
                 cursor.execute(sql, params)
                 cursor.execute("RESET maintenance_work_mem")
-            for old in _older_indexes(cursor, table=table, model_id=model_id, keep=name):
+            for old in _older_indexes(cursor, model_id=model_id, keep=name):
                 cursor.execute(f'DROP INDEX {mode}IF EXISTS "{old}"')
 
 
-def _older_indexes(
-    cursor: CursorWrapper | Any, *, table: str, model_id: str, keep: str
-) -> list[str]:
-    """This model's HNSW indexes under the names of earlier storage or graph parameters: no tag
-    (vector, m=16), "_m<m>" (vector) or "_hv<m>" (halfvec); never ``keep`` nor a build's."""
+def _older_indexes(cursor: CursorWrapper | Any, *, model_id: str, keep: str) -> list[str]:
+    """This model's HNSW indexes on its partition under the names of earlier storage or graph
+    parameters: no tag (vector, m=16), "_m<m>" (vector) or "_hv<m>" (halfvec); never ``keep``
+    nor a build's."""
     base = _NAME_PREFIX + model_id.replace("-", "_").replace(".", "_")
     cursor.execute(
         "SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexname <> %s "
         "AND indexname ~ %s",
-        [table, keep, "^" + re.escape(base) + "(_(m|hv)[0-9]+)?$"],
+        [partition_name(model_id), keep, "^" + re.escape(base) + "(_(m|hv)[0-9]+)?$"],
     )
     return [row[0] for row in cursor.fetchall()]
 
@@ -257,7 +260,6 @@ def embedding_index_states(
 ) -> list[IndexState]:
     """Each model's index: ready, missing, old (only an index of earlier parameters), invalid,
     or building (with its progress), and its row count up to HNSW_INLINE_BUILD_MAX_ROWS + 1."""
-    table = ImageEmbedding._meta.db_table
     states = []
     with connections[using].cursor() as cursor:
         cursor.execute(
@@ -267,7 +269,7 @@ def embedding_index_states(
         building = {row[0]: IndexBuildProgress(*row[1:]) for row in cursor.fetchall()}
         for model_id in MODELS if model_ids is None else model_ids:
             name = hnsw_index_name(model_id)
-            older = _older_indexes(cursor, table=table, model_id=model_id, keep=name)
+            older = _older_indexes(cursor, model_id=model_id, keep=name)
             valid = _index_valid(cursor, name)
             progress = building.get(hnsw_build_name(model_id)) or building.get(name)
             status: IndexStatus
@@ -345,7 +347,7 @@ class IndexBuildResult:
     dropped: list[str]  # old indexes dropped, and leftovers of failed builds
 
 
-def _own_connection(using: str) -> psycopg.Connection[Any]:
+def own_connection(using: str) -> psycopg.Connection[Any]:
     """A connection of the build's own, in autocommit (CREATE INDEX CONCURRENTLY runs in no
     transaction), so that its memory settings touch no other work's session."""
     params = connections[using].get_connection_params()
@@ -375,10 +377,10 @@ def embedding_index_build(
     """
     spec = model_spec(model_id)
     name, build_name = hnsw_index_name(model_id), hnsw_build_name(model_id)
-    table = ImageEmbedding._meta.db_table
     started = time.monotonic()
     dropped: list[str] = []
-    with _own_connection(using) as conn, conn.cursor() as cursor:
+    partitions_ensure(using=using, model_ids=[model_id])  # a model registered since migrate
+    with own_connection(using) as conn, conn.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [f"hnsw build {model_id}"])
         locked = cursor.fetchone()
         if not (locked and locked[0]):
@@ -403,7 +405,7 @@ def embedding_index_build(
                     "SELECT set_config('max_parallel_maintenance_workers', %s, false)",
                     [str(settings.HNSW_BUILD_PARALLEL_WORKERS)],
                 )
-            sql, params = _index_ddl(model_id=model_id, name=build_name, concurrently=True)
+            sql, params = index_ddl(model_id=model_id, name=build_name, concurrently=True)
             try:
                 _run_watched(
                     conn, cursor, sql, params, using=using, on_progress=on_progress,
@@ -415,7 +417,7 @@ def embedding_index_build(
                 with contextlib.suppress(psycopg.Error):
                     cursor.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{build_name}"')
                 raise
-        olders = _older_indexes(cursor, table=table, model_id=model_id, keep=name)
+        olders = _older_indexes(cursor, model_id=model_id, keep=name)
         for old in olders + ([name] if build and current else []):
             cursor.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{old}"')
             dropped.append(old)
@@ -459,7 +461,7 @@ def _run_watched(
         if on_progress is None:
             worker.join()
         else:
-            with _own_connection(using) as watcher, watcher.cursor() as watch:
+            with own_connection(using) as watcher, watcher.cursor() as watch:
                 while worker.is_alive():
                     worker.join(poll_seconds)
                     progress = _progress_read(watch, pid=pid)

@@ -1,21 +1,27 @@
 """Image embeddings for every registered model, and the embedding state of each image.
 
-One table holds the vectors of all models, in an un-dimensioned ``vector`` column, with one
-partial expression HNSW index per model::
+One table holds the vectors of all models, in an un-dimensioned ``vector`` column,
+``PARTITION BY LIST (model_id)`` with a partition per registered model
+(``workers.partitions``, docs/partition-by-model.md) and one expression HNSW index on each
+partition::
 
-    CREATE INDEX ... USING hnsw ((vector::halfvec(512)) halfvec_cosine_ops)
-    WHERE model_id = 'clip-vit-base-patch32'
+    CREATE INDEX ... ON search_imageembedding_clip_vit_base_patch32
+    USING hnsw ((vector::halfvec(512)) halfvec_cosine_ops)
 
 (half-precision copies in the index, half its size; search ranks the index's candidates again
 on the full-precision column, see ``search.ranking.embeddings_ranked``).
 
-Why one table rather than one per model: enabling a model (or adding SigLIP) needs no new
-table, migration or model class; status, backfill and fusion queries stay one join; and the
-partial index keeps each model's ANN search as fast as a table of its own. The index's cast to
-``halfvec(dim)`` also makes PostgreSQL itself reject a vector of the wrong dimension for its
-model (the services check first, to give a readable error).
-``workers.indexes`` creates the indexes from the registry after every migrate while a model's
-rows are few, and builds the big ones online (``embedding_index_build``).
+Why one (partitioned) table rather than a model class per model: enabling a model (or adding
+SigLIP) needs no migration or model class; status, backfill and fusion queries stay one join;
+and a search naming its model prunes to that model's partition and index. Partitions rather
+than partial indexes on one heap: one model's index build no longer stops VACUUM of every
+other model's rows, and a model's embeddings are dropped by emptying its partition. The
+database's primary key is ``(id, model_id)`` (a partitioned table's keys must hold the
+partition key); Django's state keeps ``id`` as the primary key (workers 0005). The index's
+cast to ``halfvec(dim)`` also makes PostgreSQL itself reject a vector of the wrong dimension
+for its model (the services check first, to give a readable error). ``workers.indexes``
+creates the indexes from the registry after every migrate while a model's rows are few, and
+builds the big ones online (``embedding_index_build``).
 
 The tables keep the names they had when these models lived in search/ (``db_table``): moving
 them here changed Django's state only (search 0007 and workers 0001), no table or index.

@@ -148,6 +148,12 @@ HNSW_ITERATIVE_SCAN = os.environ.get("HNSW_ITERATIVE_SCAN", "strict_order")
 # embeddings (seconds of blocked writes); above it, `manage.py embedding_index_build` (or the
 # admin's Embedding models page) builds it online, CONCURRENTLY.
 HNSW_INLINE_BUILD_MAX_ROWS = int(os.environ.get("HNSW_INLINE_BUILD_MAX_ROWS", 10_000))
+# workers 0005 moves the embedding table to a partition per model in place (the table locked
+# for the copy) only up to this many embeddings; above it migrate refuses and names
+# `manage.py embedding_table_partition`, the online move (docs/partition-by-model.md).
+EMBEDDING_PARTITION_IN_PLACE_MAX_ROWS = int(
+    os.environ.get("EMBEDDING_PARTITION_IN_PLACE_MAX_ROWS", 200_000)
+)
 # The most maintenance_work_mem a build may take, in PostgreSQL units ("8GB"); empty: the larger
 # of the database server's own maintenance_work_mem and shared_buffers.
 HNSW_BUILD_MEMORY = os.environ.get("HNSW_BUILD_MEMORY", "")

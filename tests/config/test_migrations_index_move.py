@@ -16,11 +16,10 @@ CLIP = "clip-vit-base-patch32"
 
 # Run in a fresh database by manage.py shell: the previous layout's schema, made with Django's
 # MigrationExecutor, and rows written through that layout's (historical) models, with the HNSW
-# index its post-migrate hook built (the DDL moved unchanged, so it is called as it is).
+# index its post-migrate hook built (written out: today's is on a partition, workers 0005).
 PREVIOUS_LAYOUT = f"""
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
-from workers.indexes import embedding_indexes_ensure
 
 targets = [
     ("contenttypes", "0002_remove_content_type_name"),
@@ -51,7 +50,13 @@ content_type = old.get_model("contenttypes", "ContentType").objects.create(
 old.get_model("auth", "Permission").objects.create(
     content_type=content_type, codename="change_embeddingjob", name="Can change embedding job"
 )
-embedding_indexes_ensure(model_ids=["{CLIP}"])
+# The partial index that layout's post-migrate hook built on the one table.
+with connection.cursor() as cursor:
+    cursor.execute(
+        'CREATE INDEX "search_emb_hnsw_clip_vit_base_patch32_hv32" ON search_imageembedding '
+        "USING hnsw ((vector::halfvec(512)) halfvec_cosine_ops) WITH (m = 32, "
+        "ef_construction = 128) WHERE model_id = %s", ["{CLIP}"]
+    )
 """
 
 # After a plain `manage.py migrate`: the rows as the workers models read them.

@@ -1,4 +1,5 @@
-"""The embedding schema: vector extension, per-model HNSW indexes, dimension and uniqueness."""
+"""The embedding schema: vector extension, per-model partitions and HNSW indexes, dimension and
+uniqueness."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from workers.indexes import (
     hnsw_index_name,
 )
 from workers.models import EmbeddingJob, ImageEmbedding
+from workers.partitions import partition_name
 from workers.services import EmbeddingDimensionError, EmbeddingVectorsError, embeddings_store
 
 pytestmark = pytest.mark.django_db
@@ -39,16 +41,19 @@ def test_vector_extension_is_installed() -> None:
 
 
 @pytest.mark.parametrize("model_id", sorted(MODELS))
-def test_each_model_has_a_partial_hnsw_index(model_id: str) -> None:
+def test_each_model_has_an_hnsw_index_on_its_partition(model_id: str) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT indexdef FROM pg_indexes WHERE indexname = %s", [hnsw_index_name(model_id)]
+            "SELECT tablename, indexdef FROM pg_indexes WHERE indexname = %s",
+            [hnsw_index_name(model_id)],
         )
-        (definition,) = cursor.fetchone()
+        (table, definition) = cursor.fetchone()
+    assert table == partition_name(model_id)
     assert "USING hnsw" in definition
     # Half-precision copies of the model's vectors, with the opclass of cosine distance.
     assert f"::halfvec({MODELS[model_id].dim})) halfvec_cosine_ops)" in definition
-    assert f"'{model_id}'" in definition
+    # Every row of the partition is the model's: no partial index.
+    assert "WHERE" not in definition
     assert "m='32'" in definition and "ef_construction='128'" in definition
 
 
@@ -76,9 +81,8 @@ def test_an_index_of_older_storage_or_graph_is_replaced_on_migrate(old: str, gra
     with connection.cursor() as cursor:
         cursor.execute(f'DROP INDEX "{hnsw_index_name(clip)}"')
         cursor.execute(
-            f'CREATE INDEX "{old}" ON search_imageembedding USING hnsw '
-            f"((vector::vector(512)) vector_cosine_ops) {graph} WHERE model_id = %s",
-            [clip],
+            f'CREATE INDEX "{old}" ON "{partition_name(clip)}" USING hnsw '
+            f"((vector::vector(512)) vector_cosine_ops) {graph}"
         )
     embedding_indexes_ensure(model_ids=[clip])
     embedding_indexes_ensure(model_ids=[clip])

@@ -34,11 +34,14 @@ from workers.indexes import (
     hnsw_build_name,
     hnsw_index_name,
 )
+from workers.partitions import partition_name
 from workers.services import embeddings_store
 
 pytestmark = pytest.mark.django_db(transaction=True)
 CLIP = "clip-vit-base-patch32"
 TABLE = "search_imageembedding"
+# CLIP's embeddings and its index live on its partition (workers.partitions).
+PARTITION = partition_name(CLIP)
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +105,7 @@ def wait_for(condition: Callable[[], object], what: str, timeout: float = 180) -
 def build_phase(watch: psycopg.Connection) -> tuple[int, str] | None:
     row = watch.execute(
         "SELECT pid, phase FROM pg_stat_progress_create_index WHERE relid = %s::regclass",
-        [TABLE],
+        [PARTITION],
     ).fetchone()
     return (row[0], row[1]) if row else None
 
@@ -129,9 +132,8 @@ def test_the_command_builds_concurrently_swaps_the_index_in_and_search_uses_it()
     with connection.cursor() as cursor:
         cursor.execute(f'DROP INDEX "{hnsw_index_name(CLIP)}"')
         cursor.execute(
-            f'CREATE INDEX "{old}" ON {TABLE} USING hnsw ((vector::vector(512)) '
-            "vector_cosine_ops) WITH (m = 32) WHERE model_id = %s",
-            [CLIP],
+            f'CREATE INDEX "{old}" ON {PARTITION} USING hnsw ((vector::vector(512)) '
+            "vector_cosine_ops) WITH (m = 32)"
         )
     assert embedding_index_states(model_ids=[CLIP])[0].status == "old"
 

@@ -19,7 +19,7 @@ from tests.config.test_csp import watch_violations
 from tests.factories import PASSWORD, UserFactory
 from tests.workers.test_index_build import (  # noqa: F401  # indexes_restored: autouse fixture
     CLIP,
-    TABLE,
+    PARTITION,
     build_held,
     embeddings_add,
     index_valid,
@@ -52,7 +52,7 @@ def progress_row(watch: psycopg.Connection) -> tuple:
     row = watch.execute(
         "SELECT phase, blocks_done, blocks_total, tuples_done, tuples_total "
         "FROM pg_stat_progress_create_index WHERE relid = %s::regclass",
-        [TABLE],
+        [PARTITION],
     ).fetchone()
     assert row is not None
     return tuple(row)

@@ -106,7 +106,13 @@ def _statement(*, dim: int, exact: bool, hits: bool, scope: str) -> str:
     scope = _named_scope(scope)
     query = "(%(vector)s::vector)"
     if exact:
-        where = f"e.model_id = %(model_id)s AND e.image_id IN ({scope})"
+        # The scope's ids first (an InitPlan, as below), then each one's embedding by the
+        # image_id index: with ``IN (scope)`` the planner hashed the scope and scanned every
+        # embedding of the model, as a narrow heap (the vectors are out of line) looks cheap
+        # to scan: 9 ms warm against 4 for a month's 247 photos at 31,783 images. A scope
+        # near EXACT_SEARCH_MAX_ROWS pays for it (14,000 photos: 115 ms against 94), but the
+        # exact path is there for the few.
+        where = f"e.model_id = %(model_id)s AND e.image_id = ANY(ARRAY({scope}))"
     else:
         # The candidates: the model's partial halfvec index answers this ORDER BY ... LIMIT
         # (the same cast and WHERE as the index), the scope inside it so that an iterative

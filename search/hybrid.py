@@ -140,7 +140,7 @@ def hybrid_lists(
         )  # fmt: skip
         return by_vector, {}, exact
     images, exact = search_scope(
-        user=user, model_id=model_id, filters=filters, exclude_image_id=exclude_image_id,
+        user=user, filters=filters, exclude_image_id=exclude_image_id,
         exact=None,
     )  # fmt: skip
     with hnsw_scan_transaction() as alias, binding_cursor(alias) as cursor:

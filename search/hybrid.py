@@ -140,9 +140,8 @@ def hybrid_lists(
         )  # fmt: skip
         return by_vector, {}, exact
     images, exact = search_scope(
-        user=user, filters=filters, exclude_image_id=exclude_image_id,
-        exact=None,
-    )  # fmt: skip
+        user=user, filters=filters, exclude_image_id=exclude_image_id, exact=None
+    )
     with hnsw_scan_transaction() as alias, binding_cursor(alias) as cursor:
         query: dict[str, Any] = {
             "model_id": model_id, "dim": model_spec(model_id).dim, "vector": vector,

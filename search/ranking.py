@@ -530,9 +530,8 @@ def _nearest_rows(
     ``Image`` with ``hits``, else its id; the cosine distance; the caption texts, with
     ``hits``)."""
     images, exact = search_scope(
-        user=user, filters=filters, exclude_image_id=exclude_image_id,
-        exact=exact,
-    )  # fmt: skip
+        user=user, filters=filters, exclude_image_id=exclude_image_id, exact=exact
+    )
     with hnsw_scan_transaction() as alias, binding_cursor(alias) as cursor:
         rows = ranking_execute(
             cursor, model_id=model_id, dim=model_spec(model_id).dim, vector=vector,
@@ -578,9 +577,8 @@ def images_search_queryset(
     index path returns at most max(RERANK_CANDIDATES, depth) (see ``embeddings_ranked``).
     """
     images, exact = search_scope(
-        user=user, filters=filters, exclude_image_id=exclude_image_id,
-        exact=exact,
-    )  # fmt: skip
+        user=user, filters=filters, exclude_image_id=exclude_image_id, exact=exact
+    )
     ranked = (
         embeddings_ranked(model_id=model_id, vector=vector, exact=exact, images=images, depth=depth)
         .select_related("image")

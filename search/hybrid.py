@@ -18,27 +18,30 @@ images' own captions, so the keyword side would find each answer by its own text
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 from django.contrib.auth.models import AnonymousUser, User
 from django.contrib.postgres.search import SearchQuery, SearchRank, TrigramSimilarity
 from django.db.models import Max
-from pgvector.django import CosineDistance
 
+from encoders.registry import model_spec
 from gallery.models import CAPTION_WORDS, IMAGE_WORDS, TEXT_SEARCH_CONFIG, Caption
 from search.fusion import RRF_K, fuse_rrf, fused_page
 from search.ranking import (
+    RERANK_CANDIDATES,
     QueryVector,
     SearchFilters,
     SearchPage,
     SearchRequest,
-    SearchScope,
     candidates_nearest,
     filtered_images,
+    search_scope,
     search_validate_page,
     search_validate_sort,
 )
-from workers.models import ImageEmbedding
+from search.ranking_sql import binding_cursor, hybrid_execute, scope_sql
+from workers.index_scans import hnsw_scan_transaction
 
 # Each side's candidates; the fused page is drawn from their union (as fused search's 300).
 HYBRID_CANDIDATES = 300
@@ -46,17 +49,6 @@ HYBRID_CANDIDATES = 300
 # threshold for its % operator, which the trigram index serves).
 FILENAME_SIMILARITY = 0.3
 HYBRID_FUSION = "rrf"
-
-
-def _similarities(*, model_id: str, vector: QueryVector, image_ids: set[int]) -> dict[int, float]:
-    """Cosine similarity of ``model_id``'s embeddings of ``image_ids`` to ``vector``: the
-    meaning-side score of keyword matches the vector top list did not hold."""
-    rows = (
-        ImageEmbedding.objects.filter(model_id=model_id, image_id__in=image_ids)
-        .annotate(distance=CosineDistance("vector", list(vector)))
-        .values_list("image_id", "distance")
-    )
-    return {image_id: 1.0 - float(distance) for image_id, distance in rows}
 
 
 def keyword_candidates(
@@ -71,17 +63,17 @@ def keyword_candidates(
     keyword score, higher is better): full-text matches of the title, description and file
     name (``IMAGE_WORDS``) or of a caption (``CAPTION_WORDS``), and file names similar by
     trigrams. Any of the words matches; the score is the best of the text ranks (higher when
-    more of the words match) and the file name's similarity."""
+    more of the words match) and the file name's similarity.
+
+    The ORM's form of the keyword side, for reading and for the tests: a search runs the same
+    three lists inside ``hybrid_lists``' one statement."""
     words = words.strip()
     if not words:
         return {}
     images = filtered_images(user=user, filters=filters or SearchFilters())
     if exclude_image_id is not None:
         images = images.exclude(pk=exclude_image_id)
-    # Any of the words (ranked by how many match and how often): a title saying "Eiffel"
-    # matches "eiffel tower". websearch_to_tsquery reads "or" between words and never fails
-    # on punctuation a person types.
-    any_word = " or ".join(re.findall(r"\w+", words))
+    any_word = _any_word(words)
     if not any_word:
         return {}
     query = SearchQuery(any_word, config=TEXT_SEARCH_CONFIG, search_type="websearch")
@@ -116,6 +108,57 @@ def keyword_candidates(
     return dict(best)
 
 
+def _any_word(words: str) -> str:
+    # Any of the words (ranked by how many match and how often): a title saying "Eiffel"
+    # matches "eiffel tower". websearch_to_tsquery reads "or" between words and never fails
+    # on punctuation a person types.
+    return " or ".join(re.findall(r"\w+", words))
+
+
+def hybrid_lists(
+    *,
+    user: User | AnonymousUser,
+    model_id: str,
+    vector: QueryVector,
+    words: str,
+    depth: int,
+    filters: SearchFilters | None,
+    exclude_image_id: int | None,
+) -> tuple[dict[int, float], dict[int, float], bool]:
+    """Both sides of a hybrid search in the search's scope: image id -> cosine similarity for
+    the vector side's ``depth`` nearest and for every keyword match, image id -> keyword
+    score for the keyword side (``keyword_candidates``'s), and whether the vector side is
+    exact. One statement (``search.ranking_sql.hybrid_execute``) instead of five queries;
+    the vector side keeps the one-model guarantee: a list the index leaves short is fetched
+    again exactly (as ``candidates_nearest`` does)."""
+    words = words.strip()
+    any_word = _any_word(words)
+    if not any_word:
+        by_vector, exact = candidates_nearest(
+            model_id=model_id, vector=vector, depth=depth, user=user, filters=filters,
+            exclude_image_id=exclude_image_id,
+        )  # fmt: skip
+        return by_vector, {}, exact
+    images, exact = search_scope(
+        user=user, filters=filters, exclude_image_id=exclude_image_id, exact=None
+    )
+    with hnsw_scan_transaction() as alias, binding_cursor(alias) as cursor:
+        query: dict[str, Any] = {
+            "model_id": model_id, "dim": model_spec(model_id).dim, "vector": vector,
+            "scope": scope_sql(images, alias=alias), "depth": depth, "words": words,
+            "any_word": any_word, "config": TEXT_SEARCH_CONFIG,
+            "candidates": max(RERANK_CANDIDATES, depth),
+        }  # fmt: skip
+        nearest, by_words, others = hybrid_execute(cursor, exact=exact, **query)
+        if len(nearest) < depth and not exact:
+            exact = True
+            nearest, by_words, others = hybrid_execute(cursor, exact=exact, **query)
+    similarities = {
+        image_id: 1.0 - float(distance) for image_id, distance in (nearest | others).items()
+    }
+    return similarities, by_words, exact
+
+
 def images_search_hybrid(
     *,
     user: User | AnonymousUser,
@@ -134,23 +177,11 @@ def images_search_hybrid(
     search_validate_page(k, offset)
     sort = search_validate_sort(search.sort)
     depth = max(HYBRID_CANDIDATES, offset + k + 1)
-    scope: SearchScope = {
-        "user": user,
-        "filters": search.filters,
-        "exclude_image_id": exclude_image_id,
-    }
-    by_vector, exact = candidates_nearest(model_id=model_id, vector=vector, depth=depth, **scope)
-    by_words = keyword_candidates(
-        user=user, filters=search.filters, words=words, depth=depth,
-        exclude_image_id=exclude_image_id,
+    by_vector, by_words, exact = hybrid_lists(
+        user=user, model_id=model_id, vector=vector, words=words, depth=depth,
+        filters=search.filters, exclude_image_id=exclude_image_id,
     )  # fmt: skip
     union = sorted(set(by_vector) | set(by_words))
-    missing = set(union) - by_vector.keys()
-    if missing:
-        by_vector = {
-            **by_vector,
-            **_similarities(model_id=model_id, vector=vector, image_ids=missing),
-        }
     if search.min_score is not None:
         # Still a floor on the cosine similarity (every image of the union has one), though
         # the scores shown are fused.

@@ -93,7 +93,7 @@ def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
                 "characters). Nothing was stored: rename the file and send it again."
             )
         else:
-            message = "The upload could not be read. Nothing was stored; please send it again."
+            message = "The upload could not be read (it arrived broken); please send it again."
         return error_response(
             request, 400, "Upload not readable", message, next_step=(request.path, "Go back")
         )

@@ -105,7 +105,7 @@ def test_page_image_search_without_a_boundary_is_a_400(client: Client) -> None:
         "POST", "/search/image/", b"--x\r\n\r\n", content_type="multipart/form-data"
     )
     assert response.status_code == 400
-    assert "could not be understood" in response.content.decode()
+    assert "The upload could not be read (it arrived broken)" in response.content.decode()
 
 
 @pytest.mark.django_db

@@ -155,17 +155,24 @@ def ranking_execute(
     cosine distance), plus (caption texts, the image's columns...) with ``hits``; with
     ``explain``, its plan's lines (EXPLAIN, for the tests that check the index is used)."""
     scope_text, scope_params = scope
-    params: dict[str, Any] = {
-        "vector": BinaryVector(vector),
-        "model_id": model_id,
-        "candidates": candidates,
-        "limit": limit,
-        "offset": offset,
-        **{f"scope_{index}": value for index, value in enumerate(scope_params)},
-    }
+    params = _params(
+        vector, scope_params, model_id=model_id, candidates=candidates, limit=limit, offset=offset
+    )
     statement = _statement(dim=dim, exact=exact, hits=hits, scope=scope_text)
     cursor.execute(f"EXPLAIN {statement}" if explain else statement, params)
     return cursor.fetchall()
+
+
+def _params(
+    vector: Sequence[float] | np.ndarray, scope_params: Sequence[Any], **named: Any
+) -> dict[str, Any]:
+    """A statement's parameters: the query vector (binary), the scope's values as
+    ``scope_<n>`` and ``named``."""
+    return {
+        "vector": BinaryVector(vector),
+        **named,
+        **{f"scope_{index}": value for index, value in enumerate(scope_params)},
+    }
 
 
 @functools.lru_cache(maxsize=64)
@@ -319,17 +326,10 @@ def hybrid_execute(
     keyword-only matches (image id -> distance). ``words`` are the words as typed (for
     trigrams), ``any_word`` them as a websearch "or" query."""
     scope_text, scope_params = scope
-    params: dict[str, Any] = {
-        "vector": BinaryVector(vector),
-        "model_id": model_id,
-        "candidates": candidates,
-        "limit": depth,
-        "offset": 0,
-        "depth": depth,
-        "words": words,
-        "any_word": any_word,
-        **{f"scope_{index}": value for index, value in enumerate(scope_params)},
-    }
+    params = _params(
+        vector, scope_params, model_id=model_id, candidates=candidates, limit=depth, offset=0,
+        depth=depth, words=words, any_word=any_word,
+    )  # fmt: skip
     statement = _hybrid_statement(dim=dim, exact=exact, scope=scope_text, config=config)
     cursor.execute(statement, params)
     sides: tuple[dict[int, float], dict[int, float], dict[int, float]] = ({}, {}, {})

@@ -204,10 +204,14 @@ def table_sizes() -> str:
     table = ImageEmbedding._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT pg_relation_size(c.oid), pg_total_relation_size(c.reltoastrelid), "
-            "pg_indexes_size(c.oid), pg_relation_size(%s::regclass), "
-            "pg_total_relation_size(c.oid), pg_total_relation_size(%s::regclass) "
-            "FROM pg_class c WHERE c.oid = %s::regclass",
+            # Summed over the partitions (one per model): a partitioned table's own
+            # relation is empty and has no TOAST.
+            "SELECT sum(pg_relation_size(c.oid)), "
+            "coalesce(sum(pg_total_relation_size(nullif(c.reltoastrelid, 0))), 0), "
+            "sum(pg_indexes_size(c.oid)), pg_relation_size(%s::regclass), "
+            "sum(pg_total_relation_size(c.oid)), pg_total_relation_size(%s::regclass) "
+            "FROM pg_partition_tree(%s::regclass) t JOIN pg_class c ON c.oid = t.relid "
+            "WHERE t.isleaf",
             [f'"{hnsw_index_name(MODEL_ID)}"', Image._meta.db_table, table],
         )
         heap, toast, indexes, hnsw, total, images = cursor.fetchone()

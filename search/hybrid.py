@@ -43,8 +43,13 @@ from search.ranking import (
 from search.ranking_sql import binding_cursor, hybrid_execute, scope_sql
 from workers.index_scans import hnsw_scan_transaction
 
-# Each side's candidates; the fused page is drawn from their union (as fused search's 300).
-HYBRID_CANDIDATES = 300
+# Each side's candidates (or offset + k + 1, if more); the fused page is drawn from their
+# union. 100 holds every image of a first page of 20: the 20th fused score is at least
+# 1 / (RRF_K + 20), the vector side's 20th alone, while an image past the first 100 of both
+# sides scores under 2 / (RRF_K + 100), which is that. It was 300, and the vector side's scan
+# 300 deep plus 300 keyword-only cosines were most of a hybrid search's cost (2.1-2.3x a plain
+# query's p95; bench/README.md).
+HYBRID_CANDIDATES = 100
 # A file name "matches" words whose trigram similarity reaches this (pg_trgm's own default
 # threshold for its % operator, which the trigram index serves).
 FILENAME_SIMILARITY = 0.3
@@ -142,12 +147,16 @@ def hybrid_lists(
     images, exact = search_scope(
         user=user, filters=filters, exclude_image_id=exclude_image_id, exact=None
     )
-    with hnsw_scan_transaction() as alias, binding_cursor(alias) as cursor:
+    candidates = max(RERANK_CANDIDATES, depth)
+    with (
+        hnsw_scan_transaction(at_least=None if exact else candidates) as alias,
+        binding_cursor(alias) as cursor,
+    ):
         query: dict[str, Any] = {
             "model_id": model_id, "dim": model_spec(model_id).dim, "vector": vector,
             "scope": scope_sql(images, alias=alias), "depth": depth, "words": words,
             "any_word": any_word, "config": TEXT_SEARCH_CONFIG,
-            "candidates": max(RERANK_CANDIDATES, depth),
+            "candidates": candidates,
         }  # fmt: skip
         nearest, by_words, others = hybrid_execute(cursor, exact=exact, **query)
         if len(nearest) < depth and not exact:

@@ -27,6 +27,7 @@ from kernel.errors import InvalidInput, NotAuthenticated, NotFound
 from search.ranking_sql import (
     binding_cursor,
     image_of_row,
+    images_with_captions_execute,
     nearest_lists_execute,
     ranking_execute,
     scope_sql,
@@ -256,8 +257,9 @@ def _caption_texts(image: str) -> ArraySubquery:
 def images_with_captions(
     image_ids: Sequence[int],
 ) -> dict[int, WithAnnotations[Image, CaptionTexts]]:
-    """``Image.objects.in_bulk`` whose images carry ``caption_texts`` (see ``_caption_texts``)."""
-    return Image.objects.annotate(caption_texts=_caption_texts("pk")).in_bulk(image_ids)
+    """``Image.objects.in_bulk`` whose images carry ``caption_texts`` (see ``_caption_texts``),
+    read by one written-out statement (``search.ranking_sql.images_with_captions_execute``)."""
+    return images_with_captions_execute(image_ids)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -499,7 +501,7 @@ def candidate_lists_nearest(
         for model_id, vector in zip(model_ids, vectors, strict=True)
     ]
     with (
-        hnsw_scan_transaction(ef_search=ef_search) as alias,
+        hnsw_scan_transaction(ef_search=ef_search, at_least=depth) as alias,
         binding_cursor(alias) as cursor,
     ):
         query_scope = scope_sql(images, alias=alias)
@@ -537,11 +539,15 @@ def _nearest_rows(
     images, exact = search_scope(
         user=user, filters=filters, exclude_image_id=exclude_image_id, exact=exact
     )
-    with hnsw_scan_transaction() as alias, binding_cursor(alias) as cursor:
+    candidates = max(RERANK_CANDIDATES, depth)
+    with (
+        hnsw_scan_transaction(at_least=None if exact else candidates) as alias,
+        binding_cursor(alias) as cursor,
+    ):
         rows = ranking_execute(
             cursor, model_id=model_id, dim=model_spec(model_id).dim, vector=vector,
             scope=scope_sql(images, alias=alias), exact=exact,
-            candidates=max(RERANK_CANDIDATES, depth), limit=depth - offset, offset=offset,
+            candidates=candidates, limit=depth - offset, offset=offset,
             hits=hits,
         )  # fmt: skip
     if hits:

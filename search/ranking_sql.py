@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from django.db import connections
+from django.db import connections, router
 from django.db.backends.utils import CursorWrapper
 from django.db.models import QuerySet
 from psycopg.adapt import Dumper
@@ -241,6 +241,34 @@ def _named_scope(scope: str) -> str:
 def image_of_row(row: Sequence[Any], *, alias: str) -> Image:
     """The ``Image`` of a ``hits`` row (its columns after image id, distance, captions)."""
     return Image.from_db(alias, _IMAGE_FIELDS, row[3:])
+
+
+@functools.cache
+def _images_statement() -> str:
+    images = Image._meta.db_table
+    captions = Caption._meta.db_table
+    image_columns = ", ".join(f'i."{name}"' for name in _IMAGE_FIELDS)
+    return f"""SELECT ARRAY(
+        SELECT t.text FROM "{captions}" t WHERE t.image_id = i.id ORDER BY t.position, t.id
+        ), {image_columns} FROM "{images}" i WHERE i.id = ANY(%s)"""
+
+
+def images_with_captions_execute(image_ids: Sequence[int]) -> dict[int, Image]:
+    """The images ``image_ids`` (those that exist), each carrying ``caption_texts`` (its
+    captions' texts in order): one written-out statement, where the ORM's ``in_bulk`` with an
+    array subquery spent about 1 ms of a hybrid or fused page compiling it."""
+    if not image_ids:
+        return {}
+    alias = router.db_for_read(Image)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(_images_statement(), [list(image_ids)])
+        rows = cursor.fetchall()
+    found = {}
+    for captions, *columns in rows:
+        image = Image.from_db(alias, _IMAGE_FIELDS, columns)
+        image.caption_texts = captions  # type: ignore[attr-defined]
+        found[image.pk] = image
+    return found
 
 
 def keyword_expressions(config: str) -> tuple[str, str, str]:

@@ -58,8 +58,11 @@ def smart_owner_controls(
     )
 
 
-def smart_search_request(collection: Collection) -> SearchRequest:
-    """The saved search's filters: "mine" is the owner's uploads, whoever looks."""
+def smart_search_request(
+    collection: Collection, *, depth: int = SMART_MATCHES_MAX
+) -> SearchRequest:
+    """The saved search's filters: "mine" is the owner's uploads, whoever looks. ``depth``:
+    how many of its matches to read (at most SMART_MATCHES_MAX)."""
     saved = collection.smart_filters or {}
     source = saved.get("source")
     filters = SearchFilters(
@@ -68,7 +71,7 @@ def smart_search_request(collection: Collection) -> SearchRequest:
     )
     hybrid = bool(saved.get("hybrid"))
     return SearchRequest(
-        k=SMART_MATCHES_MAX, filters=filters, hybrid=hybrid,
+        k=min(depth, SMART_MATCHES_MAX), filters=filters, hybrid=hybrid,
         min_score=None if hybrid else collection.smart_min_score,
     )  # fmt: skip
 
@@ -87,11 +90,16 @@ def smart_collection_page(
         for item in collection_items_visible(collection=collection, user=user)
         if item.image_id not in hidden
     ]
+    # Only as deep as this page needs, as a search's own pages are read: the matches before
+    # it, the page, one more (is there a next page?), and as many again as may be dropped
+    # (hidden, or listed first as pinned). A page of 20 then no longer ranks and reads 100
+    # matches with their captions (bench/README.md).
+    depth = offset + k + 1 + len(hidden) + len(pinned)
     found = images_search_by_text(
         user=user,
         text=collection.smart_query,
         model_id=collection.smart_model or None,
-        search=smart_search_request(collection),
+        search=smart_search_request(collection, depth=depth),
     )
     # Pinned items show a full bar: the owner put them first, whatever their score.
     best = found.hits[0].score if found.hits else 1.0

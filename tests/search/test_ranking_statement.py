@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 from django.contrib.auth.models import AnonymousUser
-from django.db import connection
+from django.db import connection, connections
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
@@ -211,3 +211,37 @@ def test_fused_completeness_follows_embeddings_images_and_jobs(
     again = EmbeddingModel.objects.get(model_id=ALIGN)
     assert not again.embeddings_complete
     assert again.completeness_version > recorded.completeness_version
+
+
+def test_a_deep_scan_raises_ef_search_to_its_depth_and_never_lowers_it() -> None:
+    def ef_search(**options) -> str:
+        with hnsw_scan_transaction(**options) as alias, connections[alias].cursor() as cursor:
+            cursor.execute("SHOW hnsw.ef_search")
+            return cursor.fetchone()[0]
+
+    assert ef_search() == "40"  # pgvector's default, for a page of 20 (40 candidates)
+    assert ef_search(at_least=40) == "40"
+    assert ef_search(at_least=300) == "300"  # a hybrid side or a date sort's candidates
+    assert ef_search(at_least=5000) == "1000"  # pgvector's largest
+    assert ef_search(ef_search=1000, at_least=300) == "1000"  # an explicit value wins
+    with connection.cursor() as cursor:
+        # An operator's higher setting (per role or database, as here per session) stays.
+        cursor.execute("SET hnsw.ef_search = 500")
+        try:
+            assert ef_search(at_least=300) == "500"
+        finally:
+            cursor.execute("RESET hnsw.ef_search")
+
+
+def test_hits_images_are_read_with_their_captions_in_order() -> None:
+    from gallery.models import Caption
+    from search.ranking import images_with_captions
+
+    first, second = ImageFactory.create_batch(2, dataset=True, title="a title")
+    for position, text in ((1, "second caption"), (0, "first caption")):
+        Caption.objects.create(image=first, text=text, position=position)
+    found = images_with_captions([first.pk, second.pk, 10**9])
+    assert set(found) == {first.pk, second.pk}  # an id that does not exist is left out
+    assert found[first.pk].caption_texts == ["first caption", "second caption"]
+    assert found[second.pk].caption_texts == []
+    assert found[first.pk].title == "a title" and found[first.pk].file == first.file

@@ -127,3 +127,43 @@ def test_saving_from_the_search_page(client: Client, saved) -> None:
     assert UserFactory() and Collection.objects.get(pk=created.pk).smart_hidden == [dated[0].pk]
     client.force_login(UserFactory())
     assert client.post(hide).status_code == 404, "only the owner hides"
+
+
+def test_pages_read_only_as_deep_as_they_need_and_add_up_to_the_whole_list(
+    client: Client, tiny_models
+) -> None:
+    # 30 matches of "beach", 3 hidden and 2 pinned (one of them also a match): a page reads
+    # offset + k + 1 matches plus as many as hiding and pinning may drop, so every page is
+    # full, none repeats or skips an image, and the last one says there is no more.
+    owner = UserFactory()
+    images = Image.objects.bulk_create(ImageFactory.build_batch(30, dataset=True, file="x.jpg"))
+    embeddings_store(
+        model_id=CLIP, image_ids=[i.pk for i in images], vectors=near_query("beach", 30, 4)
+    )
+    collection = collection_smart_create(owner=owner, name="b", query="beach", visibility="public")
+    whole = matches(client, collection)
+    for image in (images[0], images[7], images[21]):
+        collection_smart_hide(
+            user=owner, collection_id=collection.pk, image_id=image.pk, hidden=True
+        )
+    other = ImageFactory(dataset=True)
+    for image in (other, images[3]):
+        CollectionItem.objects.create(collection=collection, image=image)
+    expected = matches(client, collection)  # one page of 50: everything, as before
+    dropped = {images[0].pk, images[7].pk, images[21].pk, images[3].pk}
+    assert set(expected[:2]) == {other.pk, images[3].pk}
+    assert expected[2:] == [pk for pk in whole if pk not in dropped]
+    paged, offset = [], 0
+    while True:
+        response = client.get(
+            f"/api/collections/{collection.pk}/matches", {"k": 6, "offset": offset}
+        )
+        body = response.json()
+        got = [hit["id"] for hit in body["results"]]
+        paged += got
+        offset += 6
+        if offset >= 28:
+            assert len(got) == 4 and body["next_offset"] is None
+            break
+        assert len(got) == 6 and body["next_offset"] == offset, offset
+    assert paged == expected

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 from django.contrib.auth.models import AnonymousUser, User
 from django.contrib.postgres.search import SearchQuery, SearchRank, TrigramSimilarity
-from django.db.models import Max
+from django.db.models import F, Max
 
 from encoders.registry import model_spec
-from gallery.models import CAPTION_WORDS, IMAGE_WORDS, TEXT_SEARCH_CONFIG, Caption
+from gallery.models import TEXT_SEARCH_CONFIG, Caption
 from search.fusion import RRF_K, fuse_rrf, fused_page
 from search.ranking import (
     RERANK_CANDIDATES,
@@ -85,17 +85,15 @@ def keyword_candidates(
     # Three queries, each answered from its own GIN index (one statement ORing them made
     # PostgreSQL compute every visible image's tsvector: 200 ms at 31,783 images), merged here.
     by_image_words = (
-        images.annotate(words=IMAGE_WORDS)
-        .filter(words=query)
-        .annotate(score=SearchRank(IMAGE_WORDS, query))
+        images.filter(search_words=query)
+        .annotate(score=SearchRank(F("search_words"), query))
         .order_by("-score", "pk")
         .values_list("pk", "score")[:depth]
     )
     by_captions = (
-        Caption.objects.annotate(words=CAPTION_WORDS)
-        .filter(words=query, image__in=images)
+        Caption.objects.filter(search_words=query, image__in=images)
         .values("image_id")
-        .annotate(score=Max(SearchRank(CAPTION_WORDS, query)))
+        .annotate(score=Max(SearchRank(F("search_words"), query)))
         .order_by("-score", "image_id")
         .values_list("image_id", "score")[:depth]
     )

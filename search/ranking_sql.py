@@ -92,7 +92,8 @@ def scope_sql(images: QuerySet[Image], *, alias: str) -> tuple[str, tuple[Any, .
 
 
 # The image columns a hit carries, in model order (``Image.from_db`` takes them positionally).
-_IMAGE_FIELDS = [field.attname for field in Image._meta.concrete_fields]
+# The stored words (a tsvector) are left out: no hit shows them.
+_IMAGE_FIELDS = [field.attname for field in Image._meta.concrete_fields if not field.generated]
 
 
 @functools.lru_cache(maxsize=64)
@@ -272,17 +273,15 @@ def images_with_captions_execute(image_ids: Sequence[int]) -> dict[int, Image]:
 
 
 def keyword_expressions(config: str) -> tuple[str, str, str]:
-    """The words of an image (table alias ``i``) and of a caption (alias ``t``) as the GIN
-    indexes ``image_words`` and ``caption_words`` define them (gallery.models IMAGE_WORDS and
-    CAPTION_WORDS, the text-search configuration a literal as in the index definitions), and
-    the query of ``%(any_word)s``, as SQL."""
+    """The stored words of an image (table alias ``i``) and of a caption (alias ``t``), which
+    the GIN indexes ``image_words`` and ``caption_words`` hold (gallery.models IMAGE_WORDS and
+    CAPTION_WORDS), and the query of ``%(any_word)s`` in the configuration ``config``, as SQL."""
     regconfig = f"'{config}'::regconfig"
-    image_words = (
-        f"""to_tsvector({regconfig}, COALESCE(i."title", '') || ' ' || """
-        f"""COALESCE(i."description", '') || ' ' || COALESCE(i."original_filename", ''))"""
+    return (
+        'i."search_words"',
+        't."search_words"',
+        f"websearch_to_tsquery({regconfig}, %(any_word)s)",
     )
-    caption_words = f"""to_tsvector({regconfig}, COALESCE(t."text", ''))"""
-    return image_words, caption_words, f"websearch_to_tsquery({regconfig}, %(any_word)s)"
 
 
 @functools.lru_cache(maxsize=64)
@@ -298,8 +297,8 @@ def _hybrid_statement(*, dim: int, exact: bool, scope: str, config: str) -> str:
 
     The keyword side is ``search.hybrid.keyword_candidates`` written out: each of its three
     lists keeps its own ORDER BY ... LIMIT, so each stays a query its GIN index serves; the
-    text-search expressions repeat the indexes' own (gallery.models IMAGE_WORDS and
-    CAPTION_WORDS, with the configuration as a literal, as the index definitions hold it)."""
+    words are the indexed columns (gallery.models IMAGE_WORDS and CAPTION_WORDS, stored in
+    their rows)."""
     embeddings = ImageEmbedding._meta.db_table
     images = Image._meta.db_table
     captions = Caption._meta.db_table

@@ -94,6 +94,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="with --fused: CANDIDATES:EF_SEARCH pairs (comma-separated) to time and check "
         "fused search's agreement with whole-gallery RRF at, e.g. 1000:40,1000:1000",
     )
+    parser.add_argument(
+        "--fusion-ivf",
+        default="",
+        help="with --fused: LISTS:PROBES pairs (comma-separated): fused search with each "
+        "model's lists from an IVFFlat index instead of HNSW (a trial, rolled back), e.g. 100:5",
+    )
     parser.add_argument("--e2e-size", type=int, default=31_783)
     parser.add_argument("--e2e-queries", type=int, default=None, help="default: --queries")
     parser.add_argument("--load-seconds", type=float, default=60.0)

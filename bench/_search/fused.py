@@ -12,6 +12,10 @@ are alike, as real models roughly do), other centres and noise. Then, for the sa
 - agreement of the fused top k with RRF computed exactly in numpy over the whole gallery
   (``search.fusion.fuse_rrf``), the ranking fused search approximates with top lists.
 
+``--fusion-sweep`` repeats fused search at other depths and ef_search; ``--fusion-ivf`` reads
+the lists from IVFFlat indexes instead of HNSW (built and used in a transaction that is rolled
+back), beside one model and fused search as it is, measured just before.
+
 Query encoding is not included: a fused text query runs both models' text encoders (see the
 end-to-end figures and bench/query_encoder.py for one encoder's cost).
 """
@@ -27,6 +31,7 @@ import numpy as np
 from bench import _harness
 from bench._search.common import (
     API_K,
+    DIM,
     MODEL_ID,
     WARM_UP_QUERIES,
     MachineWatch,
@@ -143,6 +148,9 @@ def fused_benchmark(dataset: Dataset, args: argparse.Namespace, data_dir: Path) 
     for pair in filter(None, args.fusion_sweep.split(",")):
         candidates, ef_search = (int(part) for part in pair.split(":"))
         sweep.append(fusion_variant(candidates, ef_search, fused, positions, exact_ids, data_dir))
+    for pair in filter(None, args.fusion_ivf.split(",")):
+        lists, probes = (int(part) for part in pair.split(":"))
+        sweep.append(ivf_variant(lists, probes, one, fused, positions, exact_ids, data_dir))
 
     print(
         f"\nFused vs one model, N={dataset.size:,} per model, {len(rows[0].seconds)} queries "
@@ -160,6 +168,18 @@ def fused_benchmark(dataset: Dataset, args: argparse.Namespace, data_dir: Path) 
     watch.report("fused")
 
 
+def cpu_per_search(
+    run, positions, data_dir: Path
+) -> tuple[list[float], list[list[int]], float, float]:
+    """``timed_queries`` of ``run``, with the CPU milliseconds per search (warm-up queries
+    included) of this process and of the bench's PostgreSQL."""
+    database_before, web_before = server_cpu_seconds(data_dir)[1], time.process_time()
+    seconds, ids = timed_queries(positions, run)
+    web = (time.process_time() - web_before) * 1000 / len(positions)
+    database = (server_cpu_seconds(data_dir)[1] - database_before) * 1000 / len(positions)
+    return seconds, ids, web, database
+
+
 def fusion_variant(
     candidates: int, ef_search: int, fused, positions, exact_ids, data_dir: Path
 ) -> str:
@@ -171,10 +191,7 @@ def fusion_variant(
     saved = fusion.FUSION_CANDIDATES, fusion.FUSION_EF_SEARCH
     fusion.FUSION_CANDIDATES, fusion.FUSION_EF_SEARCH = candidates, ef_search
     try:
-        database_before, web_before = server_cpu_seconds(data_dir)[1], time.process_time()
-        seconds, ids = timed_queries(positions, fused)
-        web = (time.process_time() - web_before) * 1000 / len(positions)
-        database = (server_cpu_seconds(data_dir)[1] - database_before) * 1000 / len(positions)
+        seconds, ids, web, database = cpu_per_search(fused, positions, data_dir)
     finally:
         fusion.FUSION_CANDIDATES, fusion.FUSION_EF_SEARCH = saved
     row = Measured("", seconds)
@@ -183,4 +200,44 @@ def fusion_variant(
         f"{recall_at(ids, exact_ids, API_K):.3f}, p50 / p95 {row.pct(50):.1f} / "
         f"{row.pct(95):.1f} ms, CPU per search: this process {web:.2f} ms + PostgreSQL "
         f"{database:.2f} ms (warm-up queries included)"
+    )
+
+
+def ivf_variant(lists: int, probes: int, one, fused, positions, exact_ids, data_dir: Path) -> str:
+    """One row of ``--fusion-ivf``: fused search as the product runs it (FUSION_CANDIDATES
+    deep) with each model's list read from an IVFFlat index (halfvec, cosine: the HNSW
+    index's expression and operator, ``lists`` lists, ``probes`` probed, pgvector's relaxed
+    iterative scan) in place of its HNSW index, in one transaction that is rolled back (the
+    IVFFlat indexes built in it, the HNSW ones dropped in it). Beside it, in the same
+    conditions just before, one model's search (HNSW) and fused search as it is."""
+    from django.db import connection, transaction
+
+    from workers.indexes import hnsw_index_name
+    from workers.partitions import partition_name
+
+    _, _, one_web, one_database = cpu_per_search(one, positions, data_dir)
+    _, ids, hnsw_web, hnsw_database = cpu_per_search(fused, positions, data_dir)
+    hnsw_agreement = recall_at(ids, exact_ids, API_K)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            for model_id, dim in ((MODEL_ID, DIM), (SECOND_MODEL, SECOND_DIM)):
+                cursor.execute(
+                    f'CREATE INDEX ON "{partition_name(model_id)}" USING ivfflat '
+                    f"((vector::halfvec({dim})) halfvec_cosine_ops) WITH (lists = {lists})"
+                )
+                cursor.execute(f'DROP INDEX "{hnsw_index_name(model_id)}"')
+            cursor.execute(
+                "SELECT set_config('ivfflat.probes', %s, true), "
+                "set_config('ivfflat.iterative_scan', 'relaxed_order', true)",
+                [str(probes)],
+            )
+        seconds, ids, web, database = cpu_per_search(fused, positions, data_dir)
+        transaction.set_rollback(True)
+    row = Measured("", seconds)
+    return (
+        f"  IVFFlat lists {lists}, probes {probes}: agreement "
+        f"{recall_at(ids, exact_ids, API_K):.3f}, p50 / p95 {row.pct(50):.1f} / "
+        f"{row.pct(95):.1f} ms, CPU per search {web:.2f} + {database:.2f} ms; just before, "
+        f"HNSW fused {hnsw_agreement:.3f} at {hnsw_web:.2f} + {hnsw_database:.2f} ms, one model "
+        f"{one_web:.2f} + {one_database:.2f} ms (this process + PostgreSQL, warm-up included)"
     )

@@ -18,15 +18,17 @@ images' own captions, so the keyword side would find each answer by its own text
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import numpy as np
 from django.contrib.auth.models import AnonymousUser, User
 from django.contrib.postgres.search import SearchQuery, SearchRank, TrigramSimilarity
+from django.db import connections, router
 from django.db.models import F, Max
 
 from encoders.registry import model_spec
-from gallery.models import TEXT_SEARCH_CONFIG, Caption
+from gallery.models import TEXT_SEARCH_CONFIG, Caption, Image
 from search.fusion import RRF_K, fuse_rrf, fused_page
 from search.ranking import (
     RERANK_CANDIDATES,
@@ -54,6 +56,15 @@ HYBRID_CANDIDATES = 100
 # threshold for its % operator, which the trigram index serves).
 FILENAME_SIMILARITY = 0.3
 HYBRID_FUSION = "rrf"
+# A word held by more than this share of the images' words or of the captions is too common
+# to rank by (see ``common_words``): about IDF 3, where a word starts to tell images apart.
+HYBRID_COMMON_WORD_SHARE = 0.05
+# ... and in more rows than this, so that a small gallery keeps every word it has: ranking a
+# few thousand matches costs a few ms.
+HYBRID_COMMON_WORD_ROWS = 2000
+COMMON_WORDS_MAX_AGE = 300.0
+_common_words: frozenset[str] = frozenset()
+_common_words_read = -float("inf")
 
 
 def keyword_candidates(
@@ -114,8 +125,42 @@ def keyword_candidates(
 def _any_word(words: str) -> str:
     # Any of the words (ranked by how many match and how often): a title saying "Eiffel"
     # matches "eiffel tower". websearch_to_tsquery reads "or" between words and never fails
-    # on punctuation a person types.
-    return " or ".join(re.findall(r"\w+", words))
+    # on punctuation a person types. Words too common to tell images apart are left out.
+    common = common_words()
+    return " or ".join(w for w in re.findall(r"\w+", words) if w.lower() not in common)
+
+
+def common_words() -> frozenset[str]:
+    """The words in more than HYBRID_COMMON_WORD_SHARE of the images' or of the captions'
+    stored words (and more than HYBRID_COMMON_WORD_ROWS of them), which the keyword side
+    leaves out: the "simple" configuration has no stop words (any language), so "a dog on the
+    beach" would otherwise match nearly every caption of a captioned gallery and rank each
+    one (100 ms at 158,915 captions, bench/README.md), for words that tell no image apart.
+    Read from PostgreSQL's own statistics (ANALYZE keeps a tsvector column's most common
+    words with the share of rows holding each), so no row is scanned; empty until the tables
+    are first analysed. At most every COMMON_WORDS_MAX_AGE seconds per process."""
+    global _common_words, _common_words_read
+    now = time.monotonic()
+    if now - _common_words_read > COMMON_WORDS_MAX_AGE:
+        with connections[router.db_for_read(Caption)].cursor() as cursor:
+            cursor.execute(
+                """SELECT s.most_common_elems::text::text[], s.most_common_elem_freqs,
+                  c.reltuples
+                FROM pg_stats s JOIN pg_class c ON c.oid = (
+                  quote_ident(s.schemaname) || '.' || quote_ident(s.tablename))::regclass
+                WHERE s.schemaname = current_schema()
+                AND s.tablename IN (%s, %s) AND s.attname = 'search_words'""",
+                [Image._meta.db_table, Caption._meta.db_table],
+            )
+            _common_words = frozenset(
+                word
+                for words, shares, rows in cursor.fetchall()
+                # The shares hold one per word, then the lowest, highest and null share.
+                for word, share in zip(words or [], shares or [], strict=False)
+                if share > HYBRID_COMMON_WORD_SHARE and share * rows > HYBRID_COMMON_WORD_ROWS
+            )
+        _common_words_read = now
+    return _common_words
 
 
 def hybrid_lists(

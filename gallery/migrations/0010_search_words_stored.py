@@ -44,4 +44,10 @@ class Migration(migrations.Migration):
             model_name='image',
             index=django.contrib.postgres.indexes.GinIndex(fields=['search_words'], name='image_words'),
         ),
+        # The new columns' statistics now, not at autovacuum's next turn: the keyword side
+        # reads its common words from them (search.hybrid.common_words).
+        migrations.RunSQL(
+            'ANALYZE "gallery_image" ("search_words"), "gallery_caption" ("search_words")',
+            migrations.RunSQL.noop,
+        ),
     ]

@@ -118,3 +118,31 @@ def test_keyword_queries_can_use_the_gin_indexes(tower) -> None:
     assert Image.objects.filter(pk=titled, search_words=again).exists()
     names = Image.objects.filter(original_filename__trigram_similar="eiffel.jpg").order_by()
     assert "image_name_trgm" in names.explain()
+
+
+def test_words_too_common_to_tell_images_apart_are_left_out(tower, monkeypatch) -> None:
+    from django.db import connection
+
+    from search import hybrid
+
+    monkeypatch.setattr(hybrid, "COMMON_WORDS_MAX_AGE", 0.0)
+    for image in Image.objects.exclude(pk__in=[i.pk for i in tower.values()]):
+        Caption.objects.create(image=image, text="a photo of the city")
+
+    def analysed() -> frozenset[str]:
+        with connection.cursor() as cursor:
+            cursor.execute('ANALYZE "gallery_image", "gallery_caption"')
+        return hybrid.common_words()
+
+    # A small gallery keeps every word: ranking a few dozen matches costs nothing.
+    assert analysed() == frozenset()
+    monkeypatch.setattr(hybrid, "HYBRID_COMMON_WORD_ROWS", 10)
+    common = analysed()
+    assert {"a", "photo", "of", "the", "city"} <= common and "eiffel" not in common
+    # The common words match nothing on the keyword side; the rare one still does.
+    everyone = keyword_candidates(user=AnonymousUser(), filters=None, words="a photo", depth=50)
+    assert everyone == {}
+    mixed = keyword_candidates(
+        user=AnonymousUser(), filters=None, words="a photo of the eiffel", depth=50
+    )
+    assert set(mixed) == {tower["titled"].pk, tower["captioned"].pk}

@@ -31,7 +31,7 @@ from search.ranking_sql import (
     ranking_execute,
     scope_sql,
 )
-from workers.index_scans import hnsw_scan_transaction
+from workers.index_scans import hnsw_ef_search, hnsw_scan_transaction
 from workers.models import EmbeddingJob, ImageEmbedding
 
 if TYPE_CHECKING:
@@ -537,12 +537,14 @@ def _nearest_rows(
     images, exact = search_scope(
         user=user, filters=filters, exclude_image_id=exclude_image_id, exact=exact
     )
-    with hnsw_scan_transaction() as alias, binding_cursor(alias) as cursor:
+    candidates = max(RERANK_CANDIDATES, depth)
+    # The exact path scans no index: its transaction needs no ef_search.
+    ef_search = None if exact else hnsw_ef_search(candidates)
+    with hnsw_scan_transaction(ef_search=ef_search) as alias, binding_cursor(alias) as cursor:
         rows = ranking_execute(
             cursor, model_id=model_id, dim=model_spec(model_id).dim, vector=vector,
-            scope=scope_sql(images, alias=alias), exact=exact,
-            candidates=max(RERANK_CANDIDATES, depth), limit=depth - offset, offset=offset,
-            hits=hits,
+            scope=scope_sql(images, alias=alias), exact=exact, candidates=candidates,
+            limit=depth - offset, offset=offset, hits=hits,
         )  # fmt: skip
     if hits:
         return [(image_of_row(row, alias=alias), row[1], row[2]) for row in rows], exact

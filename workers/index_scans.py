@@ -1,6 +1,7 @@
 """How the HNSW indexes are scanned: pgvector's query-time settings, given per transaction.
 
-The settings (``settings.HNSW_ITERATIVE_SCAN``) are set with ``SET LOCAL`` inside the
+The settings (``settings.HNSW_ITERATIVE_SCAN``, and ``hnsw.ef_search`` by ``hnsw_ef_search``
+for the one-model search) are set with ``SET LOCAL`` inside the
 transaction that runs the index queries, never for the session or as a connection start-up
 option: a transaction pooler (PgBouncer in transaction mode) hands each transaction whichever
 server connection is free and carries neither start-up options nor session ``SET``s, and a
@@ -55,3 +56,15 @@ def hnsw_scan_transaction(
                     [settings.HNSW_ITERATIVE_SCAN, str(ef_search)],
                 )
         yield alias
+
+
+# pgvector's largest hnsw.ef_search: a query reading more goes on by the iterative scan.
+HNSW_EF_SEARCH_MAX = 1000
+
+
+def hnsw_ef_search(candidates: int) -> int:
+    """The hnsw.ef_search for an index query that reads ``candidates`` rows: the site's
+    ``HNSW_EF_SEARCH``, or more when the query reads more (a deeper page, more rerank
+    candidates), so one pass of the index's candidate list holds them (an iterative scan
+    would otherwise go on past it, in small steps), up to pgvector's HNSW_EF_SEARCH_MAX."""
+    return min(max(settings.HNSW_EF_SEARCH, candidates), HNSW_EF_SEARCH_MAX)

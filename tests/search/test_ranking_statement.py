@@ -211,3 +211,33 @@ def test_fused_completeness_follows_embeddings_images_and_jobs(
     again = EmbeddingModel.objects.get(model_id=ALIGN)
     assert not again.embeddings_complete
     assert again.completeness_version > recorded.completeness_version
+
+
+def test_the_index_scan_runs_with_the_sites_ef_search_or_the_candidates_it_reads(
+    settings, monkeypatch
+) -> None:
+    """HNSW_EF_SEARCH reaches the index statement's transaction (SET LOCAL with the iterative
+    scan), raised to the candidates a deeper page reads."""
+    images = ImageFactory.create_batch(3, dataset=True)
+    embeddings_store(model_id=CLIP, image_ids=[i.pk for i in images], vectors=clustered(3))
+    seen: list[tuple[bool, str, str]] = []
+
+    def showing(cursor, **statement):
+        # What the ranking statement runs under, read on its own cursor and transaction.
+        cursor.execute("SELECT current_setting('hnsw.ef_search'), "
+                       "current_setting('hnsw.iterative_scan')")  # fmt: skip
+        seen.append((statement["exact"], *cursor.fetchone()))
+        return ranking_execute(cursor, **statement)
+
+    monkeypatch.setattr("search.ranking.ranking_execute", showing)
+    settings.HNSW_EF_SEARCH = 57
+    vector = clustered(1, seed=1)[0]
+    # k=2 of 3 images: the index fills the page. Offset 100 finds none and is asked again
+    # without the index (the exact path, which sets no ef_search).
+    for offset in (0, 100):
+        images_search_by_vector(
+            user=ANON, model_id=CLIP, vector=vector, search=SearchRequest(k=2, offset=offset)
+        )
+    index_scans = [(ef, iterative) for exact, ef, iterative in seen if not exact]
+    # Page 1 reads 40 candidates (RERANK_CANDIDATES), fewer than 57; offset 100 reads 103.
+    assert index_scans == [("57", "strict_order"), ("103", "strict_order")]

@@ -489,7 +489,9 @@ def product_rows(
     request = ranking.SearchRequest(k=TOP_K)
     depth = TOP_K + 1  # the page's statement: offset + k + 1 rows
     dim = model_spec(MODEL_ID).dim
-    images, exact = ranking.search_scope(user=anonymous, filters=None, exclude_image_id=None)
+    images, exact = ranking.search_scope(
+        user=anonymous, filters=None, exclude_image_id=None, exact=None
+    )
     assert not exact
     # Compiled once, before timing: the scope's SQL is the same for every anonymous search.
     scope = scope_sql(images, alias=router.db_for_read(ImageEmbedding))

@@ -1,12 +1,12 @@
 """How the HNSW indexes are scanned: pgvector's query-time settings, given per transaction.
 
-The settings (``settings.HNSW_ITERATIVE_SCAN``, and ``hnsw.ef_search`` by ``hnsw_ef_search``
-for the one-model search) are set with ``SET LOCAL`` inside the
-transaction that runs the index queries, never for the session or as a connection start-up
-option: a transaction pooler (PgBouncer in transaction mode) hands each transaction whichever
-server connection is free and carries neither start-up options nor session ``SET``s, and a
-session ``SET`` made through it would leak to other clients' transactions on that connection.
-A ``SET LOCAL`` ends with its transaction, with or without a pooler, on the primary or a replica.
+The settings (``settings.HNSW_ITERATIVE_SCAN``, and ``hnsw.ef_search`` for the one-model search:
+``settings.HNSW_EF_SEARCH``, a page's depth by ``hnsw_ef_search``) are set with ``SET LOCAL`` inside
+the transaction that runs the index queries, never for the session or as a connection start-up
+option: a transaction pooler (PgBouncer in transaction mode) hands each transaction whichever server
+connection is free and carries neither start-up options nor session ``SET``s, and a session ``SET``
+made through it would leak to other clients' transactions on that connection. A ``SET LOCAL`` ends
+with its transaction, with or without a pooler, on the primary or a replica.
 
 Operators may also set them per role (``ALTER ROLE imagesearch SET hnsw.iterative_scan =
 'strict_order'``), which every server connection of that role starts with; the ``SET LOCAL``

@@ -16,9 +16,11 @@ from django.test.utils import CaptureQueriesContext
 from gallery.models import Image
 from gallery.services.images import image_delete
 from search.ranking import (
+    DATE_SORT_CANDIDATES,
     SearchFilters,
     SearchRequest,
     candidate_lists_nearest,
+    candidates_nearest,
     images_search_by_vector,
     images_search_queryset,
     ranked_rows,
@@ -217,7 +219,7 @@ def test_the_index_scan_runs_with_the_sites_ef_search_or_the_candidates_it_reads
     settings, monkeypatch
 ) -> None:
     """HNSW_EF_SEARCH reaches the index statement's transaction (SET LOCAL with the iterative
-    scan), raised to the candidates a deeper page reads."""
+    scan), raised to the candidates a deeper page reads; not for the date sort's candidates."""
     images = ImageFactory.create_batch(3, dataset=True)
     embeddings_store(model_id=CLIP, image_ids=[i.pk for i in images], vectors=clustered(3))
     seen: list[tuple[bool, str, str]] = []
@@ -238,6 +240,11 @@ def test_the_index_scan_runs_with_the_sites_ef_search_or_the_candidates_it_reads
         images_search_by_vector(
             user=ANON, model_id=CLIP, vector=vector, search=SearchRequest(k=2, offset=offset)
         )
+    # The date sort's DATE_SORT_CANDIDATES (500) keep the site's ef_search.
+    candidates_nearest(
+        model_id=CLIP, vector=vector, depth=DATE_SORT_CANDIDATES, user=ANON, filters=None,
+        exclude_image_id=None,
+    )  # fmt: skip
     index_scans = [(ef, iterative) for exact, ef, iterative in seen if not exact]
     # Page 1 reads 40 candidates (RERANK_CANDIDATES), fewer than 57; offset 100 reads 103.
-    assert index_scans == [("57", "strict_order"), ("103", "strict_order")]
+    assert index_scans == [("57", "strict_order"), ("103", "strict_order"), ("57", "strict_order")]

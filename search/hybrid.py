@@ -43,7 +43,7 @@ from search.ranking import (
     search_validate_sort,
 )
 from search.ranking_sql import binding_cursor, hybrid_execute, scope_sql
-from workers.index_scans import hnsw_scan_transaction
+from workers.index_scans import hnsw_ef_search, hnsw_scan_transaction
 
 # Each side's candidates (or offset + k + 1, if more); the fused page is drawn from their
 # union. 100 holds every image of a first page of 20: the 20th fused score is at least
@@ -192,7 +192,7 @@ def hybrid_lists(
     )
     candidates = max(RERANK_CANDIDATES, depth)
     with (
-        hnsw_scan_transaction(at_least=None if exact else candidates) as alias,
+        hnsw_scan_transaction(ef_search=None if exact else hnsw_ef_search(candidates)) as alias,
         binding_cursor(alias) as cursor,
     ):
         query: dict[str, Any] = {

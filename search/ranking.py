@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict, TypeVar, Unpack
 
 import numpy as np
+from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.contrib.postgres.expressions import ArraySubquery
 from django.db.models import BooleanField, Exists, F, Func, OuterRef, Q, QuerySet, Value
@@ -32,7 +33,7 @@ from search.ranking_sql import (
     ranking_execute,
     scope_sql,
 )
-from workers.index_scans import hnsw_scan_transaction
+from workers.index_scans import hnsw_ef_search, hnsw_scan_transaction
 from workers.models import EmbeddingJob, ImageEmbedding
 
 if TYPE_CHECKING:
@@ -189,6 +190,9 @@ EXACT_SEARCH_MAX_ROWS = 20_000
 SEARCH_SORTS = ("relevance", "date")
 DATE_SORT_CUTOFF = 0.8
 DATE_SORT_CANDIDATES = 500
+# Their index scan keeps the site's ef_search (pgvector's iterative scan goes on past it): raised
+# to 500 it found 98% of the exact 500 instead of 95-96%, in 2-3 times the time (47-60 ms p50
+# against 18-30 at 1M, bench/README.md "1M through Django, ef_search per k").
 
 
 @dataclass(frozen=True)
@@ -410,7 +414,13 @@ def images_search_by_vector(
         "exclude_image_id": exclude_image_id,
     }  # fmt: skip
     # One row past the page tells whether another page exists, without a count.
-    rows, exact = _nearest_rows(**query, depth=offset + k + 1, offset=offset, hits=True)
+    # A page deeper than the rerank's candidates gets as deep an index scan (ef_search), which
+    # found more of ranks 101-120 in less time than pgvector's iterative scan going on past
+    # ef_search 40 (bench/README.md, "1M through Django, ef_search per k").
+    ef_search = hnsw_ef_search(max(RERANK_CANDIDATES, offset + k + 1))
+    rows, exact = _nearest_rows(
+        **query, depth=offset + k + 1, offset=offset, hits=True, ef_search=ef_search
+    )
     if len(rows) <= k and not exact:
         # Short from the index: its scan may have stopped at max_scan_tuples inside a block of
         # rows this user cannot see (someone's private uploads nearest to the query). Whether
@@ -501,7 +511,7 @@ def candidate_lists_nearest(
         for model_id, vector in zip(model_ids, vectors, strict=True)
     ]
     with (
-        hnsw_scan_transaction(ef_search=ef_search, at_least=depth) as alias,
+        hnsw_scan_transaction(ef_search=ef_search) as alias,
         binding_cursor(alias) as cursor,
     ):
         query_scope = scope_sql(images, alias=alias)
@@ -530,24 +540,23 @@ def _nearest_rows(
     offset: int = 0,
     hits: bool = False,
     exact: bool | None = None,
+    ef_search: int | None = None,
 ) -> tuple[list[tuple[Any, float, list[str]]], bool]:
     """The rows ``offset`` to ``depth`` of a search's ranking, and whether it was exact: the
     query of ``images_search_queryset`` run as ``search.ranking_sql``'s written-out statement
-    (the vector a binary parameter), in the index scan's transaction. Each row is (the
-    ``Image`` with ``hits``, else its id; the cosine distance; the caption texts, with
-    ``hits``)."""
+    (the vector a binary parameter), in the index scan's transaction, with hnsw.ef_search
+    ``ef_search`` (None: ``settings.HNSW_EF_SEARCH``). Each row is (the ``Image`` with
+    ``hits``, else its id; the cosine distance; the caption texts, with ``hits``)."""
     images, exact = search_scope(
         user=user, filters=filters, exclude_image_id=exclude_image_id, exact=exact
     )
-    candidates = max(RERANK_CANDIDATES, depth)
-    with (
-        hnsw_scan_transaction(at_least=None if exact else candidates) as alias,
-        binding_cursor(alias) as cursor,
-    ):
+    # The exact path scans no index: its transaction needs no ef_search.
+    ef_search = None if exact else (ef_search or settings.HNSW_EF_SEARCH)
+    with hnsw_scan_transaction(ef_search=ef_search) as alias, binding_cursor(alias) as cursor:
         rows = ranking_execute(
             cursor, model_id=model_id, dim=model_spec(model_id).dim, vector=vector,
             scope=scope_sql(images, alias=alias), exact=exact,
-            candidates=candidates, limit=depth - offset, offset=offset,
+            candidates=max(RERANK_CANDIDATES, depth), limit=depth - offset, offset=offset,
             hits=hits,
         )  # fmt: skip
     if hits:

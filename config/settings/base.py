@@ -144,6 +144,12 @@ TEMPLATES = [
 # LOCAL in each search's transaction (workers.index_scans), never for the session, so that it
 # holds behind a transaction pooler too.
 HNSW_ITERATIVE_SCAN = os.environ.get("HNSW_ITERATIVE_SCAN", "strict_order")
+# hnsw.ef_search of a one-model search's index scan (its candidate list: recall against
+# latency), SET LOCAL with the iterative scan; a page that reads more candidates than this gets
+# as many, up to 1000 (workers.index_scans.hnsw_ef_search). 40 (pgvector's default): at 1M the
+# skewed generator, the one closer to real embeddings, meets recall@10 0.97 there; more only
+# costs it latency (bench/README.md, "1M through Django, ef_search per k").
+HNSW_EF_SEARCH = int(os.environ.get("HNSW_EF_SEARCH", 40))
 # Index builds (workers.indexes): migrate builds a model's HNSW index inline only up to this many
 # embeddings (seconds of blocked writes); above it, `manage.py embedding_index_build` (or the
 # admin's Embedding models page) builds it online, CONCURRENTLY.

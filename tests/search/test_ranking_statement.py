@@ -9,16 +9,18 @@ import re
 import numpy as np
 import pytest
 from django.contrib.auth.models import AnonymousUser
-from django.db import connection, connections
+from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from gallery.models import Image
 from gallery.services.images import image_delete
 from search.ranking import (
+    DATE_SORT_CANDIDATES,
     SearchFilters,
     SearchRequest,
     candidate_lists_nearest,
+    candidates_nearest,
     images_search_by_vector,
     images_search_queryset,
     ranked_rows,
@@ -213,24 +215,39 @@ def test_fused_completeness_follows_embeddings_images_and_jobs(
     assert again.completeness_version > recorded.completeness_version
 
 
-def test_a_deep_scan_raises_ef_search_to_its_depth_and_never_lowers_it() -> None:
-    def ef_search(**options) -> str:
-        with hnsw_scan_transaction(**options) as alias, connections[alias].cursor() as cursor:
-            cursor.execute("SHOW hnsw.ef_search")
-            return cursor.fetchone()[0]
+def test_the_index_scan_runs_with_the_sites_ef_search_or_the_candidates_it_reads(
+    settings, monkeypatch
+) -> None:
+    """HNSW_EF_SEARCH reaches the index statement's transaction (SET LOCAL with the iterative
+    scan), raised to the candidates a deeper page reads; not for the date sort's candidates."""
+    images = ImageFactory.create_batch(3, dataset=True)
+    embeddings_store(model_id=CLIP, image_ids=[i.pk for i in images], vectors=clustered(3))
+    seen: list[tuple[bool, str, str]] = []
 
-    assert ef_search() == "40"  # pgvector's default, for a page of 20 (40 candidates)
-    assert ef_search(at_least=40) == "40"
-    assert ef_search(at_least=300) == "300"  # a hybrid side or a date sort's candidates
-    assert ef_search(at_least=5000) == "1000"  # pgvector's largest
-    assert ef_search(ef_search=1000, at_least=300) == "1000"  # an explicit value wins
-    with connection.cursor() as cursor:
-        # An operator's higher setting (per role or database, as here per session) stays.
-        cursor.execute("SET hnsw.ef_search = 500")
-        try:
-            assert ef_search(at_least=300) == "500"
-        finally:
-            cursor.execute("RESET hnsw.ef_search")
+    def showing(cursor, **statement):
+        # What the ranking statement runs under, read on its own cursor and transaction.
+        cursor.execute("SELECT current_setting('hnsw.ef_search'), "
+                       "current_setting('hnsw.iterative_scan')")  # fmt: skip
+        seen.append((statement["exact"], *cursor.fetchone()))
+        return ranking_execute(cursor, **statement)
+
+    monkeypatch.setattr("search.ranking.ranking_execute", showing)
+    settings.HNSW_EF_SEARCH = 57
+    vector = clustered(1, seed=1)[0]
+    # k=2 of 3 images: the index fills the page. Offset 100 finds none and is asked again
+    # without the index (the exact path, which sets no ef_search).
+    for offset in (0, 100):
+        images_search_by_vector(
+            user=ANON, model_id=CLIP, vector=vector, search=SearchRequest(k=2, offset=offset)
+        )
+    # The date sort's DATE_SORT_CANDIDATES (500) keep the site's ef_search.
+    candidates_nearest(
+        model_id=CLIP, vector=vector, depth=DATE_SORT_CANDIDATES, user=ANON, filters=None,
+        exclude_image_id=None,
+    )  # fmt: skip
+    index_scans = [(ef, iterative) for exact, ef, iterative in seen if not exact]
+    # Page 1 reads 40 candidates (RERANK_CANDIDATES), fewer than 57; offset 100 reads 103.
+    assert index_scans == [("57", "strict_order"), ("103", "strict_order"), ("57", "strict_order")]
 
 
 def test_hits_images_are_read_with_their_captions_in_order() -> None:
@@ -245,3 +262,27 @@ def test_hits_images_are_read_with_their_captions_in_order() -> None:
     assert found[first.pk].caption_texts == ["first caption", "second caption"]
     assert found[second.pk].caption_texts == []
     assert found[first.pk].title == "a title" and found[first.pk].file == first.file
+
+
+def test_hybrids_vector_side_scans_as_deep_as_its_candidates(settings, monkeypatch) -> None:
+    from search import hybrid
+
+    images = ImageFactory.create_batch(3, dataset=True, title="harbour")
+    embeddings_store(model_id=CLIP, image_ids=[i.pk for i in images], vectors=clustered(3))
+    seen: list[str] = []
+    run = hybrid.hybrid_execute
+
+    def showing(cursor, **statement):
+        cursor.execute("SELECT current_setting('hnsw.ef_search')")
+        seen.append(cursor.fetchone()[0])
+        return run(cursor, **statement)
+
+    monkeypatch.setattr(hybrid, "hybrid_execute", showing)
+    settings.HNSW_EF_SEARCH = 57
+    hybrid.images_search_hybrid(
+        user=ANON, model_id=CLIP, vector=clustered(1, seed=1)[0], words="harbour"
+    )
+    # One pass of the index's candidate list holds the side's HYBRID_CANDIDATES (a scan 300
+    # deep took 14 ms so, against 25 by the iterative scan from 40; bench/README.md). Three
+    # images: the index's short list is asked again exactly, which reads no index.
+    assert seen[0] == str(hybrid.HYBRID_CANDIDATES)

@@ -137,8 +137,8 @@ class Image(models.Model):
             # file name (and below, the file name's trigrams).
             GinIndex(fields=["search_words"], name="image_words"),
             # The place names a search's words may name (gallery.selectors
-            # .place_names_visible_to), read by an index-only scan of the few images with a
-            # place rather than a scan of every image on every search.
+            # .place_names_known and .place_names_visible), read by index-only scans of the
+            # images with a place rather than scans of every image.
             models.Index(
                 fields=["place_country", "place_region", "place_city", "visibility", "owner"],
                 condition=~Q(place_country=""),

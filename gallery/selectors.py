@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser, User
+from django.db import router
 from django.db.models import Count, Q, QuerySet
 
 from gallery.hooks import image_index
@@ -21,19 +24,56 @@ def images_visible_to(*, user: User | AnonymousUser) -> QuerySet[Image]:
     return Image.objects.filter(visible)
 
 
-def place_names_visible_to(*, user: User | AnonymousUser) -> set[str]:
-    """The place names (city, region, country) of the images ``user`` may see: what a search's
-    words can name as a place (``search.query_parser``). Scoped to what the user sees, so a
-    query never learns where someone else's private photos were taken."""
+# How long a process keeps the place names it has read (``place_names_known``).
+PLACE_NAMES_MAX_AGE = 60.0
+_place_names: dict[str, tuple[float, frozenset[str]]] = {}
+
+
+def place_names_known() -> frozenset[str]:
+    """Every place name (city, region, country) of any image, whoever may see it: what a
+    search's words could name as a place, to be checked with ``place_names_visible`` before
+    it is used. One DISTINCT over the placed images per process every PLACE_NAMES_MAX_AGE
+    seconds, not per search: it was 3 ms of every text search at 10,594 placed images and
+    grows with them (bench/README.md). A name first stored since may go unrecognised until
+    then."""
+    alias = router.db_for_read(Image)
+    now = time.monotonic()
+    read_at, names = _place_names.get(alias, (-float("inf"), frozenset()))
+    if now - read_at > PLACE_NAMES_MAX_AGE:
+        rows = (
+            Image.objects.using(alias)
+            .exclude(place_country="")
+            .values_list("place_city", "place_region", "place_country")
+            # No ordering: the model's (created_at, id) would make every image its own row.
+            .order_by()
+            .distinct()
+        )
+        names = frozenset(name for row in rows for name in row if name)
+        _place_names[alias] = (now, names)
+    return names
+
+
+def place_names_forget() -> None:
+    """Drop the names ``place_names_known`` keeps (tests, between databases)."""
+    _place_names.clear()
+
+
+def place_names_visible(*, user: User | AnonymousUser, names: Iterable[str]) -> set[str]:
+    """Which of ``names`` some image ``user`` may see carries as its city, region or country:
+    so a query never learns where someone else's private photos were taken. One query, read
+    from the index of the placed images."""
+    names = list(names)
+    if not names:
+        return set()
     rows = (
         images_visible_to(user=user)
         .exclude(place_country="")
+        .filter(Q(place_city__in=names) | Q(place_region__in=names) | Q(place_country__in=names))
         .values_list("place_city", "place_region", "place_country")
-        # No ordering: the model's (created_at, id) would make every image its own row.
         .order_by()
         .distinct()
     )
-    return {name for row in rows for name in row if name}
+    return {name for row in rows for name in row if name} & set(names)
 
 
 def image_get_visible(*, user: User | AnonymousUser, image_id: int) -> Image | None:

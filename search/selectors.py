@@ -29,7 +29,7 @@ from PIL.Image import Image as PILImage
 
 from encoders import EncoderError, ImageDecodeError, WeightsUnavailableError, open_image
 from gallery.decoding import DECODE_MIN_SIDE, image_query_decode
-from gallery.selectors import image_get_visible, place_names_visible_to
+from gallery.selectors import image_get_visible, place_names_known, place_names_visible
 from gallery.storage import stored_file_open
 from kernel.errors import (
     Conflict,
@@ -47,7 +47,7 @@ from search.query_parser import (
     ParsedQuery,
     PlaceLookup,
     day_start,
-    places_lookup_from,
+    fold,
     query_parse,
 )
 from search.query_vectors import vector_combined, vector_without
@@ -175,10 +175,41 @@ def _query_read(
 ) -> tuple[ParsedQuery, SearchRequest]:
     """``text`` read for dates, places, exact words and negatives (places among those
     ``user`` may see), and ``search`` with its filters narrowed by what was read."""
-    lookup = places_lookup_from(place_names_visible_to(user=user))
+    lookup = _place_lookup(user)
     parsed = query_parse(text, now=now or timezone.now(), place_lookup=lookup)
     filters = filters_with_parsed(search.filters, parsed, place_lookup=lookup)
     return parsed, dataclasses.replace(search, filters=filters)
+
+
+def _place_lookup(user: User | AnonymousUser) -> PlaceLookup:
+    """What the query parser may read as a place for ``user``: a known name (compared by
+    ``fold``, as ``places_lookup_from`` does) that an image ``user`` may see carries. The
+    names come from ``place_names_known`` (kept per process); a phrase that matches one is
+    checked against what ``user`` may see, so a query naming no place costs no query."""
+    spellings = _places_by_key(place_names_known())
+    checked: dict[str, str | None] = {}
+
+    def lookup(phrase: str) -> str | None:
+        key = fold(phrase)
+        if key not in spellings:
+            return None
+        if key not in checked:
+            visible = place_names_visible(user=user, names=spellings[key])
+            checked[key] = next((name for name in spellings[key] if name in visible), None)
+        return checked[key]
+
+    return lookup
+
+
+@functools.lru_cache(maxsize=2)
+def _places_by_key(names: frozenset[str]) -> dict[str, tuple[str, ...]]:
+    # Folded once per set of names read (a frozenset keeps its hash), not per search.
+    by_key: dict[str, list[str]] = {}
+    for name in sorted(names):
+        key = fold(name)
+        if len(key) >= 3:  # as places_lookup_from: never country codes or stray words
+            by_key.setdefault(key, []).append(name)
+    return {key: tuple(found) for key, found in by_key.items()}
 
 
 def _text_vector(model_id: str, text: str) -> np.ndarray:

@@ -48,6 +48,15 @@ def _media_root(settings, tmp_path: Path) -> None:
     settings.MEDIA_ROOT = tmp_path / "media"
 
 
+@pytest.fixture(autouse=True)
+def _place_names_forget() -> None:
+    """Each test starts without the place names a process keeps for a minute
+    (gallery.selectors.place_names_known): each test's database is a new gallery."""
+    from gallery.selectors import place_names_forget
+
+    place_names_forget()
+
+
 @pytest.fixture
 def s3_bucket(settings) -> Iterator[Bucket]:
     """An empty private bucket on a running S3 server (tests/s3_server.py), with the site's

@@ -155,6 +155,36 @@ def test_a_private_images_place_is_no_place_for_others(client: Client, tiny_mode
     assert [hit["id"] for hit in found["results"]] == [secret.pk]
 
 
+def test_place_names_are_kept_a_minute_but_who_may_see_them_is_checked_live(
+    client: Client, tiny_models, monkeypatch
+) -> None:
+    from gallery import selectors
+
+    owner = UserFactory()
+    paris = ImageFactory(owner=owner, visibility="public", place_city="Paris",
+                         place_country="France")  # fmt: skip
+    store([paris], clustered(1))
+    store(public(3), clustered(3, seed=2))
+
+    def chips(q: str) -> list[str]:
+        parsed = client.get("/api/search", {"q": q}).json()["parsed"]
+        return [chip["value"] for chip in parsed["chips"]]
+
+    assert "Paris" in chips("temple in Paris")  # the names are read: one query, then kept
+    lyon = ImageFactory(owner=owner, visibility="public", place_city="Lyon",
+                        place_country="France")  # fmt: skip
+    store([lyon], clustered(1, seed=3))
+    assert chips("temple in Lyon") == [], "a name stored since is known once the minute is over"
+    monkeypatch.setattr(selectors, "PLACE_NAMES_MAX_AGE", 0.0)
+    assert "Lyon" in chips("temple in Lyon")
+    monkeypatch.setattr(selectors, "PLACE_NAMES_MAX_AGE", 60.0)
+    # Made private: a kept name is never used for anyone who may no longer see it.
+    Image.objects.filter(pk=paris.pk).update(visibility="private")
+    assert chips("temple in Paris") == []
+    client.force_login(owner)
+    assert "Paris" in chips("temple in Paris")
+
+
 def test_exact_words_must_appear(client: Client, tiny_models) -> None:
     titled, captioned, named, plain = public(4)
     Image.objects.filter(pk=titled.pk).update(title="Old Red Car")

@@ -16,9 +16,10 @@ from workers.services import embeddings_store
 pytestmark = pytest.mark.django_db
 CLIP = "clip-vit-base-patch32"
 # What a text search may cost on top of the hits with their captions: the models' state, with
-# whether each has embedding work pending (one query), and the place names the query's words
-# may name (one query: search.query_parser, gallery.selectors.place_names_visible_to).
-API_SEARCH_QUERIES = 3
+# whether each has embedding work pending (one query). The place names the query's words may
+# name are kept per process (gallery.selectors.place_names_known, read by the warm-up search)
+# and checked only for a phrase that names one (none here).
+API_SEARCH_QUERIES = 2
 # The page's header lists the models one may search with (one more query).
 PAGE_SEARCH_QUERIES = API_SEARCH_QUERIES + 1
 # Each ranking query's transaction first sets the HNSW scan settings (SET LOCAL, see

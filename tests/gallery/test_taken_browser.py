@@ -138,6 +138,9 @@ def test_more_results_continue_a_day_without_repeating_its_header(live_server, p
     expect(page.locator("figure[data-image-id]")).to_have_count(60)
     page.get_by_role("link", name="Older images").click()
     expect(page.locator("figure[data-image-id]")).to_have_count(70)
+    # The repeated header goes once htmx has settled the appended page, a moment after the
+    # cards arrive: wait for it rather than read the page in between.
+    expect(page.locator("main .day-header")).to_have_count(2)
     assert page.evaluate("window.__noReload") == 1
     groups = grouped(page)
     assert [day for day, _ in groups] == ["Saturday, 14 June 2025", "Friday, 13 June 2025"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -14,6 +13,7 @@ from django.db.models import Count, Q, QuerySet
 
 from gallery.hooks import image_index
 from gallery.models import SORTED_AT, ApiToken, Collection, CollectionItem, Image
+from kernel.kept import KeptAWhile
 
 
 def images_visible_to(*, user: User | AnonymousUser) -> QuerySet[Image]:
@@ -26,7 +26,7 @@ def images_visible_to(*, user: User | AnonymousUser) -> QuerySet[Image]:
 
 # How long a process keeps the place names it has read (``place_names_known``).
 PLACE_NAMES_MAX_AGE = 60.0
-_place_names: dict[str, tuple[float, frozenset[str]]] = {}
+_place_names: KeptAWhile[frozenset[str]] = KeptAWhile()
 
 
 def place_names_known() -> frozenset[str]:
@@ -37,9 +37,8 @@ def place_names_known() -> frozenset[str]:
     grows with them (bench/README.md). A name first stored since may go unrecognised until
     then."""
     alias = router.db_for_read(Image)
-    now = time.monotonic()
-    read_at, names = _place_names.get(alias, (-float("inf"), frozenset()))
-    if now - read_at > PLACE_NAMES_MAX_AGE:
+
+    def read() -> frozenset[str]:
         rows = (
             Image.objects.using(alias)
             .exclude(place_country="")
@@ -48,14 +47,14 @@ def place_names_known() -> frozenset[str]:
             .order_by()
             .distinct()
         )
-        names = frozenset(name for row in rows for name in row if name)
-        _place_names[alias] = (now, names)
-    return names
+        return frozenset(name for row in rows for name in row if name)
+
+    return _place_names.get(alias, max_age=PLACE_NAMES_MAX_AGE, read=read)
 
 
 def place_names_forget() -> None:
     """Drop the names ``place_names_known`` keeps (tests, between databases)."""
-    _place_names.clear()
+    _place_names.forget()
 
 
 def place_names_visible(*, user: User | AnonymousUser, names: Iterable[str]) -> set[str]:

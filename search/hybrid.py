@@ -18,7 +18,6 @@ images' own captions, so the keyword side would find each answer by its own text
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,7 @@ from django.db.models import F, Max
 
 from encoders.registry import model_spec
 from gallery.models import TEXT_SEARCH_CONFIG, Caption, Image
+from kernel.kept import KeptAWhile
 from search.fusion import RRF_K, fuse_rrf, fused_page
 from search.ranking import (
     RERANK_CANDIDATES,
@@ -63,8 +63,7 @@ HYBRID_COMMON_WORD_SHARE = 0.05
 # few thousand matches costs a few ms.
 HYBRID_COMMON_WORD_ROWS = 2000
 COMMON_WORDS_MAX_AGE = 300.0
-_common_words: frozenset[str] = frozenset()
-_common_words_read = -float("inf")
+_common_words: KeptAWhile[frozenset[str]] = KeptAWhile()
 
 
 def keyword_candidates(
@@ -139,10 +138,10 @@ def common_words() -> frozenset[str]:
     Read from PostgreSQL's own statistics (ANALYZE keeps a tsvector column's most common
     words with the share of rows holding each), so no row is scanned; empty until the tables
     are first analysed. At most every COMMON_WORDS_MAX_AGE seconds per process."""
-    global _common_words, _common_words_read
-    now = time.monotonic()
-    if now - _common_words_read > COMMON_WORDS_MAX_AGE:
-        with connections[router.db_for_read(Caption)].cursor() as cursor:
+    alias = router.db_for_read(Caption)
+
+    def read() -> frozenset[str]:
+        with connections[alias].cursor() as cursor:
             cursor.execute(
                 """SELECT s.most_common_elems::text::text[], s.most_common_elem_freqs,
                   c.reltuples
@@ -152,15 +151,15 @@ def common_words() -> frozenset[str]:
                 AND s.tablename IN (%s, %s) AND s.attname = 'search_words'""",
                 [Image._meta.db_table, Caption._meta.db_table],
             )
-            _common_words = frozenset(
+            return frozenset(
                 word
                 for words, shares, rows in cursor.fetchall()
                 # The shares hold one per word, then the lowest, highest and null share.
                 for word, share in zip(words or [], shares or [], strict=False)
                 if share > HYBRID_COMMON_WORD_SHARE and share * rows > HYBRID_COMMON_WORD_ROWS
             )
-        _common_words_read = now
-    return _common_words
+
+    return _common_words.get(alias, max_age=COMMON_WORDS_MAX_AGE, read=read)
 
 
 def hybrid_lists(

@@ -26,7 +26,7 @@ import calendar
 import functools
 import re
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -537,15 +537,21 @@ def _meaning_text(query: str, chips: tuple[QueryChip, ...]) -> str:
     return _squeeze("".join(parts))
 
 
-def places_lookup_from(names: Iterator[str] | list[str] | set[str]) -> PlaceLookup:
-    """A place lookup over known place names, compared by ``fold`` ("Hà Nội" finds
-    "Hanoi"); a name of fewer than three letters is never matched (country codes, stray
-    words)."""
-    known: dict[str, str] = {}
+def places_by_key(names: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """Known place names by their ``fold`` key, each key's spellings in the order given; a
+    name of fewer than three letters is left out (country codes, stray words)."""
+    by_key: dict[str, list[str]] = {}
     for name in names:
         key = fold(name)
         if len(key) >= 3:
-            known.setdefault(key, name)
+            by_key.setdefault(key, []).append(name)
+    return {key: tuple(found) for key, found in by_key.items()}
+
+
+def places_lookup_from(names: Iterable[str]) -> PlaceLookup:
+    """A place lookup over known place names, compared by ``fold`` ("Hà Nội" finds
+    "Hanoi"), the first spelling given for a key winning (see ``places_by_key``)."""
+    known = {key: found[0] for key, found in places_by_key(names).items()}
 
     def lookup(phrase: str) -> str | None:
         return known.get(fold(phrase))

@@ -48,6 +48,7 @@ from search.query_parser import (
     PlaceLookup,
     day_start,
     fold,
+    places_by_key,
     query_parse,
 )
 from search.query_vectors import vector_combined, vector_without
@@ -203,13 +204,9 @@ def _place_lookup(user: User | AnonymousUser) -> PlaceLookup:
 
 @functools.lru_cache(maxsize=2)
 def _places_by_key(names: frozenset[str]) -> dict[str, tuple[str, ...]]:
-    # Folded once per set of names read (a frozenset keeps its hash), not per search.
-    by_key: dict[str, list[str]] = {}
-    for name in sorted(names):
-        key = fold(name)
-        if len(key) >= 3:  # as places_lookup_from: never country codes or stray words
-            by_key.setdefault(key, []).append(name)
-    return {key: tuple(found) for key, found in by_key.items()}
+    # Folded once per set of names read (a frozenset keeps its hash), not per search; sorted,
+    # so which spelling is checked first does not depend on the set's order.
+    return places_by_key(sorted(names))
 
 
 def _text_vector(model_id: str, text: str) -> np.ndarray:

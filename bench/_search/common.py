@@ -27,17 +27,26 @@ class Measured:
         return float(np.percentile(self.seconds, q)) * 1000
 
 
+def _stat(path: Path) -> tuple[int, float]:
+    """(parent pid, CPU seconds used so far) from a process's /proc stat file."""
+    fields = path.read_text().rsplit(")", 1)[1].split()
+    # After "pid (comm)": state, ppid, ..., utime and stime are fields 14 and 15 of stat.
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds process ``pid`` (on this machine) has used so far."""
+    return _stat(Path(f"/proc/{pid}/stat"))[1]
+
+
 def _processes() -> dict[int, tuple[int, float]]:
     """pid -> (parent pid, CPU seconds used so far) for every process now running."""
-    tick = os.sysconf("SC_CLK_TCK")
     found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            found[int(stat.parent.name)] = _stat(stat)
         except (OSError, IndexError):
             continue
-        # After "pid (comm)": state, ppid, ..., utime and stime are fields 14 and 15 of stat.
-        found[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
     return found
 
 

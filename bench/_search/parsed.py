@@ -25,13 +25,12 @@ backend, warm-up queries included), which moves far less than p95 when the box i
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench._search.common import API_K, MachineWatch, Measured
+from bench._search.common import API_K, MachineWatch, Measured, cpu_seconds
 from bench._search.data import Dataset
 from bench._search.ranking import timed_queries
 
@@ -98,13 +97,6 @@ def _backend_pid() -> int:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         return int(cursor.fetchone()[0])
-
-
-def _cpu_seconds(pid: int) -> float:
-    """CPU seconds process ``pid`` (here: this connection's PostgreSQL backend, on this
-    machine as the bench's server is) has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def parsed_benchmark(dataset: Dataset, args: argparse.Namespace, data_dir: Path) -> None:
@@ -175,10 +167,10 @@ def parsed_benchmark(dataset: Dataset, args: argparse.Namespace, data_dir: Path)
         # them all alike instead of whichever row happened to run during it.
         for _ in range(ROUNDS):
             for label, one in runs:
-                web, database = time.process_time(), _cpu_seconds(backend)
+                web, database = time.process_time(), cpu_seconds(backend)
                 seconds, results = timed_queries(np.arange(count), one)
                 cpu[label][0] += time.process_time() - web
-                cpu[label][1] += _cpu_seconds(backend) - database
+                cpu[label][1] += cpu_seconds(backend) - database
                 rows[label].seconds += seconds
                 rows[label].recall = float(np.mean([len(r) for r in results]))  # hits per page
     finally:
